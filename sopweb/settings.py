@@ -1,0 +1,289 @@
+"""sopweb settings: everything comes from the environment and a bad value stops start-up, naming the variable.
+
+See README.md ("Configuration") for every variable.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from django.core.exceptions import ImproperlyConfigured
+
+from sopweb import embedded
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = embedded.var_dir()
+
+
+def _bad(name: str, value: str, why: str) -> ImproperlyConfigured:
+    return ImproperlyConfigured(f"{name}={value!r} is invalid: {why}")
+
+
+def env_str(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name, "")
+    return value if value != "" else default
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = env_str(name)
+    if value is None:
+        return default
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise _bad(name, value, "expected true or false")
+
+
+def env_number(name: str, default, *, kind=int, min_value=None, max_value=None):
+    value = env_str(name)
+    if value is None:
+        return default
+    try:
+        number = kind(value)
+    except ValueError:
+        raise _bad(name, value, f"expected {'an integer' if kind is int else 'a number'}") from None
+    if number != number or (min_value is not None and number < min_value) or (
+        max_value is not None and number > max_value
+    ):
+        raise _bad(name, value, f"expected a value in [{min_value}, {max_value}]")
+    return number
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    value = env_str(name)
+    if value is None:
+        return default
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    if not items:
+        raise _bad(name, value, "expected a comma-separated list with at least one item")
+    return items
+
+
+def _service_url(name: str) -> str:
+    """From the environment, else from the embedded services a launcher is running (sopweb/embedded.py)."""
+    value = env_str(name) or embedded.read_state().get(name)
+    if not value:
+        raise ImproperlyConfigured(
+            f"{name} is unset and no embedded service is running: set {name}, or start the product with "
+            "`make demo` (or run a command under `python -m sopweb.embedded run -- ...`)."
+        )
+    return value
+
+
+def parse_database_url(url: str) -> dict:
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql"):
+        raise _bad("DATABASE_URL", url, "expected postgresql://user[:password]@host[:port]/name")
+    query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+    host = query.pop("host", None) or parts.hostname or ""
+    name = unquote(parts.path.lstrip("/"))
+    if not name:
+        raise _bad("DATABASE_URL", url, "the database name is missing")
+    try:
+        port = parts.port
+    except ValueError:
+        raise _bad("DATABASE_URL", url, "the port is not a number") from None
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": name,
+        "USER": unquote(parts.username or ""),
+        "PASSWORD": unquote(parts.password or ""),
+        "HOST": host,
+        "PORT": str(port or ""),
+        "CONN_MAX_AGE": env_number("DATABASE_CONN_MAX_AGE", 60, min_value=0),
+        "CONN_HEALTH_CHECKS": True,
+        "OPTIONS": query,
+        "TEST": {"NAME": f"test_{name}"},
+    }
+
+
+def parse_redis_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise _bad("REDIS_URL", url, "expected redis://host:port/db")
+    db = parts.path.lstrip("/") or "0"
+    if not db.isdigit():
+        raise _bad("REDIS_URL", url, "the database number after the last / must be an integer")
+    try:
+        parts.port
+    except ValueError:
+        raise _bad("REDIS_URL", url, "the port is not a number") from None
+    return url
+
+
+# --- core -------------------------------------------------------------------------------------------
+
+DEBUG = env_bool("DEBUG", False)
+
+
+def _secret_key() -> str:
+    if value := env_str("SECRET_KEY"):
+        return value
+    if path := env_str("SECRET_KEY_FILE"):
+        try:
+            return Path(path).read_text().strip()
+        except OSError as exc:
+            raise _bad("SECRET_KEY_FILE", path, str(exc)) from None
+    # A per-installation random key, made once: safe for one host; several hosts must share SECRET_KEY.
+    path = VAR_DIR / "secret_key"
+    if not path.exists():
+        from django.core.management.utils import get_random_secret_key
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(get_random_secret_key())
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", ["http://127.0.0.1:8000", "http://localhost:8000"])
+for _origin in CSRF_TRUSTED_ORIGINS:
+    if urlsplit(_origin).scheme not in ("http", "https") or not urlsplit(_origin).netloc:
+        raise _bad("CSRF_TRUSTED_ORIGINS", _origin, "each origin must look like https://host[:port]")
+
+# Served over https (behind a TLS-terminating proxy that sets X-Forwarded-Proto): secure cookies and HSTS.
+HTTPS = all(origin.startswith("https://") for origin in CSRF_TRUSTED_ORIGINS)
+if HTTPS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env_number("SECURE_HSTS_SECONDS", 31536000, min_value=0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", True)
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "fleet",
+    "learner",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.auth.middleware.LoginRequiredMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "sopweb.urls"
+ASGI_APPLICATION = "sopweb.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "fleet.views.navigation",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": parse_database_url(_service_url("DATABASE_URL"))}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env_str("TIME_ZONE", "UTC")
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = VAR_DIR / "static"
+WHITENOISE_USE_FINDERS = True  # serve straight from static/ without collectstatic on a dev machine
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+}
+
+# --- Redis: channel layer, Celery broker -----------------------------------------------------------
+
+REDIS_URL = parse_redis_url(_service_url("REDIS_URL"))
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 30},
+    }
+}
+
+CELERY_BROKER_URL = REDIS_URL
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_RESULT_BACKEND = None  # progress goes to rows and channel groups, never to results
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_ROUTES = {"fleet.run_*": {"queue": "actors"}, "learner.*": {"queue": "learner"}}
+CELERY_TASK_SOFT_TIME_LIMIT = env_number("CELERY_TASK_SOFT_TIME_LIMIT", 300, min_value=1)
+CELERY_TASK_TIME_LIMIT = env_number("CELERY_TASK_TIME_LIMIT", 360, min_value=1)
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_TIMEZONE = TIME_ZONE
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+if CELERY_TASK_TIME_LIMIT <= CELERY_TASK_SOFT_TIME_LIMIT:
+    raise _bad("CELERY_TASK_TIME_LIMIT", str(CELERY_TASK_TIME_LIMIT), "must exceed CELERY_TASK_SOFT_TIME_LIMIT")
+
+# --- the fleet and the learner ---------------------------------------------------------------------
+
+# Where checkpoints, episode videos and exports live (shared by every host that runs workers).
+STORAGE_DIR = Path(env_str("SOPWEB_STORAGE_DIR", str(VAR_DIR / "storage"))).resolve()
+# Meta-World v3 tasks seeded for a new fleet.
+FLEET_TASKS = env_list(
+    "FLEET_TASKS", ["shelf-place-v3", "box-close-v3", "pick-place-v3", "peg-insert-side-v3"]
+)
+for _task in FLEET_TASKS:
+    if not _task.endswith("-v3"):
+        raise _bad("FLEET_TASKS", _task, "Meta-World v3 task names end in -v3, e.g. pick-place-v3")
+# A robot silent for this many seconds is marked offline by the periodic sweep.
+FLEET_HEARTBEAT_TIMEOUT = env_number("FLEET_HEARTBEAT_TIMEOUT", 30.0, kind=float, min_value=1.0)
+FLEET_SWEEP_INTERVAL = env_number("FLEET_SWEEP_INTERVAL", 10.0, kind=float, min_value=1.0)
+# Simulated robots run at this multiple of their real control rate; 0 means as fast as possible.
+FLEET_REALTIME_FACTOR = env_number("FLEET_REALTIME_FACTOR", 1.0, kind=float, min_value=0.0)
+# Learner: publish a candidate every N gradient steps; SOP resampler temperature alpha.
+LEARNER_PUBLISH_EVERY = env_number("LEARNER_PUBLISH_EVERY", 500, min_value=1)
+LEARNER_RESAMPLER_ALPHA = env_number("LEARNER_RESAMPLER_ALPHA", 1.5, kind=float, min_value=0.0, max_value=100.0)
+LEARNER_DEVICE = env_str("LEARNER_DEVICE", "auto")
+if LEARNER_DEVICE not in ("auto", "cpu", "cuda"):
+    raise _bad("LEARNER_DEVICE", LEARNER_DEVICE, "expected auto, cpu or cuda")
+
+CELERY_BEAT_SCHEDULE = {
+    "sweep-robots": {"task": "fleet.sweep_robots", "schedule": FLEET_SWEEP_INTERVAL},
+}

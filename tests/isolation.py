@@ -1,0 +1,14 @@
+"""Loaded with -p before Django is set up: tests get their own Redis database.
+
+A demo running on the same Redis keeps its queues and channel groups; tests use database TEST_REDIS_DB
+(default 15) of the same server, flushed at the start of the session.
+"""
+import os
+from urllib.parse import urlsplit, urlunsplit
+
+from sopweb import embedded
+
+url = os.environ.get("REDIS_URL") or embedded.read_state().get("REDIS_URL")
+if url:
+    parts = urlsplit(url)
+    os.environ["REDIS_URL"] = urlunsplit(parts._replace(path="/" + os.environ.get("TEST_REDIS_DB", "15")))
