@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.db.models import Count, Q
 from django.http import HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from fleet.forms import AuditFilterForm, EpisodeFilterForm, ReasonForm
@@ -40,10 +43,10 @@ def home(request):
 @permission_required("fleet.view_robot", raise_exception=True)
 def fleet(request):
     robots = Robot.objects.select_related("policy_version").prefetch_related("tasks")
+    recent = Q(episodes__source=Episode.Source.ONLINE, episodes__finished_at__gte=timezone.now() - timedelta(hours=1))
     tasks = Task.objects.annotate(
-        episodes=Count("episodes", filter=Q(episodes__source=Episode.Source.ONLINE)),
-        successes=Count("episodes", filter=Q(episodes__source=Episode.Source.ONLINE,
-                                             episodes__outcome=Episode.Outcome.SUCCESS)),
+        recent_episodes=Count("episodes", filter=recent),
+        recent_successes=Count("episodes", filter=recent & Q(episodes__outcome=Episode.Outcome.SUCCESS)),
     )
     return render(request, "fleet/fleet.html", {
         "robots": robots,

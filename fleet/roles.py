@@ -1,0 +1,38 @@
+"""Roles are Django groups with model permissions. This is the one list of who may do what."""
+from __future__ import annotations
+
+ROLES = {
+    "operators": [
+        "fleet.view_robot", "fleet.view_task", "fleet.view_episode", "fleet.view_rollout",
+        "learner.view_policyversion", "fleet.control_robot", "fleet.flag_episode",
+    ],
+    "supervisors": [
+        "fleet.view_robot", "fleet.view_task", "fleet.view_episode", "fleet.view_rollout",
+        "learner.view_policyversion", "fleet.view_auditevent", "fleet.approve_rollout", "fleet.flag_episode",
+    ],
+    "annotators": [
+        "fleet.view_task", "fleet.view_episode", "fleet.view_episodelabel", "fleet.label_episode",
+    ],
+}
+
+
+def ensure_roles(apps) -> None:
+    """Create the role groups and grant exactly their permissions. `apps` may be a migration's historical
+    registry or the live one; called by the data migration and after every migrate/flush."""
+    from django.contrib.auth.management import create_permissions
+
+    # Permissions are normally created after all migrations ran; the groups need them now.
+    for app_config in apps.get_app_configs():
+        original = getattr(app_config, "models_module", None)
+        app_config.models_module = original or True  # historical app configs have none
+        create_permissions(app_config, apps=apps, verbosity=0)
+        app_config.models_module = original
+    Group = apps.get_model("auth", "Group")
+    Permission = apps.get_model("auth", "Permission")
+    for role, perms in ROLES.items():
+        group, _ = Group.objects.get_or_create(name=role)
+        wanted = []
+        for perm in perms:
+            app_label, codename = perm.split(".")
+            wanted.append(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+        group.permissions.set(wanted)

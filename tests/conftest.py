@@ -1,0 +1,162 @@
+"""Personas and real-process helpers shared by the tests."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from django.conf import settings
+from django.contrib.auth.models import Group, User
+
+ROOT = Path(__file__).resolve().parent.parent
+PASSWORD = "correct-horse-battery"
+
+
+def make_user(username: str, group: str | None = None) -> User:
+    user = User.objects.create_user(username, password=PASSWORD)
+    if group:
+        user.groups.add(Group.objects.get(name=group))
+    return user
+
+
+@pytest.fixture
+def olivia(db):
+    """An operator."""
+    return make_user("olivia", "operators")
+
+
+@pytest.fixture
+def sam(db):
+    """A supervisor."""
+    return make_user("sam", "supervisors")
+
+
+@pytest.fixture
+def anna(db):
+    """An annotator."""
+    return make_user("anna", "annotators")
+
+
+@pytest.fixture
+def oscar(db):
+    """An outsider: a valid login with no role."""
+    return make_user("oscar")
+
+
+def database_url() -> str:
+    """The URL of the database the tests run on (the test database, once pytest-django made it)."""
+    db = settings.DATABASES["default"]
+    auth = quote(db["USER"]) + (":" + quote(db["PASSWORD"]) if db["PASSWORD"] else "")
+    host = db["HOST"]
+    if host.startswith("/"):  # unix socket directory
+        return f"postgresql://{auth}@/{db['NAME']}?host={host}"
+    port = f":{db['PORT']}" if db["PORT"] else ""
+    return f"postgresql://{auth}@{host}{port}/{db['NAME']}"
+
+
+def process_env(**extra) -> dict:
+    """Environment for a product process that must see what this test writes."""
+    return dict(os.environ, DATABASE_URL=database_url(), REDIS_URL=settings.REDIS_URL, PYTHONUNBUFFERED="1",
+                **extra)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 15) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def celery_worker_process(transactional_db, tmp_path):
+    """A real Celery worker process on every queue, against the test database and the test Redis."""
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "sopweb", "worker", "-Q", "default,actors,learner",
+             "--concurrency", "1", "--pool", "solo", "--without-mingle", "--without-gossip", "-n",
+             f"test-{os.getpid()}@%h", "--loglevel", "INFO"],
+            cwd=ROOT, env=process_env(), stdout=out, stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(lambda: b"ready." in log.read_bytes() or proc.poll() is not None, 60, "the worker to start")
+        assert proc.poll() is None, log.read_text()
+        yield proc
+    finally:
+        stop_process(proc)
+        from django.db import connections
+        connections.close_all()
+
+
+@pytest.fixture
+def daphne_server(transactional_db, tmp_path):
+    """The real ASGI stack: daphne serving sopweb.asgi on a free port. Yields the base URL."""
+    port = free_port()
+    log = tmp_path / "daphne.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "sopweb.asgi:application"],
+            cwd=ROOT, env=process_env(), stdout=out, stderr=subprocess.STDOUT,
+        )
+
+    def listening():
+        with socket.socket() as sock:
+            return sock.connect_ex(("127.0.0.1", port)) == 0 or proc.poll() is not None
+
+    try:
+        wait_for(listening, 60, "daphne to listen")
+        assert proc.poll() is None, log.read_text()
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop_process(proc)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def clean_test_redis():
+    """Start from an empty test Redis database (see tests/isolation.py)."""
+    import redis
+
+    redis.Redis.from_url(settings.REDIS_URL).flushdb()
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    """PBKDF2's deliberate slowness is not what these tests are about."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def release_test_database(django_db_setup, django_db_blocker):
+    """Before pytest-django drops the test database, end sessions left by helper threads and processes."""
+    yield
+    from django.db import connection, connections
+
+    connections.close_all()
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                       "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    connection.close()

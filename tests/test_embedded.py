@@ -1,0 +1,149 @@
+"""The embedded default: a private PostgreSQL and Redis under var/, shared by launchers, stopped by the last one."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+
+from tests.conftest import ROOT, wait_for
+
+# The child a launcher runs: report the URLs it was given, prove both services answer, wait to be released.
+CHILD = """
+import json, os, sys, time, pathlib
+import psycopg, redis
+out = pathlib.Path(sys.argv[1])
+with psycopg.connect(os.environ["DATABASE_URL"]) as conn:
+    backend = conn.execute("select pg_postmaster_start_time()::text").fetchone()[0]
+redis.Redis.from_url(os.environ["REDIS_URL"]).ping()
+out.write_text(json.dumps({"db": os.environ["DATABASE_URL"], "redis": os.environ["REDIS_URL"], "pg_started": backend}))
+while not out.with_suffix(".release").exists():
+    time.sleep(0.05)
+"""
+
+
+class Launcher:
+    def __init__(self, var: Path, name: str):
+        self.report = var.parent / f"{name}.json"
+        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+        env["SOPWEB_VAR_DIR"] = str(var)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sopweb.embedded", "run", "--", sys.executable, "-c", CHILD, str(self.report)],
+            cwd=ROOT, env=env, start_new_session=True,
+        )
+
+    def urls(self) -> dict:
+        wait_for(lambda: self.report.exists() or self.proc.poll() is not None, 120, "the launcher's child")
+        assert self.proc.poll() is None, "launcher exited early"
+        return json.loads(self.report.read_text())
+
+    def release(self) -> int:
+        self.report.with_suffix(".release").touch()
+        return self.proc.wait(60)
+
+
+def services_running(var: Path) -> tuple[bool, bool]:
+    pg = (var / "postgres" / "postmaster.pid").exists()
+    redis_pid = var / "redis" / "redis.pid"
+    alive = False
+    if redis_pid.exists():
+        try:
+            os.kill(int(redis_pid.read_text()), 0)
+            alive = True
+        except (ProcessLookupError, ValueError):
+            pass
+    return pg, alive
+
+
+@pytest.fixture
+def var(tmp_path):
+    path = tmp_path / "var"
+    yield path
+    # Never leave servers behind, whatever the test did.
+    subprocess.run([sys.executable, "-m", "sopweb.embedded", "stop"], cwd=ROOT,
+                   env=dict(os.environ, SOPWEB_VAR_DIR=str(path)), capture_output=True)
+
+
+def test_two_launchers_share_one_set_of_services_and_the_last_one_stops_them(var):
+    first = Launcher(var, "first")
+    a = first.urls()
+    assert "host=" + str(var / "postgres") in a["db"]  # data and socket under var/postgres
+    second = Launcher(var, "second")
+    b = second.urls()
+    assert a == b  # same servers, same start time: reused, not restarted
+
+    assert first.release() == 0
+    assert services_running(var) == (True, True)  # the second launcher still needs them
+    with psycopg.connect(b["db"]) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+
+    assert second.release() == 0
+    assert services_running(var) == (False, False)
+
+
+def test_a_killed_launcher_does_not_keep_services_alive_forever(var):
+    victim = Launcher(var, "victim")
+    first_urls = victim.urls()
+    os.killpg(victim.proc.pid, signal.SIGKILL)  # the launcher and its child, no clean-up at all
+    victim.proc.wait()
+
+    survivor = Launcher(var, "survivor")
+    urls = survivor.urls()
+    assert urls["db"] == first_urls["db"]  # the orphaned servers were reused, not corrupted
+    assert survivor.release() == 0
+    assert services_running(var) == (False, False)
+
+
+def test_data_survives_a_restart(var):
+    first = Launcher(var, "one")
+    url = first.urls()["db"]
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("create table kept (v int)")
+        conn.execute("insert into kept values (42)")
+    r = redis.Redis.from_url(first.urls()["redis"])
+    r.set("kept", "yes")
+    r.save()
+    first.release()
+
+    again = Launcher(var, "two")
+    urls = again.urls()
+    with psycopg.connect(urls["db"]) as conn:
+        assert conn.execute("select v from kept").fetchone() == (42,)
+    assert redis.Redis.from_url(urls["redis"]).get("kept") == b"yes"
+    again.release()
+
+
+def test_configured_urls_start_nothing(tmp_path):
+    """With DATABASE_URL and REDIS_URL set (here: this machine's own servers), nothing is started under var/."""
+    db_url = "postgresql://postgres@127.0.0.1:5432/postgres"
+    redis_url = "redis://127.0.0.1:6379/0"
+    try:
+        psycopg.connect(db_url, connect_timeout=2).close()
+        redis.Redis.from_url(redis_url, socket_timeout=2).ping()
+    except (psycopg.Error, redis.RedisError):
+        pytest.skip("this machine has no PostgreSQL/Redis of its own on the default ports")
+    var = tmp_path / "var"
+    out = tmp_path / "child.json"
+    out.with_suffix(".release").touch()
+    result = subprocess.run(
+        [sys.executable, "-m", "sopweb.embedded", "run", "--", sys.executable, "-c", CHILD, str(out)],
+        cwd=ROOT, env=dict(os.environ, SOPWEB_VAR_DIR=str(var), DATABASE_URL=db_url, REDIS_URL=redis_url),
+        timeout=60,
+    )
+    assert result.returncode == 0
+    assert json.loads(out.read_text())["db"] == db_url
+    assert not (var / "postgres").exists() and not (var / "redis").exists()
+
+
+def test_the_child_exit_code_is_passed_through(var):
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    result = subprocess.run([sys.executable, "-m", "sopweb.embedded", "run", "--", "sh", "-c", "exit 3"],
+                            cwd=ROOT, env=dict(env, SOPWEB_VAR_DIR=str(var)), timeout=120)
+    assert result.returncode == 3
+    assert services_running(var) == (False, False)

@@ -1,0 +1,206 @@
+"""State transitions: legal ones move the state and leave exactly one audit row; illegal ones raise and change nothing."""
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from fleet.models import AuditEvent, Episode, EpisodeFlag, IllegalTransition, Robot, Rollout, Task
+from learner.models import PolicyVersion
+
+
+@pytest.fixture
+def robot(db):
+    return Robot.objects.create(name="sim-01", status=Robot.Status.RUNNING, last_heartbeat=timezone.now())
+
+
+@pytest.fixture
+def version(db):
+    return PolicyVersion.objects.create(number=1, algorithm="bc", checkpoint_path="v1", checkpoint_sha256="0" * 64)
+
+
+def audit_rows(obj, verb=None):
+    rows = AuditEvent.objects.filter(object_type=obj._meta.label_lower, object_id=str(obj.pk))
+    return rows.filter(verb=verb) if verb else rows
+
+
+def test_it_pauses_and_resumes_a_robot_with_audit_rows(robot, olivia):
+    robot.pause(olivia, reason="gripper sounds odd")
+    robot.refresh_from_db()
+    assert robot.status == Robot.Status.PAUSED
+    event = audit_rows(robot, "robot.pause").get()
+    assert event.actor == olivia
+    assert event.reason == "gripper sounds odd"
+    assert event.details == {"from": "running", "to": "paused"}
+
+    robot.resume(olivia)
+    robot.refresh_from_db()
+    assert robot.status == Robot.Status.OFFLINE  # idle again only once its actor heartbeats
+    assert audit_rows(robot).count() == 2
+
+
+def test_it_refuses_to_resume_a_robot_that_is_not_paused(robot, olivia):
+    with pytest.raises(IllegalTransition, match="it is running"):
+        robot.resume(olivia)
+    robot.refresh_from_db()
+    assert robot.status == Robot.Status.RUNNING
+    assert not audit_rows(robot).exists()
+
+
+def test_it_refuses_to_pause_twice(robot, olivia):
+    robot.pause(olivia)
+    with pytest.raises(IllegalTransition):
+        robot.pause(olivia)
+    assert audit_rows(robot, "robot.pause").count() == 1
+
+
+def test_heartbeat_never_overrides_a_pause(robot, olivia):
+    robot.pause(olivia)
+    assert robot.heartbeat(Robot.Status.RUNNING) is False
+    robot.refresh_from_db()
+    assert robot.status == Robot.Status.PAUSED
+
+
+def test_heartbeat_brings_an_offline_robot_online_with_an_audit_row(db):
+    robot = Robot.objects.create(name="sim-02")
+    assert robot.status == Robot.Status.OFFLINE
+    assert robot.heartbeat(Robot.Status.IDLE) is True
+    robot.refresh_from_db()
+    assert robot.status == Robot.Status.IDLE and robot.last_heartbeat is not None
+    assert audit_rows(robot, "robot.online").count() == 1
+    # Activity changes while online are telemetry, not decisions: no audit row each time.
+    robot.heartbeat(Robot.Status.RUNNING)
+    robot.heartbeat(Robot.Status.EXPERT)
+    assert audit_rows(robot).count() == 1
+    robot.refresh_from_db()
+    assert robot.status == Robot.Status.EXPERT
+
+
+def test_heartbeat_rejects_a_status_an_actor_may_not_report(robot):
+    with pytest.raises(ValueError, match="may report"):
+        robot.heartbeat(Robot.Status.PAUSED)
+    robot.refresh_from_db()
+    assert robot.status == Robot.Status.RUNNING
+
+
+def test_mark_offline_refuses_a_robot_that_heartbeat_meanwhile(robot):
+    stale_cutoff = timezone.now() - timedelta(seconds=30)
+    with pytest.raises(IllegalTransition, match="no longer holds"):
+        robot.mark_offline(stale_cutoff)
+    robot.refresh_from_db()
+    assert robot.status == Robot.Status.RUNNING
+    assert not audit_rows(robot).exists()
+
+
+def test_assigning_a_version_is_audited(robot, version, sam):
+    robot.assign_version(version, sam, reason="canary")
+    robot.refresh_from_db()
+    assert robot.policy_version == version
+    assert audit_rows(robot, "robot.assign_version").get().details == {"from": None, "to": version.pk}
+
+
+def test_a_version_walks_its_lifecycle(version, sam):
+    for verb, state in [
+        ("nominate", "candidate"), ("start_evaluation", "evaluating"), ("finish_evaluation", "awaiting_approval"),
+        ("approve_canary", "canary"), ("promote", "deployed"), ("supersede", "superseded"),
+    ]:
+        version.advance(verb, sam)
+        version.refresh_from_db()
+        assert version.state == state
+    assert list(audit_rows(version).order_by("id").values_list("verb", flat=True)) == [
+        "version.nominate", "version.start_evaluation", "version.finish_evaluation", "version.approve_canary",
+        "version.promote", "version.supersede",
+    ]
+
+
+@pytest.mark.parametrize("verb", ["promote", "approve_canary", "supersede", "roll_back", "finish_evaluation"])
+def test_a_checkpoint_cannot_skip_its_review(version, sam, verb):
+    with pytest.raises(IllegalTransition, match="it is checkpoint"):
+        version.advance(verb, sam)
+    version.refresh_from_db()
+    assert version.state == PolicyVersion.State.CHECKPOINT
+    assert not audit_rows(version).exists()
+
+
+def test_continuous_mode_deploys_a_checkpoint_directly(version):
+    version.advance("deploy", reason="continuous mode")
+    version.refresh_from_db()
+    assert version.state == PolicyVersion.State.DEPLOYED
+    assert audit_rows(version, "version.deploy").get().actor is None  # the system, not a person
+
+
+def test_an_unknown_transition_is_a_clear_error(version, sam):
+    with pytest.raises(ValueError, match="unknown policy version transition 'launch'"):
+        version.advance("launch", sam)
+
+
+def test_a_rollout_ends_once(version, sam):
+    rollout = Rollout.objects.create(version=version, stage=Rollout.Stage.CANARY, requested_by=sam)
+    rollout.end(Rollout.Status.ROLLED_BACK, sam, reason="worse than deployed")
+    rollout.refresh_from_db()
+    assert rollout.status == Rollout.Status.ROLLED_BACK and rollout.ended_at is not None
+    with pytest.raises(IllegalTransition):
+        rollout.end(Rollout.Status.PROMOTED, sam)
+    rollout.refresh_from_db()
+    assert rollout.status == Rollout.Status.ROLLED_BACK
+    assert audit_rows(rollout).count() == 1
+
+
+def make_episode(**kwargs) -> Episode:
+    task = Task.objects.get_or_create(env_name="pick-place-v3", defaults={"title": "Pick place"})[0]
+    now = timezone.now()
+    fields = dict(task=task, seed=1, outcome=Episode.Outcome.FAILURE, steps=500, total_return=1.0,
+                  started_at=now - timedelta(seconds=6), finished_at=now)
+    fields.update(kwargs)
+    return Episode.objects.create(**fields)
+
+
+def test_a_flag_needs_a_reason_and_resolves_once(olivia, anna):
+    episode = make_episode()
+    with pytest.raises(ValueError, match="needs a reason"):
+        EpisodeFlag.raise_flag(episode, olivia, "   ")
+    assert not EpisodeFlag.objects.exists()
+
+    flag = EpisodeFlag.raise_flag(episode, olivia, "dropped the object at the shelf")
+    assert audit_rows(episode, "episode.flag").get().actor == olivia
+    flag.resolve(anna, EpisodeFlag.Status.DISMISSED, reason="not a failure")
+    flag.refresh_from_db()
+    assert flag.status == "dismissed" and flag.resolved_by == anna
+    with pytest.raises(IllegalTransition):
+        flag.resolve(anna, EpisodeFlag.Status.LABELLED)
+    with pytest.raises(ValueError):
+        flag.resolve(anna, "open")
+
+
+def test_an_episode_cannot_claim_more_interventions_than_steps(db):
+    with pytest.raises(IntegrityError), transaction.atomic():
+        make_episode(steps=10, intervention_steps=11)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_concurrent_pauses_make_one_transition_and_one_audit_row(olivia):
+    robot = Robot.objects.create(name="sim-race", status=Robot.Status.RUNNING)
+    barrier = threading.Barrier(2)
+    outcomes = []
+
+    def pause():
+        try:
+            barrier.wait()
+            robot_copy = Robot.objects.get(pk=robot.pk)
+            robot_copy.pause(olivia, reason="race")
+            outcomes.append("paused")
+        except IllegalTransition:
+            outcomes.append("refused")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=pause) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["paused", "refused"]
+    assert audit_rows(robot, "robot.pause").count() == 1

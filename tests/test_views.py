@@ -1,0 +1,155 @@
+"""Every page requires login, and each role sees (and may do) only what its permissions allow."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.core.management import call_command
+from django.urls import reverse
+from django.utils import timezone
+
+from fleet.models import AuditEvent, Episode, Robot, Task
+
+PAGES = ["home", "fleet", "episodes", "versions", "audit"]
+# persona -> page -> expected status for a GET (302 on "home" is the redirect to the role's landing page)
+EXPECTED = {
+    "olivia": {"home": 302, "fleet": 200, "episodes": 200, "versions": 200, "audit": 403},
+    "sam": {"home": 302, "fleet": 200, "episodes": 200, "versions": 200, "audit": 200},
+    "anna": {"home": 302, "fleet": 403, "episodes": 200, "versions": 403, "audit": 403},
+    "oscar": {"home": 403, "fleet": 403, "episodes": 403, "versions": 403, "audit": 403},
+}
+
+
+@pytest.fixture
+def robot(db):
+    return Robot.objects.create(name="sim-01", status=Robot.Status.RUNNING, last_heartbeat=timezone.now())
+
+
+@pytest.mark.parametrize("page", PAGES + ["admin:index"])
+def test_anonymous_users_are_sent_to_log_in(client, db, page):
+    response = client.get(reverse(page))
+    assert response.status_code == 302
+    assert "/login/" in response["Location"]
+
+
+@pytest.mark.parametrize("persona", list(EXPECTED))
+@pytest.mark.parametrize("page", PAGES)
+def test_each_role_sees_its_own_pages(client, request, persona, page):
+    client.force_login(request.getfixturevalue(persona))
+    assert client.get(reverse(page)).status_code == EXPECTED[persona][page]
+
+
+@pytest.mark.parametrize("persona, landing", [("olivia", "/fleet/"), ("sam", "/fleet/"), ("anna", "/episodes/")])
+def test_home_sends_each_role_to_its_landing_page(client, request, persona, landing):
+    client.force_login(request.getfixturevalue(persona))
+    assert client.get("/")["Location"] == landing
+
+
+@pytest.mark.parametrize("persona", list(EXPECTED))
+def test_navigation_shows_only_the_pages_a_role_may_open(client, request, persona):
+    client.force_login(request.getfixturevalue(persona))
+    response = client.get(reverse("episodes"))
+    nav = {item["name"] for item in response.context["nav_items"]} if response.context else set()
+    allowed = {page for page, code in EXPECTED[persona].items() if code == 200}
+    assert nav == allowed
+
+
+@pytest.mark.parametrize("persona, allowed", [("olivia", True), ("sam", False), ("anna", False), ("oscar", False)])
+def test_only_operators_may_pause_a_robot(client, request, robot, persona, allowed):
+    client.force_login(request.getfixturevalue(persona))
+    response = client.post(reverse("robot-pause", args=[robot.pk]), {"reason": "check the gripper"})
+    robot.refresh_from_db()
+    if allowed:
+        assert response.status_code == 302
+        assert robot.status == Robot.Status.PAUSED
+        assert AuditEvent.objects.get(verb="robot.pause").reason == "check the gripper"
+    else:
+        assert response.status_code == 403
+        assert robot.status == Robot.Status.RUNNING
+        assert not AuditEvent.objects.exists()
+
+
+def test_anonymous_pause_is_sent_to_log_in_and_changes_nothing(client, robot):
+    response = client.post(reverse("robot-pause", args=[robot.pk]))
+    assert response.status_code == 302 and "/login/" in response["Location"]
+    robot.refresh_from_db()
+    assert robot.status == Robot.Status.RUNNING
+
+
+def test_pause_is_post_only(client, olivia, robot):
+    client.force_login(olivia)
+    assert client.get(reverse("robot-pause", args=[robot.pk])).status_code == 405
+    robot.refresh_from_db()
+    assert robot.status == Robot.Status.RUNNING
+
+
+def test_an_illegal_robot_command_is_explained_and_changes_nothing(client, olivia, robot):
+    client.force_login(olivia)
+    response = client.post(reverse("robot-resume", args=[robot.pk]), follow=True)
+    assert "Cannot resume robot sim-01: it is running" in response.content.decode()
+    robot.refresh_from_db()
+    assert robot.status == Robot.Status.RUNNING
+    assert not AuditEvent.objects.exists()
+
+
+def test_an_oversized_reason_is_rejected(client, olivia, robot):
+    client.force_login(olivia)
+    response = client.post(reverse("robot-pause", args=[robot.pk]), {"reason": "x" * 2001})
+    assert response.status_code == 400
+    robot.refresh_from_db()
+    assert robot.status == Robot.Status.RUNNING
+
+
+def test_unknown_robot_is_404(client, olivia, db):
+    client.force_login(olivia)
+    assert client.post(reverse("robot-pause", args=[999999])).status_code == 404
+
+
+def test_the_fleet_page_shows_controls_only_to_operators(client, olivia, sam, robot):
+    pause_url = reverse("robot-pause", args=[robot.pk])
+    client.force_login(olivia)
+    assert pause_url in client.get(reverse("fleet")).content.decode()
+    client.force_login(sam)
+    assert pause_url not in client.get(reverse("fleet")).content.decode()
+
+
+def test_episodes_page_through_with_a_keyset_cursor(client, anna):
+    task = Task.objects.create(env_name="box-close-v3", title="Box close")
+    start = timezone.now() - timedelta(hours=1)
+    for i in range(120):
+        Episode.objects.create(task=task, seed=i, outcome=Episode.Outcome.FAILURE, steps=500, total_return=0.0,
+                               started_at=start, finished_at=start + timedelta(seconds=i))
+    client.force_login(anna)
+    seen = []
+    url = reverse("episodes") + "?task=box-close-v3"
+    while url:
+        response = client.get(url)
+        assert response.status_code == 200
+        seen += [episode.seed for episode in response.context["episodes"]]
+        next_query = response.context["next_query"]
+        url = reverse("episodes") + "?" + next_query if next_query else None
+    assert seen == list(range(119, -1, -1))  # newest first, each exactly once
+
+
+@pytest.mark.parametrize("query", ["after=garbage", "outcome=exploded", "task=no-such-task-v3"])
+def test_bad_episode_filters_get_a_clear_400(client, anna, query):
+    client.force_login(anna)
+    response = client.get(reverse("episodes") + "?" + query)
+    assert response.status_code == 400
+    assert response.context["form"].errors
+
+
+def test_every_demo_role_can_log_in(client, db):
+    call_command("seed_demo", robots=2, stdout=open("/dev/null", "w"))
+    for username in ["operator", "supervisor", "annotator", "admin"]:
+        response = client.post(reverse("login"), {"username": username, "password": f"{username}-demo"})
+        assert response.status_code == 302, username
+        assert client.get("/", follow=True).status_code == 200, username
+        client.logout()
+    assert Robot.objects.count() == 2 and Task.objects.count() == 4
+
+
+def test_a_wrong_password_is_refused(client, olivia):
+    response = client.post(reverse("login"), {"username": "olivia", "password": "nope"})
+    assert response.status_code == 200
+    assert "didn't match" in response.content.decode()

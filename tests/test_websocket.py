@@ -1,0 +1,103 @@
+"""The fleet socket: only authenticated users with the right permission join; broadcasts reach them."""
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+
+import pytest
+import websockets
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+from django.contrib.auth.models import AnonymousUser
+from django.test import Client
+
+from fleet.consumers import CLOSE_FORBIDDEN, CLOSE_UNAUTHENTICATED, FleetConsumer
+from fleet.events import broadcast
+from tests.conftest import ROOT, process_env
+
+
+async def communicate(user):
+    communicator = WebsocketCommunicator(FleetConsumer.as_asgi(), "/ws/fleet/")
+    communicator.scope["user"] = user
+    connected, code = await communicator.connect()
+    return communicator, connected, code
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_anonymous_users_are_rejected():
+    communicator, connected, code = await communicate(AnonymousUser())
+    assert not connected and code == CLOSE_UNAUTHENTICATED
+    await communicator.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_users_without_the_permission_are_rejected(anna):
+    communicator, connected, code = await communicate(anna)
+    assert not connected and code == CLOSE_FORBIDDEN
+    await communicator.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_an_operator_joins_and_receives_broadcasts(olivia):
+    communicator, connected, _ = await communicate(olivia)
+    assert connected
+    try:
+        await sync_to_async(broadcast)("robot.status", {"robot": 7, "status": "paused"})
+        assert await communicator.receive_json_from(timeout=5) == {
+            "event": "robot.status", "data": {"robot": 7, "status": "paused"},
+        }
+    finally:
+        await communicator.disconnect()
+
+
+def session_cookie(user) -> str:
+    client = Client()
+    client.force_login(user)
+    return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+
+
+BROADCAST_FROM_ANOTHER_PROCESS = """
+import django; django.setup()
+from fleet.events import broadcast
+broadcast("robot.status", {"robot": 3, "status": "expert", "from": "another process"})
+"""
+
+
+def test_the_real_asgi_stack_accepts_a_logged_in_operator_and_delivers_another_process_broadcast(
+        daphne_server, olivia):
+    cookie = session_cookie(olivia)
+
+    async def scenario():
+        async with websockets.connect(f"ws://{daphne_server}/ws/fleet/", open_timeout=10,
+                                      additional_headers={"Cookie": cookie,
+                                                          "Origin": f"http://{daphne_server}"}) as ws:
+            # The consumer has joined its group once the handshake completed; now another process speaks.
+            await asyncio.to_thread(subprocess.run, [sys.executable, "-c", BROADCAST_FROM_ANOTHER_PROCESS],
+                                    cwd=ROOT, env=process_env(), check=True, timeout=60)
+            return json.loads(await asyncio.wait_for(ws.recv(), timeout=10))
+
+    message = asyncio.run(scenario())
+    assert message == {"event": "robot.status", "data": {"robot": 3, "status": "expert", "from": "another process"}}
+
+
+@pytest.mark.parametrize("who", ["anonymous", "annotator", "forged", "foreign origin"])
+def test_the_real_asgi_stack_refuses_sockets_it_should_not_serve(daphne_server, anna, olivia, who):
+    headers = {"Origin": f"http://{daphne_server}"}
+    if who == "annotator":
+        headers["Cookie"] = session_cookie(anna)
+    elif who == "forged":
+        headers["Cookie"] = f"{settings.SESSION_COOKIE_NAME}=forged-session-key"
+    elif who == "foreign origin":
+        headers = {"Cookie": session_cookie(olivia), "Origin": "http://evil.example.com"}
+
+    async def scenario():
+        async with websockets.connect(f"ws://{daphne_server}/ws/fleet/", open_timeout=10,
+                                      additional_headers=headers) as ws:
+            await ws.recv()
+
+    with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+        asyncio.run(scenario())
+    assert refused.value.response.status_code == 403
