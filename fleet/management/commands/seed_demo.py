@@ -28,7 +28,8 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--robots", type=int, default=4, help="simulated robots to create (default 4)")
-        parser.add_argument("--url", default="http://127.0.0.1:8000", help="the URL to print")
+        host, port = os.environ.get("WEB_HOST", "127.0.0.1"), os.environ.get("WEB_PORT", "8000")
+        parser.add_argument("--url", default=f"http://{host}:{port}", help="the URL to print")
 
     @transaction.atomic
     def handle(self, *args, robots: int, url: str, **options):

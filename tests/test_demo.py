@@ -1,0 +1,72 @@
+"""`make demo` from nothing: embedded services, migrations, demo users, every process; Ctrl-C leaves nothing behind."""
+from __future__ import annotations
+
+import http.cookiejar
+import os
+import re
+import signal
+import subprocess
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from tests.conftest import ROOT, free_port, wait_for
+
+
+def log_in(base: str, username: str, password: str) -> tuple[str, str]:
+    """Log in through the real login form; returns (final URL, page) of the landing page."""
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    form = opener.open(f"{base}/login/", timeout=10).read().decode()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form).group(1)
+    body = urllib.parse.urlencode({"username": username, "password": password, "csrfmiddlewaretoken": token})
+    response = opener.open(f"{base}/login/", data=body.encode(), timeout=10)
+    return response.geturl(), response.read().decode()
+
+
+def group_alive(pgid: int) -> list[str]:
+    result = subprocess.run(["ps", "-o", "pid=,args=", "-g", str(pgid)], capture_output=True, text=True)
+    return [line for line in result.stdout.splitlines() if line.strip()]
+
+
+def test_make_demo_serves_every_role_and_ctrl_c_stops_everything(tmp_path):
+    var = tmp_path / "var"
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(SOPWEB_VAR_DIR=str(var), WEB_PORT=str(port), ACTOR_CONCURRENCY="1", WORKER_CONCURRENCY="1")
+    log = tmp_path / "demo.log"
+    with open(log, "wb") as out:
+        demo = subprocess.Popen(["make", "--no-print-directory", "demo"], cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def serving():
+            assert demo.poll() is None, log.read_text()
+            try:
+                return urllib.request.urlopen(f"{base}/login/", timeout=2).status == 200
+            except OSError:
+                return False
+
+        wait_for(serving, 180, "the demo to serve its login page", interval=0.5)
+        printed = log.read_text()
+        assert f"sopweb is starting at {base}" in printed
+        for username, landing in [("operator", "/fleet/"), ("supervisor", "/fleet/"),
+                                  ("annotator", "/episodes/"), ("admin", "/fleet/")]:
+            password = re.search(rf"{username}\s+password: (\S+)", printed).group(1)
+            url, page = log_in(base, username, password)
+            assert urllib.parse.urlsplit(url).path == landing, (username, url)
+            assert f'class="who">{username}' in page
+        wait_for(lambda: all(f"{name}.1" in log.read_text() for name in ("actors", "learner", "worker", "beat")),
+                 60, "every process in the Procfile to start")
+    finally:
+        os.killpg(demo.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+        try:
+            demo.wait(90)
+        except subprocess.TimeoutExpired:
+            os.killpg(demo.pid, signal.SIGKILL)
+            raise
+
+    wait_for(lambda: not group_alive(demo.pid), 30, "every demo process to exit")
+    assert not (var / "postgres" / "postmaster.pid").exists()
+    assert not (var / "redis" / "redis.pid").exists()
+    assert not (var / "run" / "services.json").exists()
