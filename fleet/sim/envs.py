@@ -1,0 +1,93 @@
+"""Meta-World v3 environments with seeded resets, their scripted experts, and simulator snapshots for replay."""
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+# The scripted experts warn on every call that their gains exceed the action bounds; the env clips, as we do.
+warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high", category=UserWarning)
+
+OBS_DIM = 39
+ACTION_DIM = 4
+
+
+class UnknownTask(ValueError):
+    pass
+
+
+def expert_class_name(env_name: str) -> str:
+    """`peg-insert-side-v3` -> `SawyerPegInsertionSideV3Policy`, following metaworld.policies' naming."""
+    special = {"peg-insert-side-v3": "SawyerPegInsertionSideV3Policy"}
+    if env_name in special:
+        return special[env_name]
+    stem = re.sub(r"-v3$", "", env_name)
+    return "Sawyer" + "".join(part.capitalize() for part in stem.split("-")) + "V3Policy"
+
+
+@dataclass
+class SimTask:
+    """One Meta-World task: a seeded environment and the scripted expert that stands in for the human."""
+
+    name: str
+    env: object
+    expert: object
+
+    @property
+    def dt(self) -> float:
+        """Seconds of robot time per control step (80 Hz for Meta-World)."""
+        return float(self.env.dt)
+
+    @property
+    def max_steps(self) -> int:
+        return int(self.env.max_path_length)
+
+    def reset(self, seed: int) -> np.ndarray:
+        """The same seed gives the same initial object and goal positions, on any machine and any instance."""
+        self.env.seed(int(seed))
+        obs, _ = self.env.reset()
+        return obs
+
+    def step(self, action: np.ndarray):
+        obs, reward, _terminated, _truncated, info = self.env.step(action)
+        return obs, float(reward), info
+
+    def expert_action(self, obs: np.ndarray) -> np.ndarray:
+        return np.asarray(self.expert.get_action(obs), dtype=np.float32)
+
+    def snapshot(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """qpos, qvel, mocap position and quaternion: what replay needs to put the scene back exactly."""
+        data = self.env.data
+        return data.qpos.copy(), data.qvel.copy(), data.mocap_pos[0].copy(), data.mocap_quat[0].copy()
+
+    def restore(self, qpos, qvel, mocap_pos, mocap_quat) -> None:
+        import mujoco
+
+        data = self.env.data
+        data.qpos[:], data.qvel[:] = qpos, qvel
+        data.mocap_pos[0], data.mocap_quat[0] = mocap_pos, mocap_quat
+        mujoco.mj_forward(self.env.model, data)
+
+
+def make_task(env_name: str, render_mode: str | None = None) -> SimTask:
+    """Build the environment for a Meta-World v3 task name (e.g. `pick-place-v3`)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # gymnasium's checker complains about Meta-World's obs bounds
+        import metaworld.policies
+        from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE as ENVS
+
+    try:
+        env_cls = ENVS[f"{env_name}-goal-observable"]
+    except KeyError:
+        raise UnknownTask(f"{env_name!r} is not a Meta-World v3 task") from None
+    try:
+        expert = getattr(metaworld.policies, expert_class_name(env_name))()
+    except AttributeError:
+        raise UnknownTask(f"{env_name!r} has no scripted expert in metaworld.policies") from None
+    env = env_cls(seed=0, render_mode=render_mode)
+    # Sample the object and goal positions from the env's own seeded RNG at every reset.
+    env._freeze_rand_vec = False
+    env.seeded_rand_vec = True
+    return SimTask(name=env_name, env=env, expert=expert)

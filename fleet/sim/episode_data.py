@@ -1,0 +1,128 @@
+"""An episode's arrays: the recorder that fills them, and the validation and codec at the ingestion boundary.
+
+Row t holds the state the robot saw before acting at step t (observation and simulator state), what it did,
+what the expert would have done, who acted, and the reward and success that followed.
+"""
+from __future__ import annotations
+
+import io
+import zipfile
+
+import numpy as np
+
+from fleet.sim.envs import ACTION_DIM, OBS_DIM
+from fleet.sim.gate import ANNOTATOR, POLICY
+
+# name -> (dtype, trailing shape); None in a shape is a width fixed per task (the simulator's nq / nv).
+SCHEMA = {
+    "obs": (np.float32, (OBS_DIM,)),
+    "action": (np.float32, (ACTION_DIM,)),
+    "expert_action": (np.float32, (ACTION_DIM,)),
+    "intervention": (np.bool_, ()),
+    "intervention_source": (np.uint8, ()),
+    "reward": (np.float32, ()),
+    "success": (np.bool_, ()),
+    "qpos": (np.float64, (None,)),
+    "qvel": (np.float64, (None,)),
+    "mocap_pos": (np.float64, (3,)),
+    "mocap_quat": (np.float64, (4,)),
+}
+MAX_SIM_WIDTH = 256  # nq / nv of any Meta-World scene is far below this
+MAX_PAYLOAD_BYTES = 16 * 1024 * 1024  # a 500-step episode compresses to ~100 KB; this is a guard, not a goal
+
+
+class EpisodeDataError(ValueError):
+    """The episode's arrays are malformed; nothing was written."""
+
+
+class EpisodeRecorder:
+    """Preallocated per-step buffers for one episode (no per-step allocation in the control loop)."""
+
+    def __init__(self, max_steps: int, nq: int, nv: int):
+        widths = {"qpos": nq, "qvel": nv}
+        self.arrays = {
+            name: np.zeros((max_steps, *(widths[name] if dim is None else dim for dim in shape)), dtype=dtype)
+            for name, (dtype, shape) in SCHEMA.items()
+        }
+        self.steps = 0
+
+    def record(self, obs, action, expert_action, source: int, reward: float, success: bool, snapshot) -> None:
+        t, a = self.steps, self.arrays
+        a["obs"][t] = obs
+        a["action"][t] = action
+        a["expert_action"][t] = expert_action
+        a["intervention"][t] = source != POLICY
+        a["intervention_source"][t] = source
+        a["reward"][t] = reward
+        a["success"][t] = success
+        a["qpos"][t], a["qvel"][t], a["mocap_pos"][t], a["mocap_quat"][t] = snapshot
+        self.steps = t + 1
+
+    def finish(self) -> dict[str, np.ndarray]:
+        return {name: array[: self.steps] for name, array in self.arrays.items()}
+
+
+def segments(intervention_source: np.ndarray) -> list[tuple[int, int, int]]:
+    """Runs of steps where someone other than the policy acted: [(start, end_exclusive, source)]."""
+    src = np.asarray(intervention_source)
+    if src.size == 0:
+        return []
+    change = np.flatnonzero(np.diff(src)) + 1
+    starts = np.concatenate([[0], change])
+    ends = np.concatenate([change, [src.size]])
+    return [(int(s), int(e), int(src[s])) for s, e in zip(starts, ends) if src[s] != POLICY]
+
+
+def validate(arrays: dict, max_steps: int) -> int:
+    """Check names, dtypes, shapes, lengths and values. Returns the step count; raises EpisodeDataError."""
+    if not isinstance(arrays, dict):
+        raise EpisodeDataError("episode data must be a mapping of array names to arrays")
+    missing, extra = set(SCHEMA) - set(arrays), set(arrays) - set(SCHEMA)
+    if missing or extra:
+        raise EpisodeDataError(f"episode arrays: missing {sorted(missing) or 'none'}, unexpected {sorted(extra) or 'none'}")
+    steps = None
+    for name, (dtype, shape) in SCHEMA.items():
+        array = arrays[name]
+        if not isinstance(array, np.ndarray):
+            raise EpisodeDataError(f"{name} must be a numpy array, not {type(array).__name__}")
+        if array.dtype != np.dtype(dtype):
+            raise EpisodeDataError(f"{name} must be {np.dtype(dtype)}, got {array.dtype}")
+        if array.ndim != 1 + len(shape):
+            raise EpisodeDataError(f"{name} must have {1 + len(shape)} dimension(s), got shape {array.shape}")
+        for axis, want in enumerate(shape, start=1):
+            got = array.shape[axis]
+            if (want is None and not 0 < got <= MAX_SIM_WIDTH) or (want is not None and got != want):
+                raise EpisodeDataError(f"{name} has shape {array.shape}; expected (steps, {want or 'nq/nv'})")
+        if steps is None:
+            steps = array.shape[0]
+        elif array.shape[0] != steps:
+            raise EpisodeDataError(f"{name} has {array.shape[0]} steps but obs has {steps}")
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise EpisodeDataError(f"{name} contains NaN or infinite values")
+    if not 0 < steps <= max_steps:
+        raise EpisodeDataError(f"an episode has 1 to {max_steps} steps, this one has {steps}")
+    if (arrays["intervention_source"] > ANNOTATOR).any():
+        raise EpisodeDataError("intervention_source holds an unknown source code")
+    if not np.array_equal(arrays["intervention"], arrays["intervention_source"] != POLICY):
+        raise EpisodeDataError("intervention flags disagree with intervention_source")
+    if np.abs(arrays["action"]).max() > 1.0 + 1e-6:
+        raise EpisodeDataError("actions must lie in [-1, 1]")
+    return steps
+
+
+def encode(arrays: dict) -> bytes:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    data = buffer.getvalue()
+    if len(data) > MAX_PAYLOAD_BYTES:
+        raise EpisodeDataError(f"the episode payload is {len(data)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
+    return data
+
+
+def decode(data: bytes) -> dict[str, np.ndarray]:
+    """Read a payload back (never unpickling anything)."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            return {name: npz[name] for name in npz.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise EpisodeDataError(f"the episode payload is not a readable .npz: {exc}") from None
