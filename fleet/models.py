@@ -68,10 +68,12 @@ def apply_transition(obj, *, verb: str, field: str, allowed_from, to: str, actor
         if current not in allowed_from:
             raise IllegalTransition(
                 f"cannot {verb.split('.')[-1].replace('_', ' ')} {model._meta.verbose_name} {locked}: "
-                f"it is {current}, and this needs {' or '.join(sorted(allowed_from))}"
+                f"it is {current}, and this needs {' or '.join(sorted(map(str, allowed_from)))}"
             )
         if condition is not None and not model.objects.filter(condition, pk=obj.pk).exists():
-            raise IllegalTransition(f"cannot {verb.split('.')[-1].replace('_', ' ')} {locked}: {condition} no longer holds")
+            raise IllegalTransition(
+                f"cannot {verb.split('.')[-1].replace('_', ' ')} {locked}: {condition} no longer holds"
+            )
         changes = {field: to, **updates}
         for name, value in changes.items():
             setattr(locked, name, value)
@@ -122,6 +124,7 @@ class Robot(models.Model):
         "learner.PolicyVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="robots",
         help_text="The version this robot runs from its next episode on; set by rollouts.",
     )
+    enabled = models.BooleanField(default=False, help_text="Started: runs episodes back to back until stopped.")
     last_heartbeat = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -138,11 +141,37 @@ class Robot(models.Model):
         broadcast_on_commit("robot.status", {"robot": self.pk, "name": self.name, "status": self.status,
                                              "verb": event.verb})
 
+    def start(self, actor, reason: str = "") -> AuditEvent:
+        """Run episodes back to back from now on (the first is scheduled after commit)."""
+        try:
+            event = apply_transition(self, verb="robot.start", field="enabled", allowed_from={False}, to=True,
+                                     actor=actor, reason=reason)
+        except IllegalTransition:
+            raise IllegalTransition(f"robot {self.name} is already started") from None
+        self._changed(event)
+        self._schedule_after_commit()
+        return event
+
+    def stop(self, actor, reason: str = "") -> AuditEvent:
+        """Finish the running episode, then run no more."""
+        try:
+            event = apply_transition(self, verb="robot.stop", field="enabled", allowed_from={True}, to=False,
+                                     actor=actor, reason=reason)
+        except IllegalTransition:
+            raise IllegalTransition(f"robot {self.name} is already stopped") from None
+        self._changed(event)
+        return event
+
     def pause(self, actor, reason: str = "") -> AuditEvent:
+        """Abort the running episode within a few steps and run none until resumed."""
         event = apply_transition(
             self, verb="robot.pause", field="status", to=self.Status.PAUSED, actor=actor, reason=reason,
             allowed_from={self.Status.IDLE, self.Status.RUNNING, self.Status.EXPERT, self.Status.OFFLINE},
         )
+        from fleet import bus
+
+        robot_id = self.pk
+        transaction.on_commit(lambda: bus.client().set(bus.abort_key(robot_id), "1", px=600_000))
         self._changed(event)
         return event
 
@@ -152,8 +181,19 @@ class Robot(models.Model):
             self, verb="robot.resume", field="status", to=self.Status.OFFLINE, actor=actor, reason=reason,
             allowed_from={self.Status.PAUSED},
         )
+        from fleet import bus
+
+        robot_id = self.pk
+        transaction.on_commit(lambda: bus.client().delete(bus.abort_key(robot_id)))
         self._changed(event)
+        self._schedule_after_commit()
         return event
+
+    def _schedule_after_commit(self) -> None:
+        from fleet.actor import schedule_episode
+
+        robot_id = self.pk
+        transaction.on_commit(lambda: schedule_episode(robot_id))
 
     def mark_offline(self, silent_since, reason: str = "heartbeat timeout") -> AuditEvent:
         """The sweep's verdict on a robot that has not heartbeat since `silent_since`."""
@@ -199,9 +239,15 @@ class Robot(models.Model):
             event = AuditEvent.record(actor, "robot.assign_version", locked, reason=reason,
                                       details={"from": previous, "to": version.pk if version else None})
         self.policy_version = version
+        from fleet import bus
         from fleet.events import broadcast_on_commit
 
         broadcast_on_commit("robot.version", {"robot": self.pk, "version": version.pk if version else None})
+        if version is not None:
+            # Actors prefetch the weights now, and swap at their next episode boundary.
+            message = {"robot": self.pk, "version": version.pk, "path": version.checkpoint_path,
+                       "sha256": version.checkpoint_sha256}
+            transaction.on_commit(lambda: bus.publish(bus.VERSIONS_CHANNEL, message))
         return event
 
 

@@ -278,6 +278,22 @@ FLEET_HEARTBEAT_TIMEOUT = env_number("FLEET_HEARTBEAT_TIMEOUT", 30.0, kind=float
 FLEET_SWEEP_INTERVAL = env_number("FLEET_SWEEP_INTERVAL", 10.0, kind=float, min_value=1.0)
 # Simulated robots run at this multiple of their real control rate; 0 means as fast as possible.
 FLEET_REALTIME_FACTOR = env_number("FLEET_REALTIME_FACTOR", 1.0, kind=float, min_value=0.0)
+# An actor's claim on its robot expires this long after its last renewal (a killed worker's robot is freed).
+FLEET_LEASE_SECONDS = env_number("FLEET_LEASE_SECONDS", 20.0, kind=float, min_value=1.0)
+# The HG-DAgger expert gate, as JSON overrides of fleet.sim.gate.GateConfig, e.g. {"no_progress_steps": 20}.
+def _gate_config() -> dict:
+    import json
+
+    from fleet.sim.gate import GateConfig
+
+    raw = env_str("FLEET_GATE", "{}")
+    try:
+        return GateConfig.from_dict(json.loads(raw)).as_dict()
+    except (ValueError, TypeError) as exc:
+        raise _bad("FLEET_GATE", raw, str(exc)) from None
+
+
+FLEET_GATE = _gate_config()
 # Learner: publish a candidate every N gradient steps; SOP resampler temperature alpha.
 LEARNER_PUBLISH_EVERY = env_number("LEARNER_PUBLISH_EVERY", 500, min_value=1)
 LEARNER_RESAMPLER_ALPHA = env_number("LEARNER_RESAMPLER_ALPHA", 1.5, kind=float, min_value=0.0, max_value=100.0)

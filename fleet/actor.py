@@ -1,0 +1,144 @@
+"""One episode of one robot, from the actor worker's side: lease, policy, simulation, ingestion, next episode.
+
+The simulation itself is Django-free (fleet/sim/); this module binds it to the database and Redis.
+"""
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+import uuid
+
+from django.conf import settings
+from django.utils import timezone
+
+from fleet import bus
+from fleet.ingest import ingest_episode
+from fleet.models import Episode, Robot
+
+log = logging.getLogger(__name__)
+_sim_tasks: dict = {}  # env name -> SimTask: building a MuJoCo scene costs ~0.1 s, so each process keeps its own
+_torch_ready = False
+
+
+def sim_task(env_name: str):
+    from fleet.sim.envs import make_task
+
+    if env_name not in _sim_tasks:
+        _sim_tasks[env_name] = make_task(env_name)
+    return _sim_tasks[env_name]
+
+
+def _prepare_process() -> None:
+    """Once per worker process: one torch thread per actor, and the prefetch listener."""
+    global _torch_ready
+    if not _torch_ready:
+        import torch
+
+        torch.set_num_threads(1)
+        from fleet.policy_cache import cache
+
+        cache.start_prefetching()
+        _torch_ready = True
+
+
+def schedule_episode(robot_id: int) -> bool:
+    """Queue the robot's next episode unless one is already queued (at most one chain of episodes per robot)."""
+    from fleet.tasks import run_episode
+
+    marker_ttl = int(settings.FLEET_LEASE_SECONDS * 2000)
+    if bus.client().set(bus.scheduled_key(robot_id), "1", nx=True, px=marker_ttl):
+        run_episode.delay(robot_id)
+        return True
+    return False
+
+
+def run_robot_episode(robot_id: int) -> str:
+    """Run the robot's next episode if it should run one. Returns what happened, for logs and tests."""
+    bus.client().delete(bus.scheduled_key(robot_id))
+    robot = Robot.objects.select_related("policy_version").filter(pk=robot_id).first()
+    if robot is None:
+        return "gone"
+    if not robot.enabled or robot.status == Robot.Status.PAUSED:
+        return "not running"
+    lease = bus.Lease(robot_id, uuid.uuid4().hex, settings.FLEET_LEASE_SECONDS)
+    if not lease.acquire():
+        return "busy"  # another episode of this robot is in flight
+    try:
+        outcome = _run_leased(robot, lease)
+    finally:
+        lease.release()
+    robot.refresh_from_db(fields=["enabled", "status"])
+    if robot.enabled and robot.status != Robot.Status.PAUSED and outcome not in ("idle", "aborted"):
+        schedule_episode(robot_id)
+    return outcome
+
+
+def _run_leased(robot: Robot, lease: bus.Lease) -> str:
+    from fleet.policy_cache import cache, mark_ready
+    from fleet.sim.actor import run_episode
+    from fleet.sim.gate import Gate, GateConfig
+    from learner.policy import CheckpointError
+
+    _prepare_process()
+    tasks = list(robot.tasks.filter(enabled=True).order_by("env_name"))
+    version = robot.policy_version  # read at every episode start: the swap point
+    if not tasks or version is None:
+        robot.heartbeat(Robot.Status.IDLE)
+        log.info("robot %s has %s", robot.name, "no tasks" if not tasks else "no policy version assigned")
+        return "idle"
+    try:
+        policy = cache.get(version.pk, version.checkpoint_path, version.checkpoint_sha256)
+    except CheckpointError:
+        log.exception("robot %s cannot load policy %s", robot.name, version)
+        robot.heartbeat(Robot.Status.IDLE)
+        return "idle"
+    mark_ready(robot.pk, version.pk)
+
+    r = bus.client()
+    # An operator takes over a *running* episode; a request left over from the last one must not leak into this.
+    r.delete(bus.takeover_key(robot.pk))
+    task_row = tasks[r.incr(f"sopweb:robot:{robot.pk}:episodes") % len(tasks)]
+    sim = sim_task(task_row.env_name)
+    gate_config = GateConfig.from_dict(settings.FLEET_GATE)
+    gate = Gate(gate_config)
+    seed = secrets.randbits(31)
+    episode_uuid = uuid.uuid4()
+    robot.heartbeat(Robot.Status.RUNNING)
+    started_at = timezone.now()
+    last_beat = time.monotonic()
+    polls = 0
+
+    def poll() -> str | None:
+        nonlocal last_beat, polls
+        polls += 1
+        takeover, abort = r.mget(bus.takeover_key(robot.pk), bus.abort_key(robot.pk))
+        now = time.monotonic()
+        if now - last_beat > 1.0:  # heartbeat and lease renewal about once a second of wall time
+            last_beat = now
+            if not lease.renew():
+                return "abort"  # our claim expired (e.g. the worker stalled): another actor may own the robot
+            robot.heartbeat(Robot.Status.EXPERT if gate.in_control or gate.operator else Robot.Status.RUNNING)
+        if abort:
+            return "abort"
+        if takeover:
+            return "takeover"
+        return None
+
+    task_name = task_row.env_name
+    act = lambda obs: policy.select_action(obs, task_name)  # noqa: E731
+    result = run_episode(sim, act, seed, gate, max_steps=task_row.max_steps,
+                         realtime_factor=settings.FLEET_REALTIME_FACTOR, poll=poll)
+    if result.steps == 0:
+        return "aborted"
+    outcome = {"success": Episode.Outcome.SUCCESS, "timeout": Episode.Outcome.TIMEOUT,
+               "aborted": Episode.Outcome.ABORTED}[result.outcome]
+    ingest_episode(
+        uuid=episode_uuid, task=task_name, seed=seed, outcome=outcome, arrays=result.arrays,
+        started_at=started_at, finished_at=timezone.now(), robot_id=robot.pk, policy_version_id=version.pk,
+        source=Episode.Source.ONLINE,
+        meta={"gate": gate_config.as_dict(), "takeovers": result.takeovers,
+              "realtime_factor": settings.FLEET_REALTIME_FACTOR, "wall_seconds": round(result.wall_seconds, 3)},
+    )
+    r.delete(bus.takeover_key(robot.pk))
+    return outcome

@@ -1,0 +1,72 @@
+"""Redis keys and channels shared by web, actors and learner: the one place their names are defined."""
+from __future__ import annotations
+
+import json
+import threading
+
+import redis
+from django.conf import settings
+
+VERSIONS_CHANNEL = "sopweb:versions"  # a robot's assigned version changed: {"robot", "version", "path", "sha256"}
+EPISODES_CHANNEL = "sopweb:episodes"  # an episode was ingested: {"episode", "task", "source"} (learner nudge)
+
+_local = threading.local()
+
+
+def client() -> redis.Redis:
+    """A Redis client per thread (connections are not shared across the actor's prefetch thread)."""
+    if getattr(_local, "client", None) is None:
+        _local.client = redis.Redis.from_url(settings.REDIS_URL)
+    return _local.client
+
+
+def publish(channel: str, message: dict) -> None:
+    client().publish(channel, json.dumps(message))
+
+
+def lease_key(robot_id: int) -> str:
+    return f"sopweb:robot:{robot_id}:lease"
+
+
+def takeover_key(robot_id: int) -> str:
+    return f"sopweb:robot:{robot_id}:takeover"
+
+
+def scheduled_key(robot_id: int) -> str:
+    return f"sopweb:robot:{robot_id}:scheduled"
+
+
+def abort_key(robot_id: int) -> str:
+    return f"sopweb:robot:{robot_id}:abort"
+
+
+def ready_key(robot_id: int) -> str:
+    return f"sopweb:robot:{robot_id}:ready"
+
+
+def request_takeover(robot_id: int, ttl: float = 60.0) -> None:
+    """An operator asks for the expert on this robot; the running episode picks it up within a few steps."""
+    client().set(takeover_key(robot_id), "1", px=int(ttl * 1000))
+
+
+class Lease:
+    """At most one episode in flight per robot: a Redis key with a token and an expiry, renewed while running.
+
+    A killed worker stops renewing, the key expires, and the robot can be picked up again.
+    """
+
+    def __init__(self, robot_id: int, token: str, ttl: float):
+        self.key, self.token, self.ttl_ms = lease_key(robot_id), token, int(ttl * 1000)
+
+    def acquire(self) -> bool:
+        return bool(client().set(self.key, self.token, nx=True, px=self.ttl_ms))
+
+    def renew(self) -> bool:
+        # Only the holder may extend it (compare-and-expire in one round trip).
+        return bool(client().eval(
+            "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) "
+            "else return 0 end", 1, self.key, self.token, self.ttl_ms))
+
+    def release(self) -> None:
+        client().eval("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) "
+                      "else return 0 end", 1, self.key, self.token)

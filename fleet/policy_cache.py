@@ -1,0 +1,81 @@
+"""Policies held by an actor process: keyed by version and checksum, prefetched when a version is assigned.
+
+Torch is imported here lazily, so the web process never loads it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+from django.conf import settings
+
+from fleet import bus
+
+log = logging.getLogger(__name__)
+
+
+class PolicyCache:
+    def __init__(self, size: int = 4):
+        self.size = size
+        self._policies: OrderedDict[tuple[int, str], object] = OrderedDict()
+        self._lock = threading.Lock()
+        self._prefetcher: threading.Thread | None = None
+
+    def get(self, version_id: int, path: str, sha256: str):
+        """The loaded policy for a version; loads and checks it on a miss (CheckpointError if it is corrupt)."""
+        key = (version_id, sha256)
+        with self._lock:
+            if key in self._policies:
+                self._policies.move_to_end(key)
+                return self._policies[key]
+        from learner.policy import load_checkpoint
+
+        policy = load_checkpoint(Path(settings.STORAGE_DIR) / path, expected_sha256=sha256)
+        with self._lock:
+            self._policies[key] = policy
+            self._policies.move_to_end(key)
+            while len(self._policies) > self.size:
+                self._policies.popitem(last=False)
+        return policy
+
+    def __contains__(self, key: tuple[int, str]) -> bool:
+        with self._lock:
+            return key in self._policies
+
+    def start_prefetching(self) -> None:
+        """Listen for version assignments and load them before the robot's next episode asks."""
+        if self._prefetcher is not None and self._prefetcher.is_alive():
+            return
+        self._prefetcher = threading.Thread(target=self._listen, name="policy-prefetch", daemon=True)
+        self._prefetcher.start()
+
+    def _listen(self) -> None:
+        while True:
+            try:
+                pubsub = bus.client().pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(bus.VERSIONS_CHANNEL)
+                for message in pubsub.listen():
+                    self._prefetch(json.loads(message["data"]))
+            except Exception:  # a Redis restart must not kill prefetching for the life of the worker
+                log.exception("policy prefetch listener failed; reconnecting")
+                time.sleep(1.0)
+
+    def _prefetch(self, message: dict) -> None:
+        try:
+            self.get(message["version"], message["path"], message["sha256"])
+        except Exception:
+            log.exception("could not prefetch policy version %s", message.get("version"))
+            return
+        mark_ready(message["robot"], message["version"])
+
+
+def mark_ready(robot_id: int, version_id: int) -> None:
+    """Record that this robot's actor holds `version_id` loaded (read by dashboards and the sync benchmark)."""
+    bus.client().set(bus.ready_key(robot_id), json.dumps({"version": version_id, "at": time.time()}))
+
+
+cache = PolicyCache()

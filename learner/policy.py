@@ -1,0 +1,124 @@
+"""Policies (Django-free): a multi-task MLP, observation + task one-hot -> action in [-1, 1].
+
+The interface is small so a larger model could plug in: `select_action(obs, task)`, `loss(batch)`,
+and a checkpoint of safetensors weights plus a JSON config. Normalization statistics are buffers, so they travel
+with the weights.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, malformed, or does not match its recorded checksum."""
+
+
+@dataclass
+class PolicyConfig:
+    tasks: list[str]
+    """Task names, in the order of the one-hot task embedding."""
+    obs_dim: int = 39
+    """Observation size (Meta-World: 39)."""
+    action_dim: int = 4
+    """Action size (Meta-World: 4, in [-1, 1])."""
+    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    """Widths of the hidden layers."""
+
+    def __post_init__(self):
+        if not self.tasks or len(set(self.tasks)) != len(self.tasks):
+            raise ValueError("a policy needs a non-empty list of distinct task names")
+        if self.obs_dim < 1 or self.action_dim < 1 or not self.hidden or min(self.hidden) < 1:
+            raise ValueError("obs_dim, action_dim and every hidden width must be positive")
+
+
+class MLPPolicy(nn.Module):
+    def __init__(self, config: PolicyConfig):
+        super().__init__()
+        self.config = config
+        layers, width = [], config.obs_dim + len(config.tasks)
+        for hidden in config.hidden:
+            layers += [nn.Linear(width, hidden), nn.ReLU()]
+            width = hidden
+        layers.append(nn.Linear(width, config.action_dim))
+        self.net = nn.Sequential(*layers)
+        self.register_buffer("obs_mean", torch.zeros(config.obs_dim))
+        self.register_buffer("obs_std", torch.ones(config.obs_dim))
+        self._task_index = {name: i for i, name in enumerate(config.tasks)}
+
+    def set_normalization(self, observations: np.ndarray) -> None:
+        self.obs_mean.copy_(torch.as_tensor(observations.mean(axis=0), dtype=torch.float32))
+        self.obs_std.copy_(torch.as_tensor(observations.std(axis=0) + 1e-6, dtype=torch.float32))
+
+    def task_ids(self, tasks) -> torch.Tensor:
+        return torch.as_tensor([self._task_index[name] for name in tasks], dtype=torch.long)
+
+    def forward(self, obs: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
+        one_hot = nn.functional.one_hot(task_ids, len(self.config.tasks)).to(obs.dtype)
+        return torch.tanh(self.net(torch.cat([(obs - self.obs_mean) / self.obs_std, one_hot], dim=-1)))
+
+    @torch.inference_mode()
+    def select_action(self, obs: np.ndarray, task: str) -> np.ndarray:
+        if task not in self._task_index:
+            raise KeyError(f"this policy was not trained on task {task!r}")
+        obs_t = torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0)
+        ids = torch.tensor([self._task_index[task]])
+        return self.forward(obs_t, ids)[0].numpy()
+
+
+def save_checkpoint(policy: MLPPolicy, directory: Path) -> str:
+    """Write weights and config into `directory` (created); returns the checkpoint's sha256."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in policy.state_dict().items()}, str(directory / WEIGHTS_FILE))
+    (directory / CONFIG_FILE).write_text(json.dumps({"kind": "mlp", **asdict(policy.config)}, indent=2))
+    return checkpoint_sha256(directory)
+
+
+def checkpoint_sha256(directory: Path) -> str:
+    digest = hashlib.sha256()
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        try:
+            digest.update((directory / name).read_bytes())
+        except FileNotFoundError:
+            raise CheckpointError(f"checkpoint {directory} has no {name}") from None
+    return digest.hexdigest()
+
+
+def load_checkpoint(directory: Path, expected_sha256: str | None = None) -> MLPPolicy:
+    """Load a policy for inference; refuses a checkpoint whose checksum differs from `expected_sha256`."""
+    from safetensors.torch import load as load_weights
+
+    config_bytes = (directory / CONFIG_FILE).read_bytes() if (directory / CONFIG_FILE).exists() else None
+    weights_bytes = (directory / WEIGHTS_FILE).read_bytes() if (directory / WEIGHTS_FILE).exists() else None
+    if config_bytes is None or weights_bytes is None:
+        raise CheckpointError(f"checkpoint {directory} is incomplete")
+    if expected_sha256 is not None:
+        actual = hashlib.sha256(config_bytes + weights_bytes).hexdigest()
+        if actual != expected_sha256:
+            raise CheckpointError(f"checkpoint {directory} has sha256 {actual[:12]}…, expected {expected_sha256[:12]}…")
+    try:
+        raw = json.loads(config_bytes)
+        kind = raw.pop("kind")
+        if kind != "mlp":
+            raise CheckpointError(f"unknown policy kind {kind!r}")
+        policy = MLPPolicy(PolicyConfig(**raw))
+        policy.load_state_dict(load_weights(weights_bytes))  # the very bytes that were checksummed
+    except Exception as exc:  # any malformed content: a clear CheckpointError, never a half-loaded model
+        raise CheckpointError(f"checkpoint {directory} cannot be loaded: {exc}") from None
+    return policy.eval()
+
+
+def parameter_count(policy: nn.Module) -> int:
+    return sum(math.prod(p.shape) for p in policy.parameters())
