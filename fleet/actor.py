@@ -82,7 +82,10 @@ def _run_leased(robot: Robot, lease: bus.Lease) -> str:
 
     _prepare_process()
     tasks = list(robot.tasks.filter(enabled=True).order_by("env_name"))
-    version = robot.policy_version  # read at every episode start: the swap point
+    # The swap point: the assigned version is read once, right at the episode's start, and used throughout.
+    started_at = timezone.now()
+    robot.refresh_from_db(fields=["policy_version"])
+    version = robot.policy_version
     if not tasks or version is None:
         robot.heartbeat(Robot.Status.IDLE)
         log.info("robot %s has %s", robot.name, "no tasks" if not tasks else "no policy version assigned")
@@ -96,8 +99,6 @@ def _run_leased(robot: Robot, lease: bus.Lease) -> str:
     mark_ready(robot.pk, version.pk)
 
     r = bus.client()
-    # An operator takes over a *running* episode; a request left over from the last one must not leak into this.
-    r.delete(bus.takeover_key(robot.pk))
     task_row = tasks[r.incr(f"sopweb:robot:{robot.pk}:episodes") % len(tasks)]
     sim = sim_task(task_row.env_name)
     gate_config = GateConfig.from_dict(settings.FLEET_GATE)
@@ -105,7 +106,6 @@ def _run_leased(robot: Robot, lease: bus.Lease) -> str:
     seed = secrets.randbits(31)
     episode_uuid = uuid.uuid4()
     robot.heartbeat(Robot.Status.RUNNING)
-    started_at = timezone.now()
     last_beat = time.monotonic()
     polls = 0
 
@@ -140,5 +140,6 @@ def _run_leased(robot: Robot, lease: bus.Lease) -> str:
         meta={"gate": gate_config.as_dict(), "takeovers": result.takeovers,
               "realtime_factor": settings.FLEET_REALTIME_FACTOR, "wall_seconds": round(result.wall_seconds, 3)},
     )
+    # A takeover lasts for the episode it reached (or, asked while the robot was between episodes, the next one).
     r.delete(bus.takeover_key(robot.pk))
     return outcome

@@ -62,7 +62,7 @@ def database_url() -> str:
 def process_env(**extra) -> dict:
     """Environment for a product process that must see what this test writes."""
     return dict(os.environ, DATABASE_URL=database_url(), REDIS_URL=settings.REDIS_URL, PYTHONUNBUFFERED="1",
-                **extra)
+                **{key: str(value) for key, value in extra.items()})
 
 
 def free_port() -> int:
@@ -91,25 +91,60 @@ def stop_process(proc: subprocess.Popen, timeout: float = 15) -> None:
             proc.wait()
 
 
+class WorkerProcess:
+    """A real Celery worker (its own process group) against the test database and the test Redis."""
+
+    def __init__(self, log: Path, queues: str = "default,actors,learner", concurrency: int = 1, **env):
+        self.log = log
+        pool = ["--pool", "solo"] if concurrency == 1 else ["--pool", "prefork", "--concurrency", str(concurrency)]
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "sopweb", "worker", "-Q", queues, *pool, "--without-mingle",
+                 "--without-gossip", "-n", f"test-{log.stem}-{os.getpid()}@%h", "--loglevel", "INFO"],
+                cwd=ROOT, env=process_env(**env), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        wait_for(lambda: b"ready." in log.read_bytes() or self.proc.poll() is not None, 60, "the worker to start")
+        assert self.proc.poll() is None, log.read_text()
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool children: no shutdown handlers, no clean-up."""
+        import signal
+
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
 @pytest.fixture
-def celery_worker_process(transactional_db, tmp_path):
-    """A real Celery worker process on every queue, against the test database and the test Redis."""
-    log = tmp_path / "worker.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "sopweb", "worker", "-Q", "default,actors,learner",
-             "--concurrency", "1", "--pool", "solo", "--without-mingle", "--without-gossip", "-n",
-             f"test-{os.getpid()}@%h", "--loglevel", "INFO"],
-            cwd=ROOT, env=process_env(), stdout=out, stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_for(lambda: b"ready." in log.read_bytes() or proc.poll() is not None, 60, "the worker to start")
-        assert proc.poll() is None, log.read_text()
-        yield proc
-    finally:
-        stop_process(proc)
-        from django.db import connections
-        connections.close_all()
+def start_worker(transactional_db, tmp_path):
+    """Start real workers: start_worker(queues=..., concurrency=..., ENV=value...). Stopped after the test."""
+    workers = []
+
+    def start(name: str = "worker", **kwargs) -> WorkerProcess:
+        worker = WorkerProcess(tmp_path / f"{name}.log", **kwargs)
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+    from django.db import connections
+
+    connections.close_all()
+
+
+@pytest.fixture
+def celery_worker_process(start_worker):
+    return start_worker()
 
 
 @pytest.fixture
@@ -160,3 +195,18 @@ def release_test_database(django_db_setup, django_db_blocker):
         cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                        "WHERE datname = current_database() AND pid <> pg_backend_pid()")
     connection.close()
+
+
+def publish_random_policy(number: int, tasks: list[str], seed: int = 0):
+    """A PolicyVersion row over a freshly initialised (untrained) checkpoint in storage."""
+    import torch
+
+    from learner.models import PolicyVersion
+    from learner.policy import MLPPolicy, PolicyConfig, save_checkpoint
+
+    torch.manual_seed(seed)
+    policy = MLPPolicy(PolicyConfig(tasks=tasks, hidden=[32, 32]))
+    path = f"policies/test-v{number}-{seed}"
+    sha = save_checkpoint(policy, Path(settings.STORAGE_DIR) / path)
+    return PolicyVersion.objects.create(number=number, algorithm="bc", checkpoint_path=path, checkpoint_sha256=sha,
+                                        config={"init": "random", "seed": seed})

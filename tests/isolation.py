@@ -12,3 +12,9 @@ url = os.environ.get("REDIS_URL") or embedded.read_state().get("REDIS_URL")
 if url:
     parts = urlsplit(url)
     os.environ["REDIS_URL"] = urlunsplit(parts._replace(path="/" + os.environ.get("TEST_REDIS_DB", "15")))
+
+# Checkpoints and other files written by tests go to a throwaway directory, shared with the worker processes.
+if "SOPWEB_STORAGE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["SOPWEB_STORAGE_DIR"] = tempfile.mkdtemp(prefix="sopweb-test-storage-")

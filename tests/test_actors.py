@@ -1,0 +1,136 @@
+"""The fleet on the real stack: Celery actor workers run MuJoCo episodes into PostgreSQL."""
+from __future__ import annotations
+
+import time
+
+import pytest
+from django.db.models import Max
+
+from fleet import bus
+from fleet.ingest import load_arrays
+from fleet.models import Episode, InterventionSegment, Robot, Task
+from fleet.sim import episode_data
+from fleet.tasks import sweep_robots
+from tests.conftest import publish_random_policy, wait_for
+
+FAST = {"FLEET_REALTIME_FACTOR": 0}
+
+
+@pytest.fixture
+def tasks(transactional_db):
+    # Short episodes keep the suite quick; the step limit is the task's own setting.
+    return {name: Task.objects.create(env_name=name, title=name, max_steps=120)
+            for name in ("pick-place-v3", "shelf-place-v3")}
+
+
+def make_robot(name, task_rows, version):
+    robot = Robot.objects.create(name=name, policy_version=version)
+    robot.tasks.set(task_rows)
+    return robot
+
+
+def episodes_of(robot):
+    return Episode.objects.filter(robot=robot).order_by("id")
+
+
+def test_two_robots_run_real_episodes_stamped_with_their_version(start_worker, tasks, olivia):
+    version = publish_random_policy(1, list(tasks))
+    alpha = make_robot("sim-alpha", [tasks["pick-place-v3"]], version)
+    beta = make_robot("sim-beta", [tasks["shelf-place-v3"]], version)
+    start_worker(queues="actors", concurrency=2, **FAST)
+    alpha.start(olivia)
+    beta.start(olivia)
+
+    wait_for(lambda: episodes_of(alpha).count() >= 2 and episodes_of(beta).count() >= 2, 120,
+             "two episodes from each robot")
+    alpha.stop(olivia)
+    beta.stop(olivia)
+
+    for robot, task in [(alpha, "pick-place-v3"), (beta, "shelf-place-v3")]:
+        for episode in episodes_of(robot):
+            assert episode.policy_version_id == version.pk and episode.task.env_name == task
+            arrays = load_arrays(episode)
+            assert episode_data.validate(arrays, 120) == episode.steps
+            assert episode.meta["gate"]["no_progress_steps"] == 15  # gate parameters logged per episode
+    # An untrained policy makes the scripted expert step in.
+    assert Episode.objects.filter(intervention_steps__gt=0).exists()
+    assert InterventionSegment.objects.filter(source="gate").exists()
+    alpha.refresh_from_db()
+    assert alpha.last_heartbeat is not None
+
+
+def test_a_version_assigned_while_actors_run_is_used_from_the_next_episode(start_worker, tasks, olivia):
+    v1 = publish_random_policy(1, list(tasks), seed=1)
+    v2 = publish_random_policy(2, list(tasks), seed=2)
+    robot = make_robot("sim-sync", list(tasks.values()), v1)
+    start_worker(queues="actors", **FAST)
+    robot.start(olivia)
+    wait_for(lambda: episodes_of(robot).count() >= 2, 60, "episodes on v1")
+
+    robot.assign_version(v2, olivia, reason="new candidate")
+    assigned_at = time.time()
+    wait_for(lambda: episodes_of(robot).filter(policy_version=v2).count() >= 2, 60, "episodes on v2")
+    robot.stop(olivia)
+
+    later = [e for e in episodes_of(robot) if e.started_at.timestamp() > assigned_at]
+    assert later and all(e.policy_version_id == v2.pk for e in later)
+    # Once an episode ran v2, none ran v1 again: the swap happened at one episode boundary.
+    first_v2 = episodes_of(robot).filter(policy_version=v2).first().pk
+    assert not episodes_of(robot).filter(pk__gt=first_v2, policy_version=v1).exists()
+    assert bus.client().get(bus.ready_key(robot.pk)) is not None
+
+
+def test_an_operator_takeover_reaches_the_running_episode(start_worker, tasks, olivia):
+    version = publish_random_policy(1, list(tasks))
+    robot = make_robot("sim-takeover", [tasks["pick-place-v3"]], version)
+    # Real-time pace and no gate: the episode lasts 1.5 s and only the operator can put the expert in control.
+    start_worker(queues="actors", FLEET_REALTIME_FACTOR=1.0, FLEET_GATE='{"enabled": false}')
+    robot.start(olivia)
+    wait_for(lambda: Robot.objects.get(pk=robot.pk).status == Robot.Status.RUNNING, 60, "the episode to start")
+    time.sleep(0.3)
+    bus.request_takeover(robot.pk)
+    wait_for(lambda: episodes_of(robot).exists(), 60, "the episode to finish")
+    robot.stop(olivia)
+
+    episode = episodes_of(robot).first()
+    segments = list(episode.interventions.values_list("start_step", "end_step", "source"))
+    assert len(segments) == 1 and segments[0][1:] == (episode.steps, "operator")
+    assert 0 < segments[0][0] < episode.steps
+
+
+def test_a_killed_worker_leaves_no_partial_episode_and_the_robot_runs_again(start_worker, tasks, olivia):
+    version = publish_random_policy(1, list(tasks))
+    robot = make_robot("sim-crash", [tasks["pick-place-v3"]], version)
+    victim = start_worker("victim", queues="actors", FLEET_REALTIME_FACTOR=1.0, FLEET_LEASE_SECONDS=2)
+    robot.start(olivia)
+    wait_for(lambda: Robot.objects.get(pk=robot.pk).status == Robot.Status.RUNNING, 60, "the episode to start")
+    time.sleep(0.5)
+    victim.kill()  # SIGKILL mid-episode
+    assert not Episode.objects.exists()
+
+    start_worker("rescuer", queues="actors,default", FLEET_LEASE_SECONDS=2, **FAST)
+
+    def recovered():
+        sweep_robots.delay()  # what beat does every FLEET_SWEEP_INTERVAL seconds
+        time.sleep(0.5)
+        return episodes_of(robot).exists()
+
+    wait_for(recovered, 60, "the robot's next episode after the lease expired")
+    robot.stop(olivia)
+    for episode in episodes_of(robot):
+        assert episode_data.validate(load_arrays(episode), 120) == episode.steps
+
+
+def test_a_paused_robot_aborts_its_episode_and_runs_no_more(start_worker, tasks, olivia):
+    version = publish_random_policy(1, list(tasks))
+    robot = make_robot("sim-pause", [tasks["pick-place-v3"]], version)
+    start_worker(queues="actors", FLEET_REALTIME_FACTOR=1.0)
+    robot.start(olivia)
+    wait_for(lambda: Robot.objects.get(pk=robot.pk).status == Robot.Status.RUNNING, 60, "the episode to start")
+    robot.pause(olivia, reason="inspect")
+    wait_for(lambda: not bus.client().exists(bus.lease_key(robot.pk)), 10, "the episode to abort")
+    time.sleep(1.0)
+    aborted = episodes_of(robot).aggregate(last=Max("id"))["last"]
+    assert all(e.outcome == "aborted" for e in episodes_of(robot))
+    time.sleep(1.0)
+    assert episodes_of(robot).aggregate(last=Max("id"))["last"] == aborted  # nothing new while paused

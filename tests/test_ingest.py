@@ -1,0 +1,165 @@
+"""Ingestion: validated before anything is written, idempotent by UUID, with events on commit."""
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import timedelta
+
+import numpy as np
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from fleet.ingest import EpisodeRejected, ingest_episode, load_arrays
+from fleet.models import Episode, EpisodePayload, InterventionSegment, Robot, Task
+from fleet.sim import episode_data
+from fleet.sim.gate import GATE, OPERATOR
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def make_arrays(steps: int = 50, nq: int = 16, nv: int = 15, success_at: int | None = None) -> dict:
+    rng = np.random.default_rng(steps)
+    source = np.zeros(steps, np.uint8)
+    source[10:20] = GATE
+    source[40:] = OPERATOR
+    success = np.zeros(steps, bool)
+    if success_at is not None:
+        success[success_at] = True
+    return {
+        "obs": rng.normal(size=(steps, 39)).astype(np.float32),
+        "action": rng.uniform(-1, 1, size=(steps, 4)).astype(np.float32),
+        "expert_action": rng.uniform(-1, 1, size=(steps, 4)).astype(np.float32),
+        "intervention": source != 0,
+        "intervention_source": source,
+        "reward": rng.uniform(0, 1, size=steps).astype(np.float32),
+        "success": success,
+        "qpos": rng.normal(size=(steps, nq)),
+        "qvel": rng.normal(size=(steps, nv)),
+        "mocap_pos": rng.normal(size=(steps, 3)),
+        "mocap_quat": rng.normal(size=(steps, 4)),
+    }
+
+
+@pytest.fixture
+def task(db):
+    return Task.objects.create(env_name="pick-place-v3", title="Pick place")
+
+
+@pytest.fixture
+def robot(db):
+    return Robot.objects.create(name="sim-01")
+
+
+def ingest(task_row, robot=None, **overrides):
+    now = timezone.now()
+    fields = dict(uuid=uuid.uuid4(), task=task_row.env_name, seed=7, outcome="timeout", arrays=make_arrays(),
+                  started_at=now - timedelta(seconds=1), finished_at=now, robot_id=robot.pk if robot else None)
+    fields.update(overrides)
+    return ingest_episode(**fields)
+
+
+def test_it_writes_row_payload_and_segments_together(task, robot):
+    arrays = make_arrays()
+    episode, created = ingest(task, robot, arrays=arrays, meta={"gate": {"no_progress_steps": 15}})
+    assert created
+    episode.refresh_from_db()
+    assert (episode.steps, episode.intervention_steps, episode.outcome) == (50, 20, "timeout")
+    assert episode.meta["gate"] == {"no_progress_steps": 15}
+    assert list(InterventionSegment.objects.filter(episode=episode).values_list("start_step", "end_step", "source")) \
+        == [(10, 20, "gate"), (40, 50, "operator")]
+    back = load_arrays(episode)
+    assert all(np.array_equal(back[name], arrays[name]) for name in arrays)
+
+
+def test_listing_episodes_never_loads_payloads(task, robot, django_assert_num_queries):
+    ingest(task, robot)
+    with django_assert_num_queries(1) as captured:
+        list(Episode.objects.all())
+    assert "payload" not in captured.captured_queries[0]["sql"].lower()
+
+
+def test_the_same_uuid_twice_makes_one_row(task, robot):
+    key = uuid.uuid4()
+    first, created = ingest(task, robot, uuid=key)
+    again, created_again = ingest(task, robot, uuid=key)
+    assert created and not created_again and first.pk == again.pk
+    assert Episode.objects.count() == EpisodePayload.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_concurrent_redelivery_makes_one_row():
+    task = Task.objects.create(env_name="pick-place-v3", title="Pick place")
+    key = uuid.uuid4()
+    barrier = threading.Barrier(2)
+    results = []
+
+    def deliver():
+        try:
+            barrier.wait()
+            results.append(ingest(task, uuid=key)[1])
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=deliver) for _ in range(2)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert sorted(results) == [False, True]
+    assert Episode.objects.count() == 1
+
+
+def corrupt(name, value):
+    arrays = make_arrays()
+    arrays[name] = value(arrays[name]) if callable(value) else value
+    return arrays
+
+
+@pytest.mark.parametrize("arrays, message", [
+    (corrupt("obs", lambda a: np.where(np.arange(39) == 3, np.nan, a).astype(np.float32)), "NaN or infinite"),
+    (corrupt("reward", lambda a: np.full_like(a, np.inf)), "NaN or infinite"),
+    (corrupt("obs", lambda a: a[:, :30].copy()), "shape"),
+    (corrupt("action", lambda a: a[:40].copy()), "40 steps but obs has 50"),
+    (corrupt("action", lambda a: a.astype(np.float64)), "must be float32"),
+    (corrupt("intervention", lambda a: a.astype(np.int64)), "must be bool"),
+    (corrupt("obs", [[0.0] * 39]), "must be a numpy array"),
+    (corrupt("intervention_source", lambda a: np.full_like(a, 9)), "unknown source code"),
+    (corrupt("intervention", lambda a: np.zeros_like(a)), "disagree"),
+    (corrupt("action", lambda a: a * 5), "lie in [-1, 1]"),
+    ({k: v for k, v in make_arrays().items() if k != "qpos"}, "missing ['qpos']"),
+    (make_arrays(steps=501), "1 to 500 steps"),
+])
+def test_malformed_arrays_are_rejected_and_nothing_is_written(task, robot, arrays, message):
+    with pytest.raises(EpisodeRejected) as rejected:
+        ingest(task, robot, arrays=arrays)
+    assert message in str(rejected.value)
+    assert not Episode.objects.exists() and not EpisodePayload.objects.exists()
+
+
+def test_an_oversize_payload_is_rejected(task, robot, monkeypatch):
+    monkeypatch.setattr(episode_data, "MAX_PAYLOAD_BYTES", 1000)
+    with pytest.raises(EpisodeRejected, match="limit is 1000"):
+        ingest(task, robot)
+    assert not Episode.objects.exists()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"robot_id": 999999}, "unknown robot"),
+    ({"task": "make-coffee-v3"}, "unknown task"),
+    ({"policy_version_id": 999999}, "unknown policy version"),
+    ({"uuid": "not-a-uuid"}, "is not a UUID"),
+    ({"outcome": "exploded"}, "unknown outcome"),
+    ({"source": "dream"}, "unknown episode source"),
+    ({"outcome": "success"}, "contradicts the recorded success"),
+    ({"seed": 2**64}, "64-bit integer"),
+])
+def test_bad_metadata_is_rejected_and_nothing_is_written(task, robot, overrides, message):
+    if "robot_id" not in overrides:
+        overrides = {"robot_id": robot.pk, **overrides}
+    with pytest.raises(EpisodeRejected, match=message):
+        ingest(task, **overrides)
+    assert not Episode.objects.exists()
+
+
+def test_a_success_ends_the_episode_and_is_accepted(task, robot):
+    episode, _ = ingest(task, robot, outcome="success", arrays=make_arrays(steps=30, success_at=29))
+    assert episode.outcome == "success" and episode.steps == 30
