@@ -5,7 +5,6 @@ The simulation itself is Django-free (fleet/sim/); this module binds it to the d
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 import uuid
 
@@ -77,6 +76,7 @@ def run_robot_episode(robot_id: int) -> str:
 def _run_leased(robot: Robot, lease: bus.Lease) -> str:
     from fleet.policy_cache import cache, mark_ready
     from fleet.sim.actor import run_episode
+    from fleet.sim.envs import online_seed
     from fleet.sim.gate import Gate, GateConfig
     from learner.policy import CheckpointError
 
@@ -103,7 +103,7 @@ def _run_leased(robot: Robot, lease: bus.Lease) -> str:
     sim = sim_task(task_row.env_name)
     gate_config = GateConfig.from_dict(settings.FLEET_GATE)
     gate = Gate(gate_config)
-    seed = secrets.randbits(31)
+    seed = online_seed()
     episode_uuid = uuid.uuid4()
     robot.heartbeat(Robot.Status.RUNNING)
     last_beat = time.monotonic()

@@ -11,6 +11,15 @@ class ReasonForm(forms.Form):
     reason = forms.CharField(max_length=2000, required=False, strip=True)
 
 
+class RobotTasksForm(forms.Form):
+    tasks = forms.ModelMultipleChoiceField(Task.objects.filter(enabled=True), to_field_name="env_name")
+
+
+class RobotForm(RobotTasksForm):
+    name = forms.RegexField(regex=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", max_length=64,
+                            error_messages={"invalid": "use letters, digits, '-', '_' or '.' (at most 64)"})
+
+
 class EpisodeFilterForm(forms.Form):
     task = forms.ModelChoiceField(Task.objects.all(), required=False, to_field_name="env_name")
     robot = forms.ModelChoiceField(Robot.objects.all(), required=False, to_field_name="name")

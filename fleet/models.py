@@ -125,6 +125,7 @@ class Robot(models.Model):
         help_text="The version this robot runs from its next episode on; set by rollouts.",
     )
     enabled = models.BooleanField(default=False, help_text="Started: runs episodes back to back until stopped.")
+    retired = models.BooleanField(default=False, help_text="Removed from the fleet; kept for its episodes' history.")
     last_heartbeat = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -141,8 +142,44 @@ class Robot(models.Model):
         broadcast_on_commit("robot.status", {"robot": self.pk, "name": self.name, "status": self.status,
                                              "verb": event.verb})
 
+    @classmethod
+    def add(cls, name: str, tasks, actor=None, kind: str = Kind.SIM) -> Robot:
+        """Add a robot to the fleet (stopped; `start` it to run episodes)."""
+        name = name.strip()
+        if not name or len(name) > 64:
+            raise ValueError("a robot needs a name of 1 to 64 characters")
+        with transaction.atomic():
+            if cls.objects.filter(name=name).exists():
+                raise ValueError(f"a robot named {name!r} already exists")
+            robot = cls.objects.create(name=name, kind=kind)
+            robot.tasks.set(tasks)
+            AuditEvent.record(actor, "robot.add", robot, details={"tasks": sorted(t.env_name for t in tasks)})
+        return robot
+
+    def remove(self, actor, reason: str = "") -> None:
+        """Take the robot out of the fleet: deleted if it never ran an episode, else retired (history kept)."""
+        with transaction.atomic():
+            locked = Robot.objects.select_for_update().get(pk=self.pk)
+            AuditEvent.record(actor, "robot.remove", locked, reason=reason)
+            if locked.episodes.exists():
+                Robot.objects.filter(pk=self.pk).update(retired=True, enabled=False)
+                self.retired, self.enabled = True, False
+            else:
+                locked.delete()
+        self._abort_after_commit()
+
+    def set_tasks(self, tasks, actor=None, reason: str = "") -> AuditEvent:
+        with transaction.atomic():
+            locked = Robot.objects.select_for_update().get(pk=self.pk)
+            before = sorted(locked.tasks.values_list("env_name", flat=True))
+            locked.tasks.set(tasks)
+            return AuditEvent.record(actor, "robot.set_tasks", locked, reason=reason,
+                                     details={"from": before, "to": sorted(t.env_name for t in tasks)})
+
     def start(self, actor, reason: str = "") -> AuditEvent:
         """Run episodes back to back from now on (the first is scheduled after commit)."""
+        if self.retired:
+            raise IllegalTransition(f"robot {self.name} was removed from the fleet")
         try:
             event = apply_transition(self, verb="robot.start", field="enabled", allowed_from={False}, to=True,
                                      actor=actor, reason=reason)
@@ -168,12 +205,15 @@ class Robot(models.Model):
             self, verb="robot.pause", field="status", to=self.Status.PAUSED, actor=actor, reason=reason,
             allowed_from={self.Status.IDLE, self.Status.RUNNING, self.Status.EXPERT, self.Status.OFFLINE},
         )
+        self._abort_after_commit()
+        self._changed(event)
+        return event
+
+    def _abort_after_commit(self) -> None:
         from fleet import bus
 
         robot_id = self.pk
         transaction.on_commit(lambda: bus.client().set(bus.abort_key(robot_id), "1", px=600_000))
-        self._changed(event)
-        return event
 
     def resume(self, actor, reason: str = "") -> AuditEvent:
         # Back to offline: the robot is "idle" only once its actor heartbeats again.
@@ -187,6 +227,20 @@ class Robot(models.Model):
         transaction.on_commit(lambda: bus.client().delete(bus.abort_key(robot_id)))
         self._changed(event)
         self._schedule_after_commit()
+        return event
+
+    def request_takeover(self, actor, reason: str = "") -> AuditEvent:
+        """An operator puts the expert in control of the running episode, for the rest of that episode."""
+        from fleet import bus
+
+        with transaction.atomic():
+            locked = Robot.objects.select_for_update().get(pk=self.pk)
+            if locked.status not in (self.Status.RUNNING, self.Status.EXPERT):
+                raise IllegalTransition(f"cannot take over robot {locked}: it is {locked.status}, not running")
+            event = AuditEvent.record(actor, "robot.takeover", locked, reason=reason)
+            robot_id = self.pk
+            transaction.on_commit(lambda: bus.request_takeover(robot_id))
+        self._changed(event)
         return event
 
     def _schedule_after_commit(self) -> None:

@@ -5,8 +5,10 @@ from fleet import views
 urlpatterns = [
     path("", views.home, name="home"),
     path("fleet/", views.fleet, name="fleet"),
-    path("robots/<int:pk>/pause/", views.robot_pause, name="robot-pause"),
-    path("robots/<int:pk>/resume/", views.robot_resume, name="robot-resume"),
+    path("fleet/<str:command>/", views.fleet_command, name="fleet-command"),
+    path("robots/add/", views.robot_add, name="robot-add"),
+    path("robots/<int:pk>/tasks/", views.robot_tasks, name="robot-tasks"),
+    path("robots/<int:pk>/<str:command>/", views.robot_command, name="robot-command"),
     path("episodes/", views.episodes, name="episodes"),
     path("audit/", views.audit, name="audit"),
 ]

@@ -11,7 +11,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from fleet.forms import AuditFilterForm, EpisodeFilterForm, ReasonForm
+from fleet.forms import AuditFilterForm, EpisodeFilterForm, ReasonForm, RobotForm, RobotTasksForm
 from fleet.models import AuditEvent, Episode, IllegalTransition, Robot, Task
 
 EPISODES_PER_PAGE = 50
@@ -42,7 +42,7 @@ def home(request):
 
 @permission_required("fleet.view_robot", raise_exception=True)
 def fleet(request):
-    robots = Robot.objects.select_related("policy_version").prefetch_related("tasks")
+    robots = Robot.objects.filter(retired=False).select_related("policy_version").prefetch_related("tasks")
     recent = Q(episodes__source=Episode.Source.ONLINE, episodes__finished_at__gte=timezone.now() - timedelta(hours=1))
     tasks = Task.objects.annotate(
         recent_episodes=Count("episodes", filter=recent),
@@ -52,33 +52,76 @@ def fleet(request):
         "robots": robots,
         "tasks": tasks,
         "can_control": request.user.has_perm("fleet.control_robot"),
+        "add_form": RobotForm(),
     })
 
 
-def _robot_command(request, pk: int, method: str):
-    robot = get_object_or_404(Robot, pk=pk)
+ROBOT_COMMANDS = {"start", "stop", "pause", "resume", "takeover", "remove"}
+
+
+@require_POST
+@permission_required("fleet.control_robot", raise_exception=True)
+def robot_command(request, pk: int, command: str):
+    if command not in ROBOT_COMMANDS:
+        return HttpResponseBadRequest(f"unknown robot command {command!r}")
+    robot = get_object_or_404(Robot, pk=pk, retired=False)
     form = ReasonForm(request.POST)
     if not form.is_valid():
         return HttpResponseBadRequest("; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items()))
+    method = {"takeover": robot.request_takeover}.get(command) or getattr(robot, command)
     try:
-        getattr(robot, method)(request.user, reason=form.cleaned_data["reason"])
+        method(request.user, reason=form.cleaned_data["reason"])
     except IllegalTransition as exc:
-        messages.error(request, str(exc).capitalize())
+        messages.error(request, str(exc)[:1].upper() + str(exc)[1:])
     else:
-        messages.success(request, f"{robot.name} is now {robot.get_status_display()}.")
+        messages.success(request, f"{robot.name}: {command} done.")
     return redirect("fleet")
 
 
 @require_POST
 @permission_required("fleet.control_robot", raise_exception=True)
-def robot_pause(request, pk: int):
-    return _robot_command(request, pk, "pause")
+def fleet_command(request, command: str):
+    """Start or stop every robot in the fleet."""
+    if command not in ("start", "stop"):
+        return HttpResponseBadRequest(f"unknown fleet command {command!r}")
+    changed = 0
+    for robot in Robot.objects.filter(retired=False, enabled=(command == "stop")):
+        try:
+            getattr(robot, command)(request.user, reason="whole fleet")
+            changed += 1
+        except IllegalTransition:
+            pass  # changed by someone else meanwhile
+    messages.success(request, f"{command}: {changed} robot(s).")
+    return redirect("fleet")
 
 
 @require_POST
 @permission_required("fleet.control_robot", raise_exception=True)
-def robot_resume(request, pk: int):
-    return _robot_command(request, pk, "resume")
+def robot_add(request):
+    form = RobotForm(request.POST)
+    if not form.is_valid():
+        for field, errors in form.errors.items():
+            messages.error(request, f"{field}: {' '.join(errors)}")
+        return redirect("fleet")
+    try:
+        robot = Robot.add(form.cleaned_data["name"], list(form.cleaned_data["tasks"]), request.user)
+    except ValueError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"Added {robot.name}; start it to run episodes.")
+    return redirect("fleet")
+
+
+@require_POST
+@permission_required("fleet.control_robot", raise_exception=True)
+def robot_tasks(request, pk: int):
+    robot = get_object_or_404(Robot, pk=pk, retired=False)
+    form = RobotTasksForm(request.POST)
+    if not form.is_valid():
+        return HttpResponseBadRequest("; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items()))
+    robot.set_tasks(list(form.cleaned_data["tasks"]), request.user)
+    messages.success(request, f"{robot.name} now runs {', '.join(t.env_name for t in form.cleaned_data['tasks'])}.")
+    return redirect("fleet")
 
 
 @permission_required("fleet.view_episode", raise_exception=True)

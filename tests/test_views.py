@@ -57,7 +57,7 @@ def test_navigation_shows_only_the_pages_a_role_may_open(client, request, person
 @pytest.mark.parametrize("persona, allowed", [("olivia", True), ("sam", False), ("anna", False), ("oscar", False)])
 def test_only_operators_may_pause_a_robot(client, request, robot, persona, allowed):
     client.force_login(request.getfixturevalue(persona))
-    response = client.post(reverse("robot-pause", args=[robot.pk]), {"reason": "check the gripper"})
+    response = client.post(reverse("robot-command", args=[robot.pk, "pause"]), {"reason": "check the gripper"})
     robot.refresh_from_db()
     if allowed:
         assert response.status_code == 302
@@ -70,7 +70,7 @@ def test_only_operators_may_pause_a_robot(client, request, robot, persona, allow
 
 
 def test_anonymous_pause_is_sent_to_log_in_and_changes_nothing(client, robot):
-    response = client.post(reverse("robot-pause", args=[robot.pk]))
+    response = client.post(reverse("robot-command", args=[robot.pk, "pause"]))
     assert response.status_code == 302 and "/login/" in response["Location"]
     robot.refresh_from_db()
     assert robot.status == Robot.Status.RUNNING
@@ -78,14 +78,14 @@ def test_anonymous_pause_is_sent_to_log_in_and_changes_nothing(client, robot):
 
 def test_pause_is_post_only(client, olivia, robot):
     client.force_login(olivia)
-    assert client.get(reverse("robot-pause", args=[robot.pk])).status_code == 405
+    assert client.get(reverse("robot-command", args=[robot.pk, "pause"])).status_code == 405
     robot.refresh_from_db()
     assert robot.status == Robot.Status.RUNNING
 
 
 def test_an_illegal_robot_command_is_explained_and_changes_nothing(client, olivia, robot):
     client.force_login(olivia)
-    response = client.post(reverse("robot-resume", args=[robot.pk]), follow=True)
+    response = client.post(reverse("robot-command", args=[robot.pk, "resume"]), follow=True)
     assert "Cannot resume robot sim-01: it is running" in response.content.decode()
     robot.refresh_from_db()
     assert robot.status == Robot.Status.RUNNING
@@ -94,7 +94,7 @@ def test_an_illegal_robot_command_is_explained_and_changes_nothing(client, olivi
 
 def test_an_oversized_reason_is_rejected(client, olivia, robot):
     client.force_login(olivia)
-    response = client.post(reverse("robot-pause", args=[robot.pk]), {"reason": "x" * 2001})
+    response = client.post(reverse("robot-command", args=[robot.pk, "pause"]), {"reason": "x" * 2001})
     assert response.status_code == 400
     robot.refresh_from_db()
     assert robot.status == Robot.Status.RUNNING
@@ -102,11 +102,11 @@ def test_an_oversized_reason_is_rejected(client, olivia, robot):
 
 def test_unknown_robot_is_404(client, olivia, db):
     client.force_login(olivia)
-    assert client.post(reverse("robot-pause", args=[999999])).status_code == 404
+    assert client.post(reverse("robot-command", args=[999999, "pause"])).status_code == 404
 
 
 def test_the_fleet_page_shows_controls_only_to_operators(client, olivia, sam, robot):
-    pause_url = reverse("robot-pause", args=[robot.pk])
+    pause_url = reverse("robot-command", args=[robot.pk, "pause"])
     client.force_login(olivia)
     assert pause_url in client.get(reverse("fleet")).content.decode()
     client.force_login(sam)

@@ -13,6 +13,17 @@ warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high", cate
 OBS_DIM = 39
 ACTION_DIM = 4
 
+# Seed ranges keep the data sets apart: evaluation episodes use held-out seeds that training never sees.
+EVALUATION_SEED_BASE = 0  # evaluation seed i of a task is EVALUATION_SEED_BASE + i
+DEMO_SEED_BASE = 1_000_000  # offline demonstration i of a task
+ONLINE_SEED_BASE = 1 << 30  # online episodes draw from [2^30, 2^31)
+
+
+def online_seed() -> int:
+    import secrets
+
+    return ONLINE_SEED_BASE + secrets.randbits(30)
+
 
 class UnknownTask(ValueError):
     pass

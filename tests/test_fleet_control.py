@@ -1,0 +1,152 @@
+"""Fleet control: operator POST views and the `fleet` command, permission-checked and audited."""
+from __future__ import annotations
+
+import io
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.urls import reverse
+from django.utils import timezone
+
+from fleet import bus
+from fleet.models import AuditEvent, Episode, Robot, Task
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture
+def task(db):
+    return Task.objects.create(env_name="pick-place-v3", title="Pick place")
+
+
+@pytest.fixture
+def robot(task):
+    robot = Robot.objects.create(name="sim-01", status=Robot.Status.RUNNING, last_heartbeat=timezone.now())
+    robot.tasks.set([task])
+    return robot
+
+
+def endpoints(robot):
+    return [
+        (reverse("robot-command", args=[robot.pk, command]), {}) for command in
+        ("start", "stop", "pause", "resume", "takeover", "remove")
+    ] + [
+        (reverse("fleet-command", args=["start"]), {}),
+        (reverse("fleet-command", args=["stop"]), {}),
+        (reverse("robot-add"), {"name": "sim-new", "tasks": ["pick-place-v3"]}),
+        (reverse("robot-tasks", args=[robot.pk]), {"tasks": ["pick-place-v3"]}),
+    ]
+
+
+@pytest.mark.parametrize("persona", ["sam", "anna", "oscar"])
+def test_only_operators_may_use_any_control(client, request, robot, persona):
+    client.force_login(request.getfixturevalue(persona))
+    for url, data in endpoints(robot):
+        assert client.post(url, data).status_code == 403, url
+    robot.refresh_from_db()
+    assert (robot.status, robot.enabled) == (Robot.Status.RUNNING, False)
+    assert Robot.objects.count() == 1 and not AuditEvent.objects.exists()
+
+
+def test_anonymous_controls_are_sent_to_log_in(client, robot):
+    for url, data in endpoints(robot):
+        response = client.post(url, data)
+        assert response.status_code == 302 and "/login/" in response["Location"], url
+    assert not AuditEvent.objects.exists()
+
+
+def test_an_operator_starts_and_stops_a_robot(client, olivia, robot, django_capture_on_commit_callbacks):
+    client.force_login(olivia)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        client.post(reverse("robot-command", args=[robot.pk, "start"]))
+    robot.refresh_from_db()
+    assert robot.enabled and callbacks  # the first episode is queued after commit
+    client.post(reverse("robot-command", args=[robot.pk, "stop"]))
+    robot.refresh_from_db()
+    assert not robot.enabled
+    assert list(AuditEvent.objects.order_by("id").values_list("verb", flat=True)) == ["robot.start", "robot.stop"]
+
+
+def test_starting_twice_is_refused_with_a_message(client, olivia, robot):
+    client.force_login(olivia)
+    client.post(reverse("robot-command", args=[robot.pk, "start"]))
+    response = client.post(reverse("robot-command", args=[robot.pk, "start"]), follow=True)
+    assert "already started" in response.content.decode()
+    assert AuditEvent.objects.filter(verb="robot.start").count() == 1
+
+
+def test_a_takeover_reaches_redis_and_is_audited(client, olivia, robot, django_capture_on_commit_callbacks):
+    bus.client().delete(bus.takeover_key(robot.pk))
+    client.force_login(olivia)
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(reverse("robot-command", args=[robot.pk, "takeover"]), {"reason": "about to drop it"})
+    assert bus.client().get(bus.takeover_key(robot.pk)) == b"1"
+    assert AuditEvent.objects.get(verb="robot.takeover").reason == "about to drop it"
+
+
+def test_an_idle_robot_cannot_be_taken_over(client, olivia, robot):
+    Robot.objects.filter(pk=robot.pk).update(status=Robot.Status.IDLE)
+    bus.client().delete(bus.takeover_key(robot.pk))
+    client.force_login(olivia)
+    response = client.post(reverse("robot-command", args=[robot.pk, "takeover"]), follow=True)
+    assert "it is idle, not running" in response.content.decode()
+    assert not bus.client().exists(bus.takeover_key(robot.pk))
+
+
+def test_unknown_commands_are_refused(client, olivia, robot):
+    client.force_login(olivia)
+    assert client.post(reverse("robot-command", args=[robot.pk, "self-destruct"])).status_code == 400
+    assert client.post(reverse("fleet-command", args=["reboot"])).status_code == 400
+
+
+def test_add_then_remove_robots(client, olivia, task, robot):
+    client.force_login(olivia)
+    client.post(reverse("robot-add"), {"name": "sim-02", "tasks": ["pick-place-v3"]})
+    added = Robot.objects.get(name="sim-02")
+    assert list(added.tasks.all()) == [task] and not added.enabled
+    client.post(reverse("robot-command", args=[added.pk, "remove"]))
+    assert not Robot.objects.filter(name="sim-02").exists()  # never ran: deleted
+    now = timezone.now()
+    Episode.objects.create(robot=robot, task=task, seed=1, outcome="timeout", steps=1, total_return=0,
+                           started_at=now, finished_at=now)
+    client.post(reverse("robot-command", args=[robot.pk, "remove"]))
+    robot.refresh_from_db()
+    assert robot.retired  # ran episodes: retired, history kept
+    assert robot not in client.get(reverse("fleet")).context["robots"]
+    assert set(AuditEvent.objects.values_list("verb", flat=True)) == {"robot.add", "robot.remove"}
+
+
+@pytest.mark.parametrize("data", [{"name": "", "tasks": ["pick-place-v3"]}, {"name": "bad name!", "tasks": []},
+                                  {"name": "sim-01", "tasks": ["pick-place-v3"]},
+                                  {"name": "sim-09", "tasks": ["no-such-v3"]}])
+def test_bad_robot_additions_change_nothing(client, olivia, robot, data):
+    client.force_login(olivia)
+    response = client.post(reverse("robot-add"), data, follow=True)
+    assert response.status_code == 200
+    assert Robot.objects.count() == 1 and not AuditEvent.objects.exists()
+
+
+def test_the_fleet_command_manages_robots(task, olivia):
+    out = io.StringIO()
+    call_command("fleet", "add", "sim-a", "sim-b", "--tasks", "pick-place-v3", stdout=out)
+    call_command("fleet", "--as", "olivia", "pause", "--all", "--reason", "maintenance", stdout=out)
+    call_command("fleet", "list", stdout=out)
+    assert "sim-a" in out.getvalue() and "paused" in out.getvalue()
+    assert AuditEvent.objects.filter(verb="robot.pause", actor=olivia, reason="maintenance").count() == 2
+    with pytest.raises(CommandError, match="unknown robot"):
+        call_command("fleet", "start", "sim-zzz")
+    with pytest.raises(CommandError, match="unknown task"):
+        call_command("fleet", "set-tasks", "sim-a", "no-such-v3")
+    with pytest.raises(CommandError, match="already exists"):
+        call_command("fleet", "add", "sim-a")
+
+
+def test_generate_demos_stores_successful_expert_episodes_once(task):
+    call_command("generate_demos", "--per-task", "2", "--tasks", "pick-place-v3", stdout=io.StringIO())
+    demos = Episode.objects.filter(source=Episode.Source.OFFLINE_DEMO)
+    assert demos.count() == 2
+    assert all(d.outcome == "success" and d.robot is None and d.seed >= 1_000_000 for d in demos)
+    call_command("generate_demos", "--per-task", "2", "--tasks", "pick-place-v3", stdout=io.StringIO())
+    assert demos.count() == 2  # cached: nothing regenerated
+    with pytest.raises(CommandError):
+        call_command("generate_demos", "--tasks", "make-coffee-v3")
