@@ -1,16 +1,86 @@
-"""The one way live events leave the server: a small JSON delta to a channel group, sent after commit."""
+"""The one way live events leave the server: a small JSON delta to a channel group, sent after commit.
+
+Sending happens on one background event loop per process, in order: a `group_send` costs several Redis round
+trips, and `async_to_sync` would add a fresh event loop per call — milliseconds that a committing actor or
+request should not wait for. Pending events are flushed when the process exits.
+"""
 from __future__ import annotations
 
-from asgiref.sync import async_to_sync
+import asyncio
+import atexit
+import logging
+import os
+import threading
+
 from channels.layers import get_channel_layer
 from django.db import transaction
 
 FLEET_GROUP = "fleet"
+log = logging.getLogger(__name__)
+
+
+class _Broadcaster:
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._pid = None
+        self._loop = None
+        self._queue = None
+
+    def _start(self) -> None:
+        # Per process: a forked worker child inherits the parent's objects but not its threads.
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            loop = asyncio.new_event_loop()
+            queue_ready = threading.Event()
+
+            def run():
+                asyncio.set_event_loop(loop)
+                self._queue = asyncio.Queue()
+                queue_ready.set()
+                loop.run_until_complete(self._drain())
+
+            threading.Thread(target=run, name="broadcaster", daemon=True).start()
+            queue_ready.wait()
+            self._loop, self._pid = loop, os.getpid()
+
+    async def _drain(self) -> None:
+        layer = get_channel_layer()
+        while True:
+            group, message = await self._queue.get()
+            try:
+                await layer.group_send(group, message)
+            except Exception:  # a Redis hiccup loses one live delta; pages refetch snapshots on reconnect
+                log.exception("could not broadcast %s", message.get("event"))
+            finally:
+                self._queue.task_done()
+
+    def submit(self, group: str, message: dict) -> None:
+        self._start()
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, (group, message))
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait until every submitted event has been handed to the channel layer."""
+        if self._pid != os.getpid():
+            return
+        future = asyncio.run_coroutine_threadsafe(self._queue.join(), self._loop)
+        try:
+            future.result(timeout)
+        except TimeoutError:
+            log.warning("gave up flushing live events after %.0f s", timeout)
+
+
+_broadcaster = _Broadcaster()
+atexit.register(_broadcaster.flush)
 
 
 def broadcast(event: str, data: dict, group: str = FLEET_GROUP) -> None:
     """Send `{"event": event, "data": data}` to every socket in `group` (consumers forward it as is)."""
-    async_to_sync(get_channel_layer().group_send)(group, {"type": "fleet.event", "event": event, "data": data})
+    _broadcaster.submit(group, {"type": "fleet.event", "event": event, "data": data})
+
+
+def flush(timeout: float = 5.0) -> None:
+    _broadcaster.flush(timeout)
 
 
 def broadcast_on_commit(event: str, data: dict, group: str = FLEET_GROUP) -> None:

@@ -9,7 +9,7 @@ import hashlib
 import uuid as uuid_lib
 from datetime import datetime
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 
 from fleet import bus
 from fleet.events import broadcast_on_commit
@@ -71,8 +71,7 @@ def ingest_episode(*, uuid: str | uuid_lib.UUID, task: str, seed: int, outcome: 
                 intervention_steps=intervention_steps, meta=meta or {}, started_at=started_at,
                 finished_at=finished_at,
             )
-            EpisodePayload.objects.create(episode=episode, data=payload, nbytes=len(payload),
-                                          sha256=hashlib.sha256(payload).hexdigest())
+            _insert_payload(episode.pk, payload)
             InterventionSegment.objects.bulk_create([
                 InterventionSegment(episode=episode, start_step=start, end_step=end, source=SOURCE_NAMES[code])
                 for start, end, code in episode_data.segments(arrays["intervention_source"])
@@ -89,6 +88,20 @@ def ingest_episode(*, uuid: str | uuid_lib.UUID, task: str, seed: int, outcome: 
             raise
         return existing, False
     return episode, True
+
+
+def _insert_payload(episode_id: int, payload: bytes) -> None:
+    """Insert the payload as a binary parameter, in the caller's transaction.
+
+    Django's psycopg cursors bind parameters client-side, which would hex-escape ~100 KB into the SQL text
+    (twice the bytes, parsed by the server); a server-binding cursor sends the bytes as they are.
+    """
+    import psycopg
+
+    table = EpisodePayload._meta.db_table
+    with psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute(f"INSERT INTO {table} (episode_id, data, nbytes, sha256) VALUES (%s, %b, %s, %s)",
+                       [episode_id, payload, len(payload), hashlib.sha256(payload).hexdigest()])
 
 
 def load_arrays(episode: Episode) -> dict:

@@ -5,6 +5,7 @@ Torch is imported here lazily, so the web process never loads it.
 from __future__ import annotations
 
 import json
+import os
 import logging
 import threading
 import time
@@ -74,8 +75,13 @@ class PolicyCache:
 
 
 def mark_ready(robot_id: int, version_id: int) -> None:
-    """Record that this robot's actor holds `version_id` loaded (read by dashboards and the sync benchmark)."""
-    bus.client().set(bus.ready_key(robot_id), json.dumps({"version": version_id, "at": time.time()}))
+    """Record that this actor process holds `version_id` loaded for the robot: one field per process, since any
+    actor process may run the robot's next episode (read by dashboards and the sync benchmark)."""
+    key = bus.ready_key(robot_id)
+    pipe = bus.client().pipeline()
+    pipe.hset(key, str(os.getpid()), json.dumps({"version": version_id, "at": time.time()}))
+    pipe.expire(key, 86_400)
+    pipe.execute()
 
 
 cache = PolicyCache()

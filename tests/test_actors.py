@@ -1,6 +1,7 @@
 """The fleet on the real stack: Celery actor workers run MuJoCo episodes into PostgreSQL."""
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -77,7 +78,8 @@ def test_a_version_assigned_while_actors_run_is_used_from_the_next_episode(start
     # Once an episode ran v2, none ran v1 again: the swap happened at one episode boundary.
     first_v2 = episodes_of(robot).filter(policy_version=v2).first().pk
     assert not episodes_of(robot).filter(pk__gt=first_v2, policy_version=v1).exists()
-    assert bus.client().get(bus.ready_key(robot.pk)) is not None
+    ready = [json.loads(v) for v in bus.client().hvals(bus.ready_key(robot.pk))]
+    assert any(entry["version"] == v2.pk for entry in ready)
 
 
 def test_an_operator_takeover_reaches_the_running_episode(start_worker, tasks, olivia):

@@ -111,8 +111,13 @@ def validate(arrays: dict, max_steps: int) -> int:
 
 
 def encode(arrays: dict) -> bytes:
+    """A compressed .npz, as np.savez_compressed writes it but at zlib level 1: simulator floats barely
+    compress (level 6 saves <1 % more) and level 1 is twice as fast, which is most of ingestion's cost."""
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
     data = buffer.getvalue()
     if len(data) > MAX_PAYLOAD_BYTES:
         raise EpisodeDataError(f"the episode payload is {len(data)} bytes; the limit is {MAX_PAYLOAD_BYTES}")

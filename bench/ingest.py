@@ -1,0 +1,88 @@
+"""Episodes per second through the ingestion path (validation, encoding, rows, payload, events) against a plain
+one-row-per-transaction INSERT of the same payload bytes, in the same run. Goal: ratio >= 0.6.
+
+    .venv/bin/python -m sopweb.embedded run -- .venv/bin/python bench/ingest.py [--episodes 300] [--reps 5]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+import uuid
+from datetime import timedelta
+
+import _django
+
+_django.setup()
+
+import numpy as np  # noqa: E402
+from django.db import connection  # noqa: E402
+from django.utils import timezone  # noqa: E402
+
+from fleet.events import flush  # noqa: E402
+from fleet.ingest import ingest_episode  # noqa: E402
+from fleet.models import Episode, Robot, Task  # noqa: E402
+from fleet.sim import episode_data  # noqa: E402
+from fleet.sim.actor import run_episode  # noqa: E402
+from fleet.sim.envs import make_task  # noqa: E402
+from fleet.sim.gate import Gate, GateConfig  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--episodes", type=int, default=300)
+    parser.add_argument("--reps", type=int, default=5)
+    args = parser.parse_args()
+
+    task = Task.objects.create(env_name="pick-place-v3", title="Pick place")
+    robot = Robot.objects.create(name="bench-robot")
+    sim = make_task("pick-place-v3")
+    # A real 500-step episode: the gate makes the expert step in, as in the fleet.
+    result = run_episode(sim, lambda obs: np.zeros(4, np.float32), 3, Gate(GateConfig(no_progress_steps=150, divergence=10.0, min_hold_steps=40)),
+                         realtime_factor=0)
+    arrays = result.arrays
+    payload = episode_data.encode(arrays)
+    print(f"episode: {result.steps} steps, payload {len(payload) / 1024:.0f} KiB compressed "
+          f"({sum(a.nbytes for a in arrays.values()) / 1024:.0f} KiB raw)")
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TABLE IF NOT EXISTS bench_plain (id bigserial primary key, uuid uuid, task int, "
+                       "robot int, seed bigint, steps int, outcome text, finished timestamptz, data bytea)")
+        cursor.execute("TRUNCATE bench_plain")
+
+    def plain(n):
+        import psycopg
+
+        now = timezone.now()
+        connection.ensure_connection()
+        start = time.perf_counter()
+        # Autocommit: one INSERT, one transaction; the payload as a binary parameter, the fastest plain way.
+        with psycopg.Cursor(connection.connection) as cursor:
+            for _ in range(n):
+                cursor.execute("INSERT INTO bench_plain (uuid, task, robot, seed, steps, outcome, finished, data) "
+                               "VALUES (%s, %s, %s, %s, %s, %s, %s, %b)",
+                               [uuid.uuid4(), task.pk, robot.pk, 7, result.steps, "timeout", now, payload])
+        return n / (time.perf_counter() - start)
+
+    def ingest(n):
+        now = timezone.now()
+        start = time.perf_counter()
+        for _ in range(n):
+            ingest_episode(uuid=uuid.uuid4(), task="pick-place-v3", seed=7, outcome=result.outcome,
+                           arrays=arrays, started_at=now - timedelta(seconds=6), finished_at=now,
+                           robot_id=robot.pk, source=Episode.Source.ONLINE)
+        flush()  # every live event handed to the channel layer belongs to the measured work
+        return n / (time.perf_counter() - start)
+
+    plain(20), ingest(20)  # warm up connections and caches
+    ratios, plains, ingests = [], [], []
+    for rep in range(args.reps):  # interleaved, so drift on a noisy machine hits both alike
+        p, i = plain(args.episodes), ingest(args.episodes)
+        plains.append(p), ingests.append(i), ratios.append(i / p)
+        print(f"rep {rep + 1}: plain INSERT {p:7.1f}/s   ingest {i:7.1f}/s   ratio {i / p:.3f}")
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TABLE bench_plain")
+    print(f"median: plain {_django.median(plains):.1f} episodes/s, ingest {_django.median(ingests):.1f} episodes/s")
+    print(f"ingest/plain ratio: {_django.median(ratios):.3f}")
+
+
+if __name__ == "__main__":
+    main()
