@@ -16,7 +16,7 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 demo: venv
-	$(WITH_SERVICES) sh -c 'python manage.py ensure_database && python manage.py migrate --noinput && python manage.py seed_demo && exec honcho start'
+	$(WITH_SERVICES) sh -c 'python manage.py ensure_database && python manage.py migrate --noinput && python manage.py prepare_demo && exec honcho start'
 
 test: venv
 	$(WITH_SERVICES) python -m pytest $(PYTEST_ARGS)

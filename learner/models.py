@@ -70,3 +70,52 @@ class PolicyVersion(models.Model):
 
         broadcast_on_commit("version.state", {"version": self.pk, "number": self.number, "state": self.state})
         return event
+
+    def deploy_to_fleet(self, actor=None, reason: str = "") -> AuditEvent:
+        """Continuous mode (SOP's own) and first deployment: this version runs on every robot from its next
+        episode; the version deployed before it is superseded. One transaction: all of it or none."""
+        from django.db import transaction
+
+        from fleet.models import Robot, Rollout
+
+        with transaction.atomic():
+            event = self.advance("deploy", actor, reason=reason)
+            for previous in PolicyVersion.objects.filter(state=self.State.DEPLOYED).exclude(pk=self.pk):
+                previous.advance("supersede", actor, reason=f"replaced by {self}")
+            Rollout.objects.filter(status=Rollout.Status.ACTIVE).exclude(version=self).update(
+                status=Rollout.Status.SUPERSEDED, ended_at=timezone.now())
+            robots = list(Robot.objects.filter(retired=False))
+            rollout = Rollout.objects.create(version=self, stage=Rollout.Stage.FLEET, requested_by=actor,
+                                             approved_by=actor, reason=reason)
+            rollout.robots.set(robots)
+            for robot in robots:
+                robot.assign_version(self, actor, reason=reason or "deployed to the fleet")
+        return event
+
+
+def publish_version(policy, *, algorithm: str, config: dict, parent: PolicyVersion | None = None,
+                    **counters) -> PolicyVersion:
+    """Write the checkpoint first, then the row that points at it, under the next version number.
+
+    An advisory lock serializes publishers, so two learners (or a learner and a pretraining command) never
+    take the same number; a crash between the files and the row leaves only an unreferenced directory.
+    """
+    import uuid
+    from pathlib import Path
+
+    from django.conf import settings
+    from django.db import connection, transaction
+
+    from learner.policy import save_checkpoint
+
+    path = f"policies/{uuid.uuid4().hex}"
+    sha = save_checkpoint(policy, Path(settings.STORAGE_DIR) / path)
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtext('sopweb.publish_version'))")
+        number = (PolicyVersion.objects.aggregate(models.Max("number"))["number__max"] or 0) + 1
+        version = PolicyVersion.objects.create(number=number, parent=parent, algorithm=algorithm, config=config,
+                                               checkpoint_path=path, checkpoint_sha256=sha, **counters)
+        AuditEvent.record(None, "version.publish", version,
+                          details={"algorithm": algorithm, "parent": parent.number if parent else None})
+    return version

@@ -295,6 +295,8 @@ def _gate_config() -> dict:
 
 FLEET_GATE = _gate_config()
 # Learner: publish a candidate every N gradient steps; SOP resampler temperature alpha.
+# Offline demonstrations per task that the base policy is cloned from: 5 leaves it weak (~0.5 success).
+LEARNER_BASE_DEMOS = env_number("LEARNER_BASE_DEMOS", 5, min_value=1)
 LEARNER_PUBLISH_EVERY = env_number("LEARNER_PUBLISH_EVERY", 500, min_value=1)
 LEARNER_RESAMPLER_ALPHA = env_number("LEARNER_RESAMPLER_ALPHA", 1.5, kind=float, min_value=0.0, max_value=100.0)
 LEARNER_DEVICE = env_str("LEARNER_DEVICE", "auto")

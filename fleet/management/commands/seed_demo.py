@@ -30,9 +30,10 @@ class Command(BaseCommand):
         parser.add_argument("--robots", type=int, default=4, help="simulated robots to create (default 4)")
         host, port = os.environ.get("WEB_HOST", "127.0.0.1"), os.environ.get("WEB_PORT", "8000")
         parser.add_argument("--url", default=f"http://{host}:{port}", help="the URL to print")
+        parser.add_argument("--quiet", action="store_true", help="do not print the URL and logins")
 
     @transaction.atomic
-    def handle(self, *args, robots: int, url: str, **options):
+    def handle(self, *args, robots: int, url: str, quiet: bool = False, **options):
         if robots < 0:
             self.stderr.write("--robots must be 0 or more")
             raise SystemExit(2)
@@ -56,10 +57,12 @@ class Command(BaseCommand):
                 user.save()
                 if group:
                     user.groups.add(Group.objects.get(name=group))
-            logins.append((username, group or "superuser", password if created else f"{password} (unless changed)"))
+            logins.append((username, group or "superuser", password))
 
+        if quiet:
+            return
         self.stdout.write(self.style.SUCCESS(f"\nsopweb is starting at {url}\n"))
-        self.stdout.write("Demo logins:")
+        self.stdout.write("Demo logins (demo passwords: change them before anything real):")
         for username, role, password in logins:
             self.stdout.write(f"  {role:<12} {username:<11} password: {password}")
         self.stdout.write("")
