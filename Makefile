@@ -15,6 +15,8 @@ $(VENV)/.installed: requirements.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
+# The demo shows the fleet learning: every published version goes straight to the robots (SOP's continuous mode).
+demo: export ROLLOUT_MODE ?= continuous
 demo: venv
 	$(WITH_SERVICES) sh -c 'python manage.py ensure_database && python manage.py migrate --noinput && python manage.py prepare_demo && exec honcho start'
 

@@ -60,7 +60,7 @@ def run_robot_episode(robot_id: int) -> str:
         return "gone"
     if not robot.enabled or robot.status == Robot.Status.PAUSED:
         return "not running"
-    lease = bus.Lease(robot_id, uuid.uuid4().hex, settings.FLEET_LEASE_SECONDS)
+    lease = bus.Lease(bus.lease_key(robot_id), uuid.uuid4().hex, settings.FLEET_LEASE_SECONDS)
     if not lease.acquire():
         return "busy"  # another episode of this robot is in flight
     try:

@@ -50,13 +50,12 @@ def request_takeover(robot_id: int, ttl: float = 60.0) -> None:
 
 
 class Lease:
-    """At most one episode in flight per robot: a Redis key with a token and an expiry, renewed while running.
-
-    A killed worker stops renewing, the key expires, and the robot can be picked up again.
+    """At most one holder at a time (an episode per robot, one learner): a Redis key with a token and an expiry,
+    renewed while running. A killed worker stops renewing, the key expires, and the work can be picked up again.
     """
 
-    def __init__(self, robot_id: int, token: str, ttl: float):
-        self.key, self.token, self.ttl_ms = lease_key(robot_id), token, int(ttl * 1000)
+    def __init__(self, key: str, token: str, ttl: float):
+        self.key, self.token, self.ttl_ms = key, token, int(ttl * 1000)
 
     def acquire(self) -> bool:
         return bool(client().set(self.key, self.token, nx=True, px=self.ttl_ms))

@@ -119,3 +119,50 @@ def publish_version(policy, *, algorithm: str, config: dict, parent: PolicyVersi
         AuditEvent.record(None, "version.publish", version,
                           details={"algorithm": algorithm, "parent": parent.number if parent else None})
     return version
+
+
+class TrainingRun(models.Model):
+    """One continuous post-training run: its algorithm and config, where its resumable state lives, its progress."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "active"
+        STOPPED = "stopped", "stopped"
+
+    algorithm = models.CharField(max_length=32)
+    config = models.JSONField(default=dict)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    base_version = models.ForeignKey(PolicyVersion, null=True, on_delete=models.PROTECT, related_name="+")
+    state_path = models.CharField(max_length=500, blank=True, help_text="Resumable state, relative to storage.")
+    step = models.PositiveBigIntegerField(default=0)
+    episode_cursor = models.BigIntegerField(default=0, help_text="Highest episode id folded into the buffer.")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["status"], condition=models.Q(status="active"),
+                                               name="one_active_training_run")]
+
+    def __str__(self) -> str:
+        return f"{self.algorithm} run {self.pk}"
+
+    def stop(self, actor=None, reason: str = "") -> AuditEvent:
+        return apply_transition(self, verb="learner.stop", field="status", to=self.Status.STOPPED, actor=actor,
+                                reason=reason, allowed_from={self.Status.ACTIVE})
+
+
+class TrainingMetric(models.Model):
+    """A point on the learner's curves: losses, the resampler's online share per task, buffer, staleness."""
+
+    run = models.ForeignKey(TrainingRun, on_delete=models.CASCADE, related_name="metrics")
+    step = models.PositiveBigIntegerField()
+    loss = models.FloatField()
+    samples_per_second = models.FloatField()
+    staleness_mean = models.FloatField(null=True)
+    staleness_max = models.IntegerField(null=True)
+    tasks = models.JSONField(default=dict, help_text="Per task: w_on, l_on, l_off, buffer sizes.")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["run", "step"]
+        indexes = [models.Index(fields=["run", "step"])]

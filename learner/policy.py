@@ -81,7 +81,7 @@ def save_checkpoint(policy: MLPPolicy, directory: Path) -> str:
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in policy.state_dict().items()}, str(directory / WEIGHTS_FILE))
+    save_file({k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}, str(directory / WEIGHTS_FILE))
     (directory / CONFIG_FILE).write_text(json.dumps({"kind": "mlp", **asdict(policy.config)}, indent=2))
     return checkpoint_sha256(directory)
 

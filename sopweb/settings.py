@@ -252,7 +252,7 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_BACKEND = None  # progress goes to rows and channel groups, never to results
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
-CELERY_TASK_ROUTES = {"fleet.run_*": {"queue": "actors"}, "learner.*": {"queue": "learner"}}
+CELERY_TASK_ROUTES = {"fleet.run_*": {"queue": "actors"}, "learner.train": {"queue": "learner"}}
 CELERY_TASK_SOFT_TIME_LIMIT = env_number("CELERY_TASK_SOFT_TIME_LIMIT", 300, min_value=1)
 CELERY_TASK_TIME_LIMIT = env_number("CELERY_TASK_TIME_LIMIT", 360, min_value=1)
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -298,6 +298,18 @@ FLEET_GATE = _gate_config()
 # Offline demonstrations per task that the base policy is cloned from: 5 leaves it weak (~0.5 success).
 LEARNER_BASE_DEMOS = env_number("LEARNER_BASE_DEMOS", 5, min_value=1)
 LEARNER_PUBLISH_EVERY = env_number("LEARNER_PUBLISH_EVERY", 500, min_value=1)
+LEARNER_ALGORITHM = env_str("LEARNER_ALGORITHM", "hg_dagger")
+if LEARNER_ALGORITHM not in ("bc", "hg_dagger"):
+    raise _bad("LEARNER_ALGORITHM", LEARNER_ALGORITHM, "expected bc or hg_dagger")
+LEARNER_BATCH_SIZE = env_number("LEARNER_BATCH_SIZE", 256, min_value=1, max_value=65536)
+LEARNER_LR = env_number("LEARNER_LR", 3e-4, kind=float, min_value=1e-7, max_value=1.0)
+# The learner task trains for this long, saves its state and re-queues itself (Celery time limits apply per slice).
+LEARNER_SLICE_SECONDS = env_number("LEARNER_SLICE_SECONDS", 240.0, kind=float, min_value=5.0, max_value=3000.0)
+# manual: versions wait for a supervisor; continuous: every published version goes straight to the whole fleet
+# (SOP's own mode, used by the learning experiments and the demo).
+ROLLOUT_MODE = env_str("ROLLOUT_MODE", "manual")
+if ROLLOUT_MODE not in ("manual", "continuous"):
+    raise _bad("ROLLOUT_MODE", ROLLOUT_MODE, "expected manual or continuous")
 LEARNER_RESAMPLER_ALPHA = env_number("LEARNER_RESAMPLER_ALPHA", 1.5, kind=float, min_value=0.0, max_value=100.0)
 LEARNER_DEVICE = env_str("LEARNER_DEVICE", "auto")
 if LEARNER_DEVICE not in ("auto", "cpu", "cuda"):
@@ -305,4 +317,5 @@ if LEARNER_DEVICE not in ("auto", "cpu", "cuda"):
 
 CELERY_BEAT_SCHEDULE = {
     "sweep-robots": {"task": "fleet.sweep_robots", "schedule": FLEET_SWEEP_INTERVAL},
+    "keep-learner-running": {"task": "learner.ensure_running", "schedule": 30.0},
 }

@@ -15,6 +15,7 @@ def test_tasks_are_routed_by_name():
     router = app.amqp.router
     assert router.route({}, "fleet.run_episode")["queue"].name == "actors"
     assert router.route({}, "learner.train")["queue"].name == "learner"
+    assert router.route({}, "learner.ensure_running")["queue"].name == "default"
     assert router.route({}, "fleet.sweep_robots")["queue"].name == "default"
 
 

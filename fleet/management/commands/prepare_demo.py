@@ -23,4 +23,5 @@ class Command(BaseCommand):
             else:
                 robot.start(None, reason="demo start")
         self.stdout.write(f"{Robot.objects.filter(enabled=True).count()} robots started")
+        call_command("learner", "start", "--if-none", stdout=self.stdout)
         call_command("seed_demo", stdout=self.stdout)  # idempotent; prints the URL and the logins last

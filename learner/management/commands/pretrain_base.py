@@ -58,7 +58,8 @@ class Command(BaseCommand):
         started = time.monotonic()
         for step in range(1, steps + 1):
             index = torch.randint(0, len(obs), (256,), generator=generator)
-            loss, metrics = bc.batch_loss(policy, {"obs": obs[index], "target": target[index], "task": task_ids[index]})
+            loss, metrics = bc.batch_loss(policy, {"obs": obs[index], "target": target[index],
+                                                   "task": task_ids[index]})
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

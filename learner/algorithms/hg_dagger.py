@@ -1,0 +1,13 @@
+"""HG-DAgger (ALGORITHMS.md §2): aggregate only the frames where the expert was in control — the gate's, an
+operator's or an annotator's corrections — on top of the offline demonstrations."""
+from __future__ import annotations
+
+from learner.algorithms.bc import offline_frames, per_sample_loss  # noqa: F401  (same loss, same demos)
+
+
+def online_frames(arrays: dict):
+    expert = arrays["intervention"]
+    if not expert.any():
+        return None
+    # On expert frames the executed action *is* the expert's action (the label HG-DAgger aggregates).
+    return expert, arrays["action"][expert], 0

@@ -1,0 +1,129 @@
+"""The learner's experience buffer and the SOP resampler (ALGORITHMS.md §1.2, §4.4). Django-free.
+
+Frames are kept by task and by source ("offline": demonstrations, "online": what the algorithm takes from
+online episodes), in growable arrays, so folding in a new episode is an append, never a reload.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import numpy as np
+
+SOURCES = ("offline", "online")
+
+
+COLUMNS = ("obs", "target", "version", "flag", "intervention")
+
+
+class _Frames:
+    """Growable columns: obs (N, 39) float32, target (N, 4) float32, the version that produced the frame (N,)
+    int32, an algorithm's per-frame label (N,) int8 (RECAP's indicator), and whether an expert acted (N,) bool."""
+
+    def __init__(self, obs_dim: int, action_dim: int):
+        self.size = 0
+        self.obs = np.zeros((1024, obs_dim), np.float32)
+        self.target = np.zeros((1024, action_dim), np.float32)
+        self.version = np.zeros(1024, np.int32)
+        self.flag = np.zeros(1024, np.int8)
+        self.intervention = np.zeros(1024, bool)
+
+    def append(self, obs, target, version: int, flag, intervention) -> None:
+        n = len(obs)
+        if self.size + n > len(self.obs):
+            capacity = max(len(self.obs) * 2, self.size + n)
+            for name in COLUMNS:
+                old = getattr(self, name)
+                grown = np.zeros((capacity, *old.shape[1:]), old.dtype)
+                grown[: self.size] = old[: self.size]
+                setattr(self, name, grown)
+        end = self.size + n
+        self.obs[self.size:end], self.target[self.size:end] = obs, target
+        self.version[self.size:end], self.flag[self.size:end] = version, flag
+        self.intervention[self.size:end] = intervention
+        self.size = end
+
+
+class ExperienceBuffer:
+    def __init__(self, tasks: list[str], obs_dim: int = 39, action_dim: int = 4):
+        self.tasks = list(tasks)
+        self._frames = {(t, s): _Frames(obs_dim, action_dim) for t in self.tasks for s in SOURCES}
+        self.episodes = {(t, s): 0 for t in self.tasks for s in SOURCES}
+
+    def add(self, task: str, source: str, obs, target, version: int = 0, flag=0, intervention=False) -> None:
+        if len(obs) == 0:
+            return
+        self._frames[(task, source)].append(obs, target, version, flag, intervention)
+        self.episodes[(task, source)] += 1
+
+    def size(self, task: str, source: str) -> int:
+        return self._frames[(task, source)].size
+
+    def sizes(self) -> dict:
+        return {t: {s: self.size(t, s) for s in SOURCES} for t in self.tasks}
+
+    def sample(self, task: str, source: str, count: int, rng: np.random.Generator) -> dict:
+        frames = self._frames[(task, source)]
+        index = rng.integers(0, frames.size, size=count)
+        return {name: getattr(frames, name)[index] for name in COLUMNS}
+
+
+class Resampler:
+    """Tasks uniform; within a task the online share follows the online/offline loss ratio (SOP Eq. 3):
+    w_on = exp(alpha * l_on) / (exp(alpha * l_on) + exp(l_off)), over a window of learner steps, clipped."""
+
+    def __init__(self, tasks: list[str], alpha: float = 1.5, window: int = 200, clip: tuple = (0.2, 0.8),
+                 min_history: int = 10, fixed_share: float | None = None):
+        if fixed_share is not None and not 0.0 <= fixed_share <= 1.0:
+            raise ValueError("a fixed online share must lie in [0, 1]")
+        self.tasks, self.alpha, self.window, self.clip = list(tasks), alpha, window, clip
+        self.min_history, self.fixed_share = min_history, fixed_share
+        self.share = {t: 0.5 if fixed_share is None else fixed_share for t in self.tasks}
+        self.history = {t: {s: deque(maxlen=window) for s in SOURCES} for t in self.tasks}
+
+    def plan(self, batch_size: int, buffer: ExperienceBuffer, rng: np.random.Generator) -> dict:
+        """How many samples to draw from each (task, source) for one batch."""
+        usable = [t for t in self.tasks if buffer.size(t, "offline") or buffer.size(t, "online")]
+        if not usable:
+            return {}
+        counts: dict = {}
+        for task in rng.choice(usable, size=batch_size):
+            has_on, has_off = buffer.size(task, "online") > 0, buffer.size(task, "offline") > 0
+            online = has_on and (not has_off or rng.random() < self.share[task])
+            key = (str(task), "online" if online else "offline")
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def record(self, task: str, source: str, loss: float) -> None:
+        self.history[task][source].append(float(loss))
+
+    def update(self) -> None:
+        if self.fixed_share is not None:
+            return
+        low, high = self.clip
+        for task in self.tasks:
+            on, off = self.history[task]["online"], self.history[task]["offline"]
+            if len(on) >= self.min_history and len(off) >= self.min_history:
+                self.share[task] = min(high, max(low, online_share(np.mean(on), np.mean(off), self.alpha)))
+
+    def stats(self) -> dict:
+        return {t: {"w_on": self.share[t],
+                    "l_on": float(np.mean(self.history[t]["online"])) if self.history[t]["online"] else None,
+                    "l_off": float(np.mean(self.history[t]["offline"])) if self.history[t]["offline"] else None}
+                for t in self.tasks}
+
+    def state_dict(self) -> dict:
+        return {"share": self.share, "history": {t: {s: list(h) for s, h in v.items()} for t, v in self.history.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.share.update(state["share"])
+        for task, sources in state["history"].items():
+            if task in self.history:
+                for source, values in sources.items():
+                    self.history[task][source].extend(values)
+
+
+def online_share(l_on: float, l_off: float, alpha: float) -> float:
+    """exp(alpha*l_on) / (exp(alpha*l_on) + exp(l_off)), computed stably."""
+    a, b = alpha * l_on, l_off
+    return 1.0 / (1.0 + math.exp(b - a))

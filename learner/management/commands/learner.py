@@ -1,0 +1,47 @@
+"""Start, stop or inspect the continuous post-training run."""
+from __future__ import annotations
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+
+from learner.models import TrainingRun
+
+
+class Command(BaseCommand):
+    help = "learner start [--algorithm hg_dagger|bc] | learner stop | learner status"
+
+    def add_arguments(self, parser):
+        parser.add_argument("action", choices=["start", "stop", "status"])
+        parser.add_argument("--algorithm", help="default: LEARNER_ALGORITHM")
+        parser.add_argument("--fixed-online-share", type=float, help="ablation: no SOP resampling")
+        parser.add_argument("--if-none", action="store_true", help="start only if no run is active")
+        parser.add_argument("--as", dest="username")
+
+    def handle(self, *args, action, algorithm, fixed_online_share, if_none, username, **options):
+        from learner.loop import start_run
+
+        actor = get_user_model().objects.filter(username=username).first() if username else None
+        active = TrainingRun.objects.filter(status=TrainingRun.Status.ACTIVE).first()
+        if action == "status":
+            if active is None:
+                self.stdout.write("no active run")
+            else:
+                self.stdout.write(f"{active}: step {active.step}, episodes folded up to id {active.episode_cursor}")
+            return
+        if action == "stop":
+            if active is None:
+                raise CommandError("no active run to stop")
+            active.stop(actor)
+            self.stdout.write(f"stopped {active}")
+            return
+        if active is not None:
+            if if_none:
+                self.stdout.write(f"{active} is already running")
+                return
+            raise CommandError(f"{active} is already active; stop it first")
+        overrides = {} if fixed_online_share is None else {"fixed_online_share": fixed_online_share}
+        try:
+            run = start_run(algorithm, actor, **overrides)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        self.stdout.write(f"started {run} from {run.base_version}")

@@ -1,0 +1,166 @@
+"""The learner's training state and one gradient step (Django-free): policy, optimizer, buffer, resampler, RNG.
+
+`Trainer.save` / `Trainer.load` make resume explicit: weights, optimizer moments, step, RNG states and the
+resampler's history go to safetensors + JSON (never pickle), written to a temporary directory and renamed.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from learner import algorithms
+from learner.buffer import ExperienceBuffer, Resampler
+from learner.policy import MLPPolicy, PolicyConfig
+
+
+@dataclass
+class LearnerConfig:
+    algorithm: str = "hg_dagger"
+    """Plug-in in learner/algorithms: bc, hg_dagger."""
+    batch_size: int = 256
+    """Samples per gradient step."""
+    lr: float = 3e-4
+    """Adam learning rate."""
+    publish_every: int = 500
+    """Gradient steps between published candidate versions."""
+    alpha: float = 1.5
+    """SOP resampler: the online loss's weight in the online share."""
+    window: int = 200
+    """SOP resampler: learner steps in the loss moving averages."""
+    fixed_online_share: float | None = None
+    """Ablation: a fixed online share instead of the SOP resampler."""
+    seed: int = 0
+    """Seeds torch and the sampler."""
+
+    def __post_init__(self):
+        algorithms.get(self.algorithm)
+        if self.batch_size < 1 or self.publish_every < 1 or self.window < 1:
+            raise ValueError("batch_size, publish_every and window must be positive")
+        if not self.lr > 0:
+            raise ValueError("lr must be positive")
+        if self.fixed_online_share is not None and not 0 <= self.fixed_online_share <= 1:
+            raise ValueError("fixed_online_share must lie in [0, 1]")
+
+
+class Trainer:
+    def __init__(self, policy: MLPPolicy, config: LearnerConfig, device: str = "cpu"):
+        self.config = config
+        self.device = torch.device(device)
+        self.policy = policy.to(self.device).train()
+        self.algorithm = algorithms.get(config.algorithm)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr)
+        self.buffer = ExperienceBuffer(policy.config.tasks)
+        self.resampler = Resampler(policy.config.tasks, alpha=config.alpha, window=config.window,
+                                   fixed_share=config.fixed_online_share)
+        self.rng = np.random.default_rng(config.seed)
+        torch.manual_seed(config.seed)
+        self.step = 0
+        self.version = 0  # number of the version this learner's weights descend from / last published
+        self.samples = {"online": 0, "offline": 0, "intervention": 0}
+
+    def add_episode(self, task: str, source: str, arrays: dict, version: int) -> int:
+        """Fold one episode in; returns how many frames entered the buffer."""
+        if task not in self.buffer.tasks:
+            return 0
+        pick = self.algorithm.offline_frames if source == "offline" else self.algorithm.online_frames
+        frames = pick(arrays)
+        if frames is None:
+            return 0
+        index, target, flag = frames
+        obs = arrays["obs"][index]
+        self.buffer.add(task, source, obs, target, version, flag, arrays["intervention"][index])
+        return len(obs)
+
+    def train_step(self) -> dict | None:
+        """One gradient step on a resampled batch; None while the buffer is empty."""
+        plan = self.resampler.plan(self.config.batch_size, self.buffer, self.rng)
+        if not plan:
+            return None
+        parts, groups = [], []
+        for (task, source), count in plan.items():
+            sample = self.buffer.sample(task, source, count, self.rng)
+            sample["task"] = np.full(count, self.policy.config.tasks.index(task))
+            parts.append(sample)
+            groups.append((task, source, count))
+        batch = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        tensors = {
+            "obs": torch.as_tensor(batch["obs"], device=self.device),
+            "target": torch.as_tensor(batch["target"], device=self.device),
+            "task": torch.as_tensor(batch["task"], device=self.device),
+            "flag": torch.as_tensor(batch["flag"], device=self.device),
+        }
+        per_sample = self.algorithm.per_sample_loss(self.policy, tensors)
+        loss = per_sample.mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+        per_sample = per_sample.detach().cpu().numpy()
+        offset, online_versions = 0, []
+        for task, source, count in groups:
+            self.resampler.record(task, source, per_sample[offset:offset + count].mean())
+            if source == "online":
+                online_versions.append(batch["version"][offset:offset + count])
+            self.samples[source] += count
+            offset += count
+        self.samples["intervention"] += int(batch["intervention"].sum())
+        self.resampler.update()
+        self.step += 1
+        staleness = self.version - np.concatenate(online_versions) if online_versions else np.zeros(0)
+        return {"loss": float(loss.detach()), "staleness_mean": float(staleness.mean()) if staleness.size else None,
+                "staleness_max": int(staleness.max()) if staleness.size else None}
+
+    # --- resume --------------------------------------------------------------------------------------
+
+    def save(self, directory: Path, extra: dict | None = None) -> None:
+        """Write the whole training state; `extra` (e.g. the episode cursor) is stored with it."""
+        from safetensors.torch import save_file
+
+        tmp = directory.with_name(directory.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        tensors = {f"policy/{k}": v.detach().cpu().contiguous() for k, v in self.policy.state_dict().items()}
+        opt = self.optimizer.state_dict()
+        for index, state in opt["state"].items():
+            for name, value in state.items():
+                tensors[f"optimizer/{index}/{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+        tensors["rng/torch"] = torch.get_rng_state()
+        save_file(tensors, str(tmp / "state.safetensors"))
+        (tmp / "state.json").write_text(json.dumps({
+            "policy_config": asdict(self.policy.config), "config": asdict(self.config), "step": self.step,
+            "version": self.version, "samples": self.samples, "param_groups": opt["param_groups"],
+            "numpy_rng": self.rng.bit_generator.state, "resampler": self.resampler.state_dict(),
+            "extra": extra or {},
+        }))
+        old = directory.with_name(directory.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if directory.exists():
+            directory.rename(old)
+        tmp.rename(directory)
+        shutil.rmtree(old, ignore_errors=True)
+
+    @classmethod
+    def load(cls, directory: Path, device: str = "cpu") -> tuple[Trainer, dict]:
+        from safetensors.torch import load_file
+
+        meta = json.loads((directory / "state.json").read_text())
+        tensors = load_file(str(directory / "state.safetensors"))
+        policy = MLPPolicy(PolicyConfig(**meta["policy_config"]))
+        policy.load_state_dict({k.removeprefix("policy/"): v for k, v in tensors.items() if k.startswith("policy/")})
+        trainer = cls(policy, LearnerConfig(**meta["config"]), device)
+        state: dict = {}
+        for key, value in tensors.items():
+            if key.startswith("optimizer/"):
+                _, index, name = key.split("/")
+                state.setdefault(int(index), {})[name] = value.to(trainer.device) if name != "step" else value
+        trainer.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        torch.set_rng_state(tensors["rng/torch"])
+        trainer.rng.bit_generator.state = meta["numpy_rng"]
+        trainer.resampler.load_state_dict(meta["resampler"])
+        trainer.step, trainer.version, trainer.samples = meta["step"], meta["version"], meta["samples"]
+        return trainer, meta["extra"]

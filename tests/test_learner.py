@@ -1,0 +1,159 @@
+"""The learner without Django: resampler, buffer, algorithms, one training step, save -> resume."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from learner.buffer import ExperienceBuffer, Resampler, online_share
+from learner.policy import MLPPolicy, PolicyConfig
+from learner.trainer import LearnerConfig, Trainer
+
+TASKS = ["pick-place-v3", "box-close-v3"]
+
+
+def episode(steps=40, expert=slice(10, 20), success=False, seed=0):
+    rng = np.random.default_rng(seed)
+    intervention = np.zeros(steps, bool)
+    intervention[expert] = True
+    success_flags = np.zeros(steps, bool)
+    success_flags[-1] = success
+    return {"obs": rng.normal(size=(steps, 39)).astype(np.float32),
+            "action": rng.uniform(-1, 1, (steps, 4)).astype(np.float32),
+            "expert_action": rng.uniform(-1, 1, (steps, 4)).astype(np.float32),
+            "intervention": intervention, "success": success_flags}
+
+
+def test_the_online_share_follows_the_formula():
+    assert online_share(0.3, 0.3, 1.0) == pytest.approx(0.5)
+    for l_on, l_off, alpha in [(0.2, 0.1, 1.5), (1.0, 0.5, 1.5), (0.05, 0.4, 3.0)]:
+        expected = math.exp(alpha * l_on) / (math.exp(alpha * l_on) + math.exp(l_off))
+        assert online_share(l_on, l_off, alpha) == pytest.approx(expected)
+    assert online_share(0.1, 0.1, 1.5) > 0.5  # only the online loss is boosted
+
+
+def test_the_resampler_clips_and_waits_for_history():
+    resampler = Resampler(TASKS, alpha=1.5, window=200)
+    for _ in range(9):
+        resampler.record("pick-place-v3", "online", 5.0)
+        resampler.record("pick-place-v3", "offline", 0.0)
+    resampler.update()
+    assert resampler.share["pick-place-v3"] == 0.5  # fewer than 10 losses on a side: unchanged
+    resampler.record("pick-place-v3", "online", 5.0)
+    resampler.record("pick-place-v3", "offline", 0.0)
+    resampler.update()
+    assert resampler.share["pick-place-v3"] == 0.8  # exp(7.5)/(exp(7.5)+1) > 0.8: clipped
+    for _ in range(200):  # the window forgets: now the online loss is far lower
+        resampler.record("pick-place-v3", "online", 0.0)
+        resampler.record("pick-place-v3", "offline", 5.0)
+    resampler.update()
+    assert resampler.share["pick-place-v3"] == 0.2
+    l_on, l_off = 0.4, 0.3
+    for _ in range(200):
+        resampler.record("box-close-v3", "online", l_on)
+        resampler.record("box-close-v3", "offline", l_off)
+    resampler.update()
+    assert resampler.share["box-close-v3"] == pytest.approx(online_share(l_on, l_off, 1.5))
+
+
+def test_tasks_are_sampled_uniformly_and_sources_by_share():
+    buffer = ExperienceBuffer(TASKS)
+    for task in TASKS:
+        buffer.add(task, "offline", np.zeros((100, 39), np.float32), np.zeros((100, 4), np.float32))
+        buffer.add(task, "online", np.zeros((1000, 39), np.float32), np.zeros((1000, 4), np.float32), version=3)
+    resampler = Resampler(TASKS)
+    resampler.share["pick-place-v3"] = 0.8
+    resampler.share["box-close-v3"] = 0.2
+    totals: dict = {}
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        for key, count in resampler.plan(256, buffer, rng).items():
+            totals[key] = totals.get(key, 0) + count
+    per_task = {t: totals[(t, "online")] + totals[(t, "offline")] for t in TASKS}
+    assert per_task["pick-place-v3"] / sum(per_task.values()) == pytest.approx(0.5, abs=0.03)
+    assert totals[("pick-place-v3", "online")] / per_task["pick-place-v3"] == pytest.approx(0.8, abs=0.03)
+    assert totals[("box-close-v3", "online")] / per_task["box-close-v3"] == pytest.approx(0.2, abs=0.03)
+
+
+def test_a_fixed_share_is_the_ablation():
+    resampler = Resampler(TASKS, fixed_share=0.5)
+    for _ in range(50):
+        resampler.record("pick-place-v3", "online", 9.0)
+        resampler.record("pick-place-v3", "offline", 0.0)
+    resampler.update()
+    assert resampler.share["pick-place-v3"] == 0.5
+
+
+def make_trainer(algorithm="hg_dagger", seed=0):
+    torch.manual_seed(seed)
+    return Trainer(MLPPolicy(PolicyConfig(tasks=TASKS, hidden=[32, 32])),
+                   LearnerConfig(algorithm=algorithm, batch_size=64, seed=seed))
+
+
+def test_hg_dagger_takes_only_expert_frames_of_online_episodes():
+    trainer = make_trainer("hg_dagger")
+    demo = episode(steps=30, expert=slice(0, 0), success=True)
+    online = episode(steps=40, expert=slice(10, 20), seed=1)
+    assert trainer.add_episode("pick-place-v3", "offline", demo, 0) == 30  # demonstrations: all frames
+    assert trainer.add_episode("pick-place-v3", "online", online, 1) == 10  # online: the 10 expert frames only
+    assert trainer.add_episode("pick-place-v3", "online", episode(expert=slice(0, 0)), 1) == 0
+    sample = trainer.buffer.sample("pick-place-v3", "online", 500, np.random.default_rng(0))
+    expert_obs = {row.tobytes() for row in online["obs"][10:20]}
+    assert all(row.tobytes() in expert_obs for row in sample["obs"])
+    assert sample["intervention"].all()
+    # The label is the executed (expert) action of that very frame.
+    by_obs = {online["obs"][i].tobytes(): online["action"][i] for i in range(10, 20)}
+    assert all(np.array_equal(by_obs[o.tobytes()], t) for o, t in zip(sample["obs"], sample["target"]))
+
+
+def test_bc_clones_successful_online_episodes_only():
+    trainer = make_trainer("bc")
+    assert trainer.add_episode("pick-place-v3", "online", episode(success=False), 1) == 0
+    assert trainer.add_episode("pick-place-v3", "online", episode(success=True), 1) == 40
+
+
+def test_a_training_step_lowers_the_loss_and_tracks_staleness():
+    trainer = make_trainer()
+    for i in range(5):
+        trainer.add_episode(TASKS[i % 2], "offline", episode(seed=i), 0)
+        trainer.add_episode(TASKS[i % 2], "online", episode(seed=10 + i), 1)
+    trainer.version = 3
+    first = trainer.train_step()
+    for _ in range(300):
+        last = trainer.train_step()
+    assert last["loss"] < first["loss"]
+    assert first["staleness_max"] == 2 and trainer.step == 301
+    assert trainer.samples["online"] + trainer.samples["offline"] == 301 * 64
+
+
+def test_the_trainer_resumes_exactly(tmp_path):
+    trainer = make_trainer(seed=4)
+    for i in range(4):
+        trainer.add_episode(TASKS[i % 2], "offline", episode(seed=i), 0)
+        trainer.add_episode(TASKS[i % 2], "online", episode(seed=20 + i), 1)
+    for _ in range(30):
+        trainer.train_step()
+    trainer.save(tmp_path / "state", extra={"episode_cursor": 17})
+    resumed, extra = Trainer.load(tmp_path / "state")
+    assert extra == {"episode_cursor": 17} and resumed.step == 30
+    assert resumed.resampler.state_dict() == trainer.resampler.state_dict()
+    for name, value in trainer.optimizer.state_dict()["state"][0].items():
+        assert torch.equal(torch.as_tensor(value), torch.as_tensor(resumed.optimizer.state_dict()["state"][0][name]))
+    # Same buffer contents and same RNG states: the next steps are identical.
+    for i in range(4):
+        resumed.add_episode(TASKS[i % 2], "offline", episode(seed=i), 0)
+        resumed.add_episode(TASKS[i % 2], "online", episode(seed=20 + i), 1)
+    torch_state = torch.get_rng_state()
+    losses = [trainer.train_step()["loss"] for _ in range(5)]
+    torch.set_rng_state(torch_state)
+    resumed.rng.bit_generator.state = Trainer.load(tmp_path / "state")[0].rng.bit_generator.state
+    assert [resumed.train_step()["loss"] for _ in range(5)] == pytest.approx(losses)
+
+
+def test_bad_learner_configs_are_refused():
+    with pytest.raises(ValueError, match="unknown algorithm 'ppo'"):
+        LearnerConfig(algorithm="ppo")
+    with pytest.raises(ValueError):
+        LearnerConfig(fixed_online_share=1.5)

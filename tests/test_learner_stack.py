@@ -1,0 +1,79 @@
+"""The learner on the real stack: it folds the fleet's episodes in, publishes versions the actors then run, and
+resumes after SIGKILL without reusing a version number."""
+from __future__ import annotations
+
+import io
+import time
+
+import pytest
+from django.core.management import call_command
+
+from fleet import bus
+from fleet.models import Episode, Robot, Task
+from learner.loop import LEASE_KEY
+from learner.models import PolicyVersion, TrainingMetric, TrainingRun
+from learner.tasks import ensure_running
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+LEARNER_ENV = {"LEARNER_PUBLISH_EVERY": 40, "ROLLOUT_MODE": "continuous", "LEARNER_SLICE_SECONDS": 20,
+               "LEARNER_BATCH_SIZE": 64}
+
+
+@pytest.fixture
+def fleet_with_base(transactional_db):
+    task = Task.objects.create(env_name="pick-place-v3", title="Pick place", max_steps=100)
+    robot = Robot.objects.create(name="sim-learn")
+    robot.tasks.set([task])
+    call_command("generate_demos", "--per-task", "2", stdout=io.StringIO())
+    call_command("pretrain_base", "--demos-per-task", "2", "--steps", "20", "--deploy", stdout=io.StringIO())
+    return robot
+
+
+def test_the_learner_publishes_versions_that_actors_then_run(start_worker, fleet_with_base, olivia):
+    robot = fleet_with_base
+    bus.client().delete(LEASE_KEY)
+    start_worker("actors", queues="actors", FLEET_REALTIME_FACTOR=0, **LEARNER_ENV)
+    start_worker("learner", queues="learner,default", **LEARNER_ENV)
+    robot.start(olivia)
+    call_command("learner", "start", "--as", "olivia", stdout=io.StringIO())
+
+    wait_for(lambda: PolicyVersion.objects.filter(number__gte=2, state="deployed").exists(), 120,
+             "the learner to publish and (continuous mode) deploy version 2")
+    v2 = PolicyVersion.objects.get(number=2)
+    assert v2.parent.number == 1 and v2.algorithm == "hg_dagger" and v2.train_steps >= 40
+    assert v2.samples_offline > 0
+    wait_for(lambda: Episode.objects.filter(robot=robot, policy_version__number__gte=2).exists(), 60,
+             "an episode on a learner-published version")
+    metric = TrainingMetric.objects.order_by("-step").first()
+    assert metric.samples_per_second > 0 and "pick-place-v3" in metric.tasks
+    assert 0.2 <= metric.tasks["pick-place-v3"]["w_on"] <= 0.8
+    robot.stop(olivia)
+    call_command("learner", "stop", stdout=io.StringIO())
+
+
+def test_a_killed_learner_resumes_with_the_next_version_number(start_worker, fleet_with_base, olivia):
+    robot = fleet_with_base
+    bus.client().delete(LEASE_KEY)
+    start_worker("actors", queues="actors", FLEET_REALTIME_FACTOR=0, **LEARNER_ENV)
+    learner = start_worker("learner", queues="learner", **LEARNER_ENV)
+    robot.start(olivia)
+    call_command("learner", "start", stdout=io.StringIO())
+    wait_for(lambda: PolicyVersion.objects.filter(number__gte=3).exists(), 180, "two learner versions")
+    learner.kill()
+    run = TrainingRun.objects.get(status="active")
+    saved_step = run.step
+    assert saved_step >= 40 and run.state_path
+    numbers_before = set(PolicyVersion.objects.values_list("number", flat=True))
+
+    bus.client().delete(LEASE_KEY)  # what the lease's expiry does, without waiting two minutes
+    start_worker("learner-again", queues="learner", **LEARNER_ENV)
+    assert ensure_running.apply().get() is True  # beat's watchdog finds the run without a learner
+    newest = max(numbers_before)
+    wait_for(lambda: PolicyVersion.objects.filter(number__gt=newest).exists(), 180, "a version after the restart")
+    after = PolicyVersion.objects.get(number=newest + 1)
+    assert after.train_steps > saved_step  # it went on from its saved step, not from zero
+    numbers = list(PolicyVersion.objects.values_list("number", flat=True))
+    assert len(numbers) == len(set(numbers))
+    robot.stop(olivia)
+    call_command("learner", "stop", stdout=io.StringIO())
