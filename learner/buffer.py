@@ -82,16 +82,21 @@ class Resampler:
         self.history = {t: {s: deque(maxlen=window) for s in SOURCES} for t in self.tasks}
 
     def plan(self, batch_size: int, buffer: ExperienceBuffer, rng: np.random.Generator) -> dict:
-        """How many samples to draw from each (task, source) for one batch."""
+        """How many samples to draw from each (task, source) for one batch (vectorised: this runs every step)."""
         usable = [t for t in self.tasks if buffer.size(t, "offline") or buffer.size(t, "online")]
         if not usable:
             return {}
+        picks = np.bincount(rng.integers(0, len(usable), size=batch_size), minlength=len(usable))
         counts: dict = {}
-        for task in rng.choice(usable, size=batch_size):
+        for task, count in zip(usable, picks):
+            if not count:
+                continue
             has_on, has_off = buffer.size(task, "online") > 0, buffer.size(task, "offline") > 0
-            online = has_on and (not has_off or rng.random() < self.share[task])
-            key = (str(task), "online" if online else "offline")
-            counts[key] = counts.get(key, 0) + 1
+            share = 1.0 if not has_off else (self.share[task] if has_on else 0.0)
+            online = int(rng.binomial(count, share))
+            for source, n in (("online", online), ("offline", count - online)):
+                if n:
+                    counts[(task, source)] = int(n)
         return counts
 
     def record(self, task: str, source: str, loss: float) -> None:

@@ -68,7 +68,7 @@ def _fold(trainer, run: TrainingRun, limit: int = FOLD_BATCH) -> int:
     for episode in rows:
         source = "offline" if episode.source == Episode.Source.OFFLINE_DEMO else "online"
         version = episode.policy_version.number if episode.policy_version else 0
-        trainer.add_episode(episode.task.env_name, source, load_arrays(episode), version)
+        trainer.add_episode(episode.task.env_name, source, load_arrays(episode), version, episode.task.max_steps)
     if rows:
         run.episode_cursor = rows[-1].pk
     # Skip past evaluation episodes too, so the cursor never stalls behind them.
@@ -95,6 +95,13 @@ def _load_or_build(run: TrainingRun):
     policy = load_checkpoint(Path(settings.STORAGE_DIR) / base.checkpoint_path, base.checkpoint_sha256)
     trainer = Trainer(policy, LearnerConfig(**run.config), device())
     trainer.version = base.number
+    if trainer.algorithm.needs_pretraining:
+        # Fitted once before online training (RECAP's value function): every demonstration and rollout so far.
+        history = Episode.objects.filter(
+            source__in=[Episode.Source.ONLINE, Episode.Source.OFFLINE_DEMO]).select_related("task")
+        trainer.algorithm.pretrain([
+            (e.task.env_name, "offline" if e.source == Episode.Source.OFFLINE_DEMO else "online", load_arrays(e),
+             e.task.max_steps) for e in history])
     return trainer
 
 

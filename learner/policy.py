@@ -34,6 +34,8 @@ class PolicyConfig:
     """Action size (Meta-World: 4, in [-1, 1])."""
     hidden: list[int] = field(default_factory=lambda: [256, 256])
     """Widths of the hidden layers."""
+    indicator: bool = False
+    """RECAP: the policy also takes an advantage indicator (null / positive / negative) and acts with positive."""
 
     def __post_init__(self):
         if not self.tasks or len(set(self.tasks)) != len(self.tasks):
@@ -42,11 +44,15 @@ class PolicyConfig:
             raise ValueError("obs_dim, action_dim and every hidden width must be positive")
 
 
+# RECAP's indicator values, as stored per frame in the buffer's flag column.
+INDICATOR_NULL, INDICATOR_POSITIVE, INDICATOR_NEGATIVE = 0, 1, 2
+
+
 class MLPPolicy(nn.Module):
     def __init__(self, config: PolicyConfig):
         super().__init__()
         self.config = config
-        layers, width = [], config.obs_dim + len(config.tasks)
+        layers, width = [], config.obs_dim + len(config.tasks) + (3 if config.indicator else 0)
         for hidden in config.hidden:
             layers += [nn.Linear(width, hidden), nn.ReLU()]
             width = hidden
@@ -63,9 +69,26 @@ class MLPPolicy(nn.Module):
     def task_ids(self, tasks) -> torch.Tensor:
         return torch.as_tensor([self._task_index[name] for name in tasks], dtype=torch.long)
 
-    def forward(self, obs: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
-        one_hot = nn.functional.one_hot(task_ids, len(self.config.tasks)).to(obs.dtype)
-        return torch.tanh(self.net(torch.cat([(obs - self.obs_mean) / self.obs_std, one_hot], dim=-1)))
+    def forward(self, obs: torch.Tensor, task_ids: torch.Tensor, indicator: torch.Tensor | None = None) -> torch.Tensor:
+        parts = [(obs - self.obs_mean) / self.obs_std, nn.functional.one_hot(task_ids, len(self.config.tasks))]
+        if self.config.indicator:
+            if indicator is None:  # acting: the positive-conditioned policy (RECAP with beta = 1)
+                indicator = torch.full_like(task_ids, INDICATOR_POSITIVE)
+            parts.append(nn.functional.one_hot(indicator.long(), 3))
+        return torch.tanh(self.net(torch.cat([p.to(obs.dtype) for p in parts], dim=-1)))
+
+    def with_indicator(self) -> MLPPolicy:
+        """A copy that also takes RECAP's indicator, acting exactly like this policy until trained (the new
+        inputs start with zero weights)."""
+        config = PolicyConfig(**{**asdict(self.config), "indicator": True})
+        conditioned = MLPPolicy(config)
+        state = self.state_dict()
+        first = "net.0.weight"
+        weight = torch.zeros_like(conditioned.state_dict()[first])
+        weight[:, : state[first].shape[1]] = state[first]
+        state[first] = weight
+        conditioned.load_state_dict(state)
+        return conditioned
 
     @torch.inference_mode()
     def select_action(self, obs: np.ndarray, task: str) -> np.ndarray:

@@ -21,7 +21,7 @@ from learner.policy import MLPPolicy, PolicyConfig
 @dataclass
 class LearnerConfig:
     algorithm: str = "hg_dagger"
-    """Plug-in in learner/algorithms: bc, hg_dagger."""
+    """Plug-in in learner/algorithms: bc, hg_dagger, recap."""
     batch_size: int = 256
     """Samples per gradient step."""
     lr: float = 3e-4
@@ -36,6 +36,14 @@ class LearnerConfig:
     """Ablation: a fixed online share instead of the SOP resampler."""
     seed: int = 0
     """Seeds torch and the sampler."""
+    recap_lookahead: int = 15
+    """RECAP: N of the N-step advantage (steps)."""
+    recap_positive_fraction: float = 0.3
+    """RECAP: share of frames labelled positive by the per-task advantage threshold."""
+    recap_indicator_dropout: float = 0.3
+    """RECAP: probability that a sample's indicator is dropped (classifier-free style)."""
+    recap_value_steps: int = 2000
+    """RECAP: gradient steps fitting the value function before it is frozen."""
 
     def __post_init__(self):
         algorithms.get(self.algorithm)
@@ -45,14 +53,18 @@ class LearnerConfig:
             raise ValueError("lr must be positive")
         if self.fixed_online_share is not None and not 0 <= self.fixed_online_share <= 1:
             raise ValueError("fixed_online_share must lie in [0, 1]")
+        if not 0 < self.recap_positive_fraction < 1 or not 0 <= self.recap_indicator_dropout < 1:
+            raise ValueError("recap_positive_fraction must lie in (0, 1) and recap_indicator_dropout in [0, 1)")
+        if self.recap_lookahead < 1 or self.recap_value_steps < 1:
+            raise ValueError("recap_lookahead and recap_value_steps must be positive")
 
 
 class Trainer:
     def __init__(self, policy: MLPPolicy, config: LearnerConfig, device: str = "cpu"):
         self.config = config
         self.device = torch.device(device)
-        self.policy = policy.to(self.device).train()
-        self.algorithm = algorithms.get(config.algorithm)
+        self.algorithm = algorithms.get(config.algorithm)(policy.config.tasks, config)
+        self.policy = self.algorithm.prepare_policy(policy).to(self.device).train()
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr)
         self.buffer = ExperienceBuffer(policy.config.tasks)
         self.resampler = Resampler(policy.config.tasks, alpha=config.alpha, window=config.window,
@@ -63,12 +75,11 @@ class Trainer:
         self.version = 0  # number of the version this learner's weights descend from / last published
         self.samples = {"online": 0, "offline": 0, "intervention": 0}
 
-    def add_episode(self, task: str, source: str, arrays: dict, version: int) -> int:
+    def add_episode(self, task: str, source: str, arrays: dict, version: int, max_steps: int = 500) -> int:
         """Fold one episode in; returns how many frames entered the buffer."""
         if task not in self.buffer.tasks:
             return 0
-        pick = self.algorithm.offline_frames if source == "offline" else self.algorithm.online_frames
-        frames = pick(arrays)
+        frames = self.algorithm.frames(task, source, arrays, max_steps)
         if frames is None:
             return 0
         index, target, flag = frames
@@ -130,11 +141,14 @@ class Trainer:
             for name, value in state.items():
                 tensors[f"optimizer/{index}/{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
         tensors["rng/torch"] = torch.get_rng_state()
+        algorithm_tensors, algorithm_meta = self.algorithm.state()
+        tensors.update({f"algorithm/{k}": v for k, v in algorithm_tensors.items()})
         save_file(tensors, str(tmp / "state.safetensors"))
         (tmp / "state.json").write_text(json.dumps({
             "policy_config": asdict(self.policy.config), "config": asdict(self.config), "step": self.step,
             "version": self.version, "samples": self.samples, "param_groups": opt["param_groups"],
             "numpy_rng": self.rng.bit_generator.state, "resampler": self.resampler.state_dict(),
+            "algorithm": algorithm_meta,
             "extra": extra or {},
         }))
         old = directory.with_name(directory.name + ".old")
@@ -162,5 +176,7 @@ class Trainer:
         torch.set_rng_state(tensors["rng/torch"])
         trainer.rng.bit_generator.state = meta["numpy_rng"]
         trainer.resampler.load_state_dict(meta["resampler"])
+        trainer.algorithm.load_state({k.removeprefix("algorithm/"): v for k, v in tensors.items()
+                                      if k.startswith("algorithm/")}, meta.get("algorithm", {}))
         trainer.step, trainer.version, trainer.samples = meta["step"], meta["version"], meta["samples"]
         return trainer, meta["extra"]

@@ -157,3 +157,64 @@ def test_bad_learner_configs_are_refused():
         LearnerConfig(algorithm="ppo")
     with pytest.raises(ValueError):
         LearnerConfig(fixed_online_share=1.5)
+
+
+def recap_episode(steps, success_at=None, expert=slice(0, 0), seed=0):
+    arrays = episode(steps=steps, expert=expert, seed=seed)
+    arrays["success"] = np.zeros(steps, bool)
+    if success_at is not None:
+        arrays["success"][success_at] = True
+    return arrays
+
+
+def test_recap_returns_and_advantages_follow_the_spec():
+    from learner.value import DistributionalValue, advantages, returns
+
+    success = recap_episode(10, success_at=9)
+    assert returns(success, 100).tolist() == pytest.approx([-(9 - t) / 100 for t in range(10)])
+    assert (returns(recap_episode(10), 100) == -1).all()  # failures end at -1
+    value = DistributionalValue(TASKS)
+    with torch.no_grad():
+        for p in value.net.parameters():
+            p.zero_()  # uniform over the bins: V = -0.5 everywhere
+    adv = advantages(value, TASKS[0], success, 100, lookahead=3)
+    assert adv[0] == pytest.approx(-3 / 100)  # 3 steps of -1/T_max, then V - V = 0
+    assert adv[-1] == pytest.approx(0.0 - (-0.5))  # Monte-Carlo at the end: G = 0
+
+
+def test_recap_labels_the_configured_share_positive_and_forces_experts_positive():
+    trainer = Trainer(MLPPolicy(PolicyConfig(tasks=TASKS, hidden=[32, 32])),
+                      LearnerConfig(algorithm="recap", batch_size=64, recap_positive_fraction=0.3,
+                                    recap_value_steps=50))
+    assert trainer.policy.config.indicator  # RECAP trains an indicator-conditioned copy of the base
+    rollouts = [recap_episode(60, success_at=59 if i % 2 else None, seed=i) for i in range(8)]
+    trainer.algorithm.pretrain([(TASKS[0], "online", a, 100) for a in rollouts])
+    for i, arrays in enumerate(rollouts):
+        trainer.add_episode(TASKS[0], "online", arrays, 1, 100)
+    flags = trainer.buffer.sample(TASKS[0], "online", 20_000, np.random.default_rng(0))["flag"]
+    assert (flags == 1).mean() == pytest.approx(0.3, abs=0.05)
+    corrected = recap_episode(60, expert=slice(20, 40), seed=99)
+    _, _, indicator = trainer.algorithm.frames(TASKS[0], "online", corrected, 100)
+    assert (indicator[20:40] == 1).all()
+    assert trainer.train_step()["loss"] > 0
+
+
+def test_a_recap_policy_starts_as_its_base_and_acts_positive():
+    torch.manual_seed(0)
+    base = MLPPolicy(PolicyConfig(tasks=TASKS, hidden=[32, 32])).eval()
+    conditioned = base.with_indicator().eval()
+    obs = np.random.default_rng(0).normal(size=39).astype(np.float32)
+    assert np.allclose(base.select_action(obs, TASKS[0]), conditioned.select_action(obs, TASKS[0]), atol=1e-6)
+
+
+def test_recap_state_survives_a_restart(tmp_path):
+    trainer = Trainer(MLPPolicy(PolicyConfig(tasks=TASKS, hidden=[32, 32])),
+                      LearnerConfig(algorithm="recap", batch_size=64, recap_value_steps=20))
+    rollouts = [recap_episode(40, success_at=39, seed=i) for i in range(3)]
+    trainer.algorithm.pretrain([(TASKS[0], "online", a, 100) for a in rollouts])
+    trainer.add_episode(TASKS[0], "online", rollouts[0], 1, 100)
+    trainer.save(tmp_path / "s")
+    resumed, _ = Trainer.load(tmp_path / "s")
+    obs = rollouts[1]["obs"]
+    assert np.array_equal(resumed.algorithm.value.value(obs, TASKS[0]), trainer.algorithm.value.value(obs, TASKS[0]))
+    assert resumed.algorithm.threshold(TASKS[0]) == trainer.algorithm.threshold(TASKS[0])
