@@ -59,6 +59,10 @@ def fleet(request):
 ROBOT_COMMANDS = {"start", "stop", "pause", "resume", "takeover", "remove"}
 
 
+def _bad_form(form) -> HttpResponseBadRequest:
+    return HttpResponseBadRequest("; ".join(f"{field}: {' '.join(errors)}" for field, errors in form.errors.items()))
+
+
 @require_POST
 @permission_required("fleet.control_robot", raise_exception=True)
 def robot_command(request, pk: int, command: str):
@@ -67,7 +71,7 @@ def robot_command(request, pk: int, command: str):
     robot = get_object_or_404(Robot, pk=pk, retired=False)
     form = ReasonForm(request.POST)
     if not form.is_valid():
-        return HttpResponseBadRequest("; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items()))
+        return _bad_form(form)
     method = {"takeover": robot.request_takeover}.get(command) or getattr(robot, command)
     try:
         method(request.user, reason=form.cleaned_data["reason"])
@@ -118,7 +122,7 @@ def robot_tasks(request, pk: int):
     robot = get_object_or_404(Robot, pk=pk, retired=False)
     form = RobotTasksForm(request.POST)
     if not form.is_valid():
-        return HttpResponseBadRequest("; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items()))
+        return _bad_form(form)
     robot.set_tasks(list(form.cleaned_data["tasks"]), request.user)
     messages.success(request, f"{robot.name} now runs {', '.join(t.env_name for t in form.cleaned_data['tasks'])}.")
     return redirect("fleet")

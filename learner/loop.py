@@ -60,21 +60,37 @@ def _enqueue() -> None:
     train.delay()
 
 
-def _fold(trainer, run: TrainingRun, limit: int = FOLD_BATCH) -> int:
-    """Add episodes newer than the run's cursor (online and demonstrations; never evaluation) to the buffer."""
-    rows = list(Episode.objects.filter(pk__gt=run.episode_cursor,
-                                       source__in=[Episode.Source.ONLINE, Episode.Source.OFFLINE_DEMO])
-                .select_related("task", "policy_version").order_by("pk")[:limit])
+class EpisodeCursor:
+    """Which episodes the buffer holds. Ids are assigned at INSERT but become visible at COMMIT, so an episode
+    can appear after a higher id did: the cursor re-reads a window below its high-water mark and skips what it
+    already folded."""
+
+    LATE_COMMIT_WINDOW = 1000  # ids; far more than the episodes concurrently in flight between insert and commit
+
+    def __init__(self):
+        self.high = 0
+        self.recent: set[int] = set()
+
+    def new_episodes(self, limit: int):
+        floor = max(0, self.high - self.LATE_COMMIT_WINDOW)
+        self.recent = {pk for pk in self.recent if pk > floor}
+        return list(Episode.objects.filter(pk__gt=floor, source__in=[Episode.Source.ONLINE,
+                                                                     Episode.Source.OFFLINE_DEMO])
+                    .exclude(pk__in=self.recent).select_related("task", "policy_version").order_by("pk")[:limit])
+
+    def mark(self, pk: int) -> None:
+        self.recent.add(pk)
+        self.high = max(self.high, pk)
+
+
+def _fold(trainer, cursor: EpisodeCursor, limit: int = FOLD_BATCH) -> int:
+    """Add new online episodes and demonstrations (never evaluation episodes) to the buffer."""
+    rows = cursor.new_episodes(limit)
     for episode in rows:
         source = "offline" if episode.source == Episode.Source.OFFLINE_DEMO else "online"
         version = episode.policy_version.number if episode.policy_version else 0
         trainer.add_episode(episode.task.env_name, source, load_arrays(episode), version, episode.task.max_steps)
-    if rows:
-        run.episode_cursor = rows[-1].pk
-    # Skip past evaluation episodes too, so the cursor never stalls behind them.
-    newest = Episode.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
-    if len(rows) < limit:
-        run.episode_cursor = max(run.episode_cursor, newest)
+        cursor.mark(episode.pk)
     return len(rows)
 
 
@@ -83,13 +99,8 @@ def _load_or_build(run: TrainingRun):
     from learner.trainer import LearnerConfig, Trainer
 
     if run.state_path and (Path(settings.STORAGE_DIR) / run.state_path / "state.json").exists():
-        trainer, extra = Trainer.load(Path(settings.STORAGE_DIR) / run.state_path, device())
-        run.episode_cursor = extra.get("episode_cursor", 0)
-        # The buffer is not part of the saved state: rebuild it from the table once, up to the saved cursor.
-        cursor, run.episode_cursor = run.episode_cursor, 0
-        while run.episode_cursor < cursor and _fold(trainer, run):
-            pass
-        run.episode_cursor = max(run.episode_cursor, cursor)
+        # The buffer is not part of the saved state: the caller rebuilds it from the table, once.
+        trainer, _ = Trainer.load(Path(settings.STORAGE_DIR) / run.state_path, device())
         return trainer
     base = run.base_version
     policy = load_checkpoint(Path(settings.STORAGE_DIR) / base.checkpoint_path, base.checkpoint_sha256)
@@ -105,14 +116,15 @@ def _load_or_build(run: TrainingRun):
     return trainer
 
 
-def _save(trainer, run: TrainingRun) -> None:
+def _save(trainer, run: TrainingRun, cursor: EpisodeCursor) -> None:
     run.state_path = run.state_path or f"learner/run-{run.pk}"
-    trainer.save(Path(settings.STORAGE_DIR) / run.state_path, extra={"episode_cursor": run.episode_cursor})
+    trainer.save(Path(settings.STORAGE_DIR) / run.state_path, extra={"episode_cursor": cursor.high})
+    run.episode_cursor = cursor.high
     TrainingRun.objects.filter(pk=run.pk).update(state_path=run.state_path, step=trainer.step,
-                                                 episode_cursor=run.episode_cursor)
+                                                 episode_cursor=cursor.high)
 
 
-def _publish(trainer, run: TrainingRun) -> PolicyVersion:
+def _publish(trainer, run: TrainingRun, cursor: EpisodeCursor) -> PolicyVersion:
     parent = PolicyVersion.objects.filter(number=trainer.version).first()
     snapshot = copy.deepcopy(trainer.policy).cpu().eval()
     version = publish_version(
@@ -121,7 +133,7 @@ def _publish(trainer, run: TrainingRun) -> PolicyVersion:
         train_steps=trainer.step, samples_online=trainer.samples["online"],
         samples_offline=trainer.samples["offline"], samples_intervention=trainer.samples["intervention"],
         first_episode_id=Episode.objects.filter(source=Episode.Source.ONLINE).order_by("pk")
-        .values_list("pk", flat=True).first(), last_episode_id=run.episode_cursor,
+        .values_list("pk", flat=True).first(), last_episode_id=cursor.high,
     )
     trainer.version = version.number
     if settings.ROLLOUT_MODE == "continuous":
@@ -142,17 +154,19 @@ def run_slice(seconds: float | None = None) -> str:
         deadline = time.monotonic() + (seconds or settings.LEARNER_SLICE_SECONDS)
         pubsub = bus.client().pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(bus.EPISODES_CHANNEL)
-        _fold(trainer, run)
+        cursor = EpisodeCursor()
+        while _fold(trainer, cursor):  # the whole history once (a resumed run rebuilds its buffer here)
+            lease.renew()
         window_start, window_samples, last_renew = time.monotonic(), 0, time.monotonic()
         while time.monotonic() < deadline:
             if pubsub.get_message(timeout=0) is not None:  # nudged: new episodes were ingested
                 while pubsub.get_message(timeout=0) is not None:
                     pass
-                _fold(trainer, run)
+                _fold(trainer, cursor)
             metrics = trainer.train_step()
             if metrics is None:
                 time.sleep(0.5)
-                _fold(trainer, run)
+                _fold(trainer, cursor)
                 continue
             window_samples += trainer.config.batch_size
             if trainer.step % METRICS_EVERY == 0:
@@ -171,10 +185,10 @@ def run_slice(seconds: float | None = None) -> str:
                 if not TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.ACTIVE).exists():
                     break  # stopped by someone
             if trainer.step % trainer.config.publish_every == 0:
-                _save(trainer, run)  # state first: a crash after this publishes the next version afresh
-                version = _publish(trainer, run)
+                _save(trainer, run, cursor)  # state first: a crash after this publishes the next version afresh
+                version = _publish(trainer, run, cursor)
                 log.info("published %s at step %d", version, trainer.step)
-        _save(trainer, run)
+        _save(trainer, run, cursor)
         pubsub.close()
     finally:
         lease.release()
