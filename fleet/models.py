@@ -302,6 +302,8 @@ class Robot(models.Model):
             message = {"robot": self.pk, "version": version.pk, "path": version.checkpoint_path,
                        "sha256": version.checkpoint_sha256}
             transaction.on_commit(lambda: bus.publish(bus.VERSIONS_CHANNEL, message))
+            if locked.enabled and locked.status != self.Status.PAUSED:
+                self._schedule_after_commit()  # a started robot idling for want of a version runs now
         return event
 
 
