@@ -25,6 +25,7 @@ def navigation(request):
     items = [
         ("fleet.view_robot", "Fleet", "fleet"),
         ("fleet.view_episode", "Episodes", "episodes"),
+        ("learner.view_policyversion", "Learner", "learner"),
         ("learner.view_policyversion", "Policy versions", "versions"),
         ("fleet.view_auditevent", "Audit log", "audit"),
     ]

@@ -14,9 +14,11 @@ from django.conf import settings
 from django.db import transaction
 
 from fleet import bus
+from fleet.events import broadcast
 from fleet.ingest import load_arrays
 from fleet.models import Episode
 from learner.models import PolicyVersion, TrainingMetric, TrainingRun, publish_version
+from learner.views import metric_point
 
 log = logging.getLogger(__name__)
 LEASE_KEY = "sopweb:learner:lease"
@@ -172,12 +174,13 @@ def run_slice(seconds: float | None = None) -> str:
             if trainer.step % METRICS_EVERY == 0:
                 now = time.monotonic()
                 sizes = trainer.buffer.sizes()
-                TrainingMetric.objects.create(
+                metric = TrainingMetric.objects.create(
                     run=run, step=trainer.step, loss=metrics["loss"],
                     samples_per_second=window_samples / max(now - window_start, 1e-6),
                     staleness_mean=metrics["staleness_mean"], staleness_max=metrics["staleness_max"],
                     tasks={task: {**stats, "buffer": sizes[task]} for task, stats in trainer.resampler.stats().items()},
                 )
+                broadcast("learner.metrics", metric_point(metric))
                 window_start, window_samples = now, 0
                 if now - last_renew > 10:
                     lease.renew()

@@ -118,6 +118,9 @@ def publish_version(policy, *, algorithm: str, config: dict, parent: PolicyVersi
                                                checkpoint_path=path, checkpoint_sha256=sha, **counters)
         AuditEvent.record(None, "version.publish", version,
                           details={"algorithm": algorithm, "parent": parent.number if parent else None})
+        from fleet.events import broadcast_on_commit
+
+        broadcast_on_commit("version.state", {"version": version.pk, "number": number, "state": version.state})
     return version
 
 

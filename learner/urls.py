@@ -2,4 +2,7 @@ from django.urls import path
 
 from learner import views
 
-urlpatterns = [path("versions/", views.versions, name="versions")]
+urlpatterns = [
+    path("", views.learner, name="learner"),
+    path("versions/", views.versions, name="versions"),
+]

@@ -10,13 +10,13 @@ from django.utils import timezone
 
 from fleet.models import AuditEvent, Episode, Robot, Task
 
-PAGES = ["home", "fleet", "episodes", "versions", "audit"]
+PAGES = ["home", "fleet", "episodes", "learner", "versions", "audit"]
 # persona -> page -> expected status for a GET (302 on "home" is the redirect to the role's landing page)
 EXPECTED = {
-    "olivia": {"home": 302, "fleet": 200, "episodes": 200, "versions": 200, "audit": 403},
-    "sam": {"home": 302, "fleet": 200, "episodes": 200, "versions": 200, "audit": 200},
-    "anna": {"home": 302, "fleet": 403, "episodes": 200, "versions": 403, "audit": 403},
-    "oscar": {"home": 403, "fleet": 403, "episodes": 403, "versions": 403, "audit": 403},
+    "olivia": {"home": 302, "fleet": 200, "episodes": 200, "learner": 200, "versions": 200, "audit": 403},
+    "sam": {"home": 302, "fleet": 200, "episodes": 200, "learner": 200, "versions": 200, "audit": 200},
+    "anna": {"home": 302, "fleet": 403, "episodes": 200, "learner": 403, "versions": 403, "audit": 403},
+    "oscar": {"home": 403, "fleet": 403, "episodes": 403, "learner": 403, "versions": 403, "audit": 403},
 }
 
 
@@ -153,3 +153,24 @@ def test_a_wrong_password_is_refused(client, olivia):
     response = client.post(reverse("login"), {"username": "olivia", "password": "nope"})
     assert response.status_code == 200
     assert "didn't match" in response.content.decode()
+
+
+def test_the_learner_page_carries_its_curves_and_versions(client, sam):
+    import json
+
+    from learner.models import PolicyVersion, TrainingMetric, TrainingRun
+
+    base = PolicyVersion.objects.create(number=1, algorithm="bc", checkpoint_path="p", checkpoint_sha256="0" * 64)
+    run = TrainingRun.objects.create(algorithm="hg_dagger", base_version=base)
+    for step in (50, 100, 150):
+        TrainingMetric.objects.create(run=run, step=step, loss=1.0 / step, samples_per_second=5000.0,
+                                      staleness_mean=0.5, staleness_max=1,
+                                      tasks={"pick-place-v3": {"w_on": 0.6, "l_on": 0.1, "l_off": 0.05,
+                                                               "buffer": {"online": 10, "offline": 20}}})
+    client.force_login(sam)
+    response = client.get(reverse("learner"))
+    html = response.content.decode()
+    points = json.loads(html.split('id="learner-points" type="application/json">')[1].split("</script>")[0])
+    assert [p["step"] for p in points] == [50, 100, 150]
+    assert points[-1]["tasks"]["pick-place-v3"]["w_on"] == 0.6
+    assert "vendor/plotly.min.js" in html and "js/learner.js" in html
