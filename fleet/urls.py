@@ -10,5 +10,6 @@ urlpatterns = [
     path("robots/<int:pk>/tasks/", views.robot_tasks, name="robot-tasks"),
     path("robots/<int:pk>/<str:command>/", views.robot_command, name="robot-command"),
     path("episodes/", views.episodes, name="episodes"),
+    path("episodes/<int:pk>/", views.episode, name="episode"),
     path("audit/", views.audit, name="audit"),
 ]

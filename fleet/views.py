@@ -153,6 +153,27 @@ def episodes(request):
     return render(request, "fleet/episodes.html", {"form": form, "episodes": page, "next_query": next_cursor})
 
 
+@permission_required("fleet.view_episode", raise_exception=True)
+def episode(request, pk: int):
+    """One episode: its summary, intervention segments, flags, label, and its time series for the plots."""
+    from fleet.ingest import load_arrays
+
+    row = get_object_or_404(Episode.objects.select_related("task", "robot", "policy_version"), pk=pk)
+    arrays = load_arrays(row)
+    series = {
+        "action": arrays["action"].round(4).T.tolist(),
+        "expert_action": arrays["expert_action"].round(4).T.tolist(),
+        "reward": arrays["reward"].round(4).tolist(),
+        "success": arrays["success"].astype(int).tolist(),
+        "segments": list(row.interventions.values("start_step", "end_step", "source")),
+        "dt": 0.0125,
+    }
+    return render(request, "fleet/episode.html", {
+        "episode": row, "series": series, "flags": row.flags.select_related("raised_by"),
+        "segments": series["segments"],
+    })
+
+
 @permission_required("fleet.view_auditevent", raise_exception=True)
 def audit(request):
     form = AuditFilterForm(request.GET or None)

@@ -174,3 +174,25 @@ def test_the_learner_page_carries_its_curves_and_versions(client, sam):
     assert [p["step"] for p in points] == [50, 100, 150]
     assert points[-1]["tasks"]["pick-place-v3"]["w_on"] == 0.6
     assert "vendor/plotly.min.js" in html and "js/learner.js" in html
+
+
+def test_the_episode_page_carries_its_time_series(client, anna, oscar):
+    import json
+    import uuid as uuid_lib
+
+    from fleet.ingest import ingest_episode
+    from tests.test_ingest import make_arrays
+
+    task = Task.objects.create(env_name="pick-place-v3", title="Pick place")
+    now = timezone.now()
+    episode, _ = ingest_episode(uuid=uuid_lib.uuid4(), task=task.env_name, seed=3, outcome="timeout",
+                                arrays=make_arrays(steps=50), started_at=now - timedelta(seconds=1), finished_at=now)
+    client.force_login(anna)
+    html = client.get(reverse("episode", args=[episode.pk])).content.decode()
+    series = json.loads(html.split('id="episode-series" type="application/json">')[1].split("</script>")[0])
+    assert len(series["action"]) == 4 and len(series["action"][0]) == 50
+    assert [s["source"] for s in series["segments"]] == ["gate", "operator"]
+    client.force_login(oscar)
+    assert client.get(reverse("episode", args=[episode.pk])).status_code == 403
+    client.force_login(anna)
+    assert client.get(reverse("episode", args=[999999])).status_code == 404
