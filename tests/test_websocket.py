@@ -101,3 +101,29 @@ def test_the_real_asgi_stack_refuses_sockets_it_should_not_serve(daphne_server, 
     with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
         asyncio.run(scenario())
     assert refused.value.response.status_code == 403
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_an_ingested_episode_is_announced_after_commit(olivia):
+    import uuid as uuid_lib
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from fleet.ingest import ingest_episode
+    from fleet.models import Task
+    from tests.test_ingest import make_arrays
+
+    communicator, connected, _ = await communicate(olivia)
+    assert connected
+    try:
+        task = await Task.objects.acreate(env_name="pick-place-v3", title="Pick place")
+        now = timezone.now()
+        episode, _ = await sync_to_async(ingest_episode)(
+            uuid=uuid_lib.uuid4(), task=task.env_name, seed=1, outcome="timeout", arrays=make_arrays(),
+            started_at=now - timedelta(seconds=1), finished_at=now)
+        message = await communicator.receive_json_from(timeout=5)
+        assert message["event"] == "episode.finished"
+        assert message["data"]["episode"] == episode.pk and message["data"]["intervention_steps"] == 20
+    finally:
+        await communicator.disconnect()
