@@ -127,8 +127,9 @@ def _run_leased(robot: Robot, lease: bus.Lease) -> str:
 
     task_name = task_row.env_name
     act = lambda obs: policy.select_action(obs, task_name)  # noqa: E731
+    doubt = (lambda obs: policy.doubt(obs, task_name)) if policy.config.ensemble > 1 else None  # noqa: E731
     result = run_episode(sim, act, seed, gate, max_steps=task_row.max_steps,
-                         realtime_factor=settings.FLEET_REALTIME_FACTOR, poll=poll)
+                         realtime_factor=settings.FLEET_REALTIME_FACTOR, poll=poll, doubt=doubt)
     if result.steps == 0:
         return "aborted"
     outcome = {"success": Episode.Outcome.SUCCESS, "timeout": Episode.Outcome.TIMEOUT,
@@ -138,6 +139,7 @@ def _run_leased(robot: Robot, lease: bus.Lease) -> str:
         started_at=started_at, finished_at=timezone.now(), robot_id=robot.pk, policy_version_id=version.pk,
         source=Episode.Source.ONLINE,
         meta={"gate": gate_config.as_dict(), "takeovers": result.takeovers,
+              "takeover_doubts": result.takeover_doubts,
               "realtime_factor": settings.FLEET_REALTIME_FACTOR, "wall_seconds": round(result.wall_seconds, 3)},
     )
     # A takeover lasts for the episode it reached (or, asked while the robot was between episodes, the next one).

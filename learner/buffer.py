@@ -118,7 +118,9 @@ class Resampler:
                 for t in self.tasks}
 
     def state_dict(self) -> dict:
-        return {"share": self.share, "history": {t: {s: list(h) for s, h in v.items()} for t, v in self.history.items()}}
+        history = {task: {source: list(losses) for source, losses in by_source.items()}
+                   for task, by_source in self.history.items()}
+        return {"share": self.share, "history": history}
 
     def load_state_dict(self, state: dict) -> None:
         self.share.update(state["share"])

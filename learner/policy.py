@@ -36,12 +36,17 @@ class PolicyConfig:
     """Widths of the hidden layers."""
     indicator: bool = False
     """RECAP: the policy also takes an advantage indicator (null / positive / negative) and acts with positive."""
+    ensemble: int = 1
+    """Members of an ensemble (HG-DAgger's doubt metric): the policy acts with their mean; doubt is the norm of
+    their per-dimension variance."""
 
     def __post_init__(self):
         if not self.tasks or len(set(self.tasks)) != len(self.tasks):
             raise ValueError("a policy needs a non-empty list of distinct task names")
         if self.obs_dim < 1 or self.action_dim < 1 or not self.hidden or min(self.hidden) < 1:
             raise ValueError("obs_dim, action_dim and every hidden width must be positive")
+        if not 1 <= self.ensemble <= 16:
+            raise ValueError("an ensemble has 1 to 16 members")
 
 
 # RECAP's indicator values, as stored per frame in the buffer's flag column.
@@ -52,15 +57,19 @@ class MLPPolicy(nn.Module):
     def __init__(self, config: PolicyConfig):
         super().__init__()
         self.config = config
+        self.nets = nn.ModuleList([self._member(config) for _ in range(config.ensemble)])
+        self.register_buffer("obs_mean", torch.zeros(config.obs_dim))
+        self.register_buffer("obs_std", torch.ones(config.obs_dim))
+        self._task_index = {name: i for i, name in enumerate(config.tasks)}
+
+    @staticmethod
+    def _member(config: PolicyConfig) -> nn.Sequential:
         layers, width = [], config.obs_dim + len(config.tasks) + (3 if config.indicator else 0)
         for hidden in config.hidden:
             layers += [nn.Linear(width, hidden), nn.ReLU()]
             width = hidden
         layers.append(nn.Linear(width, config.action_dim))
-        self.net = nn.Sequential(*layers)
-        self.register_buffer("obs_mean", torch.zeros(config.obs_dim))
-        self.register_buffer("obs_std", torch.ones(config.obs_dim))
-        self._task_index = {name: i for i, name in enumerate(config.tasks)}
+        return nn.Sequential(*layers)
 
     def set_normalization(self, observations: np.ndarray) -> None:
         self.obs_mean.copy_(torch.as_tensor(observations.mean(axis=0), dtype=torch.float32))
@@ -69,13 +78,29 @@ class MLPPolicy(nn.Module):
     def task_ids(self, tasks) -> torch.Tensor:
         return torch.as_tensor([self._task_index[name] for name in tasks], dtype=torch.long)
 
-    def forward(self, obs: torch.Tensor, task_ids: torch.Tensor, indicator: torch.Tensor | None = None) -> torch.Tensor:
+    def predictions(self, obs: torch.Tensor, task_ids: torch.Tensor,
+                    indicator: torch.Tensor | None = None) -> torch.Tensor:
+        """Every member's action, shape (members, batch, action_dim); losses train each member on its own."""
         parts = [(obs - self.obs_mean) / self.obs_std, nn.functional.one_hot(task_ids, len(self.config.tasks))]
         if self.config.indicator:
             if indicator is None:  # acting: the positive-conditioned policy (RECAP with beta = 1)
                 indicator = torch.full_like(task_ids, INDICATOR_POSITIVE)
             parts.append(nn.functional.one_hot(indicator.long(), 3))
-        return torch.tanh(self.net(torch.cat([p.to(obs.dtype) for p in parts], dim=-1)))
+        features = torch.cat([p.to(obs.dtype) for p in parts], dim=-1)
+        return torch.stack([torch.tanh(net(features)) for net in self.nets])
+
+    def forward(self, obs: torch.Tensor, task_ids: torch.Tensor, indicator: torch.Tensor | None = None) -> torch.Tensor:
+        """The executed action: the members' mean (the EnsembleDAgger convention)."""
+        return self.predictions(obs, task_ids, indicator).mean(dim=0)
+
+    @torch.inference_mode()
+    def doubt(self, obs: np.ndarray, task: str) -> float:
+        """HG-DAgger's doubt: the norm of the ensemble's per-dimension variance at this observation (0 alone)."""
+        if self.config.ensemble == 1:
+            return 0.0
+        obs_t = torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0)
+        members = self.predictions(obs_t, torch.tensor([self._task_index[task]]))[:, 0]
+        return float(torch.linalg.vector_norm(members.var(dim=0, unbiased=False)))
 
     def with_indicator(self) -> MLPPolicy:
         """A copy that also takes RECAP's indicator, acting exactly like this policy until trained (the new
@@ -83,10 +108,11 @@ class MLPPolicy(nn.Module):
         config = PolicyConfig(**{**asdict(self.config), "indicator": True})
         conditioned = MLPPolicy(config)
         state = self.state_dict()
-        first = "net.0.weight"
-        weight = torch.zeros_like(conditioned.state_dict()[first])
-        weight[:, : state[first].shape[1]] = state[first]
-        state[first] = weight
+        for member in range(config.ensemble):
+            first = f"nets.{member}.0.weight"
+            weight = torch.zeros_like(conditioned.state_dict()[first])
+            weight[:, : state[first].shape[1]] = state[first]
+            state[first] = weight
         conditioned.load_state_dict(state)
         return conditioned
 

@@ -301,6 +301,8 @@ LEARNER_PUBLISH_EVERY = env_number("LEARNER_PUBLISH_EVERY", 2000, min_value=1)
 LEARNER_ALGORITHM = env_str("LEARNER_ALGORITHM", "hg_dagger")
 if LEARNER_ALGORITHM not in ("bc", "hg_dagger", "recap"):
     raise _bad("LEARNER_ALGORITHM", LEARNER_ALGORITHM, "expected bc, hg_dagger or recap")
+# RECAP: gradient steps that fit the value function before it is frozen.
+LEARNER_RECAP_VALUE_STEPS = env_number("LEARNER_RECAP_VALUE_STEPS", 2000, min_value=1)
 LEARNER_BATCH_SIZE = env_number("LEARNER_BATCH_SIZE", 256, min_value=1, max_value=65536)
 LEARNER_LR = env_number("LEARNER_LR", 3e-4, kind=float, min_value=1e-7, max_value=1.0)
 # The learner task trains for this long, saves its state and re-queues itself (Celery time limits apply per slice).

@@ -218,3 +218,35 @@ def test_recap_state_survives_a_restart(tmp_path):
     obs = rollouts[1]["obs"]
     assert np.array_equal(resumed.algorithm.value.value(obs, TASKS[0]), trainer.algorithm.value.value(obs, TASKS[0]))
     assert resumed.algorithm.threshold(TASKS[0]) == trainer.algorithm.threshold(TASKS[0])
+
+
+def test_an_ensemble_acts_with_its_mean_and_measures_doubt(tmp_path):
+    from learner.policy import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    ensemble = MLPPolicy(PolicyConfig(tasks=TASKS, hidden=[32, 32], ensemble=3)).eval()
+    obs = np.random.default_rng(0).normal(size=39).astype(np.float32)
+    members = ensemble.predictions(torch.as_tensor(obs)[None], torch.tensor([0]))[:, 0]
+    assert np.allclose(ensemble.select_action(obs, TASKS[0]), members.mean(0).detach().numpy(), atol=1e-6)
+    expected = float(torch.linalg.vector_norm(members.var(0, unbiased=False)))
+    assert ensemble.doubt(obs, TASKS[0]) == pytest.approx(expected) and expected > 0
+    assert MLPPolicy(PolicyConfig(tasks=TASKS)).doubt(obs, TASKS[0]) == 0.0
+    sha = save_checkpoint(ensemble, tmp_path / "e")
+    assert load_checkpoint(tmp_path / "e", sha).doubt(obs, TASKS[0]) == pytest.approx(expected)
+
+
+def test_the_actor_logs_doubt_at_every_gate_takeover():
+    import warnings
+
+    from fleet.sim.actor import run_episode
+    from fleet.sim.envs import make_task
+    from fleet.sim.gate import Gate, GateConfig
+
+    warnings.simplefilter("ignore")
+    task = make_task("pick-place-v3")
+    torch.manual_seed(0)
+    ensemble = MLPPolicy(PolicyConfig(tasks=["pick-place-v3"], hidden=[16], ensemble=2)).eval()
+    result = run_episode(task, lambda o: ensemble.select_action(o, "pick-place-v3"), 3, Gate(GateConfig()),
+                         realtime_factor=0, doubt=lambda o: ensemble.doubt(o, "pick-place-v3"))
+    assert result.takeovers >= 1 and len(result.takeover_doubts) == result.takeovers
+    assert all(d > 0 for d in result.takeover_doubts)

@@ -30,18 +30,22 @@ def fleet_with_base(transactional_db):
     return robot
 
 
-def test_the_learner_publishes_versions_that_actors_then_run(start_worker, fleet_with_base, olivia):
+@pytest.mark.parametrize("algorithm", ["hg_dagger", "recap"])
+def test_the_learner_publishes_versions_that_actors_then_run(start_worker, fleet_with_base, olivia, algorithm,
+                                                             settings):
+    settings.LEARNER_RECAP_VALUE_STEPS = 100  # the run's config is made here, by `learner start`
     robot = fleet_with_base
     bus.client().delete(LEASE_KEY)
     start_worker("actors", queues="actors", FLEET_REALTIME_FACTOR=0, **LEARNER_ENV)
-    start_worker("learner", queues="learner,default", **LEARNER_ENV)
+    start_worker("learner", queues="learner,default", LEARNER_ALGORITHM=algorithm, **LEARNER_ENV)
     robot.start(olivia)
-    call_command("learner", "start", "--as", "olivia", stdout=io.StringIO())
+    wait_for(lambda: Episode.objects.filter(robot=robot).exists(), 60, "a base-policy rollout (RECAP's value data)")
+    call_command("learner", "start", "--as", "olivia", "--algorithm", algorithm, stdout=io.StringIO())
 
     wait_for(lambda: PolicyVersion.objects.filter(number__gte=2, state="deployed").exists(), 120,
              "the learner to publish and (continuous mode) deploy version 2")
     v2 = PolicyVersion.objects.get(number=2)
-    assert v2.parent.number == 1 and v2.algorithm == "hg_dagger" and v2.train_steps >= 40
+    assert v2.parent.number == 1 and v2.algorithm == algorithm and v2.train_steps >= 40
     assert v2.samples_offline > 0
     wait_for(lambda: Episode.objects.filter(robot=robot, policy_version__number__gte=2).exists(), 60,
              "an episode on a learner-published version")

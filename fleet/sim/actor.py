@@ -25,14 +25,16 @@ class EpisodeResult:
     intervention_steps: int
     segments: list = field(default_factory=list)
     takeovers: int = 0
+    takeover_doubts: list = field(default_factory=list)
     wall_seconds: float = 0.0
 
 
 def run_episode(task: SimTask, policy: Policy, seed: int, gate: Gate, *, max_steps: int | None = None,
                 realtime_factor: float = 1.0, poll: Callable[[], str | None] | None = None,
-                poll_every: int = 8) -> EpisodeResult:
+                poll_every: int = 8, doubt: Callable[[np.ndarray], float] | None = None) -> EpisodeResult:
     """Run one episode. `poll()` is called every `poll_every` steps and may answer "takeover" (an operator wants
-    the expert in control for the rest of the episode) or "abort" (stop now, e.g. the robot was paused)."""
+    the expert in control for the rest of the episode) or "abort" (stop now, e.g. the robot was paused).
+    `doubt(obs)`, for an ensemble policy, is logged at every gate takeover (HG-DAgger's risk threshold data)."""
     max_steps = min(max_steps or task.max_steps, task.max_steps)
     period = task.dt / realtime_factor if realtime_factor > 0 else 0.0
     model = task.env.model
@@ -41,6 +43,7 @@ def run_episode(task: SimTask, policy: Policy, seed: int, gate: Gate, *, max_ste
     obs = task.reset(seed)
     progress = 0.0
     outcome = "timeout"
+    doubts = []
     start = time.monotonic()
     for t in range(max_steps):
         if poll is not None and t % poll_every == 0:
@@ -53,7 +56,10 @@ def run_episode(task: SimTask, policy: Policy, seed: int, gate: Gate, *, max_ste
         snapshot = task.snapshot()
         policy_action = np.clip(policy(obs), -1.0, 1.0).astype(np.float32)
         expert_action = np.clip(task.expert_action(obs), -1.0, 1.0)
+        takeovers = gate.takeovers
         source = gate.decide(progress, policy_action, expert_action)
+        if doubt is not None and gate.takeovers > takeovers:
+            doubts.append(round(float(doubt(obs)), 6))
         action = policy_action if source == POLICY else expert_action
         next_obs, reward, info = task.step(action)
         success = bool(info["success"])
@@ -78,5 +84,6 @@ def run_episode(task: SimTask, policy: Policy, seed: int, gate: Gate, *, max_ste
         intervention_steps=int(arrays["intervention"].sum()),
         segments=segments(arrays["intervention_source"]),
         takeovers=gate.takeovers,
+        takeover_doubts=doubts,
         wall_seconds=time.monotonic() - start,
     )

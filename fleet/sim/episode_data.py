@@ -79,7 +79,8 @@ def validate(arrays: dict, max_steps: int) -> int:
         raise EpisodeDataError("episode data must be a mapping of array names to arrays")
     missing, extra = set(SCHEMA) - set(arrays), set(arrays) - set(SCHEMA)
     if missing or extra:
-        raise EpisodeDataError(f"episode arrays: missing {sorted(missing) or 'none'}, unexpected {sorted(extra) or 'none'}")
+        raise EpisodeDataError(
+            f"episode arrays: missing {sorted(missing) or 'none'}, unexpected {sorted(extra) or 'none'}")
     steps = None
     for name, (dtype, shape) in SCHEMA.items():
         array = arrays[name]

@@ -5,9 +5,16 @@ from __future__ import annotations
 import torch
 
 
+def squared_error(policy, batch: dict, indicator=None) -> torch.Tensor:
+    """Per-sample squared error, averaged over action dimensions and ensemble members (each member is fitted on
+    its own, which keeps an ensemble diverse enough to measure doubt)."""
+    predictions = policy.predictions(batch["obs"], batch["task"], indicator)
+    return ((predictions - batch["target"]) ** 2).mean(dim=-1).mean(dim=0)
+
+
 def batch_loss(policy, batch: dict) -> tuple[torch.Tensor, dict]:
     """Mean squared error on a batch (used by base-policy pretraining)."""
-    loss = ((policy(batch["obs"], batch["task"]) - batch["target"]) ** 2).mean()
+    loss = squared_error(policy, batch).mean()
     return loss, {"loss": float(loss.detach())}
 
 
@@ -31,7 +38,7 @@ class Algorithm:
         return slice(None), arrays["action"], 0
 
     def per_sample_loss(self, policy, batch: dict) -> torch.Tensor:
-        return ((policy(batch["obs"], batch["task"]) - batch["target"]) ** 2).mean(dim=-1)
+        return squared_error(policy, batch)
 
     def state(self) -> tuple[dict, dict]:
         return {}, {}

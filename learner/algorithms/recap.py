@@ -66,7 +66,7 @@ class Algorithm(bc.Algorithm):
         indicator = batch["flag"].long()
         dropped = torch.rand(indicator.shape, device=indicator.device) < self.dropout
         indicator = torch.where(dropped, torch.full_like(indicator, INDICATOR_NULL), indicator)
-        return ((policy(batch["obs"], batch["task"], indicator) - batch["target"]) ** 2).mean(dim=-1)
+        return bc.squared_error(policy, batch, indicator)
 
     def state(self) -> tuple[dict, dict]:
         tensors = {f"value/{k}": v.detach().cpu().contiguous() for k, v in self.value.state_dict().items()}

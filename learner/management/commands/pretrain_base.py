@@ -19,10 +19,13 @@ class Command(BaseCommand):
         parser.add_argument("--demos-per-task", type=int, default=settings.LEARNER_BASE_DEMOS)
         parser.add_argument("--steps", type=int, default=3000, help="gradient steps (batch 256)")
         parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--ensemble", type=int, default=1,
+                            help="ensemble members (HG-DAgger's doubt metric is logged at takeovers when > 1)")
         parser.add_argument("--deploy", action="store_true", help="deploy it to the whole fleet")
         parser.add_argument("--if-none", action="store_true", help="do nothing if any version exists (demo start)")
 
-    def handle(self, *args, demos_per_task: int, steps: int, seed: int, deploy: bool, if_none: bool, **options):
+    def handle(self, *args, demos_per_task: int, steps: int, seed: int, deploy: bool, if_none: bool,
+               ensemble: int = 1, **options):
         import numpy as np
         import torch
 
@@ -51,7 +54,10 @@ class Command(BaseCommand):
         task_ids = torch.as_tensor(np.concatenate([np.full(len(a["obs"]), t) for t, a in arrays]))
 
         torch.manual_seed(seed)
-        policy = MLPPolicy(PolicyConfig(tasks=tasks))
+        try:
+            policy = MLPPolicy(PolicyConfig(tasks=tasks, ensemble=ensemble))
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
         policy.set_normalization(obs.numpy())
         optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
         generator = torch.Generator().manual_seed(seed)
@@ -70,7 +76,7 @@ class Command(BaseCommand):
         version = publish_version(
             policy, algorithm="bc",
             config={"demos_per_task": demos_per_task, "steps": steps, "seed": seed, "batch_size": 256, "lr": 1e-3,
-                    "hidden": policy.config.hidden, "tasks": tasks},
+                    "hidden": policy.config.hidden, "ensemble": ensemble, "tasks": tasks},
             train_steps=steps, samples_offline=steps * 256, first_episode_id=min(ids), last_episode_id=max(ids),
         )
         self.stdout.write(f"published {version} (behaviour cloning on {len(ids)} demonstrations, "
