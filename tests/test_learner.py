@@ -226,7 +226,7 @@ def test_an_ensemble_acts_with_its_mean_and_measures_doubt(tmp_path):
     torch.manual_seed(0)
     ensemble = MLPPolicy(PolicyConfig(tasks=TASKS, hidden=[32, 32], ensemble=3)).eval()
     obs = np.random.default_rng(0).normal(size=39).astype(np.float32)
-    members = ensemble.predictions(torch.as_tensor(obs)[None], torch.tensor([0]))[:, 0]
+    members = ensemble.predictions(torch.as_tensor(obs)[None], torch.tensor([0]))[:, 0].detach()
     assert np.allclose(ensemble.select_action(obs, TASKS[0]), members.mean(0).detach().numpy(), atol=1e-6)
     expected = float(torch.linalg.vector_norm(members.var(0, unbiased=False)))
     assert ensemble.doubt(obs, TASKS[0]) == pytest.approx(expected) and expected > 0
