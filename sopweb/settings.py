@@ -297,7 +297,7 @@ FLEET_GATE = _gate_config()
 # Learner: publish a candidate every N gradient steps; SOP resampler temperature alpha.
 # Offline demonstrations per task that the base policy is cloned from: 5 leaves it weak (~0.5 success).
 LEARNER_BASE_DEMOS = env_number("LEARNER_BASE_DEMOS", 5, min_value=1)
-LEARNER_PUBLISH_EVERY = env_number("LEARNER_PUBLISH_EVERY", 2000, min_value=1)
+LEARNER_PUBLISH_EVERY = env_number("LEARNER_PUBLISH_EVERY", 5000, min_value=1)
 LEARNER_ALGORITHM = env_str("LEARNER_ALGORITHM", "hg_dagger")
 if LEARNER_ALGORITHM not in ("bc", "hg_dagger", "recap"):
     raise _bad("LEARNER_ALGORITHM", LEARNER_ALGORITHM, "expected bc, hg_dagger or recap")
