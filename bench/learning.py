@@ -80,14 +80,20 @@ def main():
     log_dir = _django.ROOT / "var" / "learning"
     log_dir.mkdir(parents=True, exist_ok=True)
     workers = []
-    for name, queues, concurrency in [("actors", "actors", args.robots), ("learner", "learner", 1),
-                                      ("default", "default", 1)]:
+    commands = {
+        name: [sys.executable, "-m", "celery", "-A", "sopweb", "worker", "-Q", queues, "--concurrency",
+               str(concurrency), "-n", f"learning-{name}@%h", "--without-mingle", "--without-gossip",
+               "--loglevel", "INFO"]
+        for name, queues, concurrency in [("actors", "actors", args.robots), ("learner", "learner", 1),
+                                          ("default", "default", 1)]
+    }
+    # Beat too: the whole system, with its sweeps and the learner's watchdog.
+    commands["beat"] = [sys.executable, "-m", "celery", "-A", "sopweb", "beat", "--loglevel", "INFO",
+                        "--schedule", str(log_dir / "celerybeat-schedule")]
+    for name, command in commands.items():
         log = open(log_dir / f"{name}.log", "wb")
-        workers.append(subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "sopweb", "worker", "-Q", queues, "--concurrency",
-             str(concurrency), "-n", f"learning-{name}@%h", "--without-mingle", "--without-gossip",
-             "--loglevel", "INFO"], cwd=_django.ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True))
+        workers.append(subprocess.Popen(command, cwd=_django.ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True))
     try:
         for robot in Robot.objects.all():
             robot.start(None, reason="learning experiment")

@@ -41,6 +41,23 @@ def _prepare_process() -> None:
         _torch_ready = True
 
 
+def _ingest_with_retry(attempts: int = 4, **episode) -> None:
+    """Ingestion is idempotent by UUID, so a transient database error (a failover, a deadlock victim) is retried
+    rather than losing the episode the robot just spent seconds on."""
+    from django.db import OperationalError, connection
+
+    for attempt in range(attempts):
+        try:
+            ingest_episode(**episode)
+            return
+        except OperationalError:
+            if attempt == attempts - 1:
+                raise
+            log.warning("ingesting episode %s failed (attempt %d); retrying", episode["uuid"], attempt + 1)
+            connection.close()  # a broken connection must not be reused
+            time.sleep(0.2 * 2 ** attempt)
+
+
 def schedule_episode(robot_id: int) -> bool:
     """Queue the robot's next episode unless one is already queued (at most one chain of episodes per robot)."""
     from fleet.tasks import run_episode
@@ -134,7 +151,7 @@ def _run_leased(robot: Robot, lease: bus.Lease) -> str:
         return "aborted"
     outcome = {"success": Episode.Outcome.SUCCESS, "timeout": Episode.Outcome.TIMEOUT,
                "aborted": Episode.Outcome.ABORTED}[result.outcome]
-    ingest_episode(
+    _ingest_with_retry(
         uuid=episode_uuid, task=task_name, seed=seed, outcome=outcome, arrays=result.arrays,
         started_at=started_at, finished_at=timezone.now(), robot_id=robot.pk, policy_version_id=version.pk,
         source=Episode.Source.ONLINE,

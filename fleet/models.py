@@ -59,11 +59,13 @@ def apply_transition(obj, *, verb: str, field: str, allowed_from, to: str, actor
     `condition`, if given, must also hold for the locked row (e.g. "its heartbeat is still stale").
 
     The row lock makes concurrent callers queue: the first moves the state, the next one finds the new state
-    and gets IllegalTransition instead of a second, silent transition.
+    and gets IllegalTransition instead of a second, silent transition. It is FOR NO KEY UPDATE: it must not
+    conflict with the FOR KEY SHARE locks that foreign-key checks take (an episode being ingested for this robot
+    or version), or ingestion and a deployment deadlock on each other's rows.
     """
     model = type(obj)
     with transaction.atomic():
-        locked = model.objects.select_for_update().get(pk=obj.pk)
+        locked = model.objects.select_for_update(no_key=True).get(pk=obj.pk)
         current = getattr(locked, field)
         if current not in allowed_from:
             raise IllegalTransition(
@@ -159,7 +161,7 @@ class Robot(models.Model):
     def remove(self, actor, reason: str = "") -> None:
         """Take the robot out of the fleet: deleted if it never ran an episode, else retired (history kept)."""
         with transaction.atomic():
-            locked = Robot.objects.select_for_update().get(pk=self.pk)
+            locked = Robot.objects.select_for_update(no_key=True).get(pk=self.pk)
             AuditEvent.record(actor, "robot.remove", locked, reason=reason)
             if locked.episodes.exists():
                 Robot.objects.filter(pk=self.pk).update(retired=True, enabled=False)
@@ -170,7 +172,7 @@ class Robot(models.Model):
 
     def set_tasks(self, tasks, actor=None, reason: str = "") -> AuditEvent:
         with transaction.atomic():
-            locked = Robot.objects.select_for_update().get(pk=self.pk)
+            locked = Robot.objects.select_for_update(no_key=True).get(pk=self.pk)
             before = sorted(locked.tasks.values_list("env_name", flat=True))
             locked.tasks.set(tasks)
             return AuditEvent.record(actor, "robot.set_tasks", locked, reason=reason,
@@ -234,7 +236,7 @@ class Robot(models.Model):
         from fleet import bus
 
         with transaction.atomic():
-            locked = Robot.objects.select_for_update().get(pk=self.pk)
+            locked = Robot.objects.select_for_update(no_key=True).get(pk=self.pk)
             if locked.status not in (self.Status.RUNNING, self.Status.EXPERT):
                 raise IllegalTransition(f"cannot take over robot {locked}: it is {locked.status}, not running")
             event = AuditEvent.record(actor, "robot.takeover", locked, reason=reason)
@@ -287,7 +289,7 @@ class Robot(models.Model):
 
     def assign_version(self, version, actor=None, reason: str = "") -> AuditEvent:
         with transaction.atomic():
-            locked = Robot.objects.select_for_update().get(pk=self.pk)
+            locked = Robot.objects.select_for_update(no_key=True).get(pk=self.pk)
             previous = locked.policy_version_id
             Robot.objects.filter(pk=self.pk).update(policy_version=version)
             event = AuditEvent.record(actor, "robot.assign_version", locked, reason=reason,

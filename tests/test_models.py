@@ -204,3 +204,46 @@ def test_two_concurrent_pauses_make_one_transition_and_one_audit_row(olivia):
         thread.join()
     assert sorted(outcomes) == ["paused", "refused"]
     assert audit_rows(robot, "robot.pause").count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_deployment_does_not_wait_for_an_episode_being_ingested(olivia):
+    """Row locks of transitions are FOR NO KEY UPDATE, which foreign-key checks (FOR KEY SHARE) never block:
+    otherwise ingestion and a deployment lock the same robot and version rows in opposite orders and deadlock."""
+    task = Task.objects.create(env_name="pick-place-v3", title="Pick place")
+    v1 = PolicyVersion.objects.create(number=1, algorithm="bc", checkpoint_path="a", checkpoint_sha256="0" * 64,
+                                      state="deployed")
+    v2 = PolicyVersion.objects.create(number=2, algorithm="bc", checkpoint_path="b", checkpoint_sha256="1" * 64)
+    robot = Robot.objects.create(name="sim-lock", policy_version=v1)
+    inserted, release, deployed = threading.Event(), threading.Event(), threading.Event()
+
+    def ingest_slowly():
+        try:
+            with transaction.atomic():
+                # Django's foreign keys are checked at COMMIT; checking now holds the locks while we wait.
+                connection.cursor().execute("SET CONSTRAINTS ALL IMMEDIATE")
+                make_episode(robot=robot, policy_version=v1, task=task)  # FK checks lock robot and v1
+                inserted.set()
+                release.wait(10)
+        finally:
+            connection.close()
+
+    def deploy():
+        try:
+            v2.deploy_to_fleet(olivia, reason="test")  # supersedes v1, assigns the robot
+            deployed.set()
+        finally:
+            connection.close()
+
+    ingesting = threading.Thread(target=ingest_slowly)
+    ingesting.start()
+    assert inserted.wait(10)
+    deploying = threading.Thread(target=deploy)
+    deploying.start()
+    assert deployed.wait(5), "the deployment waited for the ingesting transaction"
+    release.set()
+    ingesting.join()
+    deploying.join()
+    robot.refresh_from_db()
+    v1.refresh_from_db()
+    assert robot.policy_version == v2 and v1.state == "superseded"
