@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 
 from django.conf import settings
-from django.db import models, transaction
+from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 
@@ -150,12 +150,13 @@ class Robot(models.Model):
         name = name.strip()
         if not name or len(name) > 64:
             raise ValueError("a robot needs a name of 1 to 64 characters")
-        with transaction.atomic():
-            if cls.objects.filter(name=name).exists():
-                raise ValueError(f"a robot named {name!r} already exists")
-            robot = cls.objects.create(name=name, kind=kind)
-            robot.tasks.set(tasks)
-            AuditEvent.record(actor, "robot.add", robot, details={"tasks": sorted(t.env_name for t in tasks)})
+        try:
+            with transaction.atomic():
+                robot = cls.objects.create(name=name, kind=kind)
+                robot.tasks.set(tasks)
+                AuditEvent.record(actor, "robot.add", robot, details={"tasks": sorted(t.env_name for t in tasks)})
+        except IntegrityError:  # the unique name, also when two operators add the same name at once
+            raise ValueError(f"a robot named {name!r} already exists") from None
         return robot
 
     def remove(self, actor, reason: str = "") -> None:
