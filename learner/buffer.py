@@ -80,6 +80,7 @@ class Resampler:
         self.min_history, self.fixed_share = min_history, fixed_share
         self.share = {t: 0.5 if fixed_share is None else fixed_share for t in self.tasks}
         self.history = {t: {s: deque(maxlen=window) for s in SOURCES} for t in self.tasks}
+        self._sums = {t: {s: 0.0 for s in SOURCES} for t in self.tasks}  # running window sums: update() is per step
 
     def plan(self, batch_size: int, buffer: ExperienceBuffer, rng: np.random.Generator) -> dict:
         """How many samples to draw from each (task, source) for one batch (vectorised: this runs every step)."""
@@ -100,7 +101,15 @@ class Resampler:
         return counts
 
     def record(self, task: str, source: str, loss: float) -> None:
-        self.history[task][source].append(float(loss))
+        history = self.history[task][source]
+        if len(history) == history.maxlen:
+            self._sums[task][source] -= history[0]
+        history.append(float(loss))
+        self._sums[task][source] += float(loss)
+
+    def _mean(self, task: str, source: str) -> float | None:
+        history = self.history[task][source]
+        return self._sums[task][source] / len(history) if history else None
 
     def update(self) -> None:
         if self.fixed_share is not None:
@@ -109,12 +118,11 @@ class Resampler:
         for task in self.tasks:
             on, off = self.history[task]["online"], self.history[task]["offline"]
             if len(on) >= self.min_history and len(off) >= self.min_history:
-                self.share[task] = min(high, max(low, online_share(np.mean(on), np.mean(off), self.alpha)))
+                share = online_share(self._mean(task, "online"), self._mean(task, "offline"), self.alpha)
+                self.share[task] = min(high, max(low, share))
 
     def stats(self) -> dict:
-        return {t: {"w_on": self.share[t],
-                    "l_on": float(np.mean(self.history[t]["online"])) if self.history[t]["online"] else None,
-                    "l_off": float(np.mean(self.history[t]["offline"])) if self.history[t]["offline"] else None}
+        return {t: {"w_on": self.share[t], "l_on": self._mean(t, "online"), "l_off": self._mean(t, "offline")}
                 for t in self.tasks}
 
     def state_dict(self) -> dict:
@@ -127,7 +135,8 @@ class Resampler:
         for task, sources in state["history"].items():
             if task in self.history:
                 for source, values in sources.items():
-                    self.history[task][source].extend(values)
+                    for value in values:
+                        self.record(task, source, value)
 
 
 def online_share(l_on: float, l_off: float, alpha: float) -> float:
