@@ -52,6 +52,7 @@ def test_the_learner_publishes_versions_that_actors_then_run(start_worker, fleet
     assert v2.samples_offline > 0
     wait_for(lambda: Episode.objects.filter(robot=robot, policy_version__number__gte=2).exists(), 60,
              "an episode on a learner-published version")
+    wait_for(lambda: TrainingMetric.objects.exists(), 60, "the learner's first metrics (every 50 steps)")
     metric = TrainingMetric.objects.order_by("-step").first()
     assert metric.samples_per_second > 0 and "pick-place-v3" in metric.tasks
     assert 0.2 <= metric.tasks["pick-place-v3"]["w_on"] <= 0.8
