@@ -72,7 +72,7 @@ def schedule_episode(robot_id: int) -> bool:
 def run_robot_episode(robot_id: int) -> str:
     """Run the robot's next episode if it should run one. Returns what happened, for logs and tests."""
     bus.client().delete(bus.scheduled_key(robot_id))
-    robot = Robot.objects.select_related("policy_version").filter(pk=robot_id).first()
+    robot = Robot.objects.filter(pk=robot_id).first()
     if robot is None:
         return "gone"
     if not robot.enabled or robot.status == Robot.Status.PAUSED:
@@ -95,14 +95,14 @@ def _run_leased(robot: Robot, lease: bus.Lease) -> str:
     from fleet.sim.actor import run_episode
     from fleet.sim.envs import online_seed
     from fleet.sim.gate import Gate, GateConfig
+    from learner.models import PolicyVersion
     from learner.policy import CheckpointError
 
     _prepare_process()
     tasks = list(robot.tasks.filter(enabled=True).order_by("env_name"))
     # The swap point: the assigned version is read once, right at the episode's start, and used throughout.
     started_at = timezone.now()
-    robot.refresh_from_db(fields=["policy_version"])
-    version = robot.policy_version
+    version = PolicyVersion.objects.filter(robots=robot).first()
     if not tasks or version is None:
         robot.heartbeat(Robot.Status.IDLE)
         log.info("robot %s has %s", robot.name, "no tasks" if not tasks else "no policy version assigned")

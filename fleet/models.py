@@ -183,22 +183,21 @@ class Robot(models.Model):
         """Run episodes back to back from now on (the first is scheduled after commit)."""
         if self.retired:
             raise IllegalTransition(f"robot {self.name} was removed from the fleet")
-        try:
-            event = apply_transition(self, verb="robot.start", field="enabled", allowed_from={False}, to=True,
-                                     actor=actor, reason=reason)
-        except IllegalTransition:
-            raise IllegalTransition(f"robot {self.name} is already started") from None
-        self._changed(event)
+        event = self._set_enabled(True, actor, reason)
         self._schedule_after_commit()
         return event
 
     def stop(self, actor, reason: str = "") -> AuditEvent:
         """Finish the running episode, then run no more."""
+        return self._set_enabled(False, actor, reason)
+
+    def _set_enabled(self, enabled: bool, actor, reason: str) -> AuditEvent:
+        word = "started" if enabled else "stopped"
         try:
-            event = apply_transition(self, verb="robot.stop", field="enabled", allowed_from={True}, to=False,
-                                     actor=actor, reason=reason)
+            event = apply_transition(self, verb=f"robot.{'start' if enabled else 'stop'}", field="enabled",
+                                     allowed_from={not enabled}, to=enabled, actor=actor, reason=reason)
         except IllegalTransition:
-            raise IllegalTransition(f"robot {self.name} is already stopped") from None
+            raise IllegalTransition(f"robot {self.name} is already {word}") from None
         self._changed(event)
         return event
 

@@ -43,10 +43,6 @@ class PolicyCache:
                 self._policies.popitem(last=False)
         return policy
 
-    def __contains__(self, key: tuple[int, str]) -> bool:
-        with self._lock:
-            return key in self._policies
-
     def start_prefetching(self) -> None:
         """Listen for version assignments and load them before the robot's next episode asks."""
         if self._prefetcher is not None and self._prefetcher.is_alive():

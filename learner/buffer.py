@@ -48,13 +48,11 @@ class ExperienceBuffer:
     def __init__(self, tasks: list[str], obs_dim: int = 39, action_dim: int = 4):
         self.tasks = list(tasks)
         self._frames = {(t, s): _Frames(obs_dim, action_dim) for t in self.tasks for s in SOURCES}
-        self.episodes = {(t, s): 0 for t in self.tasks for s in SOURCES}
 
     def add(self, task: str, source: str, obs, target, version: int = 0, flag=0, intervention=False) -> None:
         if len(obs) == 0:
             return
         self._frames[(task, source)].append(obs, target, version, flag, intervention)
-        self.episodes[(task, source)] += 1
 
     def size(self, task: str, source: str) -> int:
         return self._frames[(task, source)].size

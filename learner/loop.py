@@ -86,37 +86,52 @@ class EpisodeCursor:
         self.high = max(self.high, pk)
 
 
+def _source(episode: Episode) -> str:
+    return "offline" if episode.source == Episode.Source.OFFLINE_DEMO else "online"
+
+
+def _add(trainer, episode: Episode, arrays: dict, cursor: EpisodeCursor) -> None:
+    version = episode.policy_version.number if episode.policy_version else 0
+    trainer.add_episode(episode.task.env_name, _source(episode), arrays, version, episode.task.max_steps)
+    cursor.mark(episode.pk)
+
+
 def _fold(trainer, cursor: EpisodeCursor, limit: int = FOLD_BATCH) -> int:
     """Add new online episodes and demonstrations (never evaluation episodes) to the buffer."""
     rows = cursor.new_episodes(limit)
     for episode in rows:
-        source = "offline" if episode.source == Episode.Source.OFFLINE_DEMO else "online"
-        version = episode.policy_version.number if episode.policy_version else 0
-        trainer.add_episode(episode.task.env_name, source, load_arrays(episode), version, episode.task.max_steps)
-        cursor.mark(episode.pk)
+        _add(trainer, episode, load_arrays(episode), cursor)
     return len(rows)
 
 
+def _pretrain_then_fold(trainer, cursor: EpisodeCursor, lease) -> None:
+    """Fit what the algorithm fits once (RECAP's value function) on every episode so far, then fold the same
+    episodes in: each payload is read once."""
+    history = []
+    while rows := cursor.new_episodes(FOLD_BATCH):
+        for episode in rows:
+            history.append((episode, load_arrays(episode)))
+            cursor.mark(episode.pk)
+        lease.renew()
+    trainer.algorithm.pretrain([(e.task.env_name, _source(e), arrays, e.task.max_steps) for e, arrays in history])
+    for episode, arrays in history:
+        _add(trainer, episode, arrays, cursor)
+
+
 def _load_or_build(run: TrainingRun):
+    """The run's trainer, and whether it was resumed from saved state (else it starts from the base version)."""
     from learner.policy import load_checkpoint
     from learner.trainer import LearnerConfig, Trainer
 
     if run.state_path and (Path(settings.STORAGE_DIR) / run.state_path / "state.json").exists():
         # The buffer is not part of the saved state: the caller rebuilds it from the table, once.
         trainer, _ = Trainer.load(Path(settings.STORAGE_DIR) / run.state_path, device())
-        return trainer
+        return trainer, True
     base = run.base_version
     policy = load_checkpoint(Path(settings.STORAGE_DIR) / base.checkpoint_path, base.checkpoint_sha256)
     trainer = Trainer(policy, LearnerConfig(**run.config), device())
     trainer.version = base.number
-    if trainer.algorithm.needs_pretraining:
-        # Fitted once before online training (RECAP's value function): every demonstration and rollout so far.
-        history = Episode.objects.filter(
-            source__in=[Episode.Source.ONLINE, Episode.Source.OFFLINE_DEMO]).select_related("task")
-        trainer.algorithm.pretrain([
-            (e.task.env_name, "offline" if e.source == Episode.Source.OFFLINE_DEMO else "online", load_arrays(e),
-             e.task.max_steps) for e in history])
-    return trainer
+    return trainer, False
 
 
 def _save(trainer, run: TrainingRun, cursor: EpisodeCursor) -> None:
@@ -153,11 +168,13 @@ def run_slice(seconds: float | None = None) -> str:
     if not lease.acquire():
         return "busy"
     try:
-        trainer = _load_or_build(run)
+        trainer, resumed = _load_or_build(run)
         deadline = time.monotonic() + (seconds or settings.LEARNER_SLICE_SECONDS)
         pubsub = bus.client().pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(bus.EPISODES_CHANNEL)
         cursor = EpisodeCursor()
+        if not resumed and trainer.algorithm.needs_pretraining:
+            _pretrain_then_fold(trainer, cursor, lease)
         while _fold(trainer, cursor):  # the whole history once (a resumed run rebuilds its buffer here)
             lease.renew()
         window_start, window_samples, last_renew = time.monotonic(), 0, time.monotonic()

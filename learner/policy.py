@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -74,9 +73,6 @@ class MLPPolicy(nn.Module):
     def set_normalization(self, observations: np.ndarray) -> None:
         self.obs_mean.copy_(torch.as_tensor(observations.mean(axis=0), dtype=torch.float32))
         self.obs_std.copy_(torch.as_tensor(observations.std(axis=0) + 1e-6, dtype=torch.float32))
-
-    def task_ids(self, tasks) -> torch.Tensor:
-        return torch.as_tensor([self._task_index[name] for name in tasks], dtype=torch.long)
 
     def predictions(self, obs: torch.Tensor, task_ids: torch.Tensor,
                     indicator: torch.Tensor | None = None) -> torch.Tensor:
@@ -168,6 +164,3 @@ def load_checkpoint(directory: Path, expected_sha256: str | None = None) -> MLPP
         raise CheckpointError(f"checkpoint {directory} cannot be loaded: {exc}") from None
     return policy.eval()
 
-
-def parameter_count(policy: nn.Module) -> int:
-    return sum(math.prod(p.shape) for p in policy.parameters())

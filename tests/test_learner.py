@@ -215,6 +215,7 @@ def test_recap_state_survives_a_restart(tmp_path):
     trainer.add_episode(TASKS[0], "online", rollouts[0], 1, 100)
     trainer.save(tmp_path / "s")
     resumed, _ = Trainer.load(tmp_path / "s")
+    resumed.add_episode(TASKS[0], "online", rollouts[0], 1, 100)  # the learner rebuilds its buffer on resume
     obs = rollouts[1]["obs"]
     assert np.array_equal(resumed.algorithm.value.value(obs, TASKS[0]), trainer.algorithm.value.value(obs, TASKS[0]))
     assert resumed.algorithm.threshold(TASKS[0]) == trainer.algorithm.threshold(TASKS[0])

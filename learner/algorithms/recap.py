@@ -70,7 +70,8 @@ class Algorithm(bc.Algorithm):
 
     def state(self) -> tuple[dict, dict]:
         tensors = {f"value/{k}": v.detach().cpu().contiguous() for k, v in self.value.state_dict().items()}
-        return tensors, {"fitted": self.fitted, "seen": {t: [float(x) for x in v] for t, v in self.seen.items()}}
+        # The advantages behind the thresholds are not saved: rebuilding the buffer on resume recomputes them.
+        return tensors, {"fitted": self.fitted}
 
     def load_state(self, tensors: dict, meta: dict) -> None:
         self.value.load_state_dict({k.removeprefix("value/"): v for k, v in tensors.items() if k.startswith("value/")})
@@ -78,4 +79,3 @@ class Algorithm(bc.Algorithm):
             parameter.requires_grad_(False)
         self.value.eval()
         self.fitted = meta.get("fitted", False)
-        self.seen = {t: list(meta.get("seen", {}).get(t, [])) for t in self.tasks}
