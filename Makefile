@@ -6,7 +6,7 @@ BIN := $(abspath $(VENV))/bin
 WITH_SERVICES := $(BIN)/python -m sopweb.embedded run --
 export PATH := $(BIN):$(PATH)
 
-.PHONY: demo test venv services-stop clean
+.PHONY: demo test venv system-deps services-stop clean
 
 venv: $(VENV)/.installed
 
@@ -17,12 +17,26 @@ $(VENV)/.installed: requirements.txt
 	cp "$$($(BIN)/python -c 'import plotly, pathlib; print(pathlib.Path(plotly.__file__).parent / "package_data" / "plotly.min.js")')" static/vendor/plotly.min.js
 	touch $@
 
+# Debian packages the product needs beside Python: Chromium for the browser tests, OSMesa for offscreen MuJoCo
+# rendering of replays on machines without a GPU. Installed when missing (as root, or with password-less sudo).
+SYSTEM_PACKAGES := chromium libosmesa6
+system-deps:
+	@missing=""; \
+	for pkg in $(SYSTEM_PACKAGES); do dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q "ok installed" || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	  else echo "Missing Debian packages:$$missing. Install them with: sudo apt-get install -y$$missing" >&2; exit 1; fi; \
+	  echo "Installing Debian packages:$$missing"; \
+	  $$SUDO apt-get install -y --no-install-recommends $$missing >/dev/null || \
+	    { $$SUDO apt-get update -qq && $$SUDO apt-get install -y --no-install-recommends $$missing >/dev/null; }; \
+	fi
+
 # The demo shows the fleet learning: every published version goes straight to the robots (SOP's continuous mode).
 demo: export ROLLOUT_MODE ?= continuous
-demo: venv
+demo: venv system-deps
 	$(WITH_SERVICES) sh -c 'python manage.py ensure_database && python manage.py migrate --noinput && python manage.py prepare_demo && exec honcho start'
 
-test: venv
+test: venv system-deps
 	$(WITH_SERVICES) python -m pytest $(PYTEST_ARGS)
 
 services-stop:

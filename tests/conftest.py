@@ -61,7 +61,8 @@ def database_url() -> str:
 
 def process_env(**extra) -> dict:
     """Environment for a product process that must see what this test writes."""
-    return dict(os.environ, DATABASE_URL=database_url(), REDIS_URL=settings.REDIS_URL, PYTHONUNBUFFERED="1",
+    env = {key: value for key, value in os.environ.items() if key != "DJANGO_ALLOW_ASYNC_UNSAFE"}
+    return dict(env, DATABASE_URL=database_url(), REDIS_URL=settings.REDIS_URL, PYTHONUNBUFFERED="1",
                 **{key: str(value) for key, value in extra.items()})
 
 
@@ -210,3 +211,80 @@ def publish_random_policy(number: int, tasks: list[str], seed: int = 0):
     sha = save_checkpoint(policy, Path(settings.STORAGE_DIR) / path)
     return PolicyVersion.objects.create(number=number, algorithm="bc", checkpoint_path=path, checkpoint_sha256=sha,
                                         config={"init": "random", "seed": seed})
+
+
+SCREENSHOTS = Path(os.environ.get("SOPWEB_SCREENSHOTS", ROOT / "var" / "test-screenshots"))
+
+
+class BrowserSession:
+    """One logged-in headless Chromium page against the running server; console errors are collected."""
+
+    def __init__(self, browser, base_url: str, name: str):
+        self.context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        self.page = self.context.new_page()
+        self.base_url = base_url
+        self.name = name
+        self.console_errors: list[str] = []
+        self.page.on("console", lambda msg: msg.type == "error" and self.console_errors.append(msg.text))
+        self.page.on("pageerror", lambda exc: self.console_errors.append(str(exc)))
+
+    def login(self, user) -> None:
+        # The server process keeps Django's default hashers: give it a PBKDF2 hash it can check (few iterations).
+        from django.contrib.auth.hashers import PBKDF2PasswordHasher
+        from django.utils.crypto import get_random_string
+
+        user.password = PBKDF2PasswordHasher().encode(PASSWORD, get_random_string(12), iterations=1000)
+        user.save(update_fields=["password"])
+        self.page.goto(self.base_url + "/login/")
+        self.page.fill("input[name=username]", user.username)
+        self.page.fill("input[name=password]", PASSWORD)
+        self.page.click("button[type=submit]")
+        self.page.wait_for_load_state("load")
+        assert "/login/" not in self.page.url, f"{user.username} could not log in"
+
+    def screenshot(self, label: str) -> Path:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        path = SCREENSHOTS / f"{self.name}-{label}.png"
+        self.page.screenshot(path=str(path), full_page=True)
+        return path
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Debian's Chromium (`make system-deps` installs it), driven by Playwright; no browser is ever downloaded."""
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API keeps an event loop in this thread, which Django's async-safety check takes for an
+    # async context; the test's own ORM calls are synchronous, so the check is lifted for this process only.
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    executable = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+    assert Path(executable).exists(), f"{executable} is missing: run `make system-deps` (Debian package chromium)"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def browser_session(chromium, daphne_server, request):
+    """browser_session(user) -> a BrowserSession logged in as user on the real ASGI server. A screenshot of
+    each page is saved at the end of the test under SCREENSHOTS (the CI log names the folder)."""
+    sessions = []
+
+    def open_session(user) -> BrowserSession:
+        session = BrowserSession(chromium, f"http://{daphne_server}", f"{request.node.name}-{user.username}")
+        session.login(user)
+        sessions.append(session)
+        return session
+
+    yield open_session
+    for session in sessions:
+        try:
+            session.screenshot("end")
+        finally:
+            session.context.close()
+
+
+def pytest_terminal_summary(terminalreporter):
+    if SCREENSHOTS.exists() and any(SCREENSHOTS.iterdir()):
+        terminalreporter.write_line(f"browser test screenshots: {SCREENSHOTS}")
