@@ -30,7 +30,8 @@ def navigation(request):
         ("fleet.view_auditevent", "Audit log", "audit"),
     ]
     nav = [{"label": label, "url": reverse(name), "name": name} for perm, label, name in items if user.has_perm(perm)]
-    return {"nav_items": nav}
+    # Pages of users who may watch the fleet open the live socket (static/js/live.js); others never try.
+    return {"nav_items": nav, "live_socket": "/ws/fleet/" if user.has_perm("fleet.view_robot") else ""}
 
 
 def home(request):

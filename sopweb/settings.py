@@ -267,6 +267,9 @@ if CELERY_TASK_TIME_LIMIT <= CELERY_TASK_SOFT_TIME_LIMIT:
 # Where checkpoints, episode videos and exports live (shared by every host that runs workers).
 STORAGE_DIR = Path(env_str("SOPWEB_STORAGE_DIR", str(VAR_DIR / "storage"))).resolve()
 # Meta-World v3 tasks seeded for a new fleet.
+# Dashboards: a browser gets at most one websocket message per interval, carrying every change since the last.
+DASHBOARD_PUSH_INTERVAL = env_number("DASHBOARD_PUSH_INTERVAL", 0.25, kind=float, min_value=0.0, max_value=10.0)
+
 FLEET_TASKS = env_list(
     "FLEET_TASKS", ["shelf-place-v3", "box-close-v3", "pick-place-v3", "peg-insert-side-v3"]
 )

@@ -47,7 +47,7 @@ async def test_an_operator_joins_and_receives_broadcasts(olivia):
     try:
         await sync_to_async(broadcast)("robot.status", {"robot": 7, "status": "paused"})
         assert await communicator.receive_json_from(timeout=5) == {
-            "event": "robot.status", "data": {"robot": 7, "status": "paused"},
+            "events": [{"event": "robot.status", "data": {"robot": 7, "status": "paused"}}],
         }
     finally:
         await communicator.disconnect()
@@ -80,7 +80,8 @@ def test_the_real_asgi_stack_accepts_a_logged_in_operator_and_delivers_another_p
             return json.loads(await asyncio.wait_for(ws.recv(), timeout=10))
 
     message = asyncio.run(scenario())
-    assert message == {"event": "robot.status", "data": {"robot": 3, "status": "expert", "from": "another process"}}
+    assert message == {"events": [
+        {"event": "robot.status", "data": {"robot": 3, "status": "expert", "from": "another process"}}]}
 
 
 @pytest.mark.parametrize("who", ["anonymous", "annotator", "forged", "foreign origin"])
@@ -122,8 +123,57 @@ async def test_an_ingested_episode_is_announced_after_commit(olivia):
         episode, _ = await sync_to_async(ingest_episode)(
             uuid=uuid_lib.uuid4(), task=task.env_name, seed=1, outcome="timeout", arrays=make_arrays(),
             started_at=now - timedelta(seconds=1), finished_at=now)
-        message = await communicator.receive_json_from(timeout=5)
+        [message] = (await communicator.receive_json_from(timeout=5))["events"]
         assert message["event"] == "episode.finished"
         assert message["data"]["episode"] == episode.pk and message["data"]["intervention_steps"] == 20
+    finally:
+        await communicator.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_burst_of_events_is_coalesced_into_few_messages(olivia, settings):
+    """200 events in one second: the browser gets at most one message per push interval, and every event."""
+    settings.DASHBOARD_PUSH_INTERVAL = 0.25
+    communicator, connected, _ = await communicate(olivia)
+    assert connected
+    try:
+        loop = asyncio.get_running_loop()
+        messages, arrivals = [], []
+
+        async def receive():
+            while sum(len(m["events"]) for m in messages) < 200:
+                messages.append(await communicator.receive_json_from(timeout=5))
+                arrivals.append(loop.time())
+
+        receiver = asyncio.create_task(receive())
+        for i in range(200):
+            await sync_to_async(broadcast)("episode.finished", {"episode": i})
+            await asyncio.sleep(0.005)
+        await receiver
+        received = [e["data"]["episode"] for m in messages for e in m["events"]]
+        assert received == list(range(200))  # none lost, none reordered
+        assert len(messages) <= 2 + (arrivals[-1] - arrivals[0]) / 0.25 * 1.1
+        gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+        assert min(gaps) >= 0.2, gaps
+    finally:
+        await communicator.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_progress_updates_keep_only_the_latest_per_robot(olivia, settings):
+    settings.DASHBOARD_PUSH_INTERVAL = 0.5
+    communicator, connected, _ = await communicate(olivia)
+    assert connected
+    try:
+        await sync_to_async(broadcast)("robot.status", {"robot": 1, "status": "running"})  # opens the interval
+        assert len((await communicator.receive_json_from(timeout=5))["events"]) == 1
+        for step in range(10):
+            await sync_to_async(broadcast)("robot.progress", {"robot": 1, "step": step})
+            await sync_to_async(broadcast)("robot.progress", {"robot": 2, "step": 100 + step})
+        await sync_to_async(broadcast)("episode.finished", {"episode": 5})
+        batch = (await communicator.receive_json_from(timeout=5))["events"]
+        assert batch == [{"event": "robot.progress", "data": {"robot": 1, "step": 9}},
+                         {"event": "robot.progress", "data": {"robot": 2, "step": 109}},
+                         {"event": "episode.finished", "data": {"episode": 5}}]
     finally:
         await communicator.disconnect()

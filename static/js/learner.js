@@ -3,8 +3,6 @@
   "use strict";
   const points = JSON.parse(document.getElementById("learner-points").textContent);
   const versions = JSON.parse(document.getElementById("learner-versions").textContent);
-  const badge = document.getElementById("live-state");
-  const socketPath = document.getElementById("learner-script").dataset.socketPath;
   const layout = (y) => ({margin: {t: 10, r: 10, b: 40, l: 50}, height: 260, xaxis: {title: "learner step"},
                           yaxis: {title: y}, legend: {orientation: "h"}});
   const config = {displayModeBar: false, responsive: true};
@@ -46,25 +44,10 @@
       `${p.staleness_mean == null ? "—" : p.staleness_mean.toFixed(1)} / ${p.staleness_max == null ? "—" : p.staleness_max}`;
   }
 
-  let wasConnected = false, delay = 1000;
-  function connect() {
-    const socket = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + socketPath);
-    socket.onopen = () => {
-      if (wasConnected) { location.reload(); return; }  // missed deltas: refetch the snapshot
-      wasConnected = true; delay = 1000; badge.textContent = "live"; badge.classList.add("on");
-    };
-    socket.onmessage = (message) => {
-      const payload = JSON.parse(message.data);
-      if (payload.event === "learner.metrics") extend(payload.data);
-      if (payload.event === "version.state" && payload.data.state === "checkpoint") {
-        Plotly.extendTraces("chart-versions", {x: [[new Date().toISOString()]], y: [[payload.data.number]]}, [0]);
-      }
-    };
-    socket.onclose = (event) => {
-      badge.textContent = "offline"; badge.classList.remove("on");
-      if (event.code === 4401 || event.code === 4403) return;
-      setTimeout(connect, delay); delay = Math.min(delay * 2, 30000);
-    };
-  }
-  connect();
+  SopLive.on("learner.metrics", extend);
+  SopLive.on("version.state", (data) => {
+    if (data.state === "checkpoint") {
+      Plotly.extendTraces("chart-versions", {x: [[new Date().toISOString()]], y: [[data.number]]}, [0]);
+    }
+  });
 })();
