@@ -80,9 +80,14 @@ class Rate:
                 "low": low, "high": high}
 
 
+def last_minutes(now: datetime, minutes: int) -> tuple[datetime, datetime]:
+    """The window of the last `minutes` minute buckets, the running one included (as the live page counts)."""
+    return floor_minute(now) - timedelta(minutes=minutes - 1), now
+
+
 def _kpis(now: datetime, tasks: list[Task]) -> dict:
-    hour = {row["task_id"]: row for row in totals(now - timedelta(hours=1), now, ("task_id",))}
-    quarter = {row["task_id"]: row for row in totals(now - timedelta(minutes=15), now, ("task_id",))}
+    hour = {row["task_id"]: row for row in totals(*last_minutes(now, 60), ("task_id",))}
+    quarter = {row["task_id"]: row for row in totals(*last_minutes(now, ROLLING_MINUTES), ("task_id",))}
     per_task = []
     for task in tasks:
         h, q = hour.get(task.pk, {}), quarter.get(task.pk, {})
@@ -133,8 +138,9 @@ def _series(now: datetime, tasks: list[Task]) -> dict:
     """Per-minute points for the charts: rolling success per task, throughput and interventions per hour, and
     cumulative success per policy version (the newest few), over the last CHART_HOURS."""
     start = floor_minute(now) - timedelta(hours=CHART_HOURS)
-    minute_rows = rollups(start - timedelta(minutes=ROLLING_MINUTES), now).filter(size="m")
-    # The hourly rows cannot give minute points: charts read minute rows only (CHART_HOURS of them at most).
+    # Minute points: the chart window is read from the minute rows alone (CHART_HOURS of them at most).
+    minute_rows = EpisodeRollup.objects.filter(size="m", source=Episode.Source.ONLINE,
+                                               bucket__gte=start - timedelta(minutes=ROLLING_MINUTES), bucket__lt=now)
     rows = list(minute_rows.values("bucket", "task_id", "version_id").order_by("bucket").annotate(
         **{name: Sum(name) for name in ("episodes", "successes", "interventions")}))
     return {"start": start.isoformat(), "rows": [
