@@ -184,3 +184,46 @@ def test_a_worse_canary_is_rolled_back_without_a_human_and_every_dashboard_shows
     assert set(online(robots[0], back_at).values_list("policy_version", flat=True)) == {v1.pk}
     print(f"canary rolled back {took:.0f} s after the robots started: "
           f"canary {canary['overall']['candidate']}, deployed {canary['overall']['deployed']}")
+
+
+def test_a_supervisor_decides_in_the_browser_and_another_dashboard_hears_of_it_live(
+        browser_session, sam, olivia, settings):
+    """The comparison page in Chromium: the figures, a canary approved by ticking a robot and giving a reason, and
+    an operator's fleet page told about it as it happens."""
+    from governance import evaluation
+    from tests.test_governance import make_episode, make_version
+
+    settings.GOVERNANCE_EVALUATION_EPISODES = 4
+    task = Task.objects.create(env_name="pick-place-v3", title="Pick place", max_steps=100)
+    robots = []
+    for name in ("sim-1", "sim-2"):
+        robot = Robot.objects.create(name=name)
+        robot.tasks.set([task])
+        robots.append(robot)
+    v1 = make_version(1)
+    v1.deploy_to_fleet(reason="base")
+    v2 = make_version(2, parent=v1)
+    decisions.nominate(v2, sam, reason="newest")
+    for item in EvaluationItem.objects.select_related("version", "task"):
+        evaluation.record(item, make_episode(robots[1], item.version, item.task, success=item.version == v2,
+                                             source="evaluation", seed=item.seed))
+    evaluation.finish_complete()
+
+    watcher = browser_session(olivia)
+    watcher.page.goto(watcher.base_url + "/fleet/")
+    watcher.page.wait_for_selector("#live-state.on", timeout=15000)
+    supervisor = browser_session(sam)
+    supervisor.page.goto(supervisor.base_url + "/rollouts/v2/")
+    page = supervisor.page
+    assert page.locator("table.comparison tr.better").count() == 1  # 4/4 vs 0/4: the intervals separate
+    form = page.locator("form[action='/rollouts/v2/approve-canary/']")
+    form.locator("input[value='sim-1']").check()
+    form.locator("textarea[name=reason]").fill("evaluation clearly better")
+    form.locator("button[type=submit]").click()
+    page.wait_for_selector("text=v2 approved to a canary.")
+    assert page.locator("#version-state").inner_text() == "canary"
+    robots[0].refresh_from_db()
+    assert robots[0].policy_version == v2
+
+    watcher.page.wait_for_selector("#alerts >> text=sam: v2 approved to a canary", timeout=15000)
+    assert watcher.console_errors == [] and supervisor.console_errors == []
