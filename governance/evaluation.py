@@ -20,16 +20,20 @@ log = logging.getLogger(__name__)
 # A claimed item whose episode never came back (its worker died) is claimable again after this: longer than the
 # actor task's hard time limit (fleet.run_episode, 150 s), so a live episode is never run twice.
 CLAIM_TIMEOUT = timedelta(seconds=180)
-# Only versions being evaluated, and the deployed one (the comparison's other half), are worth robot time.
-CLAIMABLE = (PolicyVersion.State.EVALUATING, PolicyVersion.State.DEPLOYED)
 
 
 def claim(robot, tasks) -> EvaluationItem | None:
-    """The oldest pending evaluation item on one of `tasks`, now claimed by `robot`; None when there is none."""
+    """The oldest pending evaluation item on one of `tasks`, now claimed by `robot`; None when there is none.
+
+    Only items a running evaluation needs are worth robot time: its candidate's, and its baseline's (even if that
+    baseline was superseded meanwhile — the comparison is with it). A rejected candidate's baseline items wait.
+    """
     stale = timezone.now() - CLAIM_TIMEOUT
+    running = Evaluation.objects.filter(finished_at=None, candidate__state=PolicyVersion.State.EVALUATING)
+    needed = Q(version__state=PolicyVersion.State.EVALUATING) | Q(version__in=running.values("baseline"))
     with transaction.atomic():
         item = (EvaluationItem.objects.select_for_update(skip_locked=True, no_key=True, of=("self",))
-                .filter(episode=None, task__in=tasks, version__state__in=CLAIMABLE)
+                .filter(needed, episode=None, task__in=tasks)
                 .filter(Q(claimed_at=None) | Q(claimed_at__lt=stale))
                 .select_related("version", "task").order_by("pk").first())
         if item is None:
@@ -57,10 +61,11 @@ def record(item: EvaluationItem, episode: Episode) -> bool:
     with transaction.atomic():
         if not EvaluationItem.objects.filter(pk=item.pk, episode=None).update(episode=episode):
             return False  # completed by a robot that claimed it after ours went stale
-        pending = EvaluationItem.objects.filter(version=item.version_id, episode=None).exists()
         broadcast_on_commit("evaluation.progress", {"version": item.version_id, "task": item.task.env_name,
                                                     "seed": item.seed, "episode": episode.pk})
-        if not pending:
+        involved = (Evaluation.objects.filter(finished_at=None, candidate__state=PolicyVersion.State.EVALUATING)
+                    .filter(Q(candidate=item.version_id) | Q(baseline=item.version_id)))
+        if any(done >= needed for done, needed in (e.progress() for e in involved)):
             from governance.tasks import finish_evaluations
 
             transaction.on_commit(finish_evaluations.delay)

@@ -244,6 +244,24 @@ def test_rejecting_a_candidate_drops_its_pending_evaluation_episodes(deployed, s
     assert EvaluationItem.objects.filter(version=deployed).exists()  # kept for the next candidate's comparison
 
 
+def test_robots_run_only_the_evaluation_episodes_a_running_evaluation_needs(deployed, robots, tasks, settings):
+    settings.GOVERNANCE_EVALUATION_EPISODES = 1
+    v2 = make_version(2)
+    decisions.nominate(v2, None, reason="rule")
+    decisions.reject(v2, None, reason="changed our minds")
+    assert evaluation.claim(robots[0], tasks) is None  # v1's items wait for the next candidate
+
+    v3 = make_version(3)
+    decisions.nominate(v3, None, reason="rule")
+    # v1 is superseded mid-evaluation: v3 is still compared with v1, so v1's episodes are still run.
+    make_version(4).deploy_to_fleet(reason="hotfix")
+    claimed = []
+    while (item := evaluation.claim(robots[0], tasks)) is not None:
+        claimed.append(item)
+    assert {(i.version.number, i.task.env_name) for i in claimed} == {(v, t.env_name) for v in (1, 3) for t in tasks}
+    assert all(i.seed == 0 for i in claimed)
+
+
 def test_evaluation_episodes_are_kept_out_of_training(deployed, robots, tasks):
     online = make_episode(robots[0], deployed, tasks[0])
     make_episode(robots[0], deployed, tasks[0], source=Episode.Source.EVALUATION, seed=0)
@@ -575,3 +593,28 @@ def test_the_audit_log_filters_and_exports_every_decision_with_its_figures(clien
     assert rollback["who"] == "sam" and rollback["reason"] == "wobbly gripper" and '"canary"' in rollback["details"]
     client.force_login(make_user("olga", "operators"))
     assert client.get("/audit/", {"format": "csv"}).status_code == 403
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("ROLLOUT_MODE", "auto", "expected manual, rules or continuous"),
+    ("GOVERNANCE_EVALUATION_EPISODES", "0", "expected a value in [1, 1000]"),
+    ("GOVERNANCE_CANARY_MARGIN", "1.5", "expected a value in [0.0, 1.0]"),
+    ("GOVERNANCE_CANARY_MIN_EPISODES", "many", "expected an integer"),
+    ("GOVERNANCE_CANARY_SHARE", "0", "expected a value in [0.01, 1.0]"),
+    ("GOVERNANCE_AUTO_CANARY_MARGIN", "maybe", "expected a number in [0, 1], or off"),
+    ("GOVERNANCE_NOMINATE_EVERY_MINUTES", "-1", "expected a value in [0.0, None]"),
+])
+def test_a_bad_governance_setting_stops_start_up_naming_the_variable(tmp_path, name, value, message):
+    from tests.test_settings import run_setup
+
+    result = run_setup(tmp_path, **{name: value})
+    assert result.returncode != 0 and f"{name}=" in result.stderr and message in result.stderr, result.stderr
+
+
+def test_the_auto_canary_rule_can_be_turned_off(tmp_path):
+    from tests.test_settings import run_setup
+
+    code = "import django; django.setup(); from django.conf import settings; " \
+           "print(settings.GOVERNANCE_AUTO_CANARY_MARGIN, settings.ROLLOUT_MODE)"
+    result = run_setup(tmp_path, code, GOVERNANCE_AUTO_CANARY_MARGIN="off", ROLLOUT_MODE="rules")
+    assert result.stdout.split() == ["None", "rules"], result.stderr
