@@ -126,10 +126,10 @@ def _run_leased(robot: Robot, lease: bus.Lease) -> str:
         version = evaluation.version
     try:
         policy = cache.get(version.pk, version.checkpoint_path, version.checkpoint_sha256)
-    except CheckpointError:
+    except CheckpointError as exc:
         log.exception("robot %s cannot load policy %s", robot.name, version)
-        if evaluation is not None:
-            governance_evaluation.release(evaluation)
+        if evaluation is not None and governance_evaluation.unloadable(evaluation, exc):
+            return "candidate unloadable"  # it is rejected; the robot's next episode runs its own version
         robot.heartbeat(Robot.Status.IDLE)
         return "idle"
 

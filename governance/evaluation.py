@@ -48,6 +48,27 @@ def release(item: EvaluationItem) -> None:
     EvaluationItem.objects.filter(pk=item.pk, episode=None).update(robot=None, claimed_at=None)
 
 
+def unloadable(item: EvaluationItem, error: Exception) -> bool:
+    """The item's checkpoint cannot be loaded (missing, corrupt). A candidate is rejected with an alert — else it
+    would keep robots busy failing — and True is returned; otherwise (the baseline) the item is released."""
+    from fleet.models import IllegalTransition
+    from governance.decisions import reject
+    from governance.models import Alert
+
+    release(item)
+    if item.version.state != PolicyVersion.State.EVALUATING:
+        return False
+    reason = f"automatic: its checkpoint cannot be loaded ({error})"
+    try:
+        with transaction.atomic():
+            reject(item.version, None, reason=reason)
+            Alert.raise_alert(f"{item.version} was rejected: its checkpoint cannot be loaded ({error}).",
+                              level=Alert.Level.WARNING, version=item.version)
+    except IllegalTransition:
+        pass  # another robot found it first
+    return True
+
+
 def counts(episode: Episode) -> bool:
     """An evaluation result counts only if the policy ran alone to the end of the episode."""
     return episode.outcome != Episode.Outcome.ABORTED and episode.intervention_steps == 0

@@ -262,6 +262,33 @@ def test_robots_run_only_the_evaluation_episodes_a_running_evaluation_needs(depl
     assert all(i.seed == 0 for i in claimed)
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_candidate_whose_checkpoint_cannot_be_loaded_is_rejected_and_the_robot_runs_on(tasks, settings,
+                                                                                          monkeypatch):
+    from fleet.actor import run_robot_episode
+    from tests.conftest import publish_random_policy
+
+    # The actor runs in this process: no prefetch listener or torch thread setting left behind for other tests.
+    monkeypatch.setattr("fleet.actor._torch_ready", True)
+    settings.FLEET_REALTIME_FACTOR = 0
+    settings.GOVERNANCE_EVALUATION_EPISODES = 1
+    for task in tasks:
+        Task.objects.filter(pk=task.pk).update(max_steps=20)
+    v1 = publish_random_policy(1, [t.env_name for t in tasks])
+    robot = Robot.objects.create(name="sim-1", enabled=True)
+    robot.tasks.set(tasks)
+    v1.deploy_to_fleet(reason="base")
+    broken = make_version(2)  # its checkpoint files do not exist
+    decisions.nominate(broken, None, reason="rule")
+
+    assert run_robot_episode(robot.pk) == "candidate unloadable"
+    broken.refresh_from_db()
+    assert broken.state == S.REJECTED and not EvaluationItem.objects.filter(version=broken).exists()
+    assert "cannot be loaded" in Alert.objects.get(status=Alert.Status.ACTIVE).message
+    assert run_robot_episode(robot.pk) in ("success", "timeout")
+    assert Episode.objects.get().policy_version == v1
+
+
 def test_evaluation_episodes_are_kept_out_of_training(deployed, robots, tasks):
     online = make_episode(robots[0], deployed, tasks[0])
     make_episode(robots[0], deployed, tasks[0], source=Episode.Source.EVALUATION, seed=0)
