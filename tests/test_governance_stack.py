@@ -226,4 +226,6 @@ def test_a_supervisor_decides_in_the_browser_and_another_dashboard_hears_of_it_l
     assert robots[0].policy_version == v2
 
     watcher.page.wait_for_selector("#alerts >> text=sam: v2 approved to a canary", timeout=15000)
+    page.goto(supervisor.base_url + "/rollouts/")
+    assert "Waiting for episodes" in page.locator("#canary-verdict").inner_text()
     assert watcher.console_errors == [] and supervisor.console_errors == []
