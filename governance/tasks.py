@@ -1,11 +1,7 @@
 """Celery tasks of rollout governance (queue `default`)."""
 from __future__ import annotations
 
-import logging
-
 from celery import shared_task
-
-log = logging.getLogger(__name__)
 
 
 @shared_task(name="governance.finish_evaluations", soft_time_limit=60, time_limit=90)
