@@ -1,4 +1,5 @@
-"""The annotators' queue: failed, timed-out and flagged episodes, in the order they should be labelled.
+"""The annotators' queue: failed, timed-out and flagged episodes (and any labelled one, to revise), in the order
+they should be labelled.
 
 Episodes with an open flag come first (an operator asked), then unlabelled before labelled, then the chosen
 order (newest policy versions first by default). Demonstrations never enter: they are the expert's own.
@@ -36,10 +37,11 @@ def queue(f: QueueFilter = QueueFilter()) -> QuerySet:
     open_flags = EpisodeFlag.objects.filter(episode=OuterRef("pk"), status=EpisodeFlag.Status.OPEN)
     live_claim = ReviewClaim.objects.filter(episode=OuterRef("pk"), expires_at__gt=timezone.now())
     rows = (Episode.objects.filter(source__in=REVIEWED_SOURCES)
-            .filter(Q(outcome__in=FAILED) | Q(Exists(EpisodeFlag.objects.filter(episode=OuterRef("pk")))))
             .annotate(flagged=Exists(open_flags),
                       labelled=Exists(EpisodeLabel.objects.filter(episode=OuterRef("pk"))),
                       claimed_by=Subquery(live_claim.values("annotator__username")[:1]))
+            # A success whose flag was dismissed leaves the queue; one that was labelled stays with the labelled.
+            .filter(Q(outcome__in=FAILED) | Q(flagged=True) | Q(labelled=True))
             .select_related("task", "robot", "policy_version", "label"))
     if f.task:
         rows = rows.filter(task_id=f.task)

@@ -52,7 +52,7 @@ def render_replay(episode_id: int) -> str:
             arrays = load_arrays(episode)
             episode_data.validate(arrays, episode.task.max_steps)
         except episode_data.EpisodeDataError as exc:
-            raise ReplayError(f"the episode payload is corrupt: {exc}") from None
+            raise ReplayError(f"its recorded data is corrupt ({exc})") from None
         info = render_video(_sim_task(episode.task.env_name), episode.seed, arrays,
                             settings.STORAGE_DIR / relative, video_spec(), progress)
     except (ReplayError, UnknownTask) as exc:

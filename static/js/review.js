@@ -129,7 +129,8 @@
 
   document.addEventListener("keydown", (event) => {
     if (event.ctrlKey || event.metaKey || event.altKey) return;
-    if (event.target.matches("button") && (event.key === "Enter" || event.key === " ")) return;  // the button's own
+    // A focused button or video handles Enter / Space / arrows itself (its own click, the native controls).
+    if (event.target.matches("button, video") && ["Enter", " ", "ArrowLeft", "ArrowRight"].includes(event.key)) return;
     const typing = event.target.matches("textarea, input:not([type=radio])");
     if (event.key === "Escape") {
       event.target.blur();
