@@ -141,8 +141,8 @@ class ReviewClaim(models.Model):
             # this row, and waits for this lock.
             claim = cls.objects.select_for_update(no_key=True).filter(episode=episode, annotator=user).first()
             if claim is None:
-                raise ClaimLost(f"your claim on episode {episode.pk} lapsed and someone else took the episode; "
-                                "nothing was saved")
+                raise ClaimLost(f"you do not hold episode {episode.pk} (your claim lapsed and someone else took it, "
+                                "or you never opened it); nothing was saved")
             previous = EpisodeLabel.objects.filter(episode=episode).values(
                 "failure_mode", "failure_step", "disposition", "annotator_id").first()
             label, _ = EpisodeLabel.objects.update_or_create(episode=episode, defaults={

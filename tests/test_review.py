@@ -162,7 +162,7 @@ def test_an_abandoned_claim_expires_and_the_next_annotator_takes_it_over(task, a
     ReviewClaim.claim(episode, anna)
     ReviewClaim.objects.update(expires_at=timezone.now() - timedelta(seconds=1))  # anna closed her laptop
     assert claim_next(bea, QueueFilter()) == episode
-    with pytest.raises(ClaimLost, match="someone else took the episode"):
+    with pytest.raises(ClaimLost, match="lapsed and someone else took it"):
         ReviewClaim.submit_label(episode, anna, failure_mode="collision", failure_step=None, notes="",
                                  disposition="keep")
     assert not EpisodeLabel.objects.exists()

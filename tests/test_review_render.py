@@ -26,6 +26,14 @@ def finished(episode_id: int, timeout: float = 90) -> ReplayVideo:
     return wait_for(done, timeout, f"the replay of episode {episode_id}", interval=0.2)
 
 
+def test_rendering_runs_on_the_default_queue():
+    from sopweb.celery import app
+
+    for name in ("review.render_replay", "review.render_ahead"):
+        assert app.amqp.router.route({}, name)["queue"].name == "default"
+    assert "review.render_ahead" in {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+
+
 def test_a_replay_is_rendered_from_the_recorded_state_into_a_playable_video(client, start_worker, anna):
     import imageio_ffmpeg
 
