@@ -74,7 +74,8 @@ def main():
         bare_times.append(bare())
         seconds, size = product(rep)
         product_times.append(seconds)
-        print(f"rep {rep}: replay {seconds:.2f} s ({size / 1024:.0f} KiB mp4), bare render loop {bare_times[-1]:.2f} s")
+        print(f"rep {rep}: replay {seconds:.2f} s ({size / 1024:.0f} KiB mp4), "
+              f"bare render loop {bare_times[-1]:.2f} s")
     replay, baseline = statistics.median(product_times), statistics.median(bare_times)
     print(f"replay of a {steps}-step episode: {replay:.2f} s = {steps / replay:.0f} frames/s "
           f"(video {steps * task.dt:.2f} s long)")

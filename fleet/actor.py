@@ -4,6 +4,7 @@ The simulation itself is Django-free (fleet/sim/); this module binds it to the d
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -12,6 +13,8 @@ from django.conf import settings
 from django.utils import timezone
 
 from fleet import bus
+from fleet.bus import progress_key
+from fleet.events import broadcast
 from fleet.ingest import ingest_episode
 from fleet.models import Episode, Robot
 
@@ -90,6 +93,16 @@ def run_robot_episode(robot_id: int) -> str:
     return outcome
 
 
+POLL_EVERY = 8  # steps between two looks at Redis (takeover, abort) and, once a second, heartbeat and progress
+
+
+def report_progress(progress: dict) -> None:
+    """The running episode's step and who controls it: kept in Redis for pages that load now (expiring if the
+    actor dies), and sent to open dashboards (which keep only the latest per robot)."""
+    bus.client().set(progress_key(progress["robot"]), json.dumps(progress), ex=10)
+    broadcast("robot.progress", progress)
+
+
 def _run_leased(robot: Robot, lease: bus.Lease) -> str:
     from fleet.policy_cache import cache, mark_ready
     from fleet.sim.actor import run_episode
@@ -125,6 +138,9 @@ def _run_leased(robot: Robot, lease: bus.Lease) -> str:
     robot.heartbeat(Robot.Status.RUNNING)
     last_beat = time.monotonic()
     polls = 0
+    progress = {"robot": robot.pk, "task": task_row.env_name, "version": version.number,
+                "started_at": started_at.isoformat(), "step": 0, "control": "policy"}
+    report_progress(progress)
 
     def poll() -> str | None:
         nonlocal last_beat, polls
@@ -136,6 +152,9 @@ def _run_leased(robot: Robot, lease: bus.Lease) -> str:
             if not lease.renew():
                 return "abort"  # our claim expired (e.g. the worker stalled): another actor may own the robot
             robot.heartbeat(Robot.Status.EXPERT if gate.in_control or gate.operator else Robot.Status.RUNNING)
+            progress.update(step=(polls - 1) * POLL_EVERY,
+                            control="operator" if gate.operator else "expert" if gate.in_control else "policy")
+            report_progress(progress)
         if abort:
             return "abort"
         if takeover:
@@ -145,8 +164,11 @@ def _run_leased(robot: Robot, lease: bus.Lease) -> str:
     task_name = task_row.env_name
     act = lambda obs: policy.select_action(obs, task_name)  # noqa: E731
     doubt = (lambda obs: policy.doubt(obs, task_name)) if policy.config.ensemble > 1 else None  # noqa: E731
-    result = run_episode(sim, act, seed, gate, max_steps=task_row.max_steps,
-                         realtime_factor=settings.FLEET_REALTIME_FACTOR, poll=poll, doubt=doubt)
+    try:
+        result = run_episode(sim, act, seed, gate, max_steps=task_row.max_steps, poll_every=POLL_EVERY,
+                             realtime_factor=settings.FLEET_REALTIME_FACTOR, poll=poll, doubt=doubt)
+    finally:
+        r.delete(progress_key(robot.pk))
     if result.steps == 0:
         return "aborted"
     outcome = {"success": Episode.Outcome.SUCCESS, "timeout": Episode.Outcome.TIMEOUT,

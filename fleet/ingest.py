@@ -72,13 +72,14 @@ def ingest_episode(*, uuid: str | uuid_lib.UUID, task: str, seed: int, outcome: 
                 finished_at=finished_at,
             )
             _insert_payload(episode.pk, payload)
-            InterventionSegment.objects.bulk_create([
+            segments = InterventionSegment.objects.bulk_create([
                 InterventionSegment(episode=episode, start_step=start, end_step=end, source=SOURCE_NAMES[code])
                 for start, end, code in episode_data.segments(arrays["intervention_source"])
             ])
             event = {"episode": episode.pk, "task": task, "robot": robot_id, "version": policy_version_id,
                      "source": source, "outcome": outcome, "steps": steps,
-                     "intervention_steps": intervention_steps}
+                     "intervention_steps": intervention_steps, "interventions": len(segments),
+                     "finished_at": finished_at.isoformat()}
             broadcast_on_commit("episode.finished", event)
             transaction.on_commit(lambda: bus.publish(bus.EPISODES_CHANNEL, event))
     except IntegrityError:

@@ -1,18 +1,17 @@
 from __future__ import annotations
 
-from datetime import timedelta
-
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
-from django.db.models import Count, Q
-from django.http import HttpResponseBadRequest
+from django.db.models import Exists, OuterRef, Q
+from django.http import HttpResponseBadRequest, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from fleet.forms import AuditFilterForm, EpisodeFilterForm, ReasonForm, RobotForm, RobotTasksForm
-from fleet.models import AuditEvent, Episode, IllegalTransition, Robot, Task
+from fleet.forms import (AuditFilterForm, BreakdownForm, EpisodeFilterForm, FlagForm, ReasonForm, RobotForm,
+                         RobotTasksForm)
+from fleet.models import AuditEvent, Episode, EpisodeFlag, IllegalTransition, Robot
 
 EPISODES_PER_PAGE = 50
 
@@ -25,6 +24,7 @@ def navigation(request):
     items = [
         ("fleet.view_robot", "Fleet", "fleet"),
         ("fleet.view_episode", "Episodes", "episodes"),
+        ("fleet.view_episode", "Breakdown", "breakdown"),
         ("learner.view_policyversion", "Learner", "learner"),
         ("learner.view_policyversion", "Policy versions", "versions"),
         ("fleet.view_auditevent", "Audit log", "audit"),
@@ -48,17 +48,38 @@ def home(request):
 
 @permission_required("fleet.view_robot", raise_exception=True)
 def fleet(request):
-    robots = Robot.objects.filter(retired=False).select_related("policy_version").prefetch_related("tasks")
-    recent = Q(episodes__source=Episode.Source.ONLINE, episodes__finished_at__gte=timezone.now() - timedelta(hours=1))
-    tasks = Task.objects.annotate(
-        recent_episodes=Count("episodes", filter=recent),
-        recent_successes=Count("episodes", filter=recent & Q(episodes__outcome=Episode.Outcome.SUCCESS)),
-    )
+    """The operators' landing page: a live tile per robot, fleet KPIs and charts (fleet/dashboard.py)."""
+    from fleet.dashboard import fleet_snapshot
+
     return render(request, "fleet/fleet.html", {
-        "robots": robots,
-        "tasks": tasks,
+        "snapshot": fleet_snapshot(),
         "can_control": request.user.has_perm("fleet.control_robot"),
         "add_form": RobotForm(),
+    })
+
+
+@permission_required("fleet.view_robot", raise_exception=True)
+def fleet_snapshot_json(request):
+    """The fleet page's data, refetched by a page whose socket reconnected (it may have missed deltas)."""
+    from fleet.dashboard import fleet_snapshot
+
+    return JsonResponse(fleet_snapshot())
+
+
+@permission_required("fleet.view_episode", raise_exception=True)
+def breakdown(request):
+    """Success per version × robot × task over a window: how one bad robot or one regressed task shows up."""
+    from fleet.dashboard import breakdown as compute
+
+    form = BreakdownForm(request.GET or None)
+    if form.is_bound and not form.is_valid():
+        return render(request, "fleet/breakdown.html", {"form": form}, status=400)
+    if not form.is_bound:
+        form = BreakdownForm({"window": "24h", "source": Episode.Source.ONLINE})
+        form.is_valid()
+    start, end = form.range(timezone.now())
+    return render(request, "fleet/breakdown.html", {
+        "form": form, "table": compute(start, end, form.cleaned_data["source"]), "start": start, "end": end,
     })
 
 
@@ -144,6 +165,17 @@ def episodes(request):
     for field in ("task", "robot", "outcome", "source"):
         if filters.get(field):
             rows = rows.filter(**{field: filters[field]})
+    if filters.get("version"):
+        rows = rows.filter(policy_version__number=filters["version"])
+    if filters.get("flagged") is not None:
+        flagged = Exists(EpisodeFlag.objects.filter(episode=OuterRef("pk")))
+        rows = rows.filter(flagged if filters["flagged"] else ~flagged)
+    if filters.get("labelled") is not None:
+        rows = rows.filter(label__isnull=not filters["labelled"])
+    if filters.get("since"):
+        rows = rows.filter(finished_at__gte=filters["since"])
+    if filters.get("until"):
+        rows = rows.filter(finished_at__lt=filters["until"])
     if filters.get("after"):
         stamp, pk = filters["after"]
         rows = rows.filter(Q(finished_at__lt=stamp) | Q(finished_at=stamp, id__lt=pk))
@@ -178,8 +210,23 @@ def episode(request, pk: int):
     row = get_object_or_404(Episode.objects.select_related("task", "robot", "policy_version"), pk=pk)
     series = episode_series(row, load_arrays(row))
     return render(request, "fleet/episode.html", {
-        "episode": row, "series": series, "segments": series["segments"],
+        "episode": row, "series": series, "flags": row.flags.select_related("raised_by", "resolved_by"),
+        "segments": series["segments"], "can_flag": request.user.has_perm("fleet.flag_episode"),
+        "flag_form": FlagForm(),
     })
+
+
+@require_POST
+@permission_required("fleet.flag_episode", raise_exception=True)
+def episode_flag(request, pk: int):
+    """An operator asks for an episode to be reviewed, saying why (audited; it jumps the review queue)."""
+    row = get_object_or_404(Episode, pk=pk)
+    form = FlagForm(request.POST)
+    if not form.is_valid():
+        return _bad_form(form)
+    EpisodeFlag.raise_flag(row, request.user, form.cleaned_data["reason"])
+    messages.success(request, f"Episode {row.pk} flagged for review.")
+    return redirect("episode", pk=row.pk)
 
 
 @permission_required("fleet.view_auditevent", raise_exception=True)

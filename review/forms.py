@@ -57,11 +57,6 @@ class LabelForm(forms.Form):
         return data
 
 
-class FlagForm(forms.Form):
-    reason = forms.CharField(max_length=2000, strip=True, widget=forms.TextInput(attrs={
-        "placeholder": "why should an annotator look at this episode?", "list": "flag-reasons", "size": 40}))
-
-
 class DismissForm(forms.Form):
     reason = forms.CharField(max_length=2000, required=False, strip=True)
 

@@ -10,7 +10,6 @@ urlpatterns = [
     path("episodes/<int:pk>/skip/", views.skip_episode, name="review-skip"),
     path("episodes/<int:pk>/claim/", views.renew_claim, name="review-claim"),
     path("episodes/<int:pk>/dismiss/", views.dismiss_flags, name="review-dismiss"),
-    path("episodes/<int:pk>/flag/", views.flag_episode, name="review-flag"),
     path("episodes/<int:pk>/replay.json", views.replay_status, name="review-replay-status"),
     path("episodes/<int:pk>/replay/retry/", views.replay_retry, name="review-replay-retry"),
     path("episodes/<int:pk>/replay.mp4", views.replay_file, name="review-replay-file"),

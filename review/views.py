@@ -1,4 +1,5 @@
-"""Review pages: the annotators' queue and labelling page, replay videos, operators' flags, dataset export."""
+"""Review pages: the annotators' queue and labelling page, replay videos, operators' flags and how they were
+resolved (raising one is fleet's `episode-flag`, on the episode page), dataset export."""
 from __future__ import annotations
 
 import re
@@ -12,11 +13,10 @@ from django.contrib.auth.decorators import permission_required
 from django.http import FileResponse, Http404, HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
-from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from fleet.models import Episode, EpisodeFlag, EpisodeLabel, IllegalTransition
-from review.forms import DismissForm, ExportForm, FlagForm, LabelForm, QueueFilterForm
+from review.forms import DismissForm, ExportForm, LabelForm, QueueFilterForm
 from review.models import ClaimHeld, ClaimLost, ReplayVideo, ReviewClaim
 from review.queue import claim_next, queue, upcoming
 
@@ -251,23 +251,6 @@ def ranged_file_response(request, path: Path, content_type: str):
 
 
 # --- flags -----------------------------------------------------------------------------------------------
-
-@require_POST
-@permission_required("fleet.flag_episode", raise_exception=True)
-def flag_episode(request, pk: int):
-    episode = _episode(pk)
-    form = FlagForm(request.POST)
-    if form.is_valid():
-        EpisodeFlag.raise_flag(episode, request.user, form.cleaned_data["reason"])
-        messages.success(request, f"Episode {episode.pk} flagged for review; it goes to the front of the "
-                                  "annotators' queue.")
-    else:
-        messages.error(request, "A flag needs a reason (at most 2000 characters).")
-    back = request.POST.get("next", "")
-    if not url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()}):
-        back = reverse("episode", args=[episode.pk])
-    return redirect(back)
-
 
 @permission_required("fleet.flag_episode", raise_exception=True)
 def my_flags(request):

@@ -241,7 +241,9 @@ REDIS_URL = parse_redis_url(_service_url("REDIS_URL"))
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 30},
+        # redis-py's default 5 s socket timeout equals channels_redis's 5 s BZPOPMIN: an idle consumer's blocking
+        # read timed out and the socket closed every few seconds. Reads must outlast the blocking pop.
+        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}], "capacity": 1000, "expiry": 30},
     }
 }
 
@@ -268,8 +270,9 @@ if CELERY_TASK_TIME_LIMIT <= CELERY_TASK_SOFT_TIME_LIMIT:
 # Where checkpoints, episode videos and exports live (shared by every host that runs workers).
 STORAGE_DIR = Path(env_str("SOPWEB_STORAGE_DIR", str(VAR_DIR / "storage"))).resolve()
 # Meta-World v3 tasks seeded for a new fleet.
-# Dashboards: a browser gets at most one websocket message per interval, carrying every change since the last.
-DASHBOARD_PUSH_INTERVAL = env_number("DASHBOARD_PUSH_INTERVAL", 0.25, kind=float, min_value=0.0, max_value=10.0)
+# Dashboards: a browser gets at most this many websocket messages per second (a token bucket holding one second's
+# worth); each message carries every change since the previous one. Progress telemetry waits up to a second.
+DASHBOARD_PUSH_RATE = env_number("DASHBOARD_PUSH_RATE", 8.0, kind=float, min_value=0.5, max_value=100.0)
 
 FLEET_TASKS = env_list(
     "FLEET_TASKS", ["shelf-place-v3", "box-close-v3", "pick-place-v3", "peg-insert-side-v3"]

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from django.db import connection
 from django.template import Context, Template
-from django.test import RequestFactory
 from django.urls import reverse
 from django.utils import timezone
 
@@ -284,10 +283,10 @@ def test_an_operators_flag_jumps_the_queue_and_its_dismissal_is_visible_to_them(
     quiet, flagged = ingest(task, synthetic(seed=1)), ingest(task, succeeded, outcome="success")
     client.force_login(olivia)
     episode_page = client.get(reverse("episode", args=[flagged.pk])).content.decode()
-    assert reverse("review-flag", args=[flagged.pk]) in episode_page
-    assert client.post(reverse("review-flag", args=[flagged.pk]), {"reason": "  "}).status_code == 302
+    assert reverse("episode-flag", args=[flagged.pk]) in episode_page
+    assert client.post(reverse("episode-flag", args=[flagged.pk]), {"reason": "  "}).status_code == 400
     assert not EpisodeFlag.objects.exists()  # a flag needs a reason
-    client.post(reverse("review-flag", args=[flagged.pk]), {"reason": "took a strange path"})
+    client.post(reverse("episode-flag", args=[flagged.pk]), {"reason": "took a strange path"})
     flag = EpisodeFlag.objects.get()
     assert (flag.raised_by, flag.reason) == (olivia, "took a strange path")
     assert AuditEvent.objects.filter(verb="episode.flag", actor=olivia).exists()
@@ -311,7 +310,7 @@ def test_annotators_and_outsiders_cannot_flag(client, task, anna, oscar):
     episode = ingest(task, synthetic())
     for user in (anna, oscar):
         client.force_login(user)
-        assert client.post(reverse("review-flag", args=[episode.pk]), {"reason": "x"}).status_code == 403
+        assert client.post(reverse("episode-flag", args=[episode.pk]), {"reason": "x"}).status_code == 403
     assert not EpisodeFlag.objects.exists()
 
 
@@ -373,18 +372,20 @@ def test_label_counts_by_failure_mode_per_version_and_per_task(task, anna):
     assert "Missed grasp" in html and "<td>pick-place-v3</td><td>2</td><td>1</td><td>3</td>" in html
 
 
-def test_the_episode_page_shows_the_label_and_flags_to_every_role(client, task, olivia, anna):
+def test_the_episode_page_shows_the_label_and_the_flags_resolution(client, task, olivia, anna):
     episode = ingest(task, synthetic())
     EpisodeFlag.raise_flag(episode, olivia, "check the approach")
     ReviewClaim.claim(episode, anna)
     ReviewClaim.submit_label(episode, anna, failure_mode="collision", failure_step=5, notes="hit the wall",
                              disposition="exclude")
-    request = RequestFactory().get("/")
-    request.user = olivia
-    html = Template("{% load review %}{% episode_review_panel episode %}").render(
-        Context({"request": request, "episode": episode}))
+    client.force_login(olivia)
+    html = client.get(reverse("episode", args=[episode.pk])).content.decode()
     assert "collision" in html and "from step 5" in html and "exclude from training" in html
-    assert "check the approach" in html and "Labelled" in html and "anna" in html
+    assert "check the approach" in html and "labelled by anna" in html
+    assert reverse("review-episode", args=[episode.pk]) not in html  # operators do not label
+    client.force_login(anna)
+    html = client.get(reverse("episode", args=[episode.pk])).content.decode()
+    assert reverse("review-episode", args=[episode.pk]) in html
 
 
 # --- export ----------------------------------------------------------------------------------------------

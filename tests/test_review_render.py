@@ -114,8 +114,8 @@ def test_replays_are_rendered_ahead_for_the_queue_and_a_dead_render_is_queued_ag
     assert sorted(ReplayVideo.objects.values_list("pk", flat=True)) == sorted(e.pk for e in episodes[1:4])
 
     # A render whose worker died (no heartbeat for a while) is queued again when someone asks for it.
-    ReplayVideo.objects.filter(pk=episodes[3].pk).update(
-        status=ReplayVideo.Status.RENDERING, heartbeat_at=now - timedelta(seconds=settings.REVIEW_RENDER_STALE_SECONDS + 1))
+    silent_since = now - timedelta(seconds=settings.REVIEW_RENDER_STALE_SECONDS + 1)
+    ReplayVideo.objects.filter(pk=episodes[3].pk).update(status=ReplayVideo.Status.RENDERING, heartbeat_at=silent_since)
     assert ReplayVideo.request(episodes[3].pk).status == ReplayVideo.Status.QUEUED
     start_worker(queues="default", **SMALL)
     for episode in episodes[1:4]:

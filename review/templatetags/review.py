@@ -3,7 +3,7 @@
     {% load review %}
     {% label_counts_table by="version" %}              dashboard: per version
     {% label_counts_table by="task" versions=pair %}   comparison page: per task, for the versions compared
-    {% episode_review_panel episode %}                  episode page: label, flags, flag form, review link
+    {% episode_review_panel episode %}                  episode page: the label, and a link to label it
 """
 from django import template
 
@@ -20,15 +20,10 @@ def label_counts_table(by="version", version=None, task=None, since=None, versio
 
 @register.inclusion_tag("review/_episode_panel.html", takes_context=True)
 def episode_review_panel(context, episode):
-    from fleet.models import EpisodeFlag, EpisodeLabel
-    from review.forms import FlagForm
+    from fleet.models import EpisodeLabel
 
-    user = context["request"].user
-    label = EpisodeLabel.objects.filter(episode=episode).select_related("annotator").first()
     return {
-        "episode": episode, "label": label, "request": context["request"],
-        "flags": EpisodeFlag.objects.filter(episode=episode).select_related("raised_by", "resolved_by"),
-        "can_flag": user.has_perm("fleet.flag_episode"), "can_label": user.has_perm("fleet.label_episode"),
-        "flag_form": FlagForm(),
-        "csrf_token": context.get("csrf_token"),
+        "episode": episode,
+        "label": EpisodeLabel.objects.filter(episode=episode).select_related("annotator").first(),
+        "can_label": context["request"].user.has_perm("fleet.label_episode"),
     }
