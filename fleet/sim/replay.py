@@ -74,6 +74,9 @@ class FrameRenderer:
     def __init__(self, task: SimTask, spec: VideoSpec):
         import mujoco
 
+        if mujoco.GLContext.__module__.startswith("mujoco.glfw") and not os.environ.get("DISPLAY"):
+            raise RuntimeError("MuJoCo was imported before fleet.sim chose an offscreen OpenGL backend and has no "
+                               "display: set MUJOCO_GL=osmesa (or egl on a GPU host) for this process")
         model = task.env.model
         cameras = [model.camera(i).name for i in range(model.ncam)]
         if spec.camera not in cameras:
