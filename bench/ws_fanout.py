@@ -73,7 +73,7 @@ async def main():
         await asyncio.sleep(0.05)
     print("READY", flush=True)
     start = time.time()
-    await asyncio.wait(tasks, timeout=600)
+    await asyncio.wait(tasks, timeout=float(sys.argv[5]))
     print(json.dumps({"arrivals": arrivals, "messages": messages, "seconds": time.time() - start}), flush=True)
     import os; os._exit(0)
 
@@ -121,7 +121,7 @@ def main():
                 raise SystemExit("daphne did not start; see var/bench-ws-daphne.log")
             time.sleep(0.1)
         clients = subprocess.Popen([sys.executable, "-c", CLIENTS, f"127.0.0.1:{port}", cookie, str(args.clients),
-                                    str(args.events)], stdout=subprocess.PIPE, text=True, env=env)
+                                    str(args.events), str(30 + args.events * args.gap * 2)], stdout=subprocess.PIPE, text=True, env=env)
         assert clients.stdout.readline().strip() == "READY", "the clients did not connect"
         print(f"{args.clients} clients connected, each with a product socket and a bare socket")
 
@@ -161,7 +161,9 @@ def main():
 
     product = [(at - committed[k]) * 1000 for k, ats in result["arrivals"]["product"].items() for at in ats]
     bare = [(at - sent[k]) * 1000 for k, ats in result["arrivals"]["bare"].items() for at in ats]
-    assert len(product) == len(bare) == args.clients * args.events, (len(product), len(bare))
+    expected = args.clients * args.events
+    if len(product) != expected or len(bare) != expected:
+        raise SystemExit(f"lost deliveries: {len(product)} product and {len(bare)} bare of {expected} each")
     rate = result["messages"] / args.clients / result["seconds"]
     print(f"deliveries: {len(product)} product, {len(bare)} bare")
     print(f"product (commit -> client): p50 {percentile(product, 50):.1f} ms, p99 {percentile(product, 99):.1f} ms")

@@ -93,5 +93,16 @@ class FlagForm(forms.Form):
 
 
 class AuditFilterForm(forms.Form):
-    verb = forms.CharField(max_length=64, required=False)
-    object_type = forms.CharField(max_length=64, required=False)
+    verb = forms.CharField(max_length=64, required=False, help_text="e.g. version. for every version decision")
+    object_type = forms.CharField(max_length=64, required=False, help_text="e.g. learner.policyversion")
+    actor = forms.CharField(max_length=150, required=False, help_text='a username, or "system"')
+    target = forms.CharField(max_length=200, required=False, label="Object", help_text="e.g. v12 or sim-1")
+    text = forms.CharField(max_length=200, required=False, label="Reason contains")
+    since = forms.DateTimeField(required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
+    until = forms.DateTimeField(required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
+
+    def clean(self):
+        data = super().clean()
+        if data.get("since") and data.get("until") and data["since"] > data["until"]:
+            raise forms.ValidationError("'since' is after 'until'")
+        return data

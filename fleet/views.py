@@ -27,6 +27,7 @@ def navigation(request):
         ("fleet.view_episode", "Breakdown", "breakdown"),
         ("learner.view_policyversion", "Learner", "learner"),
         ("learner.view_policyversion", "Policy versions", "versions"),
+        ("fleet.view_rollout", "Rollouts", "rollouts"),
         ("fleet.view_auditevent", "Audit log", "audit"),
         ("fleet.label_episode", "Review", "review-queue"),
         ("fleet.flag_episode", "My flags", "review-flags"),
@@ -229,13 +230,63 @@ def episode_flag(request, pk: int):
     return redirect("episode", pk=row.pk)
 
 
+AUDIT_ROWS_SHOWN = 200
+
+
 @permission_required("fleet.view_auditevent", raise_exception=True)
 def audit(request):
-    form = AuditFilterForm(request.GET or None)
+    """Every decision: who, when, why and the figures shown at the time (details); filterable; ?format=csv exports
+    every matching row."""
+    query = request.GET.copy()
+    export = query.pop("format", [""])[-1] == "csv"
+    form = AuditFilterForm(query or None)
     events = AuditEvent.objects.select_related("actor")
-    if form.is_valid():
-        if form.cleaned_data["verb"]:
-            events = events.filter(verb=form.cleaned_data["verb"])
-        if form.cleaned_data["object_type"]:
-            events = events.filter(object_type=form.cleaned_data["object_type"])
-    return render(request, "fleet/audit.html", {"form": form, "events": events[:200]})
+    if form.is_bound and not form.is_valid():
+        return render(request, "fleet/audit.html", {"form": form, "events": []}, status=400)
+    filters = form.cleaned_data if form.is_bound else {}
+    if filters.get("verb"):
+        events = events.filter(verb__startswith=filters["verb"])
+    if filters.get("object_type"):
+        events = events.filter(object_type=filters["object_type"])
+    if filters.get("actor"):
+        events = (events.filter(actor=None) if filters["actor"] == "system"
+                  else events.filter(actor__username=filters["actor"]))
+    if filters.get("target"):
+        events = events.filter(object_repr__icontains=filters["target"])
+    if filters.get("text"):
+        events = events.filter(reason__icontains=filters["text"])
+    if filters.get("since"):
+        events = events.filter(created_at__gte=filters["since"])
+    if filters.get("until"):
+        events = events.filter(created_at__lte=filters["until"])
+    if export:
+        return _audit_csv(events)
+    rows = list(events[:AUDIT_ROWS_SHOWN + 1])
+    return render(request, "fleet/audit.html", {
+        "form": form, "events": rows[:AUDIT_ROWS_SHOWN], "more": len(rows) > AUDIT_ROWS_SHOWN,
+        "csv_query": (query.urlencode() + "&" if query else "") + "format=csv"})
+
+
+def _audit_csv(events):
+    import csv
+    import json
+
+    from django.http import StreamingHttpResponse
+
+    class Echo:
+        def write(self, value):
+            return value
+
+    writer = csv.writer(Echo())
+
+    def rows():
+        yield writer.writerow(["when", "who", "verb", "object_type", "object_id", "object", "reason", "details"])
+        for event in events.iterator(chunk_size=1000):
+            who = event.actor.get_username() if event.actor else "system"
+            yield writer.writerow([event.created_at.isoformat(), who, event.verb, event.object_type,
+                                   event.object_id, event.object_repr, event.reason,
+                                   json.dumps(event.details, sort_keys=True)])
+
+    response = StreamingHttpResponse(rows(), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="audit-{timezone.now():%Y%m%d-%H%M%S}.csv"'
+    return response

@@ -168,6 +168,7 @@ INSTALLED_APPS = [
     "channels",
     "fleet",
     "learner",
+    "governance",
     "review",
 ]
 
@@ -198,6 +199,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "fleet.views.navigation",
+                "governance.views.rollout_context",
             ],
         },
     },
@@ -314,11 +316,11 @@ LEARNER_BATCH_SIZE = env_number("LEARNER_BATCH_SIZE", 256, min_value=1, max_valu
 LEARNER_LR = env_number("LEARNER_LR", 3e-4, kind=float, min_value=1e-7, max_value=1.0)
 # The learner task trains for this long, saves its state and re-queues itself (Celery time limits apply per slice).
 LEARNER_SLICE_SECONDS = env_number("LEARNER_SLICE_SECONDS", 240.0, kind=float, min_value=5.0, max_value=3000.0)
-# manual: versions wait for a supervisor; continuous: every published version goes straight to the whole fleet
-# (SOP's own mode, used by the learning experiments and the demo).
+# manual: versions wait for a supervisor; rules: the GOVERNANCE_* rules below act too; continuous: every published
+# version goes straight to the whole fleet (SOP's own mode, used by the learning experiments and the demo).
 ROLLOUT_MODE = env_str("ROLLOUT_MODE", "manual")
-if ROLLOUT_MODE not in ("manual", "continuous"):
-    raise _bad("ROLLOUT_MODE", ROLLOUT_MODE, "expected manual or continuous")
+if ROLLOUT_MODE not in ("manual", "rules", "continuous"):
+    raise _bad("ROLLOUT_MODE", ROLLOUT_MODE, "expected manual, rules or continuous")
 LEARNER_RESAMPLER_ALPHA = env_number("LEARNER_RESAMPLER_ALPHA", 1.5, kind=float, min_value=0.0, max_value=100.0)
 LEARNER_DEVICE = env_str("LEARNER_DEVICE", "auto")
 if LEARNER_DEVICE not in ("auto", "cpu", "cuda"):
@@ -345,3 +347,33 @@ CELERY_BEAT_SCHEDULE = {
     "keep-learner-running": {"task": "learner.ensure_running", "schedule": 30.0},
     "render-replays-ahead": {"task": "review.render_ahead", "schedule": 30.0},
 }
+
+# --- rollout governance (governance/) ----------------------------------------------------------------
+
+# Evaluation: each candidate runs this many held-out seeds per task (policy alone), paired with the deployed version.
+GOVERNANCE_EVALUATION_EPISODES = env_number("GOVERNANCE_EVALUATION_EPISODES", 10, min_value=1, max_value=1000)
+# Canary: share of robots a rule's canary takes (and the form's default); at least one robot stays on the deployed
+# version. It is rolled back automatically when its success (without help) is below the deployed version's by more
+# than the margin once both have at least the minimum of online episodes since it started.
+GOVERNANCE_CANARY_SHARE = env_number("GOVERNANCE_CANARY_SHARE", 0.25, kind=float, min_value=0.01, max_value=1.0)
+GOVERNANCE_CANARY_MARGIN = env_number("GOVERNANCE_CANARY_MARGIN", 0.1, kind=float, min_value=0.0, max_value=1.0)
+GOVERNANCE_CANARY_MIN_EPISODES = env_number("GOVERNANCE_CANARY_MIN_EPISODES", 20, min_value=1)
+# Seconds between governance checks (finished evaluations, canary analysis, the nomination rule).
+GOVERNANCE_CHECK_SECONDS = env_number("GOVERNANCE_CHECK_SECONDS", 10.0, kind=float, min_value=0.5)
+# Rules (ROLLOUT_MODE=rules only): nominate the newest checkpoint every K minutes (0: off); approve a candidate to
+# a canary when its evaluation is not worse than the deployed version's by more than the margin ("off": never).
+GOVERNANCE_NOMINATE_EVERY_MINUTES = env_number("GOVERNANCE_NOMINATE_EVERY_MINUTES", 10.0, kind=float, min_value=0.0)
+
+
+def _auto_canary_margin() -> float | None:
+    raw = env_str("GOVERNANCE_AUTO_CANARY_MARGIN", "0.05")
+    if raw.strip().lower() == "off":
+        return None
+    try:
+        return env_number("GOVERNANCE_AUTO_CANARY_MARGIN", 0.05, kind=float, min_value=0.0, max_value=1.0)
+    except ImproperlyConfigured:
+        raise _bad("GOVERNANCE_AUTO_CANARY_MARGIN", raw, "expected a number in [0, 1], or off") from None
+
+
+GOVERNANCE_AUTO_CANARY_MARGIN = _auto_canary_margin()
+CELERY_BEAT_SCHEDULE["governance-check"] = {"task": "governance.check", "schedule": GOVERNANCE_CHECK_SECONDS}

@@ -252,9 +252,21 @@ def test_skipping_moves_on_and_does_not_offer_the_episode_again(client, task, an
 # --- permissions -----------------------------------------------------------------------------------------
 
 def test_an_annotator_cannot_approve_rollouts_or_control_robots(client, task, anna):
+    from governance.views import DECISIONS
+    from learner.models import PolicyVersion
+
     robot = Robot.objects.create(name="sim-01", status=Robot.Status.RUNNING, last_heartbeat=timezone.now())
+    version = publish_random_policy(1, [task.env_name])
+    PolicyVersion.objects.filter(pk=version.pk).update(state=PolicyVersion.State.AWAITING_APPROVAL)
     assert not anna.has_perm("fleet.approve_rollout") and not anna.has_perm("fleet.control_robot")
     client.force_login(anna)
+    for decision in DECISIONS:
+        response = client.post(reverse("rollout-decide", args=[1, decision]), {"reason": "looks fine", "share": 50})
+        assert response.status_code == 403, decision
+    assert client.get(reverse("rollouts")).status_code == 403
+    version.refresh_from_db()
+    assert version.state == PolicyVersion.State.AWAITING_APPROVAL
+    assert not AuditEvent.objects.filter(verb__startswith="version.").exists()
     for command in ("start", "stop", "pause", "takeover"):
         assert client.post(reverse("robot-command", args=[robot.pk, command])).status_code == 403
     assert client.post(reverse("fleet-command", args=["stop"])).status_code == 403
@@ -370,6 +382,9 @@ def test_label_counts_by_failure_mode_per_version_and_per_task(task, anna):
     assert [(r["key"], r["counts"]) for r in by_task["rows"]] == [("box-close-v3", [1, 0]), ("pick-place-v3", [0, 1])]
     html = Template('{% load review %}{% label_counts_table by="task" %}').render(Context({}))
     assert "Missed grasp" in html and "<td>pick-place-v3</td><td>2</td><td>1</td><td>3</td>" in html
+    html = Template('{% load review %}{% label_counts_table by="version" version=v2 against=v1 %}').render(
+        Context({"v1": v1, "v2": v2}))
+    assert "<td>v2</td><td>1</td><td>1</td><td>2</td>" in html and "<td>v1</td><td>2</td><td>0</td><td>2</td>" in html
 
 
 def test_the_episode_page_shows_the_label_and_the_flags_resolution(client, task, olivia, anna):

@@ -51,25 +51,35 @@ CREATE TRIGGER episode_rollup AFTER INSERT OR DELETE ON fleet_episode
 CREATE TRIGGER segment_rollup AFTER INSERT OR DELETE ON fleet_interventionsegment
   FOR EACH ROW EXECUTE FUNCTION sopweb_rollup_segment();
 
--- Episodes already there.
-INSERT INTO fleet_episoderollup (size, bucket, task_id, robot_id, version_id, source, episodes, successes, steps,
-                                 success_steps, intervention_steps, interventions)
-SELECT size, date_trunc(CASE size WHEN 'm' THEN 'minute' ELSE 'hour' END, e.finished_at, 'UTC'), e.task_id,
-       coalesce(e.robot_id, 0), coalesce(e.policy_version_id, 0), e.source, count(*),
-       count(*) FILTER (WHERE e.outcome = 'success'), sum(e.steps),
-       coalesce(sum(e.steps) FILTER (WHERE e.outcome = 'success'), 0), sum(e.intervention_steps),
-       coalesce(sum((SELECT count(*) FROM fleet_interventionsegment s
-                     WHERE s.episode_id = e.id AND s.source IN ('gate', 'operator'))), 0)
-FROM fleet_episode e CROSS JOIN (VALUES ('m'), ('h')) AS sizes(size)
-GROUP BY 1, 2, 3, 4, 5, 6;
+-- Recomputes every roll-up from the episodes: for the episodes already there, and after a bulk load that ran
+-- with the triggers disabled (bench/dashboard_scale.py).
+CREATE FUNCTION sopweb_rollup_rebuild() RETURNS void AS $$
+BEGIN
+  DELETE FROM fleet_episoderollup;
+  INSERT INTO fleet_episoderollup (size, bucket, task_id, robot_id, version_id, source, episodes, successes, steps,
+                                   success_steps, intervention_steps, interventions)
+  SELECT size, date_trunc(CASE size WHEN 'm' THEN 'minute' ELSE 'hour' END, e.finished_at, 'UTC'), e.task_id,
+         coalesce(e.robot_id, 0), coalesce(e.policy_version_id, 0), e.source, count(*),
+         count(*) FILTER (WHERE e.outcome = 'success'), sum(e.steps),
+         coalesce(sum(e.steps) FILTER (WHERE e.outcome = 'success'), 0), sum(e.intervention_steps),
+         coalesce(sum(seg.n), 0)
+  FROM fleet_episode e
+  LEFT JOIN (SELECT episode_id, count(*) AS n FROM fleet_interventionsegment
+             WHERE source IN ('gate', 'operator') GROUP BY episode_id) seg ON seg.episode_id = e.id
+  CROSS JOIN (VALUES ('m'), ('h')) AS sizes(size)
+  GROUP BY 1, 2, 3, 4, 5, 6;
+END $$ LANGUAGE plpgsql;
+
+SELECT sopweb_rollup_rebuild();
 """
 
 ROLLUP_REVERSE_SQL = """
-DROP TRIGGER segment_rollup ON fleet_interventionsegment;
-DROP TRIGGER episode_rollup ON fleet_episode;
-DROP FUNCTION sopweb_rollup_segment();
-DROP FUNCTION sopweb_rollup_episode();
-DROP FUNCTION sopweb_rollup_add(timestamptz, bigint, bigint, bigint, text, integer, integer, bigint, bigint,
+DROP TRIGGER IF EXISTS segment_rollup ON fleet_interventionsegment;
+DROP TRIGGER IF EXISTS episode_rollup ON fleet_episode;
+DROP FUNCTION IF EXISTS sopweb_rollup_rebuild();
+DROP FUNCTION IF EXISTS sopweb_rollup_segment();
+DROP FUNCTION IF EXISTS sopweb_rollup_episode();
+DROP FUNCTION IF EXISTS sopweb_rollup_add(timestamptz, bigint, bigint, bigint, text, integer, integer, bigint, bigint,
                                 bigint, integer);
 DELETE FROM fleet_episoderollup;
 """
