@@ -44,9 +44,12 @@ def rollups(start: datetime, end: datetime, source: str | None = Episode.Source.
     return rows.filter(source=source) if source else rows
 
 
-def totals(start: datetime, end: datetime, by: tuple[str, ...] = (), source=Episode.Source.ONLINE) -> list[dict]:
+def totals(start: datetime, end: datetime, by: tuple[str, ...] = (), source=Episode.Source.ONLINE,
+           where: Q | None = None) -> list[dict]:
     """Summed counts per combination of `by` (any of task_id, robot_id, version_id, source, bucket)."""
     rows = rollups(start, end, source)
+    if where is not None:
+        rows = rows.filter(where)
     if by:
         rows = rows.values(*by).order_by(*by)
     else:
@@ -197,9 +200,12 @@ def breakdown(start: datetime, end: datetime, source: str = Episode.Source.ONLIN
     a cell is marked when its interval separates from the same version and task on the other robots."""
     from learner.models import PolicyVersion
 
-    rows = totals(start, end, ("version_id", "robot_id", "task_id"), source)
-    version_ids = sorted({row["version_id"] for row in rows}, reverse=True)
-    shown = version_ids[:max_versions]
+    # The newest versions first, found before aggregating: a long window of a continuously deploying fleet holds
+    # hundreds of versions, and only the shown ones are summed per robot and task.
+    in_window = list(rollups(start, end, source).values_list("version_id", flat=True).distinct()
+                     .order_by("-version_id"))
+    shown, hidden = in_window[:max_versions], max(0, len(in_window) - max_versions)
+    rows = totals(start, end, ("version_id", "robot_id", "task_id"), source, where=Q(version_id__in=shown))
     numbers = dict(PolicyVersion.objects.filter(pk__in=shown).values_list("pk", "number"))
     robots = dict(Robot.objects.filter(pk__in={row["robot_id"] for row in rows}).values_list("pk", "name"))
     task_names = dict(Task.objects.filter(pk__in={row["task_id"] for row in rows}).values_list("pk", "env_name"))
@@ -233,4 +239,4 @@ def breakdown(start: datetime, end: datetime, source: str = Episode.Source.ONLIN
         total = [pooled[(version_id, t)].as_dict() if (version_id, t) in pooled else None for t in task_ids]
         versions.append({"number": numbers.get(version_id), "robots": lines, "total": total})
     return {"tasks": [task_names[t] for t in task_ids], "versions": versions,
-            "hidden_versions": max(0, len(version_ids) - len(shown))}
+            "hidden_versions": hidden}

@@ -167,5 +167,15 @@ def test_the_breakdown_page_validates_its_window(client, olivia, tasks, robots):
     response = client.get(reverse("breakdown") + "?window=custom&since=2026-11-20T08:00&until=2026-11-20T10:00")
     assert response.status_code == 200
     assert response.context["table"]["versions"][0]["total"][0]["episodes"] == 1
+    assert b"<strong>100 %</strong>" in response.content and b"1/1 \xc2\xb7 [21\xe2\x80\x93100]" in response.content
     assert client.get(reverse("breakdown") + "?window=custom&since=2026-11-20T08:00").status_code == 400
     assert client.get(reverse("breakdown") + "?window=fortnight").status_code == 400
+
+
+def test_the_breakdown_shows_the_newest_versions_and_counts_the_rest(tasks, robots):
+    for number in range(1, 16):
+        version = publish_random_policy(number, ["box-close-v3"], seed=number)
+        raw_episode(tasks[0], robots[0], version, at=T0 + timedelta(minutes=number), outcome="success")
+    table = dashboard.breakdown(T0, T0 + timedelta(hours=1), max_versions=12)
+    assert [v["number"] for v in table["versions"]] == list(range(15, 3, -1))
+    assert table["hidden_versions"] == 3
