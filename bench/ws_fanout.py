@@ -79,14 +79,14 @@ asyncio.run(main())
 
 
 TELEMETRY = """
-import time, django
+import sys, time, django
 django.setup()
 from fleet.events import broadcast
-step = 0
-while True:
-    time.sleep(1 / 16)
+robots, step = int(sys.argv[1]), 0
+while robots:
+    time.sleep(1 / robots)
     step += 1
-    broadcast("robot.progress", {"robot": 1000 + step % 16, "step": step, "control": "policy"})
+    broadcast("robot.progress", {"robot": 1000 + step % robots, "step": step, "control": "policy"})
 """
 
 
@@ -104,6 +104,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--events", type=int, default=60, help="episodes committed (and as many bare sends)")
+    parser.add_argument("--robots", type=int, default=16, help="robots sending progress telemetry at 1 Hz each")
     parser.add_argument("--gap", type=float, default=0.3, help="seconds between two events (~3 episodes/s)")
     args = parser.parse_args()
 
@@ -135,7 +136,7 @@ def main():
         print(f"{args.clients} clients connected, each with a product socket and a bare socket")
 
         # 16 robots' progress at 1 Hz each, from another process (as actors send theirs).
-        telemetry = subprocess.Popen([sys.executable, "-c", TELEMETRY], cwd=_django.ROOT, env=env)
+        telemetry = subprocess.Popen([sys.executable, "-c", TELEMETRY, str(args.robots)], cwd=_django.ROOT, env=env)
         layer = get_channel_layer()
         committed, sent = {}, {}
         for i in range(args.events):
@@ -170,7 +171,7 @@ def main():
     print(f"deliveries: {len(product)} product, {len(bare)} bare")
     print(f"product (commit -> client): p50 {percentile(product, 50):.1f} ms, p99 {percentile(product, 99):.1f} ms")
     print(f"bare group_send -> client:  p50 {percentile(bare, 50):.1f} ms, p99 {percentile(bare, 99):.1f} ms")
-    print(f"messages per product socket: {rate:.1f}/s (events offered: {1 / args.gap + 16:.1f}/s; "
+    print(f"messages per product socket: {rate:.1f}/s (events offered: {1 / args.gap + args.robots:.1f}/s; "
           f"limit DASHBOARD_PUSH_RATE = {settings.DASHBOARD_PUSH_RATE:g}/s)")
     print(f"ratio p99 product / bare (goal <= 1.5, and product p99 <= 100 ms): "
           f"{percentile(product, 99) / percentile(bare, 99):.2f}")
