@@ -4,6 +4,7 @@ The simulation itself is Django-free (fleet/sim/); this module binds it to the d
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -12,8 +13,11 @@ from django.conf import settings
 from django.utils import timezone
 
 from fleet import bus
+from fleet.bus import progress_key
+from fleet.events import broadcast
 from fleet.ingest import ingest_episode
 from fleet.models import Episode, Robot
+from governance import evaluation as governance_evaluation
 
 log = logging.getLogger(__name__)
 _sim_tasks: dict = {}  # env name -> SimTask: building a MuJoCo scene costs ~0.1 s, so each process keeps its own
@@ -41,15 +45,14 @@ def _prepare_process() -> None:
         _torch_ready = True
 
 
-def _ingest_with_retry(attempts: int = 4, **episode) -> None:
+def _ingest_with_retry(attempts: int = 4, **episode) -> Episode:
     """Ingestion is idempotent by UUID, so a transient database error (a failover, a deadlock victim) is retried
     rather than losing the episode the robot just spent seconds on."""
     from django.db import OperationalError, connection
 
     for attempt in range(attempts):
         try:
-            ingest_episode(**episode)
-            return
+            return ingest_episode(**episode)[0]
         except OperationalError:
             if attempt == attempts - 1:
                 raise
@@ -90,6 +93,16 @@ def run_robot_episode(robot_id: int) -> str:
     return outcome
 
 
+POLL_EVERY = 8  # steps between two looks at Redis (takeover, abort) and, once a second, heartbeat and progress
+
+
+def report_progress(progress: dict) -> None:
+    """The running episode's step and who controls it: kept in Redis for pages that load now (expiring if the
+    actor dies), and sent to open dashboards (which keep only the latest per robot)."""
+    bus.client().set(progress_key(progress["robot"]), json.dumps(progress), ex=10)
+    broadcast("robot.progress", progress)
+
+
 def _run_leased(robot: Robot, lease: bus.Lease) -> str:
     from fleet.policy_cache import cache, mark_ready
     from fleet.sim.actor import run_episode
@@ -107,24 +120,36 @@ def _run_leased(robot: Robot, lease: bus.Lease) -> str:
         robot.heartbeat(Robot.Status.IDLE)
         log.info("robot %s has %s", robot.name, "no tasks" if not tasks else "no policy version assigned")
         return "idle"
+    # Evaluation work first: a candidate waits for it. The evaluated version runs alone on a held-out seed.
+    evaluation = governance_evaluation.claim(robot, tasks)
+    if evaluation is not None:
+        version = evaluation.version
     try:
         policy = cache.get(version.pk, version.checkpoint_path, version.checkpoint_sha256)
-    except CheckpointError:
+    except CheckpointError as exc:
         log.exception("robot %s cannot load policy %s", robot.name, version)
+        if evaluation is not None and governance_evaluation.unloadable(evaluation, exc):
+            return "candidate unloadable"  # it is rejected; the robot's next episode runs its own version
         robot.heartbeat(Robot.Status.IDLE)
         return "idle"
-    mark_ready(robot.pk, version.pk)
 
     r = bus.client()
-    task_row = tasks[r.incr(f"sopweb:robot:{robot.pk}:episodes") % len(tasks)]
+    if evaluation is None:
+        mark_ready(robot.pk, version.pk)
+        task_row = tasks[r.incr(f"sopweb:robot:{robot.pk}:episodes") % len(tasks)]
+        gate_config, seed, source = GateConfig.from_dict(settings.FLEET_GATE), online_seed(), Episode.Source.ONLINE
+    else:
+        task_row, seed, source = evaluation.task, evaluation.seed, Episode.Source.EVALUATION
+        gate_config = GateConfig.from_dict({**settings.FLEET_GATE, "enabled": False})
     sim = sim_task(task_row.env_name)
-    gate_config = GateConfig.from_dict(settings.FLEET_GATE)
     gate = Gate(gate_config)
-    seed = online_seed()
     episode_uuid = uuid.uuid4()
     robot.heartbeat(Robot.Status.RUNNING)
     last_beat = time.monotonic()
     polls = 0
+    progress = {"robot": robot.pk, "task": task_row.env_name, "version": version.number,
+                "started_at": started_at.isoformat(), "step": 0, "control": "policy"}
+    report_progress(progress)
 
     def poll() -> str | None:
         nonlocal last_beat, polls
@@ -136,6 +161,9 @@ def _run_leased(robot: Robot, lease: bus.Lease) -> str:
             if not lease.renew():
                 return "abort"  # our claim expired (e.g. the worker stalled): another actor may own the robot
             robot.heartbeat(Robot.Status.EXPERT if gate.in_control or gate.operator else Robot.Status.RUNNING)
+            progress.update(step=(polls - 1) * POLL_EVERY,
+                            control="operator" if gate.operator else "expert" if gate.in_control else "policy")
+            report_progress(progress)
         if abort:
             return "abort"
         if takeover:
@@ -145,20 +173,27 @@ def _run_leased(robot: Robot, lease: bus.Lease) -> str:
     task_name = task_row.env_name
     act = lambda obs: policy.select_action(obs, task_name)  # noqa: E731
     doubt = (lambda obs: policy.doubt(obs, task_name)) if policy.config.ensemble > 1 else None  # noqa: E731
-    result = run_episode(sim, act, seed, gate, max_steps=task_row.max_steps,
-                         realtime_factor=settings.FLEET_REALTIME_FACTOR, poll=poll, doubt=doubt)
+    try:
+        result = run_episode(sim, act, seed, gate, max_steps=task_row.max_steps, poll_every=POLL_EVERY,
+                             realtime_factor=settings.FLEET_REALTIME_FACTOR, poll=poll, doubt=doubt)
+    finally:
+        r.delete(progress_key(robot.pk))
     if result.steps == 0:
+        if evaluation is not None:
+            governance_evaluation.release(evaluation)
         return "aborted"
     outcome = {"success": Episode.Outcome.SUCCESS, "timeout": Episode.Outcome.TIMEOUT,
                "aborted": Episode.Outcome.ABORTED}[result.outcome]
-    _ingest_with_retry(
+    episode = _ingest_with_retry(
         uuid=episode_uuid, task=task_name, seed=seed, outcome=outcome, arrays=result.arrays,
         started_at=started_at, finished_at=timezone.now(), robot_id=robot.pk, policy_version_id=version.pk,
-        source=Episode.Source.ONLINE,
+        source=source,
         meta={"gate": gate_config.as_dict(), "takeovers": result.takeovers,
               "takeover_doubts": result.takeover_doubts,
               "realtime_factor": settings.FLEET_REALTIME_FACTOR, "wall_seconds": round(result.wall_seconds, 3)},
     )
+    if evaluation is not None:  # a worker that dies before this leaves the item to be claimed again after a while
+        governance_evaluation.record(evaluation, episode)
     # A takeover lasts for the episode it reached (or, asked while the robot was between episodes, the next one).
     r.delete(bus.takeover_key(robot.pk))
     return outcome

@@ -40,6 +40,11 @@ def abort_key(robot_id: int) -> str:
     return f"sopweb:robot:{robot_id}:abort"
 
 
+def progress_key(robot_id: int) -> str:
+    """The running episode's step, start and who is in control (JSON, expires if its actor dies)."""
+    return f"sopweb:robot:{robot_id}:progress"
+
+
 def ready_key(robot_id: int) -> str:
     return f"sopweb:robot:{robot_id}:ready"
 

@@ -9,17 +9,19 @@ from fleet.events import FLEET_GROUP
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 
-# Events that only say "the latest value is ...": within one batch, a newer one replaces an older one for the
-# same key instead of being sent too.
+# Telemetry that only says "the latest value is ...": within one batch a newer one replaces an older one for the
+# same key, and it never triggers a message of its own before PROGRESS_PERIOD has passed since the last one.
 LATEST_ONLY = {"robot.progress": "robot"}
+PROGRESS_PERIOD = 1.0
 
 
 class FleetConsumer(AsyncJsonWebsocketConsumer):
     """Pushes fleet deltas to a dashboard. It never writes: commands go through POST views.
 
-    Deltas are coalesced: the first after a quiet interval goes out at once, later ones wait until
-    DASHBOARD_PUSH_INTERVAL has passed since the last message and then leave together, as {"events": [...]}.
-    So a quiet fleet costs no latency and a busy one cannot flood a browser.
+    Deltas are coalesced by a token bucket of DASHBOARD_PUSH_RATE messages per second (holding one second's
+    worth): a change (an episode, a status, a version) goes out at once while tokens last, so a normal fleet costs
+    no latency; under a flood, everything that arrives meanwhile leaves together in the next message
+    ({"events": [...]}), so no browser gets more than DASHBOARD_PUSH_RATE messages a second.
     """
 
     async def connect(self):
@@ -30,17 +32,21 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
         if not await user.ahas_perm("fleet.view_robot"):
             await self.close(code=CLOSE_FORBIDDEN)
             return
+        self.rate = settings.DASHBOARD_PUSH_RATE
+        self.tokens = self.burst = max(1.0, self.rate)
+        self.refilled = self.last_sent = asyncio.get_running_loop().time()
         self.pending: list[dict] = []
         self.latest: dict[tuple, int] = {}  # (event, key) -> index in pending
-        self.last_sent = float("-inf")
-        self.flush_task = None
+        self.urgent = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_due = 0.0
         await self.channel_layer.group_add(FLEET_GROUP, self.channel_name)
         await self.accept()
 
     async def disconnect(self, code):
         await self.channel_layer.group_discard(FLEET_GROUP, self.channel_name)
-        if getattr(self, "flush_task", None):
-            self.flush_task.cancel()
+        if getattr(self, "timer", None):
+            self.timer.cancel()
 
     async def fleet_event(self, message):
         item = {"event": message["event"], "data": message["data"]}
@@ -52,21 +58,40 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
             if key:
                 self.latest[key] = len(self.pending)
             self.pending.append(item)
-        if self.flush_task is not None:
-            return  # a flush is already due; this event rides along
-        wait = self.last_sent + settings.DASHBOARD_PUSH_INTERVAL - asyncio.get_running_loop().time()
-        if wait <= 0:
-            await self.flush()
-        else:
-            self.flush_task = asyncio.create_task(self.flush_after(wait))
+        self.urgent = self.urgent or key is None
+        await self.schedule()
 
-    async def flush_after(self, wait: float):
-        await asyncio.sleep(wait)
-        self.flush_task = None
+    async def schedule(self):
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self.tokens = min(self.burst, self.tokens + (now - self.refilled) * self.rate)
+        self.refilled = now
+        if self.urgent and self.tokens >= 1:
+            await self.flush()
+            return
+        due = now + max(0.0, (1 - self.tokens) / self.rate)
+        if not self.urgent:
+            due = max(due, self.last_sent + PROGRESS_PERIOD)
+        if self.timer is not None:
+            if self.timer_due <= due:
+                return  # an earlier flush is already due: this change rides along
+            self.timer.cancel()
+        self.timer_due = due
+        self.timer = loop.call_at(due, lambda: asyncio.ensure_future(self.flush_due()))
+
+    async def flush_due(self):
+        self.timer = None
+        now = asyncio.get_running_loop().time()
+        self.tokens = min(self.burst, self.tokens + (now - self.refilled) * self.rate)
+        self.refilled = now
         await self.flush()
 
     async def flush(self):
-        batch, self.pending, self.latest = self.pending, [], {}
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        batch, self.pending, self.latest, self.urgent = self.pending, [], {}, False
         if batch:
+            self.tokens -= 1
             self.last_sent = asyncio.get_running_loop().time()
             await self.send_json({"events": batch})

@@ -77,7 +77,8 @@ def ingest_episode(*, uuid: str | uuid_lib.UUID, task: str, seed: int, outcome: 
         episode.task_id = task_row.id
         episode.total_return = float(arrays["reward"].sum(dtype="float64"))
         episode.intervention_steps = int(arrays["intervention"].sum())
-        episode.pk = _insert(episode, task, payload, episode_data.segments(arrays["intervention_source"]))
+        segments = episode_data.segments(arrays["intervention_source"])
+        episode.pk = _insert(episode, task, payload, segments)
         if episode.pk is not None:
             break
         # Nothing was written: the UUID exists (maybe committed concurrently), the robot or version does not, or
@@ -92,7 +93,8 @@ def ingest_episode(*, uuid: str | uuid_lib.UUID, task: str, seed: int, outcome: 
 
     event = {"episode": episode.pk, "task": task, "robot": robot_id, "version": policy_version_id,
              "source": source, "outcome": outcome, "steps": episode.steps,
-             "intervention_steps": episode.intervention_steps}
+             "intervention_steps": episode.intervention_steps, "interventions": len(segments),
+             "finished_at": finished_at.isoformat()}
     # Outside a transaction the INSERT has committed already and these run at once; inside one, at its commit.
     broadcast_on_commit("episode.finished", event)
     transaction.on_commit(lambda: bus.publish(bus.EPISODES_CHANNEL, event))

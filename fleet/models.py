@@ -503,3 +503,34 @@ class Rollout(models.Model):
             self, verb=f"rollout.{outcome}", field="status", to=outcome, actor=actor, reason=reason,
             allowed_from={self.Status.ACTIVE}, ended_at=timezone.now(),
         )
+
+
+class EpisodeRollup(models.Model):
+    """Episode counts per minute and per hour, by task, robot, policy version and source: what the dashboards
+    read instead of scanning episodes. Kept by PostgreSQL triggers on Episode and InterventionSegment (migration
+    0005), inside the ingesting transaction, so it is never stale and never double-counts a retried episode.
+
+    robot and version are plain ids (0: none) so that one unique key covers every row; they are derived data.
+    """
+
+    class Size(models.TextChoices):
+        MINUTE = "m", "minute"
+        HOUR = "h", "hour"
+
+    size = models.CharField(max_length=1, choices=Size.choices)
+    bucket = models.DateTimeField(help_text="Start of the minute or hour.")
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="+", db_constraint=False)
+    robot_id = models.IntegerField(default=0)
+    version_id = models.IntegerField(default=0)
+    source = models.CharField(max_length=16, choices=Episode.Source.choices)
+    episodes = models.IntegerField(default=0)
+    successes = models.IntegerField(default=0)
+    steps = models.BigIntegerField(default=0)
+    success_steps = models.BigIntegerField(default=0, help_text="Steps of the successful episodes.")
+    intervention_steps = models.BigIntegerField(default=0)
+    interventions = models.IntegerField(default=0, help_text="Gate and operator segments (not annotators').")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["size", "bucket", "task", "robot_id", "version_id", "source"],
+                                               name="rollup_key")]
+        indexes = [models.Index(fields=["size", "source", "bucket"])]

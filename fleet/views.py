@@ -1,18 +1,17 @@
 from __future__ import annotations
 
-from datetime import timedelta
-
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
-from django.db.models import Count, Q
-from django.http import HttpResponseBadRequest
+from django.db.models import Exists, OuterRef, Q
+from django.http import HttpResponseBadRequest, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from fleet.forms import AuditFilterForm, EpisodeFilterForm, ReasonForm, RobotForm, RobotTasksForm
-from fleet.models import AuditEvent, Episode, IllegalTransition, Robot, Task
+from fleet.forms import (AuditFilterForm, BreakdownForm, EpisodeFilterForm, FlagForm, ReasonForm, RobotForm,
+                         RobotTasksForm)
+from fleet.models import AuditEvent, Episode, EpisodeFlag, IllegalTransition, Robot
 
 EPISODES_PER_PAGE = 50
 
@@ -25,8 +24,10 @@ def navigation(request):
     items = [
         ("fleet.view_robot", "Fleet", "fleet"),
         ("fleet.view_episode", "Episodes", "episodes"),
+        ("fleet.view_episode", "Breakdown", "breakdown"),
         ("learner.view_policyversion", "Learner", "learner"),
         ("learner.view_policyversion", "Policy versions", "versions"),
+        ("fleet.view_rollout", "Rollouts", "rollouts"),
         ("fleet.view_auditevent", "Audit log", "audit"),
     ]
     nav = [{"label": label, "url": reverse(name), "name": name} for perm, label, name in items if user.has_perm(perm)]
@@ -44,17 +45,38 @@ def home(request):
 
 @permission_required("fleet.view_robot", raise_exception=True)
 def fleet(request):
-    robots = Robot.objects.filter(retired=False).select_related("policy_version").prefetch_related("tasks")
-    recent = Q(episodes__source=Episode.Source.ONLINE, episodes__finished_at__gte=timezone.now() - timedelta(hours=1))
-    tasks = Task.objects.annotate(
-        recent_episodes=Count("episodes", filter=recent),
-        recent_successes=Count("episodes", filter=recent & Q(episodes__outcome=Episode.Outcome.SUCCESS)),
-    )
+    """The operators' landing page: a live tile per robot, fleet KPIs and charts (fleet/dashboard.py)."""
+    from fleet.dashboard import fleet_snapshot
+
     return render(request, "fleet/fleet.html", {
-        "robots": robots,
-        "tasks": tasks,
+        "snapshot": fleet_snapshot(),
         "can_control": request.user.has_perm("fleet.control_robot"),
         "add_form": RobotForm(),
+    })
+
+
+@permission_required("fleet.view_robot", raise_exception=True)
+def fleet_snapshot_json(request):
+    """The fleet page's data, refetched by a page whose socket reconnected (it may have missed deltas)."""
+    from fleet.dashboard import fleet_snapshot
+
+    return JsonResponse(fleet_snapshot())
+
+
+@permission_required("fleet.view_episode", raise_exception=True)
+def breakdown(request):
+    """Success per version × robot × task over a window: how one bad robot or one regressed task shows up."""
+    from fleet.dashboard import breakdown as compute
+
+    form = BreakdownForm(request.GET or None)
+    if form.is_bound and not form.is_valid():
+        return render(request, "fleet/breakdown.html", {"form": form}, status=400)
+    if not form.is_bound:
+        form = BreakdownForm({"window": "24h", "source": Episode.Source.ONLINE})
+        form.is_valid()
+    start, end = form.range(timezone.now())
+    return render(request, "fleet/breakdown.html", {
+        "form": form, "table": compute(start, end, form.cleaned_data["source"]), "start": start, "end": end,
     })
 
 
@@ -140,6 +162,17 @@ def episodes(request):
     for field in ("task", "robot", "outcome", "source"):
         if filters.get(field):
             rows = rows.filter(**{field: filters[field]})
+    if filters.get("version"):
+        rows = rows.filter(policy_version__number=filters["version"])
+    if filters.get("flagged") is not None:
+        flagged = Exists(EpisodeFlag.objects.filter(episode=OuterRef("pk")))
+        rows = rows.filter(flagged if filters["flagged"] else ~flagged)
+    if filters.get("labelled") is not None:
+        rows = rows.filter(label__isnull=not filters["labelled"])
+    if filters.get("since"):
+        rows = rows.filter(finished_at__gte=filters["since"])
+    if filters.get("until"):
+        rows = rows.filter(finished_at__lt=filters["until"])
     if filters.get("after"):
         stamp, pk = filters["after"]
         rows = rows.filter(Q(finished_at__lt=stamp) | Q(finished_at=stamp, id__lt=pk))
@@ -170,18 +203,82 @@ def episode(request, pk: int):
         "dt": 0.0125,
     }
     return render(request, "fleet/episode.html", {
-        "episode": row, "series": series, "flags": row.flags.select_related("raised_by"),
-        "segments": series["segments"],
+        "episode": row, "series": series, "flags": row.flags.select_related("raised_by", "resolved_by"),
+        "segments": series["segments"], "can_flag": request.user.has_perm("fleet.flag_episode"),
+        "flag_form": FlagForm(),
     })
+
+
+@require_POST
+@permission_required("fleet.flag_episode", raise_exception=True)
+def episode_flag(request, pk: int):
+    """An operator asks for an episode to be reviewed, saying why (audited; it jumps the review queue)."""
+    row = get_object_or_404(Episode, pk=pk)
+    form = FlagForm(request.POST)
+    if not form.is_valid():
+        return _bad_form(form)
+    EpisodeFlag.raise_flag(row, request.user, form.cleaned_data["reason"])
+    messages.success(request, f"Episode {row.pk} flagged for review.")
+    return redirect("episode", pk=row.pk)
+
+
+AUDIT_ROWS_SHOWN = 200
 
 
 @permission_required("fleet.view_auditevent", raise_exception=True)
 def audit(request):
-    form = AuditFilterForm(request.GET or None)
+    """Every decision: who, when, why and the figures shown at the time (details); filterable; ?format=csv exports
+    every matching row."""
+    query = request.GET.copy()
+    export = query.pop("format", [""])[-1] == "csv"
+    form = AuditFilterForm(query or None)
     events = AuditEvent.objects.select_related("actor")
-    if form.is_valid():
-        if form.cleaned_data["verb"]:
-            events = events.filter(verb=form.cleaned_data["verb"])
-        if form.cleaned_data["object_type"]:
-            events = events.filter(object_type=form.cleaned_data["object_type"])
-    return render(request, "fleet/audit.html", {"form": form, "events": events[:200]})
+    if form.is_bound and not form.is_valid():
+        return render(request, "fleet/audit.html", {"form": form, "events": []}, status=400)
+    filters = form.cleaned_data if form.is_bound else {}
+    if filters.get("verb"):
+        events = events.filter(verb__startswith=filters["verb"])
+    if filters.get("object_type"):
+        events = events.filter(object_type=filters["object_type"])
+    if filters.get("actor"):
+        events = (events.filter(actor=None) if filters["actor"] == "system"
+                  else events.filter(actor__username=filters["actor"]))
+    if filters.get("target"):
+        events = events.filter(object_repr__icontains=filters["target"])
+    if filters.get("text"):
+        events = events.filter(reason__icontains=filters["text"])
+    if filters.get("since"):
+        events = events.filter(created_at__gte=filters["since"])
+    if filters.get("until"):
+        events = events.filter(created_at__lte=filters["until"])
+    if export:
+        return _audit_csv(events)
+    rows = list(events[:AUDIT_ROWS_SHOWN + 1])
+    return render(request, "fleet/audit.html", {
+        "form": form, "events": rows[:AUDIT_ROWS_SHOWN], "more": len(rows) > AUDIT_ROWS_SHOWN,
+        "csv_query": (query.urlencode() + "&" if query else "") + "format=csv"})
+
+
+def _audit_csv(events):
+    import csv
+    import json
+
+    from django.http import StreamingHttpResponse
+
+    class Echo:
+        def write(self, value):
+            return value
+
+    writer = csv.writer(Echo())
+
+    def rows():
+        yield writer.writerow(["when", "who", "verb", "object_type", "object_id", "object", "reason", "details"])
+        for event in events.iterator(chunk_size=1000):
+            who = event.actor.get_username() if event.actor else "system"
+            yield writer.writerow([event.created_at.isoformat(), who, event.verb, event.object_type,
+                                   event.object_id, event.object_repr, event.reason,
+                                   json.dumps(event.details, sort_keys=True)])
+
+    response = StreamingHttpResponse(rows(), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="audit-{timezone.now():%Y%m%d-%H%M%S}.csv"'
+    return response

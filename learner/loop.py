@@ -154,8 +154,9 @@ def _publish(trainer, run: TrainingRun, cursor: EpisodeCursor) -> PolicyVersion:
         .values_list("pk", flat=True).first(), last_episode_id=cursor.high,
     )
     trainer.version = version.number
-    if settings.ROLLOUT_MODE == "continuous":
-        version.deploy_to_fleet(reason=f"continuous mode: {run} step {trainer.step}")
+    from governance.rules import version_published
+
+    version_published(version)  # continuous mode deploys it at once; otherwise it waits for a rule or a supervisor
     return version
 
 

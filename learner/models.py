@@ -71,17 +71,22 @@ class PolicyVersion(models.Model):
         broadcast_on_commit("version.state", {"version": self.pk, "number": self.number, "state": self.state})
         return event
 
-    def deploy_to_fleet(self, actor=None, reason: str = "") -> AuditEvent:
-        """Continuous mode (SOP's own) and first deployment: this version runs on every robot from its next
-        episode; the version deployed before it is superseded. One transaction: all of it or none."""
+    def deploy_to_fleet(self, actor=None, reason: str = "", verb: str = "deploy",
+                        details: dict | None = None) -> AuditEvent:
+        """Continuous mode (SOP's own), first deployment and promotion (verb "promote"): this version runs on every
+        robot from its next episode; the version deployed before it is superseded, its own canary (if any) ends
+        promoted. One transaction: all of it or none."""
         from django.db import transaction
 
         from fleet.models import Robot, Rollout
 
         with transaction.atomic():
-            event = self.advance("deploy", actor, reason=reason)
+            rollout_lock()
+            event = self.advance(verb, actor, reason=reason, details=details)
             for previous in PolicyVersion.objects.filter(state=self.State.DEPLOYED).exclude(pk=self.pk):
                 previous.advance("supersede", actor, reason=f"replaced by {self}")
+            for own in Rollout.objects.filter(status=Rollout.Status.ACTIVE, version=self):
+                own.end(Rollout.Status.PROMOTED, actor, reason=reason)
             Rollout.objects.filter(status=Rollout.Status.ACTIVE).exclude(version=self).update(
                 status=Rollout.Status.SUPERSEDED, ended_at=timezone.now())
             robots = list(Robot.objects.filter(retired=False))
@@ -91,6 +96,15 @@ class PolicyVersion(models.Model):
             for robot in robots:
                 robot.assign_version(self, actor, reason=reason or "deployed to the fleet")
         return event
+
+
+def rollout_lock() -> None:
+    """Serialize fleet-wide rollout decisions (deploy, canary, promote, roll back) until the current transaction
+    ends: each reads and changes several versions and robots, which no single row lock covers. Re-entrant."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtext('sopweb.rollout'))")
 
 
 def publish_version(policy, *, algorithm: str, config: dict, parent: PolicyVersion | None = None,

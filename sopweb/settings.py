@@ -168,6 +168,7 @@ INSTALLED_APPS = [
     "channels",
     "fleet",
     "learner",
+    "governance",
 ]
 
 MIDDLEWARE = [
@@ -197,6 +198,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "fleet.views.navigation",
+                "governance.views.rollout_context",
             ],
         },
     },
@@ -243,7 +245,9 @@ REDIS_URL = parse_redis_url(_service_url("REDIS_URL"))
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 30},
+        # redis-py's default 5 s socket timeout equals channels_redis's 5 s BZPOPMIN: an idle consumer's blocking
+        # read timed out and the socket closed every few seconds. Reads must outlast the blocking pop.
+        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}], "capacity": 1000, "expiry": 30},
     }
 }
 
@@ -270,8 +274,9 @@ if CELERY_TASK_TIME_LIMIT <= CELERY_TASK_SOFT_TIME_LIMIT:
 # Where checkpoints, episode videos and exports live (shared by every host that runs workers).
 STORAGE_DIR = Path(env_str("SOPWEB_STORAGE_DIR", str(VAR_DIR / "storage"))).resolve()
 # Meta-World v3 tasks seeded for a new fleet.
-# Dashboards: a browser gets at most one websocket message per interval, carrying every change since the last.
-DASHBOARD_PUSH_INTERVAL = env_number("DASHBOARD_PUSH_INTERVAL", 0.25, kind=float, min_value=0.0, max_value=10.0)
+# Dashboards: a browser gets at most this many websocket messages per second (a token bucket holding one second's
+# worth); each message carries every change since the previous one. Progress telemetry waits up to a second.
+DASHBOARD_PUSH_RATE = env_number("DASHBOARD_PUSH_RATE", 8.0, kind=float, min_value=0.5, max_value=100.0)
 
 FLEET_TASKS = env_list(
     "FLEET_TASKS", ["shelf-place-v3", "box-close-v3", "pick-place-v3", "peg-insert-side-v3"]
@@ -313,11 +318,11 @@ LEARNER_BATCH_SIZE = env_number("LEARNER_BATCH_SIZE", 256, min_value=1, max_valu
 LEARNER_LR = env_number("LEARNER_LR", 3e-4, kind=float, min_value=1e-7, max_value=1.0)
 # The learner task trains for this long, saves its state and re-queues itself (Celery time limits apply per slice).
 LEARNER_SLICE_SECONDS = env_number("LEARNER_SLICE_SECONDS", 240.0, kind=float, min_value=5.0, max_value=3000.0)
-# manual: versions wait for a supervisor; continuous: every published version goes straight to the whole fleet
-# (SOP's own mode, used by the learning experiments and the demo).
+# manual: versions wait for a supervisor; rules: the GOVERNANCE_* rules below act too; continuous: every published
+# version goes straight to the whole fleet (SOP's own mode, used by the learning experiments and the demo).
 ROLLOUT_MODE = env_str("ROLLOUT_MODE", "manual")
-if ROLLOUT_MODE not in ("manual", "continuous"):
-    raise _bad("ROLLOUT_MODE", ROLLOUT_MODE, "expected manual or continuous")
+if ROLLOUT_MODE not in ("manual", "rules", "continuous"):
+    raise _bad("ROLLOUT_MODE", ROLLOUT_MODE, "expected manual, rules or continuous")
 LEARNER_RESAMPLER_ALPHA = env_number("LEARNER_RESAMPLER_ALPHA", 1.5, kind=float, min_value=0.0, max_value=100.0)
 LEARNER_DEVICE = env_str("LEARNER_DEVICE", "auto")
 if LEARNER_DEVICE not in ("auto", "cpu", "cuda"):
@@ -327,3 +332,33 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-robots": {"task": "fleet.sweep_robots", "schedule": FLEET_SWEEP_INTERVAL},
     "keep-learner-running": {"task": "learner.ensure_running", "schedule": 30.0},
 }
+
+# --- rollout governance (governance/) ----------------------------------------------------------------
+
+# Evaluation: each candidate runs this many held-out seeds per task (policy alone), paired with the deployed version.
+GOVERNANCE_EVALUATION_EPISODES = env_number("GOVERNANCE_EVALUATION_EPISODES", 10, min_value=1, max_value=1000)
+# Canary: share of robots a rule's canary takes (and the form's default); at least one robot stays on the deployed
+# version. It is rolled back automatically when its success (without help) is below the deployed version's by more
+# than the margin once both have at least the minimum of online episodes since it started.
+GOVERNANCE_CANARY_SHARE = env_number("GOVERNANCE_CANARY_SHARE", 0.25, kind=float, min_value=0.01, max_value=1.0)
+GOVERNANCE_CANARY_MARGIN = env_number("GOVERNANCE_CANARY_MARGIN", 0.1, kind=float, min_value=0.0, max_value=1.0)
+GOVERNANCE_CANARY_MIN_EPISODES = env_number("GOVERNANCE_CANARY_MIN_EPISODES", 20, min_value=1)
+# Seconds between governance checks (finished evaluations, canary analysis, the nomination rule).
+GOVERNANCE_CHECK_SECONDS = env_number("GOVERNANCE_CHECK_SECONDS", 10.0, kind=float, min_value=0.5)
+# Rules (ROLLOUT_MODE=rules only): nominate the newest checkpoint every K minutes (0: off); approve a candidate to
+# a canary when its evaluation is not worse than the deployed version's by more than the margin ("off": never).
+GOVERNANCE_NOMINATE_EVERY_MINUTES = env_number("GOVERNANCE_NOMINATE_EVERY_MINUTES", 10.0, kind=float, min_value=0.0)
+
+
+def _auto_canary_margin() -> float | None:
+    raw = env_str("GOVERNANCE_AUTO_CANARY_MARGIN", "0.05")
+    if raw.strip().lower() == "off":
+        return None
+    try:
+        return env_number("GOVERNANCE_AUTO_CANARY_MARGIN", 0.05, kind=float, min_value=0.0, max_value=1.0)
+    except ImproperlyConfigured:
+        raise _bad("GOVERNANCE_AUTO_CANARY_MARGIN", raw, "expected a number in [0, 1], or off") from None
+
+
+GOVERNANCE_AUTO_CANARY_MARGIN = _auto_canary_margin()
+CELERY_BEAT_SCHEDULE["governance-check"] = {"task": "governance.check", "schedule": GOVERNANCE_CHECK_SECONDS}

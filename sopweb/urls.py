@@ -7,5 +7,6 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("learner/", include("learner.urls")),
+    path("rollouts/", include("governance.urls")),
     path("", include("fleet.urls")),
 ]

@@ -249,7 +249,7 @@ class BrowserSession:
         return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium():
     """Debian's Chromium (`make system-deps` installs it), driven by Playwright; no browser is ever downloaded."""
     from playwright.sync_api import sync_playwright
@@ -259,10 +259,14 @@ def chromium():
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
     executable = os.environ.get("CHROMIUM", "/usr/bin/chromium")
     assert Path(executable).exists(), f"{executable} is missing: run `make system-deps` (Debian package chromium)"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
-        yield browser
-        browser.close()
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+            yield browser
+            browser.close()
+    finally:
+        # Playwright's loop is gone with the module: later modules' asyncio tests run as usual.
+        del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
 
 
 @pytest.fixture

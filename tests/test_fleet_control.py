@@ -112,7 +112,7 @@ def test_add_then_remove_robots(client, olivia, task, robot):
     client.post(reverse("robot-command", args=[robot.pk, "remove"]))
     robot.refresh_from_db()
     assert robot.retired  # ran episodes: retired, history kept
-    assert robot not in client.get(reverse("fleet")).context["robots"]
+    assert robot.pk not in [r["id"] for r in client.get(reverse("fleet")).context["snapshot"]["robots"]]
     assert set(AuditEvent.objects.values_list("verb", flat=True)) == {"robot.add", "robot.remove"}
 
 

@@ -208,6 +208,7 @@ def test_events_go_out_only_when_the_episode_commits(task, robot, django_capture
         message = listener.get_message(timeout=5)
         assert json.loads(message["data"]) == {
             "episode": episode.pk, "task": "pick-place-v3", "robot": robot.pk, "version": None, "source": "online",
-            "outcome": "timeout", "steps": 50, "intervention_steps": 20}
+            "outcome": "timeout", "steps": 50, "intervention_steps": 20, "interventions": 2,
+            "finished_at": episode.finished_at.isoformat()}
     finally:
         listener.close()

@@ -10,13 +10,17 @@ from django.utils import timezone
 
 from fleet.models import AuditEvent, Episode, Robot, Task
 
-PAGES = ["home", "fleet", "episodes", "learner", "versions", "audit"]
+PAGES = ["home", "fleet", "episodes", "breakdown", "learner", "versions", "audit", "rollouts"]
 # persona -> page -> expected status for a GET (302 on "home" is the redirect to the role's landing page)
 EXPECTED = {
-    "olivia": {"home": 302, "fleet": 200, "episodes": 200, "learner": 200, "versions": 200, "audit": 403},
-    "sam": {"home": 302, "fleet": 200, "episodes": 200, "learner": 200, "versions": 200, "audit": 200},
-    "anna": {"home": 302, "fleet": 403, "episodes": 200, "learner": 403, "versions": 403, "audit": 403},
-    "oscar": {"home": 403, "fleet": 403, "episodes": 403, "learner": 403, "versions": 403, "audit": 403},
+    "olivia": {"home": 302, "fleet": 200, "episodes": 200, "breakdown": 200, "learner": 200, "versions": 200,
+               "audit": 403, "rollouts": 200},
+    "sam": {"home": 302, "fleet": 200, "episodes": 200, "breakdown": 200, "learner": 200, "versions": 200,
+            "audit": 200, "rollouts": 200},
+    "anna": {"home": 302, "fleet": 403, "episodes": 200, "breakdown": 200, "learner": 403, "versions": 403,
+             "audit": 403, "rollouts": 403},
+    "oscar": {"home": 403, "fleet": 403, "episodes": 403, "breakdown": 403, "learner": 403, "versions": 403,
+              "audit": 403, "rollouts": 403},
 }
 
 

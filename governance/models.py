@@ -1,0 +1,125 @@
+"""Rollout governance's own records: evaluation plans run by the fleet, and alerts that outlive a page load.
+
+The lifecycle of a version itself lives on learner.models.PolicyVersion (its TRANSITIONS and advance()); the
+decisions that move it, with their side effects on robots and rollouts, are in governance/decisions.py.
+"""
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from fleet.models import AuditEvent, apply_transition
+
+
+class Evaluation(models.Model):
+    """A candidate's evaluation: fixed held-out seeds on every task the fleet runs, the candidate paired with the
+    version deployed when it started (which runs the same seeds unless it already has)."""
+
+    candidate = models.ForeignKey("learner.PolicyVersion", on_delete=models.CASCADE, related_name="evaluations")
+    baseline = models.ForeignKey("learner.PolicyVersion", null=True, blank=True, on_delete=models.PROTECT,
+                                 related_name="+", help_text="The deployed version when the evaluation started.")
+    tasks = models.ManyToManyField("fleet.Task", related_name="+")
+    episodes_per_task = models.PositiveIntegerField()
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                     related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"evaluation of {self.candidate}"
+
+    @property
+    def seeds(self) -> range:
+        from fleet.sim.envs import EVALUATION_SEED_BASE
+
+        return range(EVALUATION_SEED_BASE, EVALUATION_SEED_BASE + self.episodes_per_task)
+
+    def versions(self) -> list:
+        return [v for v in (self.candidate, self.baseline) if v is not None]
+
+    def items(self):
+        """Every evaluation episode this evaluation needs, whichever evaluation first asked for it."""
+        return EvaluationItem.objects.filter(version__in=self.versions(), task__in=self.tasks.all(),
+                                             seed__in=list(self.seeds))
+
+    def progress(self) -> tuple[int, int]:
+        """(episodes done, episodes needed)."""
+        needed = len(self.versions()) * self.tasks.count() * self.episodes_per_task
+        return self.items().filter(episode__isnull=False).count(), needed
+
+
+class EvaluationItem(models.Model):
+    """One evaluation episode to run: a version on a task and a held-out seed. At an episode start a robot claims
+    a pending item for one of its tasks and runs it instead of its assigned version's online episode."""
+
+    version = models.ForeignKey("learner.PolicyVersion", on_delete=models.CASCADE, related_name="evaluation_items")
+    task = models.ForeignKey("fleet.Task", on_delete=models.CASCADE, related_name="+")
+    seed = models.BigIntegerField()
+    robot = models.ForeignKey("fleet.Robot", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+                              help_text="The robot that claimed it last.")
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    episode = models.OneToOneField("fleet.Episode", null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="evaluation_item")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["pk"]
+        constraints = [models.UniqueConstraint(fields=["version", "task", "seed"], name="one_item_per_version_seed")]
+        indexes = [models.Index(fields=["task", "id"], condition=models.Q(episode__isnull=True),
+                                name="pending_evaluation_items")]
+
+    def __str__(self) -> str:
+        return f"v{self.version.number} on {self.task} seed {self.seed}"
+
+
+class Alert(models.Model):
+    """Something every dashboard must show until a supervisor acknowledges it (e.g. an automatic rollback).
+    Sent live as an "alert" event when raised; pages loaded later render the active ones."""
+
+    class Level(models.TextChoices):
+        ERROR = "error", "error"
+        WARNING = "warning", "warning"
+        INFO = "info", "info"
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "active"
+        ACKNOWLEDGED = "acknowledged", "acknowledged"
+
+    message = models.TextField()
+    level = models.CharField(max_length=8, choices=Level.choices, default=Level.ERROR)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    version = models.ForeignKey("learner.PolicyVersion", null=True, blank=True, on_delete=models.CASCADE,
+                                related_name="alerts")
+    created_at = models.DateTimeField(default=timezone.now)
+    acknowledged_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                        related_name="+")
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["status", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"alert {self.pk}: {self.message[:60]}"
+
+    @classmethod
+    def raise_alert(cls, message: str, level: str = Level.ERROR, version=None, details: dict | None = None) -> Alert:
+        from fleet.events import broadcast_on_commit
+
+        alert = cls.objects.create(message=message, level=level, version=version)
+        AuditEvent.record(None, "alert.raise", alert, reason=message, details=details or {})
+        broadcast_on_commit("alert", {"message": message, "level": level, "alert": alert.pk})
+        return alert
+
+    def acknowledge(self, actor, reason: str = "") -> AuditEvent:
+        from fleet.events import broadcast_on_commit
+
+        event = apply_transition(self, verb="alert.acknowledge", field="status", to=self.Status.ACKNOWLEDGED,
+                                 allowed_from={self.Status.ACTIVE}, actor=actor, reason=reason,
+                                 acknowledged_by=actor, acknowledged_at=timezone.now())
+        broadcast_on_commit("alert.acknowledged", {"alert": self.pk})
+        return event

@@ -1,0 +1,171 @@
+"""The dashboard's data: roll-ups kept by the database, windows, the breakdown, filters, flags."""
+from __future__ import annotations
+
+import random
+import uuid
+from datetime import datetime, timedelta, timezone as dt_timezone
+
+import pytest
+from django.db.models import Count, Q, Sum
+from django.urls import reverse
+
+from fleet import dashboard
+from fleet.ingest import ingest_episode
+from fleet.models import AuditEvent, Episode, EpisodeFlag, EpisodeLabel, EpisodeRollup, InterventionSegment, Robot, Task
+from tests.conftest import publish_random_policy
+from tests.test_ingest import make_arrays
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+T0 = datetime(2026, 11, 20, 9, 0, tzinfo=dt_timezone.utc)
+
+
+@pytest.fixture
+def tasks(db):
+    return [Task.objects.create(env_name=name) for name in ("box-close-v3", "pick-place-v3")]
+
+
+@pytest.fixture
+def robots(db):
+    return [Robot.objects.create(name=f"sim-{i}") for i in range(3)]
+
+
+def raw_episode(task, robot=None, version=None, *, at, outcome="failure", steps=100, intervention_steps=0,
+                source=Episode.Source.ONLINE):
+    return Episode.objects.create(task=task, robot=robot, policy_version=version, source=source, seed=0,
+                                  outcome=outcome, steps=steps, total_return=0, intervention_steps=intervention_steps,
+                                  started_at=at - timedelta(seconds=5), finished_at=at)
+
+
+def test_rollups_match_the_episodes_at_every_window(tasks, robots):
+    """Random episodes over three days: any window's roll-up totals equal a direct count of the episodes."""
+    version = publish_random_policy(1, ["box-close-v3"])
+    rng = random.Random(4)
+    for _ in range(400):
+        at = T0 + timedelta(seconds=rng.randrange(3 * 86400))
+        episode = raw_episode(rng.choice(tasks), rng.choice(robots + [None]), rng.choice([version, None]), at=at,
+                              outcome=rng.choice(["success", "failure", "timeout"]), steps=rng.randrange(1, 500),
+                              source=rng.choice(["online", "online", "evaluation"]))
+        for k in range(rng.randrange(3)):
+            InterventionSegment.objects.create(episode=episode, start_step=k, end_step=k + 1,
+                                               source=rng.choice(["gate", "operator", "annotator"]))
+    for _ in range(30):
+        start = T0 + timedelta(minutes=rng.randrange(-60, 3 * 1440))
+        end = start + timedelta(minutes=rng.randrange(1, 2 * 1440))
+        episodes = Episode.objects.filter(finished_at__gte=start.replace(second=0), finished_at__lt=end,
+                                          source="online")
+        expected = episodes.aggregate(episodes=Count("id"), successes=Count("id", filter=Q(outcome="success")),
+                                      steps=Sum("steps"))
+        segments = InterventionSegment.objects.filter(episode__in=episodes, source__in=["gate", "operator"]).count()
+        [got] = dashboard.totals(start, end)
+        assert got["episodes"] == expected["episodes"]
+        assert got["successes"] == expected["successes"]
+        assert got["steps"] == (expected["steps"] or 0 if expected["episodes"] else None)
+        assert got["interventions"] == (segments if expected["episodes"] else None)
+
+
+def test_ingestion_rolls_up_once_even_when_retried(tasks, robots):
+    arrays = make_arrays(success_at=30)  # two segments: gate and operator
+    key = uuid.uuid4()
+    for _ in range(2):
+        ingest_episode(uuid=key, task="box-close-v3", seed=1, outcome="success", arrays=arrays, robot_id=robots[0].pk,
+                       started_at=T0, finished_at=T0 + timedelta(seconds=3))
+    minute = EpisodeRollup.objects.get(size="m")
+    hour = EpisodeRollup.objects.get(size="h")
+    for row in (minute, hour):
+        assert (row.episodes, row.successes, row.steps, row.interventions) == (1, 1, 50, 2)
+        assert row.robot_id == robots[0].pk and row.task == tasks[0]
+    assert minute.bucket == T0 and hour.bucket == T0
+    Episode.objects.get(uuid=key).delete()
+    assert set(EpisodeRollup.objects.values_list("episodes", "interventions")) == {(0, 0)}
+
+
+def test_the_breakdown_marks_the_one_bad_robot(tasks, robots):
+    version = publish_random_policy(1, ["box-close-v3"])
+    for robot in robots:
+        for i in range(40):
+            bad = robot == robots[2]
+            outcome = "success" if (i % 10 < (2 if bad else 9)) else "failure"
+            raw_episode(tasks[0], robot, version, at=T0 + timedelta(minutes=i), outcome=outcome)
+    table = dashboard.breakdown(T0, T0 + timedelta(hours=2))
+    [v1] = table["versions"]
+    assert v1["number"] == 1 and table["tasks"] == ["box-close-v3"]
+    marks = {line["robot"]: line["cells"][0]["mark"] for line in v1["robots"]}
+    assert marks == {"sim-0": "better", "sim-1": "better", "sim-2": "worse"}  # each against the two others
+    cell = v1["robots"][2]["cells"][0]
+    assert (cell["successes"], cell["episodes"]) == (8, 40) and cell["low"] < 0.2 < cell["high"]
+    assert v1["total"][0]["episodes"] == 120
+
+
+def test_the_fleet_snapshot_has_tiles_kpis_and_series(tasks, robots, settings):
+    from django.utils import timezone
+
+    from fleet import bus
+
+    now = timezone.now()
+    for i in range(25):
+        raw_episode(tasks[1], robots[0], at=now - timedelta(minutes=i), outcome="success" if i % 2 else "failure",
+                    intervention_steps=5 if i == 0 else 0)
+    raw_episode(tasks[0], robots[1], at=now - timedelta(minutes=90), outcome="success")
+    bus.client().set(bus.progress_key(robots[1].pk), '{"robot": %d, "step": 120, "control": "expert"}' % robots[1].pk)
+    snap = dashboard.fleet_snapshot(now + timedelta(seconds=1))
+    tiles = {tile["name"]: tile for tile in snap["robots"]}
+    assert len(tiles["sim-0"]["outcomes"]) == 20  # the last 20, oldest first
+    assert tiles["sim-0"]["outcomes"][-1]["helped"] and tiles["sim-0"]["outcomes"][-1]["outcome"] == "failure"
+    assert tiles["sim-1"]["progress"]["control"] == "expert" and tiles["sim-2"]["progress"] is None
+    by_task = {t["task"]: t for t in snap["kpis"]["tasks"]}
+    assert by_task["pick-place-v3"]["quarter"]["episodes"] == 15
+    assert by_task["pick-place-v3"]["hour"]["episodes"] == 25
+    assert by_task["box-close-v3"]["hour"]["episodes"] == 0  # 90 minutes ago
+    assert snap["kpis"]["episodes_per_hour"] == 25
+    assert sum(row["n"] for row in snap["series"]["rows"]) == 26
+
+
+def test_episode_filters(client, olivia, tasks, robots):
+    version = publish_random_policy(3, ["box-close-v3"])
+    flagged = raw_episode(tasks[0], robots[0], version, at=T0)
+    labelled = raw_episode(tasks[0], robots[1], at=T0 + timedelta(hours=1))
+    plain = raw_episode(tasks[1], robots[1], at=T0 + timedelta(hours=2))
+    EpisodeFlag.raise_flag(flagged, olivia, "gripper slipped")
+    EpisodeLabel.objects.create(episode=labelled, failure_mode="missed grasp")
+    client.force_login(olivia)
+
+    def shown(query):
+        response = client.get(reverse("episodes") + "?" + query)
+        assert response.status_code == 200, response.content
+        return {episode.pk for episode in response.context["episodes"]}
+
+    assert shown("flagged=yes") == {flagged.pk}
+    assert shown("flagged=no") == {labelled.pk, plain.pk}
+    assert shown("labelled=yes") == {labelled.pk}
+    assert shown("version=3") == {flagged.pk}
+    assert shown("since=2026-11-20T09:30&until=2026-11-20T10:30") == {labelled.pk}
+    response = client.get(reverse("episodes") + "?since=2026-11-20T11:00&until=2026-11-20T10:00")
+    assert response.status_code == 400 and b"must come before" in response.content
+
+
+@pytest.mark.parametrize("persona, allowed", [("olivia", True), ("sam", True), ("anna", False), ("oscar", False)])
+def test_operators_and_supervisors_may_flag_an_episode(client, request, tasks, persona, allowed):
+    episode = raw_episode(tasks[0], at=T0)
+    client.force_login(request.getfixturevalue(persona))
+    response = client.post(reverse("episode-flag", args=[episode.pk]), {"reason": "stalled at the shelf"})
+    assert response.status_code == (302 if allowed else 403)
+    assert EpisodeFlag.objects.count() == (1 if allowed else 0)
+    assert AuditEvent.objects.filter(verb="episode.flag").count() == (1 if allowed else 0)
+
+
+def test_a_flag_without_a_reason_is_refused(client, olivia, tasks):
+    episode = raw_episode(tasks[0], at=T0)
+    client.force_login(olivia)
+    response = client.post(reverse("episode-flag", args=[episode.pk]), {"reason": "   "})
+    assert response.status_code == 400 and b"needs a reason" in response.content
+    assert not EpisodeFlag.objects.exists() and not AuditEvent.objects.exists()
+
+
+def test_the_breakdown_page_validates_its_window(client, olivia, tasks, robots):
+    raw_episode(tasks[0], robots[0], at=T0, outcome="success")
+    client.force_login(olivia)
+    response = client.get(reverse("breakdown") + "?window=custom&since=2026-11-20T08:00&until=2026-11-20T10:00")
+    assert response.status_code == 200
+    assert response.context["table"]["versions"][0]["total"][0]["episodes"] == 1
+    assert client.get(reverse("breakdown") + "?window=custom&since=2026-11-20T08:00").status_code == 400
+    assert client.get(reverse("breakdown") + "?window=fortnight").status_code == 400
