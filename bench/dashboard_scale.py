@@ -100,7 +100,7 @@ def main():
     Robot.objects.update(policy_version_id=versions[0])
     user = User.objects.create_user("bench-operator", password="x")
     user.groups.add(Group.objects.get(name="operators"))
-    client = Client()
+    client = Client(HTTP_HOST="127.0.0.1")  # a host ALLOWED_HOSTS serves
     client.force_login(user)
 
     results: dict[str, dict[int, tuple[float, float]]] = {page: {} for page in PAGES}

@@ -462,6 +462,17 @@ class EpisodeLabel(models.Model):
     def __str__(self) -> str:
         return f"{self.failure_mode} on episode {self.episode_id}"
 
+    def training_arrays(self, arrays: dict) -> dict | None:
+        """What the episode teaches the learner under this label: nothing if excluded; if relabelled, the
+        policy's steps from the failure on carry the expert's corrections as annotator interventions."""
+        if self.disposition == self.Disposition.EXCLUDE:
+            return None
+        if self.disposition == self.Disposition.RELABEL:
+            from fleet.sim.episode_data import relabelled
+
+            return relabelled(arrays, self.failure_step)
+        return arrays
+
 
 class Rollout(models.Model):
     """A decision to run a policy version on a canary subset of robots or on the whole fleet."""

@@ -9,6 +9,8 @@ ROLES = {
     "supervisors": [
         "fleet.view_robot", "fleet.view_task", "fleet.view_episode", "fleet.view_rollout",
         "learner.view_policyversion", "fleet.view_auditevent", "fleet.approve_rollout", "fleet.flag_episode",
+        "fleet.view_episodelabel", "review.view_failuremode", "review.add_failuremode",
+        "review.change_failuremode", "review.delete_failuremode",
     ],
     "annotators": [
         "fleet.view_task", "fleet.view_episode", "fleet.view_episodelabel", "fleet.label_episode",
@@ -27,6 +29,8 @@ def ensure_roles(apps) -> None:
         app_config.models_module = original or True  # historical app configs have none
         create_permissions(app_config, apps=apps, verbosity=0)
         app_config.models_module = original
+    from django.apps import apps as live_apps
+
     Group = apps.get_model("auth", "Group")
     Permission = apps.get_model("auth", "Permission")
     for role, perms in ROLES.items():
@@ -34,5 +38,12 @@ def ensure_roles(apps) -> None:
         wanted = []
         for perm in perms:
             app_label, codename = perm.split(".")
-            wanted.append(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+            permission = Permission.objects.filter(content_type__app_label=app_label, codename=codename).first()
+            if permission is None:
+                if apps is live_apps:
+                    raise LookupError(f"role {role}: permission {perm} does not exist")
+                # A data migration runs before apps migrated after it (review) have models; post_migrate,
+                # with the live registry, grants the rest once every migration ran.
+                continue
+            wanted.append(permission)
         group.permissions.set(wanted)

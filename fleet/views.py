@@ -29,6 +29,8 @@ def navigation(request):
         ("learner.view_policyversion", "Policy versions", "versions"),
         ("fleet.view_rollout", "Rollouts", "rollouts"),
         ("fleet.view_auditevent", "Audit log", "audit"),
+        ("fleet.label_episode", "Review", "review-queue"),
+        ("fleet.flag_episode", "My flags", "review-flags"),
     ]
     nav = [{"label": label, "url": reverse(name), "name": name} for perm, label, name in items if user.has_perm(perm)]
     # Pages of users who may watch the fleet open the live socket (static/js/live.js); others never try.
@@ -38,6 +40,8 @@ def navigation(request):
 def home(request):
     if request.user.has_perm("fleet.view_robot"):
         return redirect("fleet")
+    if request.user.has_perm("fleet.label_episode"):
+        return redirect("review-queue")
     if request.user.has_perm("fleet.view_episode"):
         return redirect("episodes")
     return render(request, "fleet/no_role.html", status=403)
@@ -187,14 +191,9 @@ def episodes(request):
     return render(request, "fleet/episodes.html", {"form": form, "episodes": page, "next_query": next_cursor})
 
 
-@permission_required("fleet.view_episode", raise_exception=True)
-def episode(request, pk: int):
-    """One episode: its summary, intervention segments, flags, label, and its time series for the plots."""
-    from fleet.ingest import load_arrays
-
-    row = get_object_or_404(Episode.objects.select_related("task", "robot", "policy_version"), pk=pk)
-    arrays = load_arrays(row)
-    series = {
+def episode_series(row: Episode, arrays: dict) -> dict:
+    """What static/js/episode_charts.js draws (the episode page and the review page)."""
+    return {
         "action": arrays["action"].round(4).T.tolist(),
         "expert_action": arrays["expert_action"].round(4).T.tolist(),
         "reward": arrays["reward"].round(4).tolist(),
@@ -202,6 +201,15 @@ def episode(request, pk: int):
         "segments": list(row.interventions.values("start_step", "end_step", "source")),
         "dt": 0.0125,
     }
+
+
+@permission_required("fleet.view_episode", raise_exception=True)
+def episode(request, pk: int):
+    """One episode: its summary, intervention segments, flags, label, and its time series for the plots."""
+    from fleet.ingest import load_arrays
+
+    row = get_object_or_404(Episode.objects.select_related("task", "robot", "policy_version"), pk=pk)
+    series = episode_series(row, load_arrays(row))
     return render(request, "fleet/episode.html", {
         "episode": row, "series": series, "flags": row.flags.select_related("raised_by", "resolved_by"),
         "segments": series["segments"], "can_flag": request.user.has_perm("fleet.flag_episode"),

@@ -13,12 +13,14 @@ import numpy as np
 SOURCES = ("offline", "online")
 
 
-COLUMNS = ("obs", "target", "version", "flag", "intervention")
+COLUMNS = ("obs", "target", "version", "flag", "intervention")  # what a sample carries
+STORED = COLUMNS + ("episode",)
 
 
 class _Frames:
     """Growable columns: obs (N, 39) float32, target (N, 4) float32, the version that produced the frame (N,)
-    int32, an algorithm's per-frame label (N,) int8 (RECAP's indicator), and whether an expert acted (N,) bool."""
+    int32, an algorithm's per-frame label (N,) int8 (RECAP's indicator), whether an expert acted (N,) bool, and
+    the episode the frame came from (N,) int64 (-1: none), so a label can take an episode's frames out again."""
 
     def __init__(self, obs_dim: int, action_dim: int):
         self.size = 0
@@ -27,12 +29,13 @@ class _Frames:
         self.version = np.zeros(1024, np.int32)
         self.flag = np.zeros(1024, np.int8)
         self.intervention = np.zeros(1024, bool)
+        self.episode = np.full(1024, -1, np.int64)
 
-    def append(self, obs, target, version: int, flag, intervention) -> None:
+    def append(self, obs, target, version: int, flag, intervention, episode: int = -1) -> None:
         n = len(obs)
         if self.size + n > len(self.obs):
             capacity = max(len(self.obs) * 2, self.size + n)
-            for name in COLUMNS:
+            for name in STORED:
                 old = getattr(self, name)
                 grown = np.zeros((capacity, *old.shape[1:]), old.dtype)
                 grown[: self.size] = old[: self.size]
@@ -41,7 +44,19 @@ class _Frames:
         self.obs[self.size:end], self.target[self.size:end] = obs, target
         self.version[self.size:end], self.flag[self.size:end] = version, flag
         self.intervention[self.size:end] = intervention
+        self.episode[self.size:end] = episode
         self.size = end
+
+    def remove(self, episodes: np.ndarray) -> int:
+        """Drop the frames of these episodes, keeping the others in order (one pass; labels are rare)."""
+        keep = ~np.isin(self.episode[: self.size], episodes)
+        removed = self.size - int(keep.sum())
+        if removed:
+            for name in STORED:
+                column = getattr(self, name)
+                column[: self.size - removed] = column[: self.size][keep]
+            self.size -= removed
+        return removed
 
 
 class ExperienceBuffer:
@@ -49,10 +64,18 @@ class ExperienceBuffer:
         self.tasks = list(tasks)
         self._frames = {(t, s): _Frames(obs_dim, action_dim) for t in self.tasks for s in SOURCES}
 
-    def add(self, task: str, source: str, obs, target, version: int = 0, flag=0, intervention=False) -> None:
+    def add(self, task: str, source: str, obs, target, version: int = 0, flag=0, intervention=False,
+            episode: int = -1) -> None:
         if len(obs) == 0:
             return
-        self._frames[(task, source)].append(obs, target, version, flag, intervention)
+        self._frames[(task, source)].append(obs, target, version, flag, intervention, episode)
+
+    def remove_episodes(self, episodes) -> int:
+        """Take every frame of these episode ids out of the buffer; returns how many frames left."""
+        ids = np.asarray(sorted(episodes), np.int64)
+        if ids.size == 0:
+            return 0
+        return sum(frames.remove(ids) for frames in self._frames.values())
 
     def size(self, task: str, source: str) -> int:
         return self._frames[(task, source)].size

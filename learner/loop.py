@@ -16,7 +16,7 @@ from django.db import transaction
 from fleet import bus
 from fleet.events import broadcast
 from fleet.ingest import load_arrays
-from fleet.models import Episode
+from fleet.models import Episode, EpisodeLabel
 from learner.models import PolicyVersion, TrainingMetric, TrainingRun, publish_version
 from learner.views import metric_point
 
@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 LEASE_KEY = "sopweb:learner:lease"
 FOLD_BATCH = 200
 METRICS_EVERY = 50
+LABEL_POLL_SECONDS = 10.0  # labels are also picked up at once when a label's nudge arrives
 
 
 def device() -> str:
@@ -77,45 +78,123 @@ class EpisodeCursor:
     def new_episodes(self, limit: int):
         floor = max(0, self.high - self.LATE_COMMIT_WINDOW)
         self.recent = {pk for pk in self.recent if pk > floor}
-        return list(Episode.objects.filter(pk__gt=floor, source__in=[Episode.Source.ONLINE,
-                                                                     Episode.Source.OFFLINE_DEMO])
-                    .exclude(pk__in=self.recent).select_related("task", "policy_version").order_by("pk")[:limit])
+        return list(Episode.objects.filter(pk__gt=floor, source__in=TRAINING_SOURCES)
+                    .exclude(pk__in=self.recent).select_related("task", "policy_version", "label")
+                    .order_by("pk")[:limit])
 
     def mark(self, pk: int) -> None:
         self.recent.add(pk)
         self.high = max(self.high, pk)
+
+    def folded(self, pk: int) -> bool:
+        """Whether this (training-source) episode has been folded in: below the late-commit window everything
+        committed was, within it exactly what was marked."""
+        return pk in self.recent or pk <= max(0, self.high - self.LATE_COMMIT_WINDOW)
+
+
+TRAINING_SOURCES = [Episode.Source.ONLINE, Episode.Source.OFFLINE_DEMO]
+
+
+class LabelSync:
+    """Keeps the buffer in step with annotators' labels, also for episodes folded in before they were labelled
+    (or relabelled, or whose label changed back to "keep").
+
+    Only exclude and relabel change what an episode teaches, so only those labels are read — all of them at
+    each poll, and compared with what the buffer holds (`applied`). Reading the whole set rather than "labels
+    changed since" needs no clock and no late-commit window, and it sees a label that was deleted; it costs one
+    row per excluded or relabelled episode per poll, which annotators produce by hand."""
+
+    def __init__(self):
+        self.applied: dict[int, tuple] = {}  # episode id -> (disposition, failure_step) its frames reflect
+
+    @staticmethod
+    def key(label: EpisodeLabel | None) -> tuple | None:
+        if label is None or label.disposition == EpisodeLabel.Disposition.KEEP:
+            return None
+        return (label.disposition, label.failure_step)
+
+    def note(self, episode_id: int, label: EpisodeLabel | None) -> None:
+        key = self.key(label)
+        if key is None:
+            self.applied.pop(episode_id, None)
+        else:
+            self.applied[episode_id] = key
+
+    def changed(self, cursor: EpisodeCursor) -> list[int]:
+        """Folded episodes whose label now says something other than what their frames in the buffer reflect."""
+        current = {eid: (disposition, step) for eid, disposition, step in EpisodeLabel.objects
+                   .exclude(disposition=EpisodeLabel.Disposition.KEEP)
+                   .filter(episode__source__in=TRAINING_SOURCES)
+                   .values_list("episode_id", "disposition", "failure_step")}
+        candidates = {eid for eid, key in current.items() if self.applied.get(eid) != key}
+        candidates |= set(self.applied) - set(current)  # back to "keep", or the label was deleted
+        return sorted(eid for eid in candidates if cursor.folded(eid))
+
+
+def sync_labels(trainer, cursor: EpisodeCursor, labels: LabelSync) -> int:
+    """Take the frames of episodes whose label changed out of the buffer and fold them in again under their
+    label (nothing for an excluded episode). Returns how many episodes changed."""
+    changed = labels.changed(cursor)
+    if not changed:
+        return 0
+    removed = trainer.buffer.remove_episodes(changed)
+    episodes = Episode.objects.filter(pk__in=changed).select_related("task", "policy_version", "label")
+    for episode in episodes:
+        _add(trainer, episode, load_arrays(episode), cursor, labels)
+    log.info("labels changed for %d folded episode(s): %d frames taken out, folded again under their labels",
+             len(changed), removed)
+    return len(changed)
 
 
 def _source(episode: Episode) -> str:
     return "offline" if episode.source == Episode.Source.OFFLINE_DEMO else "online"
 
 
-def _add(trainer, episode: Episode, arrays: dict, cursor: EpisodeCursor) -> None:
-    version = episode.policy_version.number if episode.policy_version else 0
-    trainer.add_episode(episode.task.env_name, _source(episode), arrays, version, episode.task.max_steps)
+def _label(episode: Episode) -> EpisodeLabel | None:
+    try:
+        return episode.label
+    except EpisodeLabel.DoesNotExist:
+        return None
+
+
+def _add(trainer, episode: Episode, arrays: dict, cursor: EpisodeCursor, labels: LabelSync) -> None:
+    """Fold one episode in as its label says: as recorded, not at all (excluded), or relabelled."""
+    label = _label(episode)
+    training = label.training_arrays(arrays) if label is not None else arrays
+    if training is not None:
+        version = episode.policy_version.number if episode.policy_version else 0
+        trainer.add_episode(episode.task.env_name, _source(episode), training, version, episode.task.max_steps,
+                            episode_id=episode.pk)
+    labels.note(episode.pk, label)
     cursor.mark(episode.pk)
 
 
-def _fold(trainer, cursor: EpisodeCursor, limit: int = FOLD_BATCH) -> int:
+def _fold(trainer, cursor: EpisodeCursor, labels: LabelSync, limit: int = FOLD_BATCH) -> int:
     """Add new online episodes and demonstrations (never evaluation episodes) to the buffer."""
     rows = cursor.new_episodes(limit)
     for episode in rows:
-        _add(trainer, episode, load_arrays(episode), cursor)
+        _add(trainer, episode, load_arrays(episode), cursor, labels)
     return len(rows)
 
 
-def _pretrain_then_fold(trainer, cursor: EpisodeCursor, lease) -> None:
-    """Fit what the algorithm fits once (RECAP's value function) on every episode so far, then fold the same
-    episodes in: each payload is read once."""
+def _pretrain_then_fold(trainer, cursor: EpisodeCursor, labels: LabelSync, lease) -> None:
+    """Fit what the algorithm fits once (RECAP's value function) on every episode so far (excluded ones left
+    out), then fold the same episodes in: each payload is read once."""
     history = []
     while rows := cursor.new_episodes(FOLD_BATCH):
         for episode in rows:
             history.append((episode, load_arrays(episode)))
             cursor.mark(episode.pk)
         lease.renew()
-    trainer.algorithm.pretrain([(e.task.env_name, _source(e), arrays, e.task.max_steps) for e, arrays in history])
+    fitted = []
     for episode, arrays in history:
-        _add(trainer, episode, arrays, cursor)
+        label = _label(episode)
+        training = label.training_arrays(arrays) if label is not None else arrays
+        if training is not None:
+            fitted.append((episode.task.env_name, _source(episode), training, episode.task.max_steps))
+    trainer.algorithm.pretrain(fitted)
+    for episode, arrays in history:
+        _add(trainer, episode, arrays, cursor, labels)
 
 
 def _load_or_build(run: TrainingRun):
@@ -173,21 +252,28 @@ def run_slice(seconds: float | None = None) -> str:
         deadline = time.monotonic() + (seconds or settings.LEARNER_SLICE_SECONDS)
         pubsub = bus.client().pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(bus.EPISODES_CHANNEL)
-        cursor = EpisodeCursor()
+        cursor, labels = EpisodeCursor(), LabelSync()
         if not resumed and trainer.algorithm.needs_pretraining:
-            _pretrain_then_fold(trainer, cursor, lease)
-        while _fold(trainer, cursor):  # the whole history once (a resumed run rebuilds its buffer here)
+            _pretrain_then_fold(trainer, cursor, labels, lease)
+        while _fold(trainer, cursor, labels):  # the whole history once (a resumed run rebuilds its buffer here)
             lease.renew()
         window_start, window_samples, last_renew = time.monotonic(), 0, time.monotonic()
+        last_label_poll = time.monotonic()
         while time.monotonic() < deadline:
-            if pubsub.get_message(timeout=0) is not None:  # nudged: new episodes were ingested
+            if pubsub.get_message(timeout=0) is not None:  # nudged: new episodes were ingested, or labelled
                 while pubsub.get_message(timeout=0) is not None:
                     pass
-                _fold(trainer, cursor)
+                _fold(trainer, cursor, labels)
+                sync_labels(trainer, cursor, labels)
+                last_label_poll = time.monotonic()
+            elif time.monotonic() - last_label_poll > LABEL_POLL_SECONDS:  # a nudge lost to a Redis hiccup
+                sync_labels(trainer, cursor, labels)
+                last_label_poll = time.monotonic()
             metrics = trainer.train_step()
             if metrics is None:
                 time.sleep(0.5)
-                _fold(trainer, cursor)
+                _fold(trainer, cursor, labels)
+                sync_labels(trainer, cursor, labels)
                 continue
             window_samples += trainer.config.batch_size
             if trainer.step % METRICS_EVERY == 0:

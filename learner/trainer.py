@@ -75,8 +75,10 @@ class Trainer:
         self.version = 0  # number of the version this learner's weights descend from / last published
         self.samples = {"online": 0, "offline": 0, "intervention": 0}
 
-    def add_episode(self, task: str, source: str, arrays: dict, version: int, max_steps: int = 500) -> int:
-        """Fold one episode in; returns how many frames entered the buffer."""
+    def add_episode(self, task: str, source: str, arrays: dict, version: int, max_steps: int = 500,
+                    episode_id: int = -1) -> int:
+        """Fold one episode in; returns how many frames entered the buffer. With its id, the episode's frames
+        can be taken out again (`buffer.remove_episodes`) when an annotator's label changes what it teaches."""
         if task not in self.buffer.tasks:
             return 0
         frames = self.algorithm.frames(task, source, arrays, max_steps)
@@ -84,7 +86,7 @@ class Trainer:
             return 0
         index, target, flag = frames
         obs = arrays["obs"][index]
-        self.buffer.add(task, source, obs, target, version, flag, arrays["intervention"][index])
+        self.buffer.add(task, source, obs, target, version, flag, arrays["intervention"][index], episode_id)
         return len(obs)
 
     def train_step(self) -> dict | None:

@@ -169,6 +169,7 @@ INSTALLED_APPS = [
     "fleet",
     "learner",
     "governance",
+    "review",
 ]
 
 MIDDLEWARE = [
@@ -328,9 +329,26 @@ LEARNER_DEVICE = env_str("LEARNER_DEVICE", "auto")
 if LEARNER_DEVICE not in ("auto", "cpu", "cuda"):
     raise _bad("LEARNER_DEVICE", LEARNER_DEVICE, "expected auto, cpu or cuda")
 
+# Episode review: an annotator's claim on an episode lapses this long after the page stops renewing it.
+REVIEW_CLAIM_SECONDS = env_number("REVIEW_CLAIM_SECONDS", 300.0, kind=float, min_value=10.0)
+# Replays: rendered ahead for this many queued episodes; video size (multiples of 16) and camera.
+REVIEW_RENDER_AHEAD = env_number("REVIEW_RENDER_AHEAD", 3, min_value=0, max_value=50)
+REVIEW_VIDEO_WIDTH = env_number("REVIEW_VIDEO_WIDTH", 320, min_value=16, max_value=1920)
+REVIEW_VIDEO_HEIGHT = env_number("REVIEW_VIDEO_HEIGHT", 240, min_value=16, max_value=1088)
+for _name in ("REVIEW_VIDEO_WIDTH", "REVIEW_VIDEO_HEIGHT"):
+    if globals()[_name] % 16:
+        raise _bad(_name, str(globals()[_name]), "video sizes are multiples of 16 (H.264 macroblocks)")
+REVIEW_VIDEO_CAMERA = env_str("REVIEW_VIDEO_CAMERA", "corner")
+REVIEW_RENDER_TIME_LIMIT = env_number("REVIEW_RENDER_TIME_LIMIT", 300, min_value=10)
+# A queued or rendering replay that has not moved for this long is queued again (its worker died).
+REVIEW_RENDER_STALE_SECONDS = env_number("REVIEW_RENDER_STALE_SECONDS", 120.0, kind=float, min_value=10.0)
+# Larger exports go through `manage.py export_dataset` rather than a request.
+REVIEW_EXPORT_MAX_EPISODES = env_number("REVIEW_EXPORT_MAX_EPISODES", 2000, min_value=1)
+
 CELERY_BEAT_SCHEDULE = {
     "sweep-robots": {"task": "fleet.sweep_robots", "schedule": FLEET_SWEEP_INTERVAL},
     "keep-learner-running": {"task": "learner.ensure_running", "schedule": 30.0},
+    "render-replays-ahead": {"task": "review.render_ahead", "schedule": 30.0},
 }
 
 # --- rollout governance (governance/) ----------------------------------------------------------------

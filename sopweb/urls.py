@@ -8,5 +8,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("learner/", include("learner.urls")),
     path("rollouts/", include("governance.urls")),
+    path("review/", include("review.urls")),
     path("", include("fleet.urls")),
 ]

@@ -51,7 +51,7 @@ def test_make_demo_serves_every_role_and_ctrl_c_stops_everything(tmp_path):
         printed = log.read_text()
         assert f"sopweb is starting at {base}" in printed
         for username, landing in [("operator", "/fleet/"), ("supervisor", "/fleet/"),
-                                  ("annotator", "/episodes/"), ("admin", "/fleet/")]:
+                                  ("annotator", "/review/"), ("admin", "/fleet/")]:
             password = re.search(rf"{username}\s+password: (\S+)", printed).group(1)
             url, page = log_in(base, username, password)
             assert urllib.parse.urlsplit(url).path == landing, (username, url)

@@ -10,17 +10,18 @@ from django.utils import timezone
 
 from fleet.models import AuditEvent, Episode, Robot, Task
 
-PAGES = ["home", "fleet", "episodes", "breakdown", "learner", "versions", "audit", "rollouts"]
+PAGES = ["home", "fleet", "episodes", "breakdown", "learner", "versions", "audit", "rollouts", "review-queue",
+         "review-flags"]
 # persona -> page -> expected status for a GET (302 on "home" is the redirect to the role's landing page)
 EXPECTED = {
     "olivia": {"home": 302, "fleet": 200, "episodes": 200, "breakdown": 200, "learner": 200, "versions": 200,
-               "audit": 403, "rollouts": 200},
+               "audit": 403, "rollouts": 200, "review-queue": 403, "review-flags": 200},
     "sam": {"home": 302, "fleet": 200, "episodes": 200, "breakdown": 200, "learner": 200, "versions": 200,
-            "audit": 200, "rollouts": 200},
+            "audit": 200, "rollouts": 200, "review-queue": 403, "review-flags": 200},
     "anna": {"home": 302, "fleet": 403, "episodes": 200, "breakdown": 200, "learner": 403, "versions": 403,
-             "audit": 403, "rollouts": 403},
+             "audit": 403, "rollouts": 403, "review-queue": 200, "review-flags": 403},
     "oscar": {"home": 403, "fleet": 403, "episodes": 403, "breakdown": 403, "learner": 403, "versions": 403,
-              "audit": 403, "rollouts": 403},
+              "audit": 403, "rollouts": 403, "review-queue": 403, "review-flags": 403},
 }
 
 
@@ -43,7 +44,7 @@ def test_each_role_sees_its_own_pages(client, request, persona, page):
     assert client.get(reverse(page)).status_code == EXPECTED[persona][page]
 
 
-@pytest.mark.parametrize("persona, landing", [("olivia", "/fleet/"), ("sam", "/fleet/"), ("anna", "/episodes/")])
+@pytest.mark.parametrize("persona, landing", [("olivia", "/fleet/"), ("sam", "/fleet/"), ("anna", "/review/")])
 def test_home_sends_each_role_to_its_landing_page(client, request, persona, landing):
     client.force_login(request.getfixturevalue(persona))
     assert client.get("/")["Location"] == landing

@@ -12,6 +12,7 @@ warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high", cate
 
 OBS_DIM = 39
 ACTION_DIM = 4
+CONTROL_DT = 0.0125  # seconds per control step of every Meta-World v3 task (frame_skip 5 x timestep 0.0025)
 
 # Seed ranges keep the data sets apart: evaluation episodes use held-out seeds that training never sees.
 EVALUATION_SEED_BASE = 0  # evaluation seed i of a task is EVALUATION_SEED_BASE + i

@@ -166,3 +166,20 @@ def decode(data: bytes) -> dict[str, np.ndarray]:
             return {name: npz[name] for name in npz.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         raise EpisodeDataError(f"the episode payload is not a readable .npz: {exc}") from None
+
+
+def relabelled(arrays: dict, start: int) -> dict:
+    """The episode as training data once an annotator has marked where its failure began: from `start` to the
+    end, every step the policy controlled gets the scripted expert's action (recorded at every step on the very
+    state the robot saw) and counts as an annotator intervention — as if an operator had taken over there.
+    Steps where the gate or an operator already acted keep their source. Returns new arrays; the input is kept."""
+    steps = len(arrays["obs"])
+    if not 0 <= start < steps:
+        raise EpisodeDataError(f"the failing segment must start within the episode's {steps} steps, not at {start}")
+    out = dict(arrays)
+    policy = np.zeros(steps, bool)
+    policy[start:] = arrays["intervention_source"][start:] == POLICY
+    out["action"] = np.where(policy[:, None], arrays["expert_action"], arrays["action"]).astype(np.float32)
+    out["intervention_source"] = np.where(policy, ANNOTATOR, arrays["intervention_source"]).astype(np.uint8)
+    out["intervention"] = out["intervention_source"] != POLICY
+    return out

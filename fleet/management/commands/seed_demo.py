@@ -10,12 +10,14 @@ from django.db import transaction
 
 from fleet.models import Robot, Task
 
-# username -> (group, is superuser). Passwords: "<username>-demo" unless SOPWEB_DEMO_PASSWORD is set.
+# username -> (group, is superuser, is staff). Passwords: "<username>-demo" unless SOPWEB_DEMO_PASSWORD is set.
+# The supervisor is staff: they edit the failure-mode taxonomy in the admin (their group's permissions decide
+# what else the admin shows them).
 DEMO_USERS = {
-    "operator": ("operators", False),
-    "supervisor": ("supervisors", False),
-    "annotator": ("annotators", False),
-    "admin": (None, True),
+    "operator": ("operators", False, False),
+    "supervisor": ("supervisors", False, True),
+    "annotator": ("annotators", False, False),
+    "admin": (None, True, True),
 }
 
 
@@ -48,12 +50,12 @@ class Command(BaseCommand):
 
         shared_password = os.environ.get("SOPWEB_DEMO_PASSWORD")
         logins = []
-        for username, (group, superuser) in DEMO_USERS.items():
+        for username, (group, superuser, staff) in DEMO_USERS.items():
             password = shared_password or f"{username}-demo"
             user, created = User.objects.get_or_create(username=username)
             if created:
                 user.set_password(password)
-                user.is_staff = user.is_superuser = superuser
+                user.is_staff, user.is_superuser = staff, superuser
                 user.save()
                 if group:
                     user.groups.add(Group.objects.get(name=group))

@@ -1,0 +1,277 @@
+"""Episode review: the failure-mode taxonomy, annotators' claims on episodes, and rendered replay videos.
+
+The label itself is fleet.EpisodeLabel (the learner reads it); it is written only by ReviewClaim.submit_label, by
+the annotator who holds the episode's claim, so two annotators never label the same episode at once.
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.db import IntegrityError, models, transaction
+from django.utils import timezone
+
+from fleet.models import (AuditEvent, Episode, EpisodeFlag, EpisodeLabel, IllegalTransition, InterventionSegment,
+                          Task, apply_transition)
+
+
+class FailureMode(models.Model):
+    """One entry of a task's failure-mode taxonomy; supervisors edit it in the admin."""
+
+    DEFAULTS = [
+        ("missed_grasp", "Missed grasp"),
+        ("dropped_object", "Dropped object"),
+        ("collision", "Collision"),
+        ("wrong_placement", "Wrong placement"),
+        ("stalled", "Stalled"),
+        ("timeout", "Timeout"),
+        ("other", "Other"),
+    ]
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="failure_modes")
+    code = models.SlugField(max_length=64, help_text="Stored in labels; keep it stable once labels use it.")
+    name = models.CharField(max_length=120)
+    key = models.CharField(max_length=1, help_text="Keyboard shortcut on the review page: a digit 1-9.")
+    position = models.PositiveSmallIntegerField(default=0)
+    active = models.BooleanField(default=True, help_text="Inactive modes stay on old labels but are not offered.")
+
+    class Meta:
+        ordering = ["task", "position", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["task", "code"], name="failure_mode_code_unique_per_task"),
+            models.UniqueConstraint(fields=["task", "key"], name="failure_mode_key_unique_per_task"),
+            models.CheckConstraint(condition=models.Q(key__regex=r"^[1-9]$"), name="failure_mode_key_is_a_digit"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.task})"
+
+    @classmethod
+    def seed_defaults(cls, task: Task) -> None:
+        cls.objects.bulk_create(
+            [cls(task=task, code=code, name=name, key=str(i), position=i)
+             for i, (code, name) in enumerate(cls.DEFAULTS, start=1)],
+            ignore_conflicts=True,  # two first uses at once: one set of defaults
+        )
+
+    @classmethod
+    def for_task(cls, task: Task) -> list[FailureMode]:
+        """The task's active modes in order; a task that never had a taxonomy gets the defaults."""
+        if not cls.objects.filter(task=task).exists():
+            cls.seed_defaults(task)
+        return list(cls.objects.filter(task=task, active=True))
+
+
+class ClaimHeld(Exception):
+    """Someone else is labelling this episode."""
+
+
+class ClaimLost(Exception):
+    """The caller's claim expired (and may have been taken over); nothing was saved."""
+
+
+def claim_ttl() -> timedelta:
+    return timedelta(seconds=settings.REVIEW_CLAIM_SECONDS)
+
+
+class ReviewClaim(models.Model):
+    """An annotator's lease on an episode while labelling it. The unique episode makes a second live claim
+    impossible; an abandoned claim expires and the next annotator takes it over."""
+
+    episode = models.OneToOneField(Episode, on_delete=models.CASCADE, related_name="review_claim")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="review_claims")
+    claimed_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.annotator} on episode {self.episode_id}"
+
+    @classmethod
+    def claim(cls, episode: Episode, user) -> ReviewClaim:
+        """Claim (or renew one's own claim on) the episode; ClaimHeld while someone else's claim is live.
+
+        Each path is one statement that must touch exactly one row: a renewal, a take-over of an expired claim
+        (two annotators racing for it queue on the row, and the second finds it live again), or an insert that
+        the unique episode lets only one of two racers commit."""
+        now = timezone.now()
+        expires = now + claim_ttl()
+        with transaction.atomic():
+            if cls.objects.filter(episode=episode, annotator=user).update(expires_at=expires):
+                return cls.objects.get(episode=episode)
+            if cls.objects.filter(episode=episode, expires_at__lte=now).update(annotator=user, claimed_at=now,
+                                                                                expires_at=expires):
+                return cls.objects.get(episode=episode)
+            try:
+                with transaction.atomic():
+                    return cls.objects.create(episode=episode, annotator=user, claimed_at=now, expires_at=expires)
+            except IntegrityError:
+                pass
+        holder = cls.objects.filter(episode=episode).select_related("annotator").first()
+        if holder is None:  # released between our insert and this read: the caller may simply try again
+            raise ClaimHeld(f"episode {episode.pk} was just released; open it again")
+        raise ClaimHeld(f"episode {episode.pk} is being labelled by {holder.annotator.get_username()} "
+                        f"(their claim lapses at {timezone.localtime(holder.expires_at):%H:%M:%S} unless renewed)")
+
+    @classmethod
+    def release(cls, episode: Episode, user) -> None:
+        cls.objects.filter(episode=episode, annotator=user).delete()
+
+    @classmethod
+    def submit_label(cls, episode: Episode, user, *, failure_mode: str, failure_step: int | None, notes: str,
+                     disposition: str) -> EpisodeLabel:
+        """Store the annotator's label, audited; only while holding a live claim on the episode.
+
+        Relabelling writes the failing segment's annotator intervention segments; open flags on the episode are
+        resolved as labelled; the claim is released; the learner is nudged after commit."""
+        from fleet import bus
+        from fleet.events import broadcast_on_commit
+
+        modes = {mode.code for mode in FailureMode.for_task(episode.task)}
+        if failure_mode not in modes:
+            raise ValueError(f"{failure_mode!r} is not a failure mode of {episode.task}: {', '.join(sorted(modes))}")
+        if disposition not in EpisodeLabel.Disposition.values:
+            raise ValueError(f"unknown disposition {disposition!r}")
+        if failure_step is not None and not 0 <= failure_step < episode.steps:
+            raise ValueError(f"the failure step must lie in [0, {episode.steps - 1}], not {failure_step}")
+        if disposition == EpisodeLabel.Disposition.RELABEL and failure_step is None:
+            raise ValueError("relabelling needs the step where the failure began: set it from the timeline")
+        with transaction.atomic():
+            # A lapsed claim that nobody took over is still this annotator's: whoever takes it over must update
+            # this row, and waits for this lock.
+            claim = cls.objects.select_for_update(no_key=True).filter(episode=episode, annotator=user).first()
+            if claim is None:
+                raise ClaimLost(f"you do not hold episode {episode.pk} (your claim lapsed and someone else took it, "
+                                "or you never opened it); nothing was saved")
+            previous = EpisodeLabel.objects.filter(episode=episode).values(
+                "failure_mode", "failure_step", "disposition", "annotator_id").first()
+            label, _ = EpisodeLabel.objects.update_or_create(episode=episode, defaults={
+                "annotator": user, "failure_mode": failure_mode, "failure_step": failure_step, "notes": notes,
+                "disposition": disposition,
+            })
+            InterventionSegment.objects.filter(episode=episode, source=InterventionSegment.Source.ANNOTATOR).delete()
+            segments = []
+            if disposition == EpisodeLabel.Disposition.RELABEL:
+                segments = _annotator_segments(episode, failure_step)
+                InterventionSegment.objects.bulk_create(segments)
+            AuditEvent.record(user, "episode.label", episode, reason=notes[:500], details={
+                "failure_mode": failure_mode, "failure_step": failure_step, "disposition": disposition,
+                "relabelled_steps": sum(s.end_step - s.start_step for s in segments), "previous": previous,
+            })
+            for flag in episode.flags.filter(status=EpisodeFlag.Status.OPEN):
+                flag.resolve(user, EpisodeFlag.Status.LABELLED, reason=f"labelled {failure_mode}")
+            claim.delete()
+            message = {"label": episode.pk, "episode": episode.pk, "task": episode.task.env_name,
+                       "failure_mode": failure_mode, "disposition": disposition,
+                       "version": episode.policy_version_id}
+            broadcast_on_commit("episode.labelled", message)
+            transaction.on_commit(lambda: bus.publish(bus.EPISODES_CHANNEL, message))
+        return label
+
+
+def _annotator_segments(episode: Episode, start: int) -> list[InterventionSegment]:
+    """The steps a relabel hands to the expert: those the policy controlled from the failure on."""
+    from fleet.ingest import load_arrays
+    from fleet.sim.episode_data import relabelled, segments
+    from fleet.sim.gate import ANNOTATOR
+
+    arrays = relabelled(load_arrays(episode), start)
+    return [InterventionSegment(episode=episode, start_step=s, end_step=e, source=InterventionSegment.Source.ANNOTATOR)
+            for s, e, code in segments(arrays["intervention_source"]) if code == ANNOTATOR]
+
+
+class ReplayVideo(models.Model):
+    """An episode's rendered replay: the job's state and progress while it renders, the cached file after."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "queued"
+        RENDERING = "rendering", "rendering"
+        READY = "ready", "ready"
+        FAILED = "failed", "failed"
+
+    episode = models.OneToOneField(Episode, primary_key=True, on_delete=models.CASCADE, related_name="replay")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    progress = models.FloatField(default=0.0, help_text="Share of frames rendered, 0 to 1.")
+    error = models.TextField(blank=True)
+    path = models.CharField(max_length=300, blank=True, help_text="Relative to SOPWEB_STORAGE_DIR.")
+    fps = models.FloatField(null=True, blank=True)
+    frames = models.PositiveIntegerField(null=True, blank=True)
+    width = models.PositiveIntegerField(null=True, blank=True)
+    height = models.PositiveIntegerField(null=True, blank=True)
+    render_seconds = models.FloatField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    # Touched when queued and at every progress step: a job whose worker died stops touching it.
+    heartbeat_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"replay of episode {self.episode_id}"
+
+    @property
+    def file(self) -> Path:
+        return Path(settings.STORAGE_DIR) / self.path
+
+    def as_json(self) -> dict:
+        return {"episode": self.episode_id, "status": self.status, "progress": round(self.progress, 3),
+                "error": self.error, "fps": self.fps, "frames": self.frames}
+
+    @staticmethod
+    def _enqueue(episode_id: int) -> None:
+        from review.tasks import render_replay
+
+        transaction.on_commit(lambda: render_replay.delay(episode_id))
+
+    @classmethod
+    def request(cls, episode_id: int) -> ReplayVideo:
+        """Make sure the episode's replay is rendered or on its way; a failed one waits for `retry`."""
+        now = timezone.now()
+        stale = now - timedelta(seconds=settings.REVIEW_RENDER_STALE_SECONDS)
+        video, created = cls.objects.get_or_create(episode_id=episode_id)
+        if created:
+            cls._enqueue(episode_id)
+            return video
+        requeue = None
+        if video.status == cls.Status.READY and not video.file.exists():  # storage was cleaned
+            requeue = models.Q(status=cls.Status.READY)
+        elif video.status in (cls.Status.QUEUED, cls.Status.RENDERING) and video.heartbeat_at < stale:
+            # The message was lost or the worker died mid-render: queue it again (the task claims it once).
+            requeue = models.Q(status__in=[cls.Status.QUEUED, cls.Status.RENDERING], heartbeat_at__lt=stale)
+        if requeue is not None and cls.objects.filter(requeue, pk=episode_id).update(
+                status=cls.Status.QUEUED, progress=0.0, heartbeat_at=now):
+            cls._enqueue(episode_id)
+            video.refresh_from_db()
+        return video
+
+    def retry(self, actor) -> AuditEvent:
+        """Queue a failed render again (the retry button)."""
+        event = apply_transition(self, verb="replay.retry", field="status", allowed_from={self.Status.FAILED},
+                                 to=self.Status.QUEUED, actor=actor, reason=self.error[:500], error="",
+                                 progress=0.0, heartbeat_at=timezone.now())
+        self._enqueue(self.episode_id)
+        return event
+
+    # The worker's side: conditional updates that must touch exactly one row, so a duplicate message or a
+    # render that was re-queued meanwhile never writes over another job's result.
+
+    def start(self) -> bool:
+        return bool(ReplayVideo.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(
+            status=self.Status.RENDERING, progress=0.0, heartbeat_at=timezone.now(),
+            attempts=models.F("attempts") + 1))
+
+    def report_progress(self, share: float) -> None:
+        ReplayVideo.objects.filter(pk=self.pk, status=self.Status.RENDERING).update(
+            progress=share, heartbeat_at=timezone.now())
+
+    def finish(self, path: str, info: dict) -> bool:
+        return bool(ReplayVideo.objects.filter(pk=self.pk, status=self.Status.RENDERING).update(
+            status=self.Status.READY, progress=1.0, path=path, fps=info["fps"], frames=info["frames"],
+            width=info["width"], height=info["height"], render_seconds=info["seconds"], error="",
+            finished_at=timezone.now(), heartbeat_at=timezone.now()))
+
+    def fail(self, message: str) -> None:
+        try:
+            apply_transition(self, verb="replay.failed", field="status", allowed_from={self.Status.RENDERING},
+                             to=self.Status.FAILED, reason=message[:500], error=message,
+                             finished_at=timezone.now(), heartbeat_at=timezone.now())
+        except IllegalTransition:
+            pass  # re-queued meanwhile by a stale check: that job's outcome counts

@@ -1,0 +1,480 @@
+"""Episode review: the queue, the claim lease, labels, flags, permissions, replay files, label counts, export."""
+from __future__ import annotations
+
+import json
+import threading
+from datetime import timedelta
+
+import numpy as np
+import pytest
+from django.db import connection
+from django.template import Context, Template
+from django.urls import reverse
+from django.utils import timezone
+
+from fleet.models import AuditEvent, EpisodeFlag, EpisodeLabel, InterventionSegment, Robot, Task
+from fleet.sim.gate import GATE
+from review.models import ClaimHeld, ClaimLost, FailureMode, ReplayVideo, ReviewClaim
+from review.queue import QueueFilter, claim_next, queue
+from tests.conftest import make_user, publish_random_policy
+from tests.reviewing import ingest, synthetic
+
+
+@pytest.fixture
+def task(db):
+    return Task.objects.create(env_name="pick-place-v3", title="Pick place")
+
+
+@pytest.fixture
+def bea(db):
+    """A second annotator."""
+    return make_user("bea", "annotators")
+
+
+def label(client, episode, **data):
+    return client.post(reverse("review-label", args=[episode.pk]),
+                       {"failure_mode": "missed_grasp", "disposition": "keep", "notes": "", **data})
+
+
+# --- taxonomy --------------------------------------------------------------------------------------------
+
+def test_a_new_task_gets_the_default_failure_modes_with_keys(task):
+    modes = FailureMode.for_task(task)
+    assert [(m.code, m.key) for m in modes][:6] == [
+        ("missed_grasp", "1"), ("dropped_object", "2"), ("collision", "3"), ("wrong_placement", "4"),
+        ("stalled", "5"), ("timeout", "6")]
+
+
+def test_supervisors_edit_the_taxonomy_in_the_admin_and_annotators_do_not(client, task, sam, anna):
+    sam.is_staff = True
+    sam.save()
+    mode = FailureMode.objects.get(task=task, code="collision")
+    client.force_login(sam)
+    response = client.post(reverse("admin:review_failuremode_change", args=[mode.pk]), {
+        "task": task.pk, "code": "collision", "name": "Hit the bin wall", "key": "3", "position": 3,
+        "active": "on"})
+    assert response.status_code == 302, response.content[:500]
+    mode.refresh_from_db()
+    assert mode.name == "Hit the bin wall"
+    anna.is_staff = True
+    anna.save()
+    client.force_login(anna)
+    assert client.get(reverse("admin:review_failuremode_changelist")).status_code == 403
+
+
+def test_an_inactive_mode_is_not_offered_and_is_refused(client, task, anna):
+    FailureMode.for_task(task)
+    FailureMode.objects.filter(task=task, code="collision").update(active=False)
+    episode = ingest(task, synthetic())
+    client.force_login(anna)
+    page = client.get(reverse("review-episode", args=[episode.pk])).content.decode()
+    assert 'value="collision"' not in page and 'value="missed_grasp"' in page
+    assert label(client, episode, failure_mode="collision").status_code == 400
+    assert not EpisodeLabel.objects.exists()
+
+
+# --- the queue -------------------------------------------------------------------------------------------
+
+def test_the_queue_puts_flags_first_then_unlabelled_then_newest_versions(task, olivia, anna):
+    v1, v2 = publish_random_policy(1, [task.env_name]), publish_random_policy(2, [task.env_name], seed=1)
+    now = timezone.now()
+    old_v2 = ingest(task, synthetic(seed=1), version=v2, finished_at=now - timedelta(minutes=9))
+    new_v1 = ingest(task, synthetic(seed=2), version=v1, finished_at=now - timedelta(minutes=1))
+    flagged_v1 = ingest(task, synthetic(seed=3), version=v1, finished_at=now - timedelta(minutes=5))
+    labelled_v2 = ingest(task, synthetic(seed=4), version=v2, finished_at=now)
+    ingest(task, synthetic(seed=5), version=v2, outcome="aborted")  # paused robots' episodes are not failures
+    EpisodeFlag.raise_flag(flagged_v1, olivia, "it hesitated before the grasp")
+    ReviewClaim.claim(labelled_v2, anna)
+    ReviewClaim.submit_label(labelled_v2, anna, failure_mode="stalled", failure_step=None, notes="",
+                             disposition="keep")
+
+    everything = QueueFilter(status="all")
+    assert [e.pk for e in queue(everything)] == [flagged_v1.pk, old_v2.pk, new_v1.pk, labelled_v2.pk]
+    newest = QueueFilter(status="all", order="newest")
+    assert [e.pk for e in queue(newest)] == [flagged_v1.pk, new_v1.pk, old_v2.pk, labelled_v2.pk]
+    assert [e.pk for e in queue(QueueFilter())] == [flagged_v1.pk, old_v2.pk, new_v1.pk]  # unlabelled only
+    assert [e.pk for e in queue(QueueFilter(version=1))] == [flagged_v1.pk, new_v1.pk]
+    assert [e.pk for e in queue(QueueFilter(flag_reason="GRASP"))] == [flagged_v1.pk]
+
+
+def test_the_queue_filters_by_robot_and_task(client, task, anna):
+    other = Task.objects.create(env_name="box-close-v3", title="Box close")
+    robot = Robot.objects.create(name="sim-07")
+    mine = ingest(task, synthetic(), robot=robot)
+    ingest(other, synthetic())
+    client.force_login(anna)
+    page = client.get(reverse("review-queue"), {"robot": "sim-07", "task": "pick-place-v3"})
+    rows = page.context["rows"]
+    assert [e.pk for e in rows] == [mine.pk]
+    assert client.get(reverse("review-queue"), {"robot": "no-such-robot"}).status_code == 400
+
+
+# --- the claim lease -------------------------------------------------------------------------------------
+
+def test_two_annotators_never_hold_the_same_episode(task, anna, bea):
+    episode = ingest(task, synthetic())
+    ReviewClaim.claim(episode, anna)
+    with pytest.raises(ClaimHeld, match="being labelled by anna"):
+        ReviewClaim.claim(episode, bea)
+    with pytest.raises(ClaimLost):
+        ReviewClaim.submit_label(episode, bea, failure_mode="collision", failure_step=3, notes="",
+                                 disposition="keep")
+    ReviewClaim.claim(episode, anna)  # renewing one's own claim is fine
+    assert ReviewClaim.objects.get().annotator == anna
+
+
+def test_racing_annotators_get_one_claim(task, transactional_db):
+    """Eight annotators, each on its own connection, claim the same episode at the same instant."""
+    episode = ingest(task, synthetic())
+    users = [make_user(f"annotator{i}", "annotators") for i in range(8)]
+    barrier = threading.Barrier(len(users))
+    outcomes = []
+
+    def attempt(user):
+        try:
+            barrier.wait()
+            ReviewClaim.claim(episode, user)
+            outcomes.append("won")
+        except ClaimHeld:
+            outcomes.append("held")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=attempt, args=(user,)) for user in users]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["held"] * 7 + ["won"]
+    assert ReviewClaim.objects.count() == 1
+
+
+def test_claiming_the_next_episode_gives_two_annotators_different_ones(task, anna, bea):
+    first, second = ingest(task, synthetic(seed=1)), ingest(task, synthetic(seed=2))
+    got = {claim_next(anna, QueueFilter()).pk, claim_next(bea, QueueFilter()).pk}
+    assert got == {first.pk, second.pk}
+    assert claim_next(make_user("cid", "annotators"), QueueFilter()) is None  # both are taken
+
+
+def test_an_abandoned_claim_expires_and_the_next_annotator_takes_it_over(task, anna, bea, settings):
+    episode = ingest(task, synthetic())
+    ReviewClaim.claim(episode, anna)
+    ReviewClaim.objects.update(expires_at=timezone.now() - timedelta(seconds=1))  # anna closed her laptop
+    assert claim_next(bea, QueueFilter()) == episode
+    with pytest.raises(ClaimLost, match="lapsed and someone else took it"):
+        ReviewClaim.submit_label(episode, anna, failure_mode="collision", failure_step=None, notes="",
+                                 disposition="keep")
+    assert not EpisodeLabel.objects.exists()
+    ReviewClaim.submit_label(episode, bea, failure_mode="collision", failure_step=None, notes="",
+                             disposition="keep")
+    assert EpisodeLabel.objects.get().annotator == bea
+
+
+def test_the_page_renews_the_claim_and_hears_when_it_is_someone_elses(client, task, anna, bea):
+    episode = ingest(task, synthetic())
+    client.force_login(anna)
+    client.get(reverse("review-episode", args=[episode.pk]))
+    before = ReviewClaim.objects.get().expires_at
+    assert client.post(reverse("review-claim", args=[episode.pk])).status_code == 200
+    assert ReviewClaim.objects.get().expires_at > before
+    client.force_login(bea)
+    page = client.get(reverse("review-episode", args=[episode.pk])).content.decode()
+    assert "being labelled by anna" in page and "<fieldset disabled>" in page
+    response = client.post(reverse("review-claim", args=[episode.pk]))
+    assert response.status_code == 409 and "anna" in response.json()["error"]
+
+
+# --- labels ----------------------------------------------------------------------------------------------
+
+def test_a_label_is_stored_audited_resolves_flags_and_opens_the_next_episode(client, task, olivia, anna):
+    first, second = ingest(task, synthetic(seed=1)), ingest(task, synthetic(seed=2))
+    flag = EpisodeFlag.raise_flag(first, olivia, "gripper opened mid-air")
+    client.force_login(anna)
+    response = client.post(reverse("review-next"))
+    assert response["Location"] == reverse("review-episode", args=[first.pk])  # flagged: first in line
+    response = label(client, first, failure_mode="dropped_object", failure_step=12, notes="let go at 12",
+                     disposition="exclude")
+    assert response.status_code == 302
+    assert response["Location"] == reverse("review-episode", args=[second.pk])
+    stored = EpisodeLabel.objects.get(episode=first)
+    assert (stored.failure_mode, stored.failure_step, stored.notes, stored.disposition, stored.annotator) == (
+        "dropped_object", 12, "let go at 12", "exclude", anna)
+    event = AuditEvent.objects.get(verb="episode.label")
+    assert event.actor == anna and event.details["failure_mode"] == "dropped_object"
+    flag.refresh_from_db()
+    assert (flag.status, flag.resolved_by) == (EpisodeFlag.Status.LABELLED, anna)
+    assert AuditEvent.objects.filter(verb="flag.labelled", object_id=str(flag.pk)).exists()
+    assert ReviewClaim.objects.get().episode == second  # the first claim was released, the next one taken
+
+
+@pytest.mark.parametrize("data, error", [
+    ({"failure_mode": "teleported"}, "Select a valid choice"),
+    ({"failure_step": 40}, "at most 39"),
+    ({"failure_step": -1}, "greater than or equal to 0"),
+    ({"failure_step": "soon"}, "Enter a whole number"),
+    ({"disposition": "relabel"}, "relabelling needs the step"),
+    ({"disposition": "burn"}, "Select a valid choice"),
+])
+def test_bad_labels_are_refused_and_change_nothing(client, task, anna, data, error):
+    episode = ingest(task, synthetic(steps=40))
+    client.force_login(anna)
+    client.get(reverse("review-episode", args=[episode.pk]))
+    response = label(client, episode, **data)
+    assert response.status_code == 400
+    assert error in response.content.decode()
+    assert not EpisodeLabel.objects.exists() and not AuditEvent.objects.filter(verb="episode.label").exists()
+
+
+def test_relabelling_marks_the_policys_steps_from_the_failure_as_annotator_segments(client, task, anna):
+    episode = ingest(task, synthetic(steps=40, gate=slice(20, 25)))
+    client.force_login(anna)
+    client.get(reverse("review-episode", args=[episode.pk]))
+    assert label(client, episode, failure_step=15, disposition="relabel").status_code == 302
+    segments = list(InterventionSegment.objects.filter(episode=episode).values_list("start_step", "end_step",
+                                                                                    "source"))
+    # The gate's own segment stays the gate's; the policy's steps around it become the annotator's.
+    assert segments == [(15, 20, "annotator"), (20, 25, "gate"), (25, 40, "annotator")]
+    ReviewClaim.claim(episode, anna)
+    ReviewClaim.submit_label(episode, anna, failure_mode="stalled", failure_step=15, notes="", disposition="keep")
+    assert list(InterventionSegment.objects.filter(episode=episode).values_list("source", flat=True)) == ["gate"]
+
+
+def test_skipping_moves_on_and_does_not_offer_the_episode_again(client, task, anna):
+    first, second = ingest(task, synthetic(seed=1)), ingest(task, synthetic(seed=2))
+    client.force_login(anna)
+    client.post(reverse("review-next"))
+    response = client.post(reverse("review-skip", args=[first.pk]))
+    assert response["Location"] == reverse("review-episode", args=[second.pk])
+    response = client.post(reverse("review-skip", args=[second.pk]))
+    assert response["Location"] == reverse("review-queue")  # nothing left that anna has not skipped
+
+
+# --- permissions -----------------------------------------------------------------------------------------
+
+def test_an_annotator_cannot_approve_rollouts_or_control_robots(client, task, anna):
+    from governance.views import DECISIONS
+    from learner.models import PolicyVersion
+
+    robot = Robot.objects.create(name="sim-01", status=Robot.Status.RUNNING, last_heartbeat=timezone.now())
+    version = publish_random_policy(1, [task.env_name])
+    PolicyVersion.objects.filter(pk=version.pk).update(state=PolicyVersion.State.AWAITING_APPROVAL)
+    assert not anna.has_perm("fleet.approve_rollout") and not anna.has_perm("fleet.control_robot")
+    client.force_login(anna)
+    for decision in DECISIONS:
+        response = client.post(reverse("rollout-decide", args=[1, decision]), {"reason": "looks fine", "share": 50})
+        assert response.status_code == 403, decision
+    assert client.get(reverse("rollouts")).status_code == 403
+    version.refresh_from_db()
+    assert version.state == PolicyVersion.State.AWAITING_APPROVAL
+    assert not AuditEvent.objects.filter(verb__startswith="version.").exists()
+    for command in ("start", "stop", "pause", "takeover"):
+        assert client.post(reverse("robot-command", args=[robot.pk, command])).status_code == 403
+    assert client.post(reverse("fleet-command", args=["stop"])).status_code == 403
+    assert client.post(reverse("robot-add"), {"name": "sim-99", "tasks": ["pick-place-v3"]}).status_code == 403
+    robot.refresh_from_db()
+    assert robot.status == Robot.Status.RUNNING and not robot.enabled
+    assert not Robot.objects.filter(name="sim-99").exists()
+    assert client.get(reverse("fleet")).status_code == 403 and client.get(reverse("versions")).status_code == 403
+
+
+@pytest.mark.parametrize("persona", ["olivia", "sam", "oscar"])
+def test_only_annotators_label(client, request, task, persona):
+    episode = ingest(task, synthetic())
+    client.force_login(request.getfixturevalue(persona))
+    assert client.get(reverse("review-episode", args=[episode.pk])).status_code == 403
+    assert label(client, episode).status_code == 403
+    assert client.post(reverse("review-next")).status_code == 403
+    assert not EpisodeLabel.objects.exists() and not ReviewClaim.objects.exists()
+
+
+# --- flags -----------------------------------------------------------------------------------------------
+
+def test_an_operators_flag_jumps_the_queue_and_its_dismissal_is_visible_to_them(client, task, olivia, anna):
+    succeeded = synthetic(seed=2)
+    succeeded["success"][-1] = True
+    quiet, flagged = ingest(task, synthetic(seed=1)), ingest(task, succeeded, outcome="success")
+    client.force_login(olivia)
+    episode_page = client.get(reverse("episode", args=[flagged.pk])).content.decode()
+    assert reverse("episode-flag", args=[flagged.pk]) in episode_page
+    assert client.post(reverse("episode-flag", args=[flagged.pk]), {"reason": "  "}).status_code == 400
+    assert not EpisodeFlag.objects.exists()  # a flag needs a reason
+    client.post(reverse("episode-flag", args=[flagged.pk]), {"reason": "took a strange path"})
+    flag = EpisodeFlag.objects.get()
+    assert (flag.raised_by, flag.reason) == (olivia, "took a strange path")
+    assert AuditEvent.objects.filter(verb="episode.flag", actor=olivia).exists()
+
+    client.force_login(anna)
+    assert [e.pk for e in queue(QueueFilter())] == [flagged.pk, quiet.pk]  # a success, but flagged: first
+    client.post(reverse("review-next"))
+    response = client.post(reverse("review-dismiss", args=[flagged.pk]), {"reason": "the path was fine"})
+    assert response["Location"] == reverse("review-episode", args=[quiet.pk])
+    flag.refresh_from_db()
+    assert (flag.status, flag.resolved_by) == (EpisodeFlag.Status.DISMISSED, anna)
+    assert AuditEvent.objects.filter(verb="flag.dismissed", actor=anna, reason="the path was fine").exists()
+    assert [e.pk for e in queue(QueueFilter())] == [quiet.pk]  # a dismissed success leaves the queue
+
+    client.force_login(olivia)
+    mine = client.get(reverse("review-flags")).content.decode()
+    assert "took a strange path" in mine and "dismissed" in mine and "anna" in mine and "the path was fine" in mine
+
+
+def test_annotators_and_outsiders_cannot_flag(client, task, anna, oscar):
+    episode = ingest(task, synthetic())
+    for user in (anna, oscar):
+        client.force_login(user)
+        assert client.post(reverse("episode-flag", args=[episode.pk]), {"reason": "x"}).status_code == 403
+    assert not EpisodeFlag.objects.exists()
+
+
+# --- replay files ----------------------------------------------------------------------------------------
+
+@pytest.fixture
+def ready_video(task, settings):
+    episode = ingest(task, synthetic())
+    path = settings.STORAGE_DIR / "replays" / f"episode-{episode.pk}.mp4"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes(range(256)) * 4)
+    ReplayVideo.objects.create(episode=episode, status=ReplayVideo.Status.READY, path=str(path.relative_to(
+        settings.STORAGE_DIR)), fps=80, frames=40, finished_at=timezone.now())
+    return episode, path.read_bytes()
+
+
+def test_replay_files_are_served_in_byte_ranges_for_seeking(client, anna, ready_video):
+    episode, data = ready_video
+    client.force_login(anna)
+    url = reverse("review-replay-file", args=[episode.pk])
+    whole = client.get(url)
+    assert whole.status_code == 200 and whole["Accept-Ranges"] == "bytes"
+    assert b"".join(whole.streaming_content) == data
+    part = client.get(url, HTTP_RANGE="bytes=100-199")
+    assert part.status_code == 206 and part["Content-Range"] == f"bytes 100-199/{len(data)}"
+    assert part.content == data[100:200]
+    assert client.get(url, HTTP_RANGE="bytes=1000-").content == data[1000:]
+    assert client.get(url, HTTP_RANGE="bytes=-24").content == data[-24:]
+    assert client.get(url, HTTP_RANGE=f"bytes={len(data)}-").status_code == 416
+    status = client.get(reverse("review-replay-status", args=[episode.pk])).json()
+    assert status["status"] == "ready" and status["url"].startswith(url)
+
+
+def test_outsiders_get_no_replays(client, oscar, ready_video):
+    episode, _ = ready_video
+    client.force_login(oscar)
+    assert client.get(reverse("review-replay-file", args=[episode.pk])).status_code == 403
+    assert client.get(reverse("review-replay-status", args=[episode.pk])).status_code == 403
+
+
+# --- label counts ----------------------------------------------------------------------------------------
+
+def test_label_counts_by_failure_mode_per_version_and_per_task(task, anna):
+    from review.stats import label_counts
+
+    other = Task.objects.create(env_name="box-close-v3", title="Box close")
+    v1, v2 = publish_random_policy(1, [task.env_name]), publish_random_policy(2, [task.env_name], seed=1)
+    for i, (t, version, mode) in enumerate([(task, v1, "missed_grasp"), (task, v1, "missed_grasp"),
+                                            (task, v2, "collision"), (other, v2, "missed_grasp")]):
+        episode = ingest(t, synthetic(seed=i), version=version)
+        ReviewClaim.claim(episode, anna)
+        ReviewClaim.submit_label(episode, anna, failure_mode=mode, failure_step=None, notes="", disposition="keep")
+    by_version = label_counts(by="version")
+    assert by_version["modes"] == [("missed_grasp", "Missed grasp"), ("collision", "Collision")]
+    assert [(r["key"], r["counts"], r["total"]) for r in by_version["rows"]] == [("v2", [1, 1], 2), ("v1", [2, 0], 2)]
+    by_task = label_counts(by="task", versions=[v2])
+    assert [(r["key"], r["counts"]) for r in by_task["rows"]] == [("box-close-v3", [1, 0]), ("pick-place-v3", [0, 1])]
+    html = Template('{% load review %}{% label_counts_table by="task" %}').render(Context({}))
+    assert "Missed grasp" in html and "<td>pick-place-v3</td><td>2</td><td>1</td><td>3</td>" in html
+    html = Template('{% load review %}{% label_counts_table by="version" version=v2 against=v1 %}').render(
+        Context({"v1": v1, "v2": v2}))
+    assert "<td>v2</td><td>1</td><td>1</td><td>2</td>" in html and "<td>v1</td><td>2</td><td>0</td><td>2</td>" in html
+
+
+def test_the_episode_page_shows_the_label_and_the_flags_resolution(client, task, olivia, anna):
+    episode = ingest(task, synthetic())
+    EpisodeFlag.raise_flag(episode, olivia, "check the approach")
+    ReviewClaim.claim(episode, anna)
+    ReviewClaim.submit_label(episode, anna, failure_mode="collision", failure_step=5, notes="hit the wall",
+                             disposition="exclude")
+    client.force_login(olivia)
+    html = client.get(reverse("episode", args=[episode.pk])).content.decode()
+    assert "collision" in html and "from step 5" in html and "exclude from training" in html
+    assert "check the approach" in html and "labelled by anna" in html
+    assert reverse("review-episode", args=[episode.pk]) not in html  # operators do not label
+    client.force_login(anna)
+    html = client.get(reverse("episode", args=[episode.pk])).content.decode()
+    assert reverse("review-episode", args=[episode.pk]) in html
+
+
+# --- export ----------------------------------------------------------------------------------------------
+
+def test_labelled_episodes_export_as_a_lerobot_dataset_that_reads_back(task, anna, tmp_path):
+    import pyarrow.parquet as pq
+
+    from review.export import export_dataset, labels_to_export
+
+    arrays = {"kept": synthetic(steps=30, seed=1), "relabelled": synthetic(steps=40, seed=2, gate=slice(5, 10)),
+              "excluded": synthetic(steps=20, seed=3)}
+    episodes = {}
+    dispositions = {"kept": ("keep", None), "relabelled": ("relabel", 25), "excluded": ("exclude", None)}
+    for name, data in arrays.items():
+        episodes[name] = ingest(task, data)
+        ReviewClaim.claim(episodes[name], anna)
+        disposition, step = dispositions[name]
+        ReviewClaim.submit_label(episodes[name], anna, failure_mode="stalled", failure_step=step, notes=name,
+                                 disposition=disposition)
+    info = export_dataset(labels_to_export(), tmp_path / "dataset")
+    root = tmp_path / "dataset"
+    assert json.loads((root / "meta" / "info.json").read_text()) == info
+    assert (info["codebase_version"], info["total_episodes"], info["total_frames"], info["fps"]) == ("v2.1", 2, 70, 80)
+    meta = [json.loads(line) for line in (root / "meta" / "episodes.jsonl").read_text().splitlines()]
+    assert [(m["episode_index"], m["length"], m["notes"], m["source_episode_id"]) for m in meta] == [
+        (0, 30, "kept", episodes["kept"].pk), (1, 40, "relabelled", episodes["relabelled"].pk)]
+    assert [json.loads(line) for line in (root / "meta" / "tasks.jsonl").read_text().splitlines()] == [
+        {"task_index": 0, "task": "pick-place-v3"}]
+
+    kept = pq.read_table(root / info["data_path"].format(episode_chunk=0, episode_index=0)).to_pydict()
+    assert set(kept) == set(info["features"])
+    np.testing.assert_array_equal(np.array(kept["observation.state"], np.float32), arrays["kept"]["obs"])
+    np.testing.assert_array_equal(np.array(kept["action"], np.float32), arrays["kept"]["action"])
+    assert kept["frame_index"] == list(range(30)) and kept["next.done"][-1] and not any(kept["next.done"][:-1])
+
+    relabelled = pq.read_table(root / info["data_path"].format(episode_chunk=0, episode_index=1)).to_pydict()
+    source, recorded = np.array(relabelled["intervention_source"]), arrays["relabelled"]
+    action = np.array(relabelled["action"], np.float32)
+    np.testing.assert_array_equal(action[25:], recorded["expert_action"][25:])  # the expert's corrections
+    np.testing.assert_array_equal(action[:25], recorded["action"][:25])
+    np.testing.assert_array_equal(np.array(relabelled["action.executed"], np.float32), recorded["action"])
+    assert list(source[25:]) == [3] * 15 and list(source[5:10]) == [GATE] * 5 and relabelled["index"][0] == 30
+    stats = [json.loads(line) for line in (root / "meta" / "episodes_stats.jsonl").read_text().splitlines()]
+    assert stats[1]["stats"]["action"]["count"] == [40]
+
+
+def test_the_export_download_is_a_zip_of_the_dataset(client, task, anna, olivia):
+    import io
+    import zipfile
+
+    episode = ingest(task, synthetic(steps=25))
+    ReviewClaim.claim(episode, anna)
+    ReviewClaim.submit_label(episode, anna, failure_mode="stalled", failure_step=None, notes="", disposition="keep")
+    client.force_login(olivia)
+    assert client.post(reverse("review-export"), {"disposition": ["keep"]}).status_code == 403
+    client.force_login(anna)
+    assert client.get(reverse("review-export")).status_code == 200
+    response = client.post(reverse("review-export"), {"disposition": ["keep", "relabel"]})
+    assert response.status_code == 200 and response["Content-Type"] == "application/zip"
+    names = zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content))).namelist()
+    assert "sopweb-labelled-episodes/meta/info.json" in names
+    assert "sopweb-labelled-episodes/data/chunk-000/episode_000000.parquet" in names
+    assert client.post(reverse("review-export"), {"disposition": ["exclude"]}).status_code == 400  # none match
+
+
+def test_the_export_command_writes_the_dataset(task, anna, tmp_path):
+    from django.core.management import CommandError, call_command
+
+    episode = ingest(task, synthetic(steps=25))
+    ReviewClaim.claim(episode, anna)
+    ReviewClaim.submit_label(episode, anna, failure_mode="stalled", failure_step=None, notes="", disposition="keep")
+    call_command("export_dataset", str(tmp_path / "out"), "--task", "pick-place-v3", "--zip")
+    assert (tmp_path / "out" / "meta" / "info.json").exists() and (tmp_path / "out.zip").exists()
+    with pytest.raises(CommandError, match="already exists"):
+        call_command("export_dataset", str(tmp_path / "out"))
+    with pytest.raises(CommandError, match="--disposition"):
+        call_command("export_dataset", str(tmp_path / "other"), "--disposition", "burn")

@@ -1,0 +1,83 @@
+"""An annotator works through the review queue in a real headless Chromium, against the real ASGI server and a
+real Celery worker rendering the replays."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from fleet.models import EpisodeLabel, EpisodePayload, Task
+from tests.reviewing import ingest, recorded
+
+pytestmark = pytest.mark.django_db(transaction=True)
+VIDEO = "document.getElementById('replay-video')"
+
+
+def test_an_annotator_labels_an_episode_from_the_keyboard_and_the_next_one_opens(browser_session, start_worker,
+                                                                                 anna):
+    task = Task.objects.create(env_name="pick-place-v3", title="Pick place")
+    older = ingest(task, recorded(seed=7, steps=160), seed=7, finished_at=timezone.now() - timedelta(minutes=5))
+    newer = ingest(task, recorded(seed=8, steps=160), seed=8)
+    start_worker(queues="default")
+    session = browser_session(anna)
+    page = session.page
+
+    page.goto(session.base_url + "/review/")
+    page.keyboard.press("Enter")  # the "label the next episode" button has the focus
+    page.wait_for_url(f"**/review/episodes/{newer.pk}/")
+
+    # The replay renders (progress polled), then plays: the element reports a duration and advancing time.
+    page.wait_for_function(f"{VIDEO}.readyState >= 2 && {VIDEO}.duration > 0", timeout=120_000)
+    assert page.evaluate(f"{VIDEO}.duration") == pytest.approx(160 / 80, abs=0.05)
+    page.keyboard.press(" ")
+    page.wait_for_function(f"{VIDEO}.currentTime > 0.3", timeout=10_000)
+    # Playing moved the shared cursor, on the page and on the charts.
+    assert int(page.inner_text("#cursor-step")) > 0
+    assert page.evaluate("document.getElementById('chart-actions').layout.shapes.some(s => s.type === 'line')")
+
+    # Clicking the chart seeks the video to that step.
+    page.keyboard.press(" ")  # pause (or nothing, if it already ended)
+    page.evaluate(f"{VIDEO}.pause()")
+    box = page.locator("#chart-reward .nsewdrag").first.bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
+    page.wait_for_function("Number(document.getElementById('cursor-step').textContent) > 40")
+    step = int(page.inner_text("#cursor-step"))
+    assert 40 < step < 120
+    page.wait_for_function(f"Math.abs({VIDEO}.currentTime - ({step} + 0.5) / 80) < 0.02")
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    assert int(page.inner_text("#cursor-step")) == step + 2
+
+    # Keys label it: F = the failure began here, 2 = the task's second failure mode, X = exclude, Enter = save.
+    page.keyboard.press("f")
+    assert page.input_value("#id_failure_step") == str(step + 2)
+    page.keyboard.press("2")
+    page.keyboard.press("x")
+    session.screenshot("labelled")
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"**/review/episodes/{older.pk}/")
+
+    label = EpisodeLabel.objects.get(episode=newer)
+    assert (label.failure_mode, label.failure_step, label.disposition, label.annotator) == (
+        "dropped_object", step + 2, EpisodeLabel.Disposition.EXCLUDE, anna)
+    assert "labelled dropped object" in page.content()
+    assert session.console_errors == []
+
+
+def test_a_replay_that_cannot_render_shows_why_and_a_retry_button(browser_session, start_worker, anna):
+    task = Task.objects.create(env_name="pick-place-v3", title="Pick place")
+    episode = ingest(task, recorded(seed=7, steps=60), seed=7)
+    EpisodePayload.objects.filter(episode=episode).update(data=b"PK\x03\x04 this is not an npz")
+    start_worker(queues="default")
+    session = browser_session(anna)
+    page = session.page
+    page.goto(f"{session.base_url}/review/episodes/{episode.pk}/")
+    retry = page.locator("#replay-retry")
+    retry.wait_for(state="visible", timeout=60_000)
+    assert "recorded data is corrupt" in page.inner_text("#replay-message")
+    retry.click()  # rendered again: the payload is still corrupt, so the same clear error comes back
+    page.wait_for_function("document.getElementById('replay').dataset.status === 'failed' && "
+                           "!document.getElementById('replay-retry').disabled", timeout=60_000)
+    assert "recorded data is corrupt" in page.inner_text("#replay-message")
+    assert session.console_errors == []

@@ -1,0 +1,122 @@
+"""Replays rendered by a real Celery worker on `default` from the recorded simulator state: videos that browsers
+play, ahead of the annotators and on demand, and clear errors (with a retry) for episodes that cannot replay."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import numpy as np
+import pytest
+from django.conf import settings
+from django.urls import reverse
+from django.utils import timezone
+
+from fleet.models import AuditEvent, Task
+from review.models import ReplayVideo, ReviewClaim
+from tests.conftest import wait_for
+from tests.reviewing import ingest, recorded
+
+pytestmark = pytest.mark.django_db(transaction=True)
+SMALL = {"REVIEW_VIDEO_WIDTH": 160, "REVIEW_VIDEO_HEIGHT": 128}
+
+
+def finished(episode_id: int, timeout: float = 90) -> ReplayVideo:
+    def done():
+        video = ReplayVideo.objects.get(pk=episode_id)
+        return video if video.status in (ReplayVideo.Status.READY, ReplayVideo.Status.FAILED) else None
+    return wait_for(done, timeout, f"the replay of episode {episode_id}", interval=0.2)
+
+
+def test_rendering_runs_on_the_default_queue():
+    from sopweb.celery import app
+
+    for name in ("review.render_replay", "review.render_ahead"):
+        assert app.amqp.router.route({}, name)["queue"].name == "default"
+    assert "review.render_ahead" in {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+
+
+def test_a_replay_is_rendered_from_the_recorded_state_into_a_playable_video(client, start_worker, anna):
+    import imageio_ffmpeg
+
+    task = Task.objects.create(env_name="pick-place-v3", title="Pick place")
+    episode = ingest(task, recorded(seed=7, steps=60), seed=7)
+    start_worker(queues="default", **SMALL)
+    client.force_login(anna)
+    status = client.get(reverse("review-replay-status", args=[episode.pk])).json()  # on demand
+    assert status["status"] in ("queued", "rendering", "ready")
+    video = finished(episode.pk)
+    assert video.status == ReplayVideo.Status.READY, video.error
+    assert (video.frames, video.fps, video.width, video.height) == (60, 80.0, 160, 128)
+
+    reader = imageio_ffmpeg.read_frames(str(video.file))
+    meta = reader.__next__()
+    assert meta["codec"] == "h264" and meta["size"] == (160, 128) and meta["fps"] == 80
+    frames = [np.frombuffer(frame, np.uint8).reshape(128, 160, 3) for frame in reader]
+    assert len(frames) == 60
+    assert frames[0].std() > 10  # a scene, not a blank frame
+    assert np.abs(frames[0].astype(int) - frames[-1].astype(int)).mean() > 1  # the robot moved
+    with open(video.file, "rb") as fh:
+        head = fh.read(64)
+    assert b"moov" in head or b"ftyp" in head  # mp4 with the index first (faststart): seekable while loading
+
+    status = client.get(reverse("review-replay-status", args=[episode.pk])).json()
+    assert status["status"] == "ready" and status["fps"] == 80 and status["frames"] == 60
+    assert client.get(status["url"], HTTP_RANGE="bytes=0-99").status_code == 206
+    first_render = video.finished_at
+    client.get(reverse("review-replay-status", args=[episode.pk]))
+    assert ReplayVideo.objects.get(pk=episode.pk).finished_at == first_render  # cached, not rendered again
+
+
+def test_episodes_that_cannot_replay_fail_with_a_clear_error_and_can_be_retried(client, start_worker, anna):
+    pick_place = Task.objects.create(env_name="pick-place-v3", title="Pick place")
+    shelf = Task.objects.create(env_name="shelf-place-v3", title="Shelf place")
+    unknown = Task.objects.create(env_name="juggle-v3", title="Juggle")
+    other_task = ingest(shelf, recorded(seed=7, steps=60), seed=7)  # recorded on pick-place, filed as shelf-place
+    tampered = recorded(seed=7, steps=60)
+    tampered["qpos"][30, 9] += 0.2  # the object jumps: the state no longer gives the recorded observation
+    corrupt = ingest(pick_place, tampered, seed=7)
+    not_metaworld = ingest(unknown, recorded(seed=7, steps=60), seed=7)
+    start_worker(queues="default", **SMALL)
+    for episode in (other_task, corrupt, not_metaworld):
+        ReplayVideo.request(episode.pk)
+
+    expected = {other_task.pk: "differs by", corrupt.pk: "step 30: the recorded simulator state does not "
+                "reproduce the observation", not_metaworld.pk: "'juggle-v3' is not a Meta-World v3 task"}
+    for episode_id, words in expected.items():
+        video = finished(episode_id)
+        assert video.status == ReplayVideo.Status.FAILED
+        assert video.error.startswith(f"Cannot replay episode {episode_id}") and words in video.error, video.error
+        assert video.path == ""
+        assert AuditEvent.objects.filter(verb="replay.failed", object_id=str(episode_id)).exists()
+    assert "recorded on another task" in ReplayVideo.objects.get(pk=other_task.pk).error
+    assert "corrupt" in ReplayVideo.objects.get(pk=corrupt.pk).error
+    assert not list((settings.STORAGE_DIR / "replays").glob("*.tmp.mp4"))  # no half-written files left
+
+    client.force_login(anna)
+    status = client.get(reverse("review-replay-status", args=[corrupt.pk])).json()
+    assert status["status"] == "failed" and "corrupt" in status["error"]  # a failure waits for a person
+    response = client.post(reverse("review-replay-retry", args=[corrupt.pk]))
+    assert response.status_code == 200 and response.json()["status"] == "queued"
+    assert client.post(reverse("review-replay-retry", args=[corrupt.pk])).status_code == 409  # already queued
+    video = finished(corrupt.pk)
+    assert video.status == ReplayVideo.Status.FAILED and video.attempts == 2
+    assert AuditEvent.objects.filter(verb="replay.retry", actor=anna, object_id=str(corrupt.pk)).exists()
+
+
+def test_replays_are_rendered_ahead_for_the_queue_and_a_dead_render_is_queued_again(start_worker, anna):
+    from review.tasks import render_ahead
+
+    task = Task.objects.create(env_name="pick-place-v3", title="Pick place")
+    now = timezone.now()
+    episodes = [ingest(task, recorded(seed=7, steps=30), seed=7, finished_at=now - timedelta(minutes=i))
+                for i in range(5)]
+    ReviewClaim.claim(episodes[0], anna)  # anna is on the newest: the next ones are rendered ahead
+    assert render_ahead() == settings.REVIEW_RENDER_AHEAD == 3
+    assert sorted(ReplayVideo.objects.values_list("pk", flat=True)) == sorted(e.pk for e in episodes[1:4])
+
+    # A render whose worker died (no heartbeat for a while) is queued again when someone asks for it.
+    silent_since = now - timedelta(seconds=settings.REVIEW_RENDER_STALE_SECONDS + 1)
+    ReplayVideo.objects.filter(pk=episodes[3].pk).update(status=ReplayVideo.Status.RENDERING, heartbeat_at=silent_since)
+    assert ReplayVideo.request(episodes[3].pk).status == ReplayVideo.Status.QUEUED
+    start_worker(queues="default", **SMALL)
+    for episode in episodes[1:4]:
+        assert finished(episode.pk).status == ReplayVideo.Status.READY
