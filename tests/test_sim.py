@@ -140,3 +140,14 @@ def test_a_payload_is_an_npz_with_the_joint_state_stored_and_the_rest_deflated(p
         assert all(np.array_equal(npz[name], result.arrays[name]) for name in episode_data.SCHEMA)
     assert episode_data.encode(arrays) == data  # the same arrays make the same bytes
     assert len(data) < 0.7 * sum(array.nbytes for array in arrays.values())
+
+
+def test_a_payload_stored_with_float64_simulator_state_reads_back_in_todays_schema(pick_place):
+    result = run_episode(pick_place, pick_place.expert_action, 5, Gate(GateConfig()), realtime_factor=0)
+    old = {name: array.astype(np.float64) if name in ("qpos", "qvel", "mocap_pos", "mocap_quat") else array
+           for name, array in result.arrays.items()}
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **old)  # how payloads were written before
+    back = episode_data.decode(buffer.getvalue())
+    assert episode_data.validate(back, 500) == result.steps
+    assert all(np.array_equal(back[name], result.arrays[name]) for name in result.arrays)

@@ -163,9 +163,17 @@ def decode(data: bytes) -> dict[str, np.ndarray]:
     """Read a payload back (never unpickling anything)."""
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            return {name: npz[name] for name in npz.files}
+            arrays = {name: npz[name] for name in npz.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         raise EpisodeDataError(f"the episode payload is not a readable .npz: {exc}") from None
+    # Payloads stored before the simulator state became float32 hold it as float64; readers get today's schema.
+    for name in _WAS_FLOAT64.intersection(arrays):
+        if arrays[name].dtype == np.float64:
+            arrays[name] = arrays[name].astype(np.float32)
+    return arrays
+
+
+_WAS_FLOAT64 = {"qpos", "qvel", "mocap_pos", "mocap_quat"}
 
 
 def relabelled(arrays: dict, start: int) -> dict:
