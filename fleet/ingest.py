@@ -46,9 +46,9 @@ def ingest_episode(*, uuid: str | uuid_lib.UUID, task: str, seed: int, outcome: 
     for name, value in (("robot", robot_id), ("policy version", policy_version_id)):
         if value is not None and (type(value) is not int or not 0 < value < 2**63):
             raise EpisodeRejected(f"unknown {name} {value!r}")
-    if source not in Episode.Source.values:
+    if source not in _SOURCES:
         raise EpisodeRejected(f"unknown episode source {source!r}")
-    if outcome not in Episode.Outcome.values:
+    if outcome not in _OUTCOMES:
         raise EpisodeRejected(f"unknown outcome {outcome!r}")
     if finished_at < started_at:
         raise EpisodeRejected("an episode cannot finish before it starts")
@@ -99,6 +99,9 @@ def ingest_episode(*, uuid: str | uuid_lib.UUID, task: str, seed: int, outcome: 
     broadcast_on_commit("episode.finished", event)
     transaction.on_commit(lambda: bus.publish(bus.EPISODES_CHANNEL, event))
     return episode, True
+
+
+_SOURCES, _OUTCOMES = frozenset(Episode.Source.values), frozenset(Episode.Outcome.values)
 
 
 class _TaskRow(NamedTuple):
