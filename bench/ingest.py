@@ -54,12 +54,14 @@ def main():
         now = timezone.now()
         connection.ensure_connection()
         start = time.perf_counter()
-        # Autocommit: one INSERT, one transaction; the payload as a binary parameter, the fastest plain way.
+        # Autocommit: one INSERT, one transaction; the payload as a binary parameter and the statement prepared
+        # once (as ingestion's is), the fastest plain way.
         with psycopg.Cursor(connection.connection) as cursor:
             for _ in range(n):
                 cursor.execute("INSERT INTO bench_plain (uuid, task, robot, seed, steps, outcome, finished, data) "
                                "VALUES (%s, %s, %s, %s, %s, %s, %s, %b)",
-                               [uuid.uuid4(), task.pk, robot.pk, 7, result.steps, "timeout", now, payload])
+                               [uuid.uuid4(), task.pk, robot.pk, 7, result.steps, "timeout", now, payload],
+                               prepare=True)
         return n / (time.perf_counter() - start)
 
     def ingest(n):

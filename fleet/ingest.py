@@ -2,12 +2,22 @@
 
 Everything is validated before anything is written; a retried delivery of the same UUID returns the row that
 exists and writes nothing. On commit: a live event for dashboards and a nudge for the learner.
+
+Storing an episode is one INSERT statement that writes the episode, its payload and its segments together, and
+re-checks in its WHERE clause the rows that validation relied on (task and step limit, robot, version). A single
+statement is atomic on its own and joins the caller's transaction when there is one, so there is no BEGIN/COMMIT
+round trip, no half-written episode, and no separate lookup on the common path: a task's id and step limit are
+cached per process, and a lookup runs only for a task not seen yet or when the INSERT wrote nothing (a repeated
+UUID, an unknown robot or version, a changed task), to say why.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import uuid as uuid_lib
 from datetime import datetime
+from types import SimpleNamespace
+from typing import NamedTuple
 
 from django.db import IntegrityError, connection, transaction
 
@@ -31,78 +41,177 @@ def ingest_episode(*, uuid: str | uuid_lib.UUID, task: str, seed: int, outcome: 
         key = uuid_lib.UUID(str(uuid))
     except ValueError:
         raise EpisodeRejected(f"episode uuid {uuid!r} is not a UUID") from None
-    existing = Episode.objects.filter(uuid=key).first()
-    if existing is not None:
-        return existing, False
-
-    task_row = Task.objects.filter(env_name=task).first()
-    if task_row is None:
+    if not isinstance(task, str):
         raise EpisodeRejected(f"unknown task {task!r}")
-    if robot_id is not None and not Robot.objects.filter(pk=robot_id).exists():
-        raise EpisodeRejected(f"unknown robot {robot_id!r}")
-    if policy_version_id is not None:
-        from learner.models import PolicyVersion
-
-        if not PolicyVersion.objects.filter(pk=policy_version_id).exists():
-            raise EpisodeRejected(f"unknown policy version {policy_version_id!r}")
-    if source not in Episode.Source.values:
+    for name, value in (("robot", robot_id), ("policy version", policy_version_id)):
+        if value is not None and (type(value) is not int or not 0 < value < 2**63):
+            raise EpisodeRejected(f"unknown {name} {value!r}")
+    if source not in _SOURCES:
         raise EpisodeRejected(f"unknown episode source {source!r}")
-    if outcome not in Episode.Outcome.values:
+    if outcome not in _OUTCOMES:
         raise EpisodeRejected(f"unknown outcome {outcome!r}")
     if finished_at < started_at:
         raise EpisodeRejected("an episode cannot finish before it starts")
     if not isinstance(seed, int) or not -(2**63) <= seed < 2**63:
         raise EpisodeRejected(f"seed must be a 64-bit integer, got {seed!r}")
-    try:
-        steps = episode_data.validate(arrays, task_row.max_steps)
-        payload = episode_data.encode(arrays)
-    except episode_data.EpisodeDataError as exc:
-        raise EpisodeRejected(str(exc)) from None
-    succeeded = bool(arrays["success"].any())
-    if (outcome == Episode.Outcome.SUCCESS) != succeeded:
-        raise EpisodeRejected(f"outcome {outcome!r} contradicts the recorded success flags")
-    intervention_steps = int(arrays["intervention"].sum())
+    episode = Episode(uuid=key, robot_id=robot_id, policy_version_id=policy_version_id, source=source, seed=seed,
+                      outcome=outcome, meta=meta or {}, started_at=started_at, finished_at=finished_at)
 
-    try:
-        with transaction.atomic():
-            episode = Episode.objects.create(
-                uuid=key, robot_id=robot_id, task=task_row, policy_version_id=policy_version_id, source=source,
-                seed=seed, outcome=outcome, steps=steps, total_return=float(arrays["reward"].sum(dtype="float64")),
-                intervention_steps=intervention_steps, meta=meta or {}, started_at=started_at,
-                finished_at=finished_at,
-            )
-            _insert_payload(episode.pk, payload)
-            segments = InterventionSegment.objects.bulk_create([
-                InterventionSegment(episode=episode, start_step=start, end_step=end, source=SOURCE_NAMES[code])
-                for start, end, code in episode_data.segments(arrays["intervention_source"])
-            ])
-            event = {"episode": episode.pk, "task": task, "robot": robot_id, "version": policy_version_id,
-                     "source": source, "outcome": outcome, "steps": steps,
-                     "intervention_steps": intervention_steps, "interventions": len(segments),
-                     "finished_at": finished_at.isoformat()}
-            broadcast_on_commit("episode.finished", event)
-            transaction.on_commit(lambda: bus.publish(bus.EPISODES_CHANNEL, event))
-    except IntegrityError:
-        # The same UUID committed concurrently (a redelivered task racing its first run): keep that one.
-        existing = Episode.objects.filter(uuid=key).first()
-        if existing is None:
-            raise
-        return existing, False
+    payload, existing, task_row = None, None, _tasks.get(task)
+    for _ in range(3):
+        fresh = task_row is None
+        if fresh:
+            existing, task_row = _look_up(key, task, robot_id, policy_version_id)
+        if existing is not None:
+            return existing, False
+        try:
+            episode.steps = episode_data.validate(arrays, task_row.max_steps)
+            payload = payload or episode_data.encode(arrays)
+        except episode_data.EpisodeDataError as exc:
+            if fresh:
+                raise EpisodeRejected(str(exc)) from None
+            task_row = None  # judge it by the task's step limit as it is now, not as this process cached it
+            continue
+        if (outcome == Episode.Outcome.SUCCESS) != bool(arrays["success"].any()):
+            raise EpisodeRejected(f"outcome {outcome!r} contradicts the recorded success flags")
+        episode.task_id = task_row.id
+        episode.total_return = float(arrays["reward"].sum(dtype="float64"))
+        episode.intervention_steps = int(arrays["intervention"].sum())
+        segments = episode_data.segments(arrays["intervention_source"])
+        episode.pk = _insert(episode, task, payload, segments)
+        if episode.pk is not None:
+            break
+        # Nothing was written: the UUID exists (maybe committed concurrently), the robot or version does not, or
+        # the task changed since this process cached it. The lookup says which, and refreshes the task.
+        task_row = None
+    else:
+        existing, _ = _look_up(key, task, robot_id, policy_version_id)
+        if existing is not None:
+            return existing, False
+        raise EpisodeRejected(f"task {task!r} kept changing while the episode was being stored; nothing was written")
+    episode._state.adding, episode._state.db = False, connection.alias
+
+    event = {"episode": episode.pk, "task": task, "robot": robot_id, "version": policy_version_id,
+             "source": source, "outcome": outcome, "steps": episode.steps,
+             "intervention_steps": episode.intervention_steps, "interventions": len(segments),
+             "finished_at": finished_at.isoformat()}
+    # Outside a transaction the INSERT has committed already and these run at once; inside one, at its commit.
+    broadcast_on_commit("episode.finished", event)
+    transaction.on_commit(lambda: bus.publish(bus.EPISODES_CHANNEL, event))
     return episode, True
 
 
-def _insert_payload(episode_id: int, payload: bytes) -> None:
-    """Insert the payload as a binary parameter, in the caller's transaction.
+_SOURCES, _OUTCOMES = frozenset(Episode.Source.values), frozenset(Episode.Outcome.values)
 
-    Django's psycopg cursors bind parameters client-side, which would hex-escape ~100 KB into the SQL text
-    (twice the bytes, parsed by the server); a server-binding cursor sends the bytes as they are.
+
+class _TaskRow(NamedTuple):
+    id: int
+    max_steps: int
+
+
+# Env name -> task, this process's copy. Tasks are configuration and hardly change; each INSERT re-checks the
+# copy it used (id, name, step limit), so a stale one costs a lookup, never a wrong row.
+_tasks: dict[str, _TaskRow] = {}
+
+
+def _look_up(key: uuid_lib.UUID, task: str, robot_id: int | None,
+             policy_version_id: int | None) -> tuple[Episode | None, _TaskRow | None]:
+    """The episode stored under `key` if there is one, else the task; raises EpisodeRejected for unknown rows."""
+    with connection.wrap_database_errors, _cursor() as cursor:
+        cursor.execute(_statements().lookup,
+                       {"uuid": key, "task": task, "robot": robot_id, "version": policy_version_id}, prepare=True)
+        existing_id, task_id, max_steps, robot_known, version_known = cursor.fetchone()
+    if existing_id is not None:
+        return Episode.objects.get(pk=existing_id), None
+    if task_id is None:
+        _tasks.pop(task, None)
+        raise EpisodeRejected(f"unknown task {task!r}")
+    if not robot_known:
+        raise EpisodeRejected(f"unknown robot {robot_id!r}")
+    if not version_known:
+        raise EpisodeRejected(f"unknown policy version {policy_version_id!r}")
+    _tasks[task] = _TaskRow(task_id, max_steps)
+    return None, _tasks[task]
+
+
+def _insert(episode: Episode, task: str, payload: bytes, segments: list) -> int | None:
+    """Write the episode, its payload and its segments in one statement. Returns the new id, or None when nothing
+    was written because a check in the statement failed or the UUID exists."""
+    from psycopg.types.json import Jsonb
+
+    try:
+        with connection.wrap_database_errors, _cursor() as cursor:
+            cursor.execute(_statements().insert, {
+                **{column: getattr(episode, column) for column in _EPISODE_COLUMNS}, "meta": Jsonb(episode.meta),
+                "task": task, "payload": payload, "nbytes": len(payload),
+                "sha256": hashlib.sha256(payload).hexdigest(),
+                "segment_starts": [start for start, _, _ in segments],
+                "segment_ends": [end for _, end, _ in segments],
+                "segment_sources": [SOURCE_NAMES[code] for _, _, code in segments],
+            }, prepare=True)
+            row = cursor.fetchone()
+    except IntegrityError as exc:
+        # The statement checked every reference, so only a row deleted since then fails a foreign key at commit.
+        raise EpisodeRejected(f"the episode refers to a row deleted meanwhile: {exc}") from None
+    return None if row is None else row[0]
+
+
+_EPISODE_COLUMNS = ("uuid", "robot_id", "task_id", "policy_version_id", "source", "seed", "outcome", "steps",
+                    "total_return", "intervention_steps", "meta", "started_at", "finished_at", "created_at")
+
+
+@functools.cache
+def _statements() -> SimpleNamespace:
+    """The lookup and the insert, built once from the models."""
+    from learner.models import PolicyVersion
+
+    episode, payload, task = Episode._meta.db_table, EpisodePayload._meta.db_table, Task._meta.db_table
+    robot, version = Robot._meta.db_table, PolicyVersion._meta.db_table
+    fields = [Episode._meta.get_field(column.removesuffix("_id")) for column in _EPISODE_COLUMNS]
+    return SimpleNamespace(
+        lookup=f"""
+            SELECT (SELECT id FROM {episode} WHERE uuid = %(uuid)s), task.id, task.max_steps,
+                   %(robot)s::bigint IS NULL OR EXISTS (SELECT FROM {robot} WHERE id = %(robot)s),
+                   %(version)s::bigint IS NULL OR EXISTS (SELECT FROM {version} WHERE id = %(version)s)
+            FROM (VALUES (1)) AS one LEFT JOIN {task} AS task ON task.env_name = %(task)s""",
+        # The WHERE re-checks what validation assumed (the task and its step limit, the robot, the version) in
+        # the statement that writes, so a row that changed meanwhile writes nothing rather than a wrong episode.
+        # ON CONFLICT DO NOTHING waits for a concurrent insert of the same UUID to commit or roll back, then
+        # writes nothing (no id returned, so neither payload nor segments) or writes as if alone.
+        insert=f"""
+            WITH episode AS (
+                INSERT INTO {episode} ({", ".join(field.column for field in fields)})
+                SELECT {", ".join(f"%({f.column})s::{f.db_type(connection)}" for f in fields)}
+                WHERE EXISTS (SELECT FROM {task}
+                              WHERE id = %(task_id)s AND env_name = %(task)s AND max_steps >= %(steps)s)
+                  AND (%(robot_id)s::bigint IS NULL OR EXISTS (SELECT FROM {robot} WHERE id = %(robot_id)s))
+                  AND (%(policy_version_id)s::bigint IS NULL
+                       OR EXISTS (SELECT FROM {version} WHERE id = %(policy_version_id)s))
+                ON CONFLICT (uuid) DO NOTHING
+                RETURNING id
+            ), payload AS (
+                INSERT INTO {payload} (episode_id, data, nbytes, sha256)
+                SELECT id, %(payload)b, %(nbytes)s, %(sha256)s FROM episode
+            ), segments AS (
+                INSERT INTO {InterventionSegment._meta.db_table} (episode_id, start_step, end_step, source)
+                SELECT episode.id, segment.start_step, segment.end_step, segment.source
+                FROM episode, unnest(%(segment_starts)s::integer[], %(segment_ends)s::integer[],
+                                     %(segment_sources)s::varchar[]) AS segment(start_step, end_step, source)
+            )
+            SELECT id FROM episode""",
+    )
+
+
+def _cursor():
+    """A psycopg cursor of Django's connection that binds parameters on the server.
+
+    Django's cursors bind client-side, which would hex-escape the ~70 KB payload into the SQL text (twice the
+    bytes, parsed by the server); a server-binding cursor sends the bytes as they are.
     """
     import psycopg
 
-    table = EpisodePayload._meta.db_table
-    with psycopg.Cursor(connection.connection) as cursor:
-        cursor.execute(f"INSERT INTO {table} (episode_id, data, nbytes, sha256) VALUES (%s, %b, %s, %s)",
-                       [episode_id, payload, len(payload), hashlib.sha256(payload).hexdigest()])
+    connection.ensure_connection()
+    return psycopg.Cursor(connection.connection)
 
 
 def load_arrays(episode: Episode) -> dict:

@@ -206,6 +206,9 @@ TEMPLATES = [
 ]
 
 DATABASES = {"default": parse_database_url(_service_url("DATABASE_URL"))}
+# Ingestion's server-binding cursors keep their statements prepared per connection (planning its INSERT took longer
+# than running it); Django's own cursors bind client-side and never prepare, whatever this says.
+DATABASES["default"]["OPTIONS"].setdefault("prepare_threshold", 5)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -46,10 +46,10 @@ def synthetic(steps: int = 40, seed: int = 0, gate: slice | None = None) -> dict
         "intervention_source": source,
         "reward": rng.uniform(0, 1, steps).astype(np.float32),
         "success": np.zeros(steps, bool),
-        "qpos": rng.normal(size=(steps, 16)),
-        "qvel": rng.normal(size=(steps, 15)),
-        "mocap_pos": rng.normal(size=(steps, 3)),
-        "mocap_quat": rng.normal(size=(steps, 4)),
+        "qpos": rng.normal(size=(steps, 16)).astype(np.float32),
+        "qvel": rng.normal(size=(steps, 15)).astype(np.float32),
+        "mocap_pos": rng.normal(size=(steps, 3)).astype(np.float32),
+        "mocap_quat": rng.normal(size=(steps, 4)).astype(np.float32),
     }
 
 

@@ -1,6 +1,7 @@
 """Ingestion: validated before anything is written, idempotent by UUID, with events on commit."""
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from datetime import timedelta
@@ -34,10 +35,10 @@ def make_arrays(steps: int = 50, nq: int = 16, nv: int = 15, success_at: int | N
         "intervention_source": source,
         "reward": rng.uniform(0, 1, size=steps).astype(np.float32),
         "success": success,
-        "qpos": rng.normal(size=(steps, nq)),
-        "qvel": rng.normal(size=(steps, nv)),
-        "mocap_pos": rng.normal(size=(steps, 3)),
-        "mocap_quat": rng.normal(size=(steps, 4)),
+        "qpos": rng.normal(size=(steps, nq)).astype(np.float32),
+        "qvel": rng.normal(size=(steps, nv)).astype(np.float32),
+        "mocap_pos": rng.normal(size=(steps, 3)).astype(np.float32),
+        "mocap_quat": rng.normal(size=(steps, 4)).astype(np.float32),
     }
 
 
@@ -163,3 +164,51 @@ def test_bad_metadata_is_rejected_and_nothing_is_written(task, robot, overrides,
 def test_a_success_ends_the_episode_and_is_accepted(task, robot):
     episode, _ = ingest(task, robot, outcome="success", arrays=make_arrays(steps=30, success_at=29))
     assert episode.outcome == "success" and episode.steps == 30
+
+
+def test_a_step_limit_lowered_after_the_task_was_cached_still_rejects_and_writes_nothing(task, robot):
+    ingest(task, robot)  # this process now knows the task's limit (500)
+    Task.objects.filter(pk=task.pk).update(max_steps=40)
+    with pytest.raises(EpisodeRejected, match="1 to 40 steps, this one has 50"):
+        ingest(task, robot)
+    assert Episode.objects.count() == EpisodePayload.objects.count() == 1
+    episode, created = ingest(task, robot, arrays=make_arrays(steps=40))
+    assert created and episode.steps == 40
+
+
+def test_a_task_recreated_under_the_same_name_gets_the_new_row(task, robot):
+    ingest(task, robot)
+    Episode.objects.all().delete()
+    task.delete()
+    again = Task.objects.create(env_name="pick-place-v3", title="Pick place, again")
+    episode, created = ingest(again, robot)
+    assert created and episode.task_id == again.pk
+    assert Episode.objects.get().task_id == again.pk
+
+
+def test_an_unknown_robot_is_rejected_even_when_the_task_is_known(task, robot):
+    ingest(task, robot)
+    with pytest.raises(EpisodeRejected, match="unknown robot 999999"):
+        ingest(task, robot_id=999999)
+    assert Episode.objects.count() == EpisodePayload.objects.count() == InterventionSegment.objects.count() / 2 == 1
+
+
+def test_events_go_out_only_when_the_episode_commits(task, robot, django_capture_on_commit_callbacks):
+    from fleet import bus
+
+    listener = bus.client().pubsub(ignore_subscribe_messages=True)
+    listener.subscribe(bus.EPISODES_CHANNEL)
+    try:
+        with django_capture_on_commit_callbacks(execute=False) as callbacks:
+            episode, _ = ingest(task, robot)
+        assert len(callbacks) == 2  # the live event and the learner's nudge, both waiting for the commit
+        assert listener.get_message(timeout=0.2) is None
+        for callback in callbacks:
+            callback()
+        message = listener.get_message(timeout=5)
+        assert json.loads(message["data"]) == {
+            "episode": episode.pk, "task": "pick-place-v3", "robot": robot.pk, "version": None, "source": "online",
+            "outcome": "timeout", "steps": 50, "intervention_steps": 20, "interventions": 2,
+            "finished_at": episode.finished_at.isoformat()}
+    finally:
+        listener.close()

@@ -1,6 +1,9 @@
 """fleet/sim without Django: seeded tasks, the expert gate, the recorder, validation, replayable state."""
 from __future__ import annotations
 
+import io
+import zipfile
+
 import numpy as np
 import pytest
 
@@ -121,3 +124,30 @@ def test_payloads_round_trip_and_reject_bad_data(pick_place):
     assert all(np.array_equal(back[k], result.arrays[k]) for k in result.arrays)
     with pytest.raises(episode_data.EpisodeDataError, match="not a readable .npz"):
         episode_data.decode(b"not an npz")
+
+
+def test_a_payload_is_an_npz_with_the_joint_state_stored_and_the_rest_deflated(pick_place):
+    result = run_episode(pick_place, pick_place.expert_action, 4, Gate(GateConfig()), realtime_factor=0)
+    arrays = dict(result.arrays, obs=np.asfortranarray(result.arrays["obs"]))  # any memory layout goes in
+    data = episode_data.encode(arrays)
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        assert archive.testzip() is None  # every member's CRC checks out
+        methods = {info.filename: info.compress_type for info in archive.infolist()}
+    assert methods == {f"{name}.npy": zipfile.ZIP_STORED if name in ("qpos", "qvel") else zipfile.ZIP_DEFLATED
+                       for name in episode_data.SCHEMA}
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        assert npz["qpos"].dtype == np.float32 and npz["qpos"].shape == (result.steps, pick_place.env.model.nq)
+        assert all(np.array_equal(npz[name], result.arrays[name]) for name in episode_data.SCHEMA)
+    assert episode_data.encode(arrays) == data  # the same arrays make the same bytes
+    assert len(data) < 0.7 * sum(array.nbytes for array in arrays.values())
+
+
+def test_a_payload_stored_with_float64_simulator_state_reads_back_in_todays_schema(pick_place):
+    result = run_episode(pick_place, pick_place.expert_action, 5, Gate(GateConfig()), realtime_factor=0)
+    old = {name: array.astype(np.float64) if name in ("qpos", "qvel", "mocap_pos", "mocap_quat") else array
+           for name, array in result.arrays.items()}
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **old)  # how payloads were written before
+    back = episode_data.decode(buffer.getvalue())
+    assert episode_data.validate(back, 500) == result.steps
+    assert all(np.array_equal(back[name], result.arrays[name]) for name in result.arrays)

@@ -70,7 +70,8 @@ class SimTask:
         return np.asarray(self.expert.get_action(obs), dtype=np.float32)
 
     def snapshot(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """qpos, qvel, mocap position and quaternion: what replay needs to put the scene back exactly."""
+        """qpos, qvel, mocap position and quaternion: what replay needs to put the scene back (episodes keep them
+        as float32, a fraction of a micrometre off)."""
         data = self.env.data
         return data.qpos.copy(), data.qvel.copy(), data.mocap_pos[0].copy(), data.mocap_quat[0].copy()
 
