@@ -24,6 +24,8 @@ def test_an_annotator_labels_an_episode_from_the_keyboard_and_the_next_one_opens
     page = session.page
 
     page.goto(session.base_url + "/review/")
+    # autofocus lands at the browser's next rendering step, not at "load": wait for it, then only the keyboard
+    page.wait_for_function("document.activeElement && document.activeElement.id === 'start-labelling'")
     page.keyboard.press("Enter")  # the "label the next episode" button has the focus
     page.wait_for_url(f"**/review/episodes/{newer.pk}/")
 
