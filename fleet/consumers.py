@@ -48,17 +48,18 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
         if getattr(self, "timer", None):
             self.timer.cancel()
 
-    async def fleet_event(self, message):
-        item = {"event": message["event"], "data": message["data"]}
-        key_field = LATEST_ONLY.get(item["event"])
-        key = (item["event"], item["data"].get(key_field)) if key_field else None
-        if key in self.latest:
-            self.pending[self.latest[key]] = item
-        else:
-            if key:
-                self.latest[key] = len(self.pending)
-            self.pending.append(item)
-        self.urgent = self.urgent or key is None
+    async def fleet_events(self, message):
+        """A batch of deltas from one process's broadcaster (fleet.events), in order."""
+        for item in message["events"]:
+            key_field = LATEST_ONLY.get(item["event"])
+            key = (item["event"], item["data"].get(key_field)) if key_field else None
+            if key in self.latest:
+                self.pending[self.latest[key]] = item
+            else:
+                if key:
+                    self.latest[key] = len(self.pending)
+                self.pending.append(item)
+            self.urgent = self.urgent or key is None
         await self.schedule()
 
     async def schedule(self):

@@ -16,7 +16,19 @@ from channels.layers import get_channel_layer
 from django.db import transaction
 
 FLEET_GROUP = "fleet"
+MAX_BATCH = 100
 log = logging.getLogger(__name__)
+
+
+def _by_group(batch: list[tuple[str, dict]]) -> list[tuple[str, list[dict]]]:
+    """Consecutive runs of the same group, so each group still hears its events in order."""
+    runs: list[tuple[str, list[dict]]] = []
+    for group, item in batch:
+        if runs and runs[-1][0] == group:
+            runs[-1][1].append(item)
+        else:
+            runs.append((group, [item]))
+    return runs
 
 
 class _Broadcaster:
@@ -47,12 +59,17 @@ class _Broadcaster:
     async def _drain(self) -> None:
         layer = get_channel_layer()
         while True:
-            group, message = await self._queue.get()
-            try:
-                await layer.group_send(group, message)
-            except Exception:  # a Redis hiccup loses one live delta; pages refetch snapshots on reconnect
-                log.exception("could not broadcast %s", message.get("event"))
-            finally:
+            batch = [await self._queue.get()]
+            # Whatever queued up meanwhile leaves with it: one group_send per group instead of one per event
+            # (each costs ~0.5 ms of this process's CPU), in order.
+            while not self._queue.empty() and len(batch) < MAX_BATCH:
+                batch.append(self._queue.get_nowait())
+            for group, items in _by_group(batch):
+                try:
+                    await layer.group_send(group, {"type": "fleet.events", "events": items})
+                except Exception:  # a Redis hiccup loses live deltas; pages refetch snapshots on reconnect
+                    log.exception("could not broadcast %s", ", ".join(item["event"] for item in items))
+            for _ in batch:
                 self._queue.task_done()
 
     def submit(self, group: str, message: dict) -> None:
@@ -75,8 +92,8 @@ atexit.register(_broadcaster.flush)
 
 
 def broadcast(event: str, data: dict, group: str = FLEET_GROUP) -> None:
-    """Send `{"event": event, "data": data}` to every socket in `group` (consumers forward it as is)."""
-    _broadcaster.submit(group, {"type": "fleet.event", "event": event, "data": data})
+    """Send `{"event": event, "data": data}` to every socket in `group` (consumers coalesce and forward it)."""
+    _broadcaster.submit(group, {"event": event, "data": data})
 
 
 def flush(timeout: float = 5.0) -> None:

@@ -325,10 +325,13 @@ class Episode(models.Model):
 
     uuid = models.UUIDField(unique=True, default=uuid.uuid4, editable=False,
                             help_text="Chosen at episode start: the idempotency key of ingestion.")
-    robot = models.ForeignKey(Robot, null=True, blank=True, on_delete=models.PROTECT, related_name="episodes")
-    task = models.ForeignKey(Task, on_delete=models.PROTECT, related_name="episodes")
+    # No single-column FK indexes: the (fk, -finished_at) indexes below serve the same lookups, and every index
+    # is paid for on each ingested episode.
+    robot = models.ForeignKey(Robot, null=True, blank=True, on_delete=models.PROTECT, related_name="episodes",
+                              db_index=False)
+    task = models.ForeignKey(Task, on_delete=models.PROTECT, related_name="episodes", db_index=False)
     policy_version = models.ForeignKey("learner.PolicyVersion", null=True, blank=True, on_delete=models.PROTECT,
-                                       related_name="episodes")
+                                       related_name="episodes", db_index=False)
     source = models.CharField(max_length=16, choices=Source.choices, default=Source.ONLINE)
     seed = models.BigIntegerField()
     outcome = models.CharField(max_length=16, choices=Outcome.choices)
