@@ -67,6 +67,10 @@ async def main():
     tasks = [asyncio.create_task(client(p, k)) for _ in range(n) for p, k in (("/ws/fleet/", "product"),
                                                                             ("/ws/bare/", "bare"))]
     while len(ready) < 2 * n:
+        failed = [t.exception() for t in tasks if t.done()]
+        if failed:
+            print("FAILED", repr(failed[0]), flush=True)
+            import os; os._exit(1)
         await asyncio.sleep(0.05)
     print("READY", flush=True)
     await asyncio.wait(tasks, timeout=float(sys.argv[5]))
@@ -101,6 +105,7 @@ def percentile(values, q):
 
 
 def main():
+    sys.stdout.reconfigure(line_buffering=True)  # a run stopped by a time limit still shows how far it got
     parser = argparse.ArgumentParser()
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--events", type=int, default=60, help="episodes committed (and as many bare sends)")
@@ -132,7 +137,9 @@ def main():
             time.sleep(0.1)
         clients = subprocess.Popen([sys.executable, "-c", CLIENTS, f"127.0.0.1:{port}", cookie, str(args.clients),
                                     str(args.events), str(30 + args.events * args.gap * 2)], stdout=subprocess.PIPE, text=True, env=env)
-        assert clients.stdout.readline().strip() == "READY", "the clients did not connect"
+        answer = clients.stdout.readline().strip()
+        if answer != "READY":
+            raise SystemExit(f"the clients did not all connect: {answer or 'no answer'}")
         print(f"{args.clients} clients connected, each with a product socket and a bare socket")
 
         # 16 robots' progress at 1 Hz each, from another process (as actors send theirs).

@@ -247,8 +247,11 @@ CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         # redis-py's default 5 s socket timeout equals channels_redis's 5 s BZPOPMIN: an idle consumer's blocking
-        # read timed out and the socket closed every few seconds. Reads must outlast the blocking pop.
-        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}], "capacity": 1000, "expiry": 30},
+        # read timed out and the socket closed every few seconds. Reads must outlast the blocking pop. Its pool
+        # holds at most 100 connections by default, and every socket joining at once takes one for its group_add:
+        # a hundred dashboards reconnecting after a restart got "Too many connections" (HTTP 500).
+        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30, "max_connections": 1000}],
+                   "capacity": 1000, "expiry": 30},
     }
 }
 

@@ -206,3 +206,27 @@ def test_an_idle_socket_stays_open(daphne_server, olivia):
             return json.loads(await asyncio.wait_for(ws.recv(), timeout=10))
 
     assert asyncio.run(scenario())["events"][0]["data"]["from"] == "another process"
+
+
+def test_a_hundred_and_twenty_dashboards_connect_at_once(daphne_server, olivia):
+    """Every joining socket borrows a Redis connection for its group_add; a burst of them (dashboards reconnecting
+    after a restart) must not exhaust the channel layer's pool."""
+    cookie = session_cookie(olivia)
+    headers = {"Cookie": cookie, "Origin": f"http://{daphne_server}"}
+
+    async def scenario():
+        async def one():
+            async with websockets.connect(f"ws://{daphne_server}/ws/fleet/", open_timeout=30,
+                                          additional_headers=headers) as ws:
+                await barrier.wait()
+                return json.loads(await asyncio.wait_for(ws.recv(), timeout=20))
+
+        barrier = asyncio.Barrier(121)
+        clients = [asyncio.create_task(one()) for _ in range(120)]
+        await asyncio.wait_for(barrier.wait(), timeout=60)  # all 120 accepted
+        await asyncio.to_thread(subprocess.run, [sys.executable, "-c", BROADCAST_FROM_ANOTHER_PROCESS],
+                                cwd=ROOT, env=process_env(), check=True, timeout=60)
+        return await asyncio.gather(*clients)
+
+    received = asyncio.run(scenario())
+    assert len(received) == 120 and all(m["events"][0]["data"]["from"] == "another process" for m in received)
