@@ -4,8 +4,8 @@ p99), against a bare channel-layer group_send to the same 50 clients, in the sam
 The product path: ingest_episode commits the episode; its on-commit hook hands the event to the process's
 broadcaster; the channel layer (Redis) delivers it to each client's FleetConsumer, which coalesces and sends it.
 The baseline: group_send straight from this process to a bench-only consumer (bench/_bare_asgi.py) that forwards
-each message as it comes; every client holds one socket of each kind. Meanwhile 16 robots' progress telemetry
-(1 Hz each) flows to every product socket, as on a real fleet. Goal: product p99 <= 100 ms, ratio of p99s <= 1.5.
+each message as it comes; every client holds one socket of each kind. Meanwhile 16 robots report progress once a
+second each (as actors do), which every product socket reads and forwards, as on a real fleet. Goal: product p99 <= 100 ms, ratio of p99s <= 1.5.
 
     .venv/bin/python -m sopweb.embedded run -- .venv/bin/python bench/ws_fanout.py [--clients 50] [--events 60]
 """
@@ -85,12 +85,12 @@ asyncio.run(main())
 TELEMETRY = """
 import sys, time, django
 django.setup()
-from fleet.events import broadcast
+from fleet.actor import report_progress
 robots, step = int(sys.argv[1]), 0
 while robots:
     time.sleep(1 / robots)
     step += 1
-    broadcast("robot.progress", {"robot": 1000 + step % robots, "step": step, "control": "policy"})
+    report_progress({"robot": 1000 + step % robots, "step": step, "control": "policy"})
 """
 
 

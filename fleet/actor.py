@@ -13,8 +13,6 @@ from django.conf import settings
 from django.utils import timezone
 
 from fleet import bus
-from fleet.bus import progress_key
-from fleet.events import broadcast
 from fleet.ingest import ingest_episode
 from fleet.models import Episode, Robot
 from governance import evaluation as governance_evaluation
@@ -97,10 +95,8 @@ POLL_EVERY = 8  # steps between two looks at Redis (takeover, abort) and, once a
 
 
 def report_progress(progress: dict) -> None:
-    """The running episode's step and who controls it: kept in Redis for pages that load now (expiring if the
-    actor dies), and sent to open dashboards (which keep only the latest per robot)."""
-    bus.client().set(progress_key(progress["robot"]), json.dumps(progress), ex=10)
-    broadcast("robot.progress", progress)
+    """The running episode's step and who controls it, for dashboards (they poll bus.PROGRESS_KEY)."""
+    bus.client().hset(bus.PROGRESS_KEY, progress["robot"], json.dumps(dict(progress, at=time.time())))
 
 
 def _run_leased(robot: Robot, lease: bus.Lease) -> str:
@@ -177,7 +173,7 @@ def _run_leased(robot: Robot, lease: bus.Lease) -> str:
         result = run_episode(sim, act, seed, gate, max_steps=task_row.max_steps, poll_every=POLL_EVERY,
                              realtime_factor=settings.FLEET_REALTIME_FACTOR, poll=poll, doubt=doubt)
     finally:
-        r.delete(progress_key(robot.pk))
+        r.hdel(bus.PROGRESS_KEY, robot.pk)
     if result.steps == 0:
         if evaluation is not None:
             governance_evaluation.release(evaluation)

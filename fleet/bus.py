@@ -40,9 +40,22 @@ def abort_key(robot_id: int) -> str:
     return f"sopweb:robot:{robot_id}:abort"
 
 
-def progress_key(robot_id: int) -> str:
-    """The running episode's step, start and who is in control (JSON, expires if its actor dies)."""
-    return f"sopweb:robot:{robot_id}:progress"
+# Running episodes' progress: one hash, field = robot id, value = JSON {robot, task, version, started_at, step,
+# control, at}. Actors write their field once a second and delete it at the episode's end; readers ignore fields
+# older than PROGRESS_STALE_SECONDS (a killed actor's last word). Dashboards poll it rather than have every
+# update fanned out to every socket.
+PROGRESS_KEY = "sopweb:progress"
+PROGRESS_STALE_SECONDS = 10.0
+
+
+def fresh_progress(raw: dict, now: float) -> dict[int, dict]:
+    """Parse the progress hash (field -> JSON, as bytes or str), dropping stale entries."""
+    result = {}
+    for field, value in raw.items():
+        entry = json.loads(value)
+        if now - entry.get("at", 0) <= PROGRESS_STALE_SECONDS:
+            result[int(field)] = entry
+    return result
 
 
 def ready_key(robot_id: int) -> str:

@@ -1,9 +1,16 @@
 import asyncio
+import logging
+import time
+import weakref
 
+import redis.asyncio
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
+from fleet import bus
 from fleet.events import FLEET_GROUP
+
+log = logging.getLogger(__name__)
 
 # Close codes in the application range (4000-4999), mirroring HTTP's 401 and 403.
 CLOSE_UNAUTHENTICATED = 4401
@@ -13,10 +20,22 @@ CLOSE_FORBIDDEN = 4403
 # same key, and it never triggers a message of its own before PROGRESS_PERIOD has passed since the last one.
 LATEST_ONLY = {"robot.progress": "robot"}
 PROGRESS_PERIOD = 1.0
+_redis_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> its async Redis client
+
+
+def _redis() -> redis.asyncio.Redis:
+    loop = asyncio.get_running_loop()
+    if loop not in _redis_clients:
+        _redis_clients[loop] = redis.asyncio.Redis.from_url(settings.REDIS_URL)
+    return _redis_clients[loop]
 
 
 class FleetConsumer(AsyncJsonWebsocketConsumer):
     """Pushes fleet deltas to a dashboard. It never writes: commands go through POST views.
+
+    Robots' progress is not pushed through the channel layer (16 robots x 50 dashboards would be 800 deliveries a
+    second, nearly all coalesced away): each socket reads the actors' progress hash once a second and sends what
+    changed, riding along with the next message.
 
     Deltas are coalesced by a token bucket of DASHBOARD_PUSH_RATE messages per second (holding one second's
     worth): a change (an episode, a status, a version) goes out at once while tokens last, so a normal fleet costs
@@ -40,27 +59,49 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
         self.urgent = False
         self.timer: asyncio.TimerHandle | None = None
         self.timer_due = 0.0
+        self.progress_seen: dict[bytes, bytes] = {}
         await self.channel_layer.group_add(FLEET_GROUP, self.channel_name)
         await self.accept()
+        self.poller = asyncio.create_task(self.poll_progress())
 
     async def disconnect(self, code):
         await self.channel_layer.group_discard(FLEET_GROUP, self.channel_name)
-        if getattr(self, "timer", None):
-            self.timer.cancel()
+        for handle in (getattr(self, "timer", None), getattr(self, "poller", None)):
+            if handle is not None:
+                handle.cancel()
 
     async def fleet_events(self, message):
         """A batch of deltas from one process's broadcaster (fleet.events), in order."""
         for item in message["events"]:
-            key_field = LATEST_ONLY.get(item["event"])
-            key = (item["event"], item["data"].get(key_field)) if key_field else None
-            if key in self.latest:
-                self.pending[self.latest[key]] = item
-            else:
-                if key:
-                    self.latest[key] = len(self.pending)
-                self.pending.append(item)
-            self.urgent = self.urgent or key is None
+            self.add(item)
         await self.schedule()
+
+    def add(self, item: dict) -> None:
+        key_field = LATEST_ONLY.get(item["event"])
+        key = (item["event"], item["data"].get(key_field)) if key_field else None
+        if key in self.latest:
+            self.pending[self.latest[key]] = item
+        else:
+            if key:
+                self.latest[key] = len(self.pending)
+            self.pending.append(item)
+        self.urgent = self.urgent or key is None
+
+    async def poll_progress(self):
+        while True:
+            await asyncio.sleep(PROGRESS_PERIOD)
+            try:
+                raw = await _redis().hgetall(bus.PROGRESS_KEY)
+            except Exception:  # Redis away for a moment: the tiles wait for the next round
+                log.warning("could not read robots' progress", exc_info=True)
+                continue
+            changed = {field: value for field, value in raw.items() if self.progress_seen.get(field) != value}
+            self.progress_seen = raw
+            fresh = bus.fresh_progress(changed, time.time())
+            for robot in sorted(fresh):
+                self.add({"event": "robot.progress", "data": fresh[robot]})
+            if fresh:
+                await self.schedule()
 
     async def schedule(self):
         loop = asyncio.get_running_loop()

@@ -130,11 +130,14 @@ def _recent_outcomes(robot_ids: list[int]) -> dict[int, list[dict]]:
 
 
 def running_progress(robot_ids: list[int]) -> dict[int, dict]:
-    """Each running robot's episode: step, start, who is in control (written by the actor, expires on its own)."""
+    """Each running robot's episode: step, start, who is in control (written by the actor once a second)."""
+    import time
+
     if not robot_ids:
         return {}
-    values = bus.client().mget([bus.progress_key(pk) for pk in robot_ids])
-    return {pk: json.loads(value) for pk, value in zip(robot_ids, values) if value}
+    values = bus.client().hmget(bus.PROGRESS_KEY, robot_ids)
+    raw = {pk: value for pk, value in zip(robot_ids, values) if value}
+    return bus.fresh_progress(raw, time.time())
 
 
 def _series(now: datetime, tasks: list[Task]) -> dict:

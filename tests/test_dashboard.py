@@ -106,12 +106,19 @@ def test_the_fleet_snapshot_has_tiles_kpis_and_series(tasks, robots, settings):
         raw_episode(tasks[1], robots[0], at=now - timedelta(minutes=i), outcome="success" if i % 2 else "failure",
                     intervention_steps=5 if i == 0 else 0)
     raw_episode(tasks[0], robots[1], at=now - timedelta(minutes=90), outcome="success")
-    bus.client().set(bus.progress_key(robots[1].pk), '{"robot": %d, "step": 120, "control": "expert"}' % robots[1].pk)
+    import json
+    import time
+
+    bus.client().hset(bus.PROGRESS_KEY, mapping={
+        robots[1].pk: json.dumps({"robot": robots[1].pk, "step": 120, "control": "expert", "at": time.time()}),
+        robots[2].pk: json.dumps({"robot": robots[2].pk, "step": 7, "control": "policy", "at": time.time() - 60}),
+    })
     snap = dashboard.fleet_snapshot(now + timedelta(seconds=1))
     tiles = {tile["name"]: tile for tile in snap["robots"]}
     assert len(tiles["sim-0"]["outcomes"]) == 20  # the last 20, oldest first
     assert tiles["sim-0"]["outcomes"][-1]["helped"] and tiles["sim-0"]["outcomes"][-1]["outcome"] == "failure"
-    assert tiles["sim-1"]["progress"]["control"] == "expert" and tiles["sim-2"]["progress"] is None
+    assert tiles["sim-1"]["progress"]["control"] == "expert"
+    assert tiles["sim-2"]["progress"] is None and tiles["sim-0"]["progress"] is None  # stale; none
     by_task = {t["task"]: t for t in snap["kpis"]["tasks"]}
     assert by_task["pick-place-v3"]["quarter"]["episodes"] == 15
     assert by_task["pick-place-v3"]["hour"]["episodes"] == 25
