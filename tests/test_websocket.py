@@ -195,10 +195,10 @@ async def test_changes_go_out_at_once_and_progress_is_read_once_a_second(olivia,
         assert await communicator.receive_nothing(timeout=1.5)  # nothing changed: nothing sent
         progress(r1=(10, 60))  # a dead actor's last word: stale, never shown
         assert await communicator.receive_nothing(timeout=1.5)
-        progress(r2=(110, 0))
         await sync_to_async(broadcast)("episode.finished", {"episode": 5})  # a change: out at once
         assert (await communicator.receive_json_from(timeout=0.5))["events"] == [
             {"event": "episode.finished", "data": {"episode": 5}}]
+        progress(r2=(110, 0))
         batch = (await communicator.receive_json_from(timeout=3))["events"]
         assert [(e["data"]["robot"], e["data"]["step"]) for e in batch] == [(2, 110)]
     finally:
