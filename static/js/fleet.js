@@ -45,13 +45,17 @@
         v.n += r.n; v.s += r.s; versionTotals.set(r.version, v);
         if (!versionPoints.has(r.version)) versionPoints.set(r.version, {x: [], y: []});
         const p = versionPoints.get(r.version);
-        p.x.push(new Date(m + MINUTE).toISOString()); p.y.push(v.s / v.n);
+        p.x.push(new Date(Math.min(m + MINUTE, Date.parse(snapshot.now))).toISOString()); p.y.push(v.s / v.n);
       }
     });
     const now = bucketOf(snapshot.now);
+    // From the first minute with episodes (a young fleet's charts are not six hours of nothing), or from now.
+    const first = Math.min(now, ...snapshot.series.rows.map((r) => Date.parse(r.t)).filter((m) => m >= start));
     const xs = [];
-    for (let m = start; m <= now; m += MINUTE) xs.push(m);
-    const at = (m) => new Date(m + MINUTE).toISOString();
+    for (let m = first; m <= now; m += MINUTE) xs.push(m);
+    // A minute's point stands at its end; the running minute's at the snapshot's time, so that live points
+    // (stamped with their episode's end) continue the line instead of stepping back from the minute's end.
+    const at = (m) => new Date(Math.min(m + MINUTE, Date.parse(snapshot.now))).toISOString();
     const taskIds = Object.keys(taskNames).map(Number);
     Plotly.react("chart-task", taskIds.map((t) => ({
       name: taskNames[t], mode: "lines", x: xs.map(at), y: xs.map((m) => rate(sumWindow(t, m, ROLLING)))})),
@@ -84,6 +88,13 @@
     setText(p.robot, "step", p.step);
     const control = field(p.robot, "control");
     if (control) { control.textContent = p.control; control.className = "control-" + p.control; }
+    // Actors' heartbeats change a robot's running/expert status without an event: the progress says it.
+    const status = field(p.robot, "status");
+    if (status && /status-(running|expert|idle)/.test(status.className)) {
+      const expert = p.control !== "policy";
+      status.className = "status status-" + (expert ? "expert" : "running");
+      status.textContent = expert ? "expert in control" : "running";
+    }
     const elapsed = field(p.robot, "elapsed");
     if (elapsed) elapsed.dataset.started = p.started_at;
   }
