@@ -103,11 +103,14 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
             if fresh:
                 await self.schedule()
 
+    def refill(self, now: float) -> None:
+        self.tokens = min(self.burst, self.tokens + (now - self.refilled) * self.rate)
+        self.refilled = now
+
     async def schedule(self):
         loop = asyncio.get_running_loop()
         now = loop.time()
-        self.tokens = min(self.burst, self.tokens + (now - self.refilled) * self.rate)
-        self.refilled = now
+        self.refill(now)
         if self.urgent and self.tokens >= 1:
             await self.flush()
             return
@@ -123,9 +126,7 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
 
     async def flush_due(self):
         self.timer = None
-        now = asyncio.get_running_loop().time()
-        self.tokens = min(self.burst, self.tokens + (now - self.refilled) * self.rate)
-        self.refilled = now
+        self.refill(asyncio.get_running_loop().time())
         await self.flush()
 
     async def flush(self):

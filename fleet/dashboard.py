@@ -107,7 +107,6 @@ def _kpis(now: datetime, tasks: list[Task]) -> dict:
         "interventions_per_hour": fleet["interventions"],
         # Mean policy-controlled steps between two interventions (none in the hour: every step was the policy's).
         "steps_between_interventions": round(policy_steps / fleet["interventions"]) if fleet["interventions"] else None,
-        "success_hour": Rate(fleet["successes"], fleet["episodes"]).as_dict(),
     }
 
 
@@ -140,7 +139,7 @@ def running_progress(robot_ids: list[int]) -> dict[int, dict]:
     return bus.fresh_progress(raw, time.time())
 
 
-def _series(now: datetime, tasks: list[Task]) -> dict:
+def _series(now: datetime) -> dict:
     """Per-minute points for the charts: rolling success per task, throughput and interventions per hour, and
     cumulative success per policy version (the newest few), over the last CHART_HOURS."""
     start = floor_minute(now) - timedelta(hours=CHART_HOURS)
@@ -159,8 +158,7 @@ def fleet_snapshot(now: datetime | None = None) -> dict:
     from learner.models import PolicyVersion
 
     now = now or timezone.now()
-    robots = list(Robot.objects.filter(retired=False).select_related("policy_version").prefetch_related("tasks")
-                  .order_by("name"))
+    robots = list(Robot.objects.filter(retired=False).select_related("policy_version").order_by("name"))
     tasks = list(Task.objects.order_by("env_name"))
     ids = [robot.pk for robot in robots]
     outcomes = _recent_outcomes(ids)
@@ -170,16 +168,14 @@ def fleet_snapshot(now: datetime | None = None) -> dict:
         "candidates": [{"number": v.number, "state": v.get_state_display()} for v in PolicyVersion.objects.filter(
             state__in=["candidate", "evaluating", "awaiting_approval", "canary"]).order_by("-number")[:5]],
     }
-    series = _series(now, tasks)
+    series = _series(now)
     version_ids = {row["version"] for row in series["rows"]} | {r.policy_version_id for r in robots}
     numbers = dict(PolicyVersion.objects.filter(pk__in=version_ids).values_list("pk", "number"))
     return {
         "now": now.isoformat(),
         "robots": [{
             "id": robot.pk, "name": robot.name, "status": robot.status, "status_label": robot.get_status_display(),
-            "enabled": robot.enabled, "tasks": [t.env_name for t in robot.tasks.all()],
-            "version": robot.policy_version.number if robot.policy_version else None,
-            "heartbeat": robot.last_heartbeat.isoformat() if robot.last_heartbeat else None,
+            "enabled": robot.enabled, "version": robot.policy_version.number if robot.policy_version else None,
             "outcomes": outcomes.get(robot.pk, []), "progress": progress.get(robot.pk),
         } for robot in robots],
         "tasks": {task.pk: task.env_name for task in tasks},

@@ -23,7 +23,20 @@ class RobotForm(RobotTasksForm):
 YES_NO = [("", "any"), ("yes", "yes"), ("no", "no")]
 
 
-class EpisodeFilterForm(forms.Form):
+class TimeRangeForm(forms.Form):
+    """Optional 'since' / 'until' bounds; an empty range is refused."""
+
+    since = forms.DateTimeField(required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
+    until = forms.DateTimeField(required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
+
+    def clean(self):
+        data = super().clean()
+        if data.get("since") and data.get("until") and data["since"] >= data["until"]:
+            raise forms.ValidationError("the time range is empty: 'since' must come before 'until'")
+        return data
+
+
+class EpisodeFilterForm(TimeRangeForm):
     task = forms.ModelChoiceField(Task.objects.all(), required=False, to_field_name="env_name")
     robot = forms.ModelChoiceField(Robot.objects.all(), required=False, to_field_name="name")
     outcome = forms.ChoiceField(choices=[("", "any")] + Episode.Outcome.choices, required=False)
@@ -32,8 +45,6 @@ class EpisodeFilterForm(forms.Form):
                                  widget=forms.NumberInput(attrs={"placeholder": "number"}))
     flagged = forms.TypedChoiceField(choices=YES_NO, required=False, coerce=lambda v: v == "yes", empty_value=None)
     labelled = forms.TypedChoiceField(choices=YES_NO, required=False, coerce=lambda v: v == "yes", empty_value=None)
-    since = forms.DateTimeField(required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
-    until = forms.DateTimeField(required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
     after = forms.CharField(required=False, widget=forms.HiddenInput,
                             help_text="Keyset cursor: <finished_at ISO>|<id> of the last row shown.")
 
@@ -47,35 +58,24 @@ class EpisodeFilterForm(forms.Form):
         except ValueError:
             raise forms.ValidationError("the page cursor is malformed; start again from the first page") from None
 
-    def clean(self):
-        data = super().clean()
-        if data.get("since") and data.get("until") and data["since"] >= data["until"]:
-            raise forms.ValidationError("the time range is empty: 'since' must come before 'until'")
-        return data
-
 
 WINDOWS = {"15m": ("last 15 minutes", 15), "1h": ("last hour", 60), "6h": ("last 6 hours", 360),
            "24h": ("last 24 hours", 1440), "7d": ("last 7 days", 10080), "30d": ("last 30 days", 43200)}
 
 
-class BreakdownForm(forms.Form):
+class BreakdownForm(TimeRangeForm):
     """The window of the version × robot × task breakdown: a preset, or an explicit range."""
 
     window = forms.ChoiceField(choices=[(key, label) for key, (label, _) in WINDOWS.items()] + [("custom", "range")],
                                required=False, initial="24h")
-    since = forms.DateTimeField(required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
-    until = forms.DateTimeField(required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
     source = forms.ChoiceField(choices=Episode.Source.choices, required=False, initial=Episode.Source.ONLINE)
 
     def clean(self):
         data = super().clean()
         data["window"] = data.get("window") or "24h"
         data["source"] = data.get("source") or Episode.Source.ONLINE
-        if data["window"] == "custom":
-            if not data.get("since") or not data.get("until"):
-                raise forms.ValidationError("a custom range needs both 'since' and 'until'")
-            if data["since"] >= data["until"]:
-                raise forms.ValidationError("the time range is empty: 'since' must come before 'until'")
+        if data["window"] == "custom" and (not data.get("since") or not data.get("until")):
+            raise forms.ValidationError("a custom range needs both 'since' and 'until'")
         return data
 
     def range(self, now):
@@ -92,17 +92,10 @@ class FlagForm(forms.Form):
                              error_messages={"required": "a flag needs a reason: say what to look at"})
 
 
-class AuditFilterForm(forms.Form):
+class AuditFilterForm(TimeRangeForm):
     verb = forms.CharField(max_length=64, required=False, help_text="e.g. version. for every version decision")
     object_type = forms.CharField(max_length=64, required=False, help_text="e.g. learner.policyversion")
     actor = forms.CharField(max_length=150, required=False, help_text='a username, or "system"')
     target = forms.CharField(max_length=200, required=False, label="Object", help_text="e.g. v12 or sim-1")
     text = forms.CharField(max_length=200, required=False, label="Reason contains")
-    since = forms.DateTimeField(required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
-    until = forms.DateTimeField(required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
-
-    def clean(self):
-        data = super().clean()
-        if data.get("since") and data.get("until") and data["since"] > data["until"]:
-            raise forms.ValidationError("'since' is after 'until'")
-        return data
+    field_order = ["verb", "object_type", "actor", "target", "text", "since", "until"]

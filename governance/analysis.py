@@ -6,18 +6,17 @@ from __future__ import annotations
 from django.conf import settings
 from django.db.models import Count, Q
 
+from fleet.dashboard import Rate
 from fleet.models import Episode
 from governance.models import Evaluation, EvaluationItem
-from learner.evaluation import TaskScore
 
 SUCCESS = Q(outcome=Episode.Outcome.SUCCESS)
 UNAIDED_SUCCESS = SUCCESS & Q(intervention_steps=0)
 
 
 def _side(successes: int, episodes: int, **extra) -> dict:
-    low, high = TaskScore("", successes, episodes, None).wilson()
-    return {"successes": successes, "episodes": episodes, "rate": successes / episodes if episodes else None,
-            "low": round(low, 4), "high": round(high, 4), **extra}
+    side = Rate(successes, episodes).as_dict()
+    return {**side, "low": round(side["low"], 4), "high": round(side["high"], 4), **extra}
 
 
 def separation(candidate: dict, deployed: dict | None) -> str:
@@ -86,7 +85,7 @@ def canary_analysis(rollout) -> dict:
     from learner.models import PolicyVersion
 
     candidate = rollout.version
-    deployed = PolicyVersion.objects.filter(state=PolicyVersion.State.DEPLOYED).order_by("-number").first()
+    deployed = PolicyVersion.deployed()
     canary_robots = list(rollout.robots.values_list("pk", flat=True))
     since = rollout.created_at
 

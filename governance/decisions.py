@@ -28,7 +28,7 @@ WORDS = {"nominate": "nominated", "start_evaluation": "started evaluating", "fin
 
 
 def deployed_version() -> PolicyVersion | None:
-    return PolicyVersion.objects.filter(state=State.DEPLOYED).order_by("-number").first()
+    return PolicyVersion.deployed()
 
 
 def active_canary() -> Rollout | None:
@@ -201,8 +201,9 @@ def roll_back(version: PolicyVersion, actor, reason: str = "", analysis: dict | 
             for robot in Robot.objects.filter(policy_version=version, retired=False):
                 robot.assign_version(deployed, actor, reason=f"roll back of {version}")
         else:
-            if active_canary() is not None:
-                raise IllegalTransition(f"cannot roll back {version} while {active_canary().version} is in canary: "
+            running = active_canary()
+            if running is not None:
+                raise IllegalTransition(f"cannot roll back {version} while {running.version} is in canary: "
                                         "promote or roll back the canary first")
             previous = previous_fleet_version(version)
             if previous is None:

@@ -43,8 +43,7 @@ def start_run(algorithm: str | None = None, actor=None, **overrides) -> Training
                            lr=settings.LEARNER_LR, publish_every=settings.LEARNER_PUBLISH_EVERY,
                            alpha=settings.LEARNER_RESAMPLER_ALPHA,
                            recap_value_steps=settings.LEARNER_RECAP_VALUE_STEPS, **overrides)
-    base = (PolicyVersion.objects.filter(state=PolicyVersion.State.DEPLOYED).order_by("-number").first()
-            or PolicyVersion.objects.order_by("-number").first())
+    base = PolicyVersion.deployed() or PolicyVersion.objects.order_by("-number").first()
     if base is None:
         raise ValueError("there is no policy version to post-train: pretrain a base policy first")
     from dataclasses import asdict
@@ -270,10 +269,9 @@ def run_slice(seconds: float | None = None) -> str:
                 sync_labels(trainer, cursor, labels)
                 last_label_poll = time.monotonic()
             metrics = trainer.train_step()
-            if metrics is None:
+            if metrics is None:  # nothing to train on yet: wait for episodes (labels keep their own poll above)
                 time.sleep(0.5)
                 _fold(trainer, cursor, labels)
-                sync_labels(trainer, cursor, labels)
                 continue
             window_samples += trainer.config.batch_size
             if trainer.step % METRICS_EVERY == 0:

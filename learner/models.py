@@ -58,6 +58,11 @@ class PolicyVersion(models.Model):
     def __str__(self) -> str:
         return f"v{self.number}"
 
+    @classmethod
+    def deployed(cls) -> PolicyVersion | None:
+        """The version the whole fleet runs (the newest, should a transition be caught half-way)."""
+        return cls.objects.filter(state=cls.State.DEPLOYED).order_by("-number").first()
+
     def advance(self, verb: str, actor=None, reason: str = "", details: dict | None = None) -> AuditEvent:
         """Apply one lifecycle step (a key of TRANSITIONS); IllegalTransition if the state does not allow it."""
         try:

@@ -21,13 +21,15 @@ import numpy as np
 
 from fleet.ingest import load_arrays
 from fleet.models import EpisodeLabel
+from fleet.sim import gate
 from fleet.sim.envs import ACTION_DIM, CONTROL_DT, OBS_DIM
 
 CODEBASE_VERSION = "v2.1"
 CHUNK_SIZE = 1000
 DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
 ACTION_NAMES = {"motors": ["dx", "dy", "dz", "gripper"]}
-SOURCE_NAMES = ["policy", "gate", "operator", "annotator"]
+# intervention_source codes as names, by code (fleet.sim.gate's table, plus the policy's own code)
+SOURCE_NAMES = [{gate.POLICY: "policy", **gate.SOURCE_NAMES}[code] for code in range(len(gate.SOURCE_NAMES) + 1)]
 
 
 def features() -> dict:

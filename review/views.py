@@ -10,6 +10,7 @@ from pathlib import Path
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
+from django.db.models import Count
 from django.http import FileResponse, Http404, HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -107,11 +108,11 @@ def review_episode(request, pk: int, form: LabelForm | None = None, status: int 
         series, payload_error = None, str(exc)
     video = ReplayVideo.request(episode.pk)
     query = _queue_query(request)
+    flags = list(episode.flags.select_related("raised_by", "resolved_by"))
     return render(request, "review/episode.html", {
         "episode": episode, "form": form, "label": label, "held_by": held_by, "video": video,
         "series": series, "payload_error": payload_error, "query": query, "shortcuts": SHORTCUTS,
-        "flags": episode.flags.select_related("raised_by", "resolved_by"),
-        "open_flags": episode.flags.filter(status=EpisodeFlag.Status.OPEN).exists(),
+        "flags": flags, "open_flags": any(flag.status == EpisodeFlag.Status.OPEN for flag in flags),
         "modes": form.modes, "claim_seconds": settings.REVIEW_CLAIM_SECONDS,
         "urls": {
             "replay_status": reverse("review-replay-status", args=[episode.pk]),
@@ -277,7 +278,8 @@ def export(request):
     from review.export import export_dataset, labels_to_export
 
     form = ExportForm(request.POST or None)
-    counts = {d: EpisodeLabel.objects.filter(disposition=d).count() for d in EpisodeLabel.Disposition.values}
+    counts = dict.fromkeys(EpisodeLabel.Disposition.values, 0)
+    counts.update(EpisodeLabel.objects.values_list("disposition").annotate(n=Count("pk")).order_by())
     if request.method != "POST":
         return render(request, "review/export.html", {"form": form, "counts": counts})
     if not form.is_valid():

@@ -90,7 +90,7 @@ def test_a_version_goes_from_checkpoint_to_canary_to_deployed_with_one_audit_row
     v2 = make_version(2)
     decisions.nominate(v2, sam, reason="looks good on the curves")
     assert v2.state == S.EVALUATING
-    EvaluationItem.objects.update(episode=None)  # (nobody ran them: finish by hand below)
+    # nobody ran the evaluation items: finish by hand
     v2.advance("finish_evaluation", sam)
     rollout = decisions.approve_canary(v2, sam, reason="try it on one robot", robots=[robots[0]])
     robots[0].refresh_from_db()

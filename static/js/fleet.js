@@ -179,7 +179,7 @@
       .then((response) => (response.ok ? response.json() : Promise.reject(response.status)))
       .then((snapshot) => {
         load(snapshot);
-        snapshot.robots.forEach((r) => { onStatus(r); if (r.progress) onProgress(r.progress); });
+        snapshot.robots.forEach((r) => { onStatus({robot: r.id, status: r.status}); if (r.progress) onProgress(r.progress); });
         updateKpis(bucketOf(snapshot.now));
       })
       .catch(() => location.reload());
