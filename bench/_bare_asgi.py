@@ -1,5 +1,8 @@
 """The product's ASGI application plus one bench-only socket, /ws/bare/, for bench/ws_fanout.py's baseline: it
-joins the group "bench-bare" and forwards each message the moment it arrives (no coalescing, no batching)."""
+joins the channel-layer group "bench-bare" and forwards each message the moment it arrives (no coalescing, no
+batching). The product has no channel layer; this bench-only one is Channels' usual Redis layer, under the alias
+"bench" so that the product's sockets do not get one."""
+from django.conf import settings
 from channels.auth import AuthMiddlewareStack
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.routing import ProtocolTypeRouter, URLRouter
@@ -10,7 +13,18 @@ from sopweb.asgi import django_asgi_app  # sets Django up first
 import fleet.routing  # noqa: E402
 
 
+LAYER = "bench"
+# Read socket timeout above the layer's 5 s blocking pop, and a pool for every socket joining at once.
+settings.CHANNEL_LAYERS = {LAYER: {
+    "BACKEND": "channels_redis.core.RedisChannelLayer",
+    "CONFIG": {"hosts": [{"address": settings.REDIS_URL, "socket_timeout": 30, "max_connections": 1000}],
+               "capacity": 1000, "expiry": 30},
+}}
+
+
 class BareConsumer(AsyncJsonWebsocketConsumer):
+    channel_layer_alias = LAYER
+
     async def connect(self):
         await self.channel_layer.group_add("bench-bare", self.channel_name)
         await self.accept()

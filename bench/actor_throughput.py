@@ -19,7 +19,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
-from fleet.events import flush  # noqa: E402
 from fleet.ingest import ingest_episode  # noqa: E402
 from fleet.models import Robot, Task  # noqa: E402
 from fleet.sim.actor import run_episode  # noqa: E402
@@ -66,7 +65,6 @@ def main():
                            started_at=began, finished_at=began + timedelta(seconds=result.wall_seconds),
                            robot_id=robot.pk, meta={"gate": never_fires.as_dict()})
             steps += result.steps
-        flush()
         return steps / (time.perf_counter() - start)
 
     seeds = list(range(args.episodes))

@@ -1,8 +1,9 @@
 """Live fan-out: from an episode's commit to its event arriving at each of 50 connected websocket clients (p50,
 p99), against a bare channel-layer group_send to the same 50 clients, in the same run, on the same server.
 
-The product path: ingest_episode commits the episode; its on-commit hook hands the event to the process's
-broadcaster; the channel layer (Redis) delivers it to each client's FleetConsumer, which coalesces and sends it.
+The product path: ingest_episode commits the episode; its on-commit hook publishes the event on the live channel
+(Redis pub/sub); the server's one subscription hands it to each client's FleetConsumer, which coalesces and sends
+it.
 The baseline: group_send straight from this process to a bench-only consumer (bench/_bare_asgi.py) that forwards
 each message as it comes; every client holds one socket of each kind. Meanwhile 16 robots report progress once a
 second each (as actors do), which every product socket reads and forwards, as on a real fleet. Goal: product p99 <= 100 ms, ratio of p99s <= 1.5.
@@ -24,6 +25,8 @@ from datetime import timedelta
 import _django
 
 _django.setup()
+
+import _bare_asgi  # noqa: E402  (configures the baseline's channel layer)
 
 from asgiref.sync import async_to_sync  # noqa: E402
 from channels.layers import get_channel_layer  # noqa: E402
@@ -144,7 +147,7 @@ def main():
 
         # 16 robots' progress at 1 Hz each, from another process (as actors send theirs).
         telemetry = subprocess.Popen([sys.executable, "-c", TELEMETRY, str(args.robots)], cwd=_django.ROOT, env=env)
-        layer = get_channel_layer()
+        layer = get_channel_layer(_bare_asgi.LAYER)
         committed, sent = {}, {}
         for i in range(args.events):
             now = timezone.now()

@@ -7,8 +7,12 @@ import threading
 import redis
 from django.conf import settings
 
-VERSIONS_CHANNEL = "sopweb:versions"  # a robot's assigned version changed: {"robot", "version", "path", "sha256"}
-EPISODES_CHANNEL = "sopweb:episodes"  # an episode was ingested: {"episode", "task", "source"} (learner nudge)
+# Pub/sub channels belong to the whole Redis server, not to a database: their names carry the database number, so
+# a deployment on another database of the same server (tests beside a demo) neither hears nor disturbs them.
+_DB = int(redis.connection.parse_url(settings.REDIS_URL).get("db") or 0)
+VERSIONS_CHANNEL = f"sopweb:{_DB}:versions"  # a robot's assigned version changed: {"robot", "version", "path", "sha256"}
+EPISODES_CHANNEL = f"sopweb:{_DB}:episodes"  # training data changed: {"episode", "task", ...} (learner nudge)
+LIVE_CHANNEL = f"sopweb:{_DB}:live"  # dashboards' deltas: {"event", "data"} (fleet.events -> fleet.consumers.LiveHub)
 
 _local = threading.local()
 

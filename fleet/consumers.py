@@ -1,4 +1,5 @@
 import asyncio
+import json
 import logging
 import time
 import weakref
@@ -8,13 +9,14 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
 from fleet import bus
-from fleet.events import FLEET_GROUP
 
 log = logging.getLogger(__name__)
 
-# Close codes in the application range (4000-4999), mirroring HTTP's 401 and 403.
+# Close codes in the application range (4000-4999), mirroring HTTP's 401, 403 and 503. After 4503 (this process
+# lost, or cannot get, its subscription to live events) browsers reconnect and resynchronise.
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
+CLOSE_UNAVAILABLE = 4503
 
 # Telemetry that only says "the latest value is ...": within one batch a newer one replaces an older one for the
 # same key, and it never triggers a message of its own before PROGRESS_PERIOD has passed since the last one.
@@ -30,11 +32,81 @@ def _redis() -> redis.asyncio.Redis:
     return _redis_clients[loop]
 
 
+class LiveHub:
+    """This process's one subscription to the live channel (fleet.events), handing each event to its sockets.
+
+    Per event loop (daphne runs one; tests run one per test). It subscribes when the first socket joins and
+    unsubscribes when the last one leaves; a socket is accepted only once the subscription stands, so it misses
+    nothing published after its handshake. If the subscription fails, every socket is closed with 4503: browsers
+    reconnect and resynchronise rather than sit on a silent socket.
+    """
+
+    def __init__(self):
+        self.sockets: set[FleetConsumer] = set()
+        self.task: asyncio.Task | None = None
+        self.subscribed: asyncio.Future | None = None
+
+    @classmethod
+    def current(cls) -> "LiveHub":
+        loop = asyncio.get_running_loop()
+        if loop not in _hubs:
+            _hubs[loop] = cls()
+        return _hubs[loop]
+
+    async def join(self, socket: "FleetConsumer") -> None:
+        self.sockets.add(socket)
+        if self.task is None:
+            self.subscribed = asyncio.get_running_loop().create_future()
+            self.task = asyncio.create_task(self.listen(self.subscribed))
+        try:
+            await asyncio.shield(self.subscribed)
+        except BaseException:
+            self.leave(socket)
+            raise
+
+    def leave(self, socket: "FleetConsumer") -> None:
+        self.sockets.discard(socket)
+        if not self.sockets and self.task is not None:
+            self.task.cancel()
+            self.task = self.subscribed = None
+
+    async def listen(self, subscribed: asyncio.Future) -> None:
+        client = redis.asyncio.Redis.from_url(settings.REDIS_URL, client_name=HUB_CLIENT_NAME)
+        pubsub = client.pubsub()
+        try:
+            await pubsub.subscribe(bus.LIVE_CHANNEL)
+            async for message in pubsub.listen():
+                if message["type"] == "subscribe":  # Redis confirmed: nothing published from now on is missed
+                    if subscribed.done():  # redis-py reconnected and subscribed again: deltas may be lost
+                        raise redis.ConnectionError("the live channel's connection was re-established")
+                    subscribed.set_result(None)
+                elif message["type"] == "message":
+                    item = json.loads(message["data"])
+                    for socket in list(self.sockets):
+                        await socket.deliver(item)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("lost the live channel's subscription")
+            if not subscribed.done():
+                subscribed.set_exception(exc)
+            sockets, self.sockets, self.task, self.subscribed = list(self.sockets), set(), None, None
+            for socket in sockets:
+                await socket.close(code=CLOSE_UNAVAILABLE)
+        finally:
+            await pubsub.aclose()
+            await client.aclose()
+
+
+_hubs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> its LiveHub
+HUB_CLIENT_NAME = "sopweb-live-hub"  # as CLIENT LIST shows the subscription's connection
+
+
 class FleetConsumer(AsyncJsonWebsocketConsumer):
     """Pushes fleet deltas to a dashboard. It never writes: commands go through POST views.
 
-    Robots' progress is not pushed through the channel layer (16 robots x 50 dashboards would be 800 deliveries a
-    second, nearly all coalesced away): each socket reads the actors' progress hash once a second and sends what
+    Robots' progress is not published (16 robots x 50 dashboards would be 800 deliveries a second, nearly all
+    coalesced away): each socket reads the actors' progress hash once a second and sends what
     changed, riding along with the next message.
 
     Deltas are coalesced by a token bucket of DASHBOARD_PUSH_RATE messages per second (holding one second's
@@ -60,20 +132,26 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
         self.timer: asyncio.TimerHandle | None = None
         self.timer_due = 0.0
         self.progress_seen: dict[bytes, bytes] = {}
-        await self.channel_layer.group_add(FLEET_GROUP, self.channel_name)
+        self.hub = LiveHub.current()
+        try:
+            await self.hub.join(self)
+        except Exception:  # Redis unreachable: refuse rather than accept a socket that would never hear anything
+            await self.close(code=CLOSE_UNAVAILABLE)
+            return
         await self.accept()
         self.poller = asyncio.create_task(self.poll_progress())
 
     async def disconnect(self, code):
-        await self.channel_layer.group_discard(FLEET_GROUP, self.channel_name)
+        hub = getattr(self, "hub", None)
+        if hub is not None:
+            hub.leave(self)
         for handle in (getattr(self, "timer", None), getattr(self, "poller", None)):
             if handle is not None:
                 handle.cancel()
 
-    async def fleet_events(self, message):
-        """A batch of deltas from one process's broadcaster (fleet.events), in order."""
-        for item in message["events"]:
-            self.add(item)
+    async def deliver(self, item: dict) -> None:
+        """A delta from the live channel (fleet.events), in the order it was published."""
+        self.add(item)
         await self.schedule()
 
     def add(self, item: dict) -> None:

@@ -1,105 +1,41 @@
-"""The one way live events leave the server: a small JSON delta to a channel group, sent after commit.
+"""The one way live events leave the server: a small JSON delta published on one Redis channel after commit.
 
-Sending happens on one background event loop per process, in order: a `group_send` costs several Redis round
-trips, and `async_to_sync` would add a fresh event loop per call — milliseconds that a committing actor or
-request should not wait for. Pending events are flushed when the process exits.
+A sender pays one PUBLISH (a single round trip, shared with the learner's nudge when there is one). Each web
+process holds one subscription to the channel and hands every event to its own dashboards' sockets
+(`fleet.consumers.LiveHub`), so the fan-out is paid by the processes that serve the sockets, once per process
+rather than once per socket, and never by an actor or a request that commits something.
+
+An event is `{"event": name, "data": {...}}`. Pub/sub does not keep messages: a page that lost its socket
+refetches a snapshot when it reconnects (static/js/live.js).
 """
 from __future__ import annotations
 
-import asyncio
-import atexit
+import json
 import logging
-import os
-import threading
 
-from channels.layers import get_channel_layer
+import redis
 from django.db import transaction
 
-FLEET_GROUP = "fleet"
-MAX_BATCH = 100
+from fleet import bus
+
 log = logging.getLogger(__name__)
 
 
-def _by_group(batch: list[tuple[str, dict]]) -> list[tuple[str, list[dict]]]:
-    """Consecutive runs of the same group, so each group still hears its events in order."""
-    runs: list[tuple[str, list[dict]]] = []
-    for group, item in batch:
-        if runs and runs[-1][0] == group:
-            runs[-1][1].append(item)
-        else:
-            runs.append((group, [item]))
-    return runs
+def broadcast(event: str, data: dict, *, nudge_learner: bool = False) -> None:
+    """Send `{"event": event, "data": data}` to every dashboard now; with nudge_learner, also tell the learner
+    that its training data changed (bus.EPISODES_CHANNEL, with `data`). A Redis failure loses the deltas, not
+    the change that caused them, so it is logged and not raised."""
+    try:
+        with bus.client().pipeline(transaction=False) as pipe:
+            pipe.publish(bus.LIVE_CHANNEL, json.dumps({"event": event, "data": data}))
+            if nudge_learner:
+                pipe.publish(bus.EPISODES_CHANNEL, json.dumps(data))
+            pipe.execute()
+    except redis.RedisError:
+        log.exception("could not broadcast %s", event)
 
 
-class _Broadcaster:
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._pid = None
-        self._loop = None
-        self._queue = None
-
-    def _start(self) -> None:
-        # Per process: a forked worker child inherits the parent's objects but not its threads.
-        with self._lock:
-            if self._pid == os.getpid():
-                return
-            loop = asyncio.new_event_loop()
-            queue_ready = threading.Event()
-
-            def run():
-                asyncio.set_event_loop(loop)
-                self._queue = asyncio.Queue()
-                queue_ready.set()
-                loop.run_until_complete(self._drain())
-
-            threading.Thread(target=run, name="broadcaster", daemon=True).start()
-            queue_ready.wait()
-            self._loop, self._pid = loop, os.getpid()
-
-    async def _drain(self) -> None:
-        layer = get_channel_layer()
-        while True:
-            batch = [await self._queue.get()]
-            # Whatever queued up meanwhile leaves with it: one group_send per group instead of one per event
-            # (each costs ~0.5 ms of this process's CPU), in order.
-            while not self._queue.empty() and len(batch) < MAX_BATCH:
-                batch.append(self._queue.get_nowait())
-            for group, items in _by_group(batch):
-                try:
-                    await layer.group_send(group, {"type": "fleet.events", "events": items})
-                except Exception:  # a Redis hiccup loses live deltas; pages refetch snapshots on reconnect
-                    log.exception("could not broadcast %s", ", ".join(item["event"] for item in items))
-            for _ in batch:
-                self._queue.task_done()
-
-    def submit(self, group: str, message: dict) -> None:
-        self._start()
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, (group, message))
-
-    def flush(self, timeout: float = 5.0) -> None:
-        """Wait until every submitted event has been handed to the channel layer."""
-        if self._pid != os.getpid():
-            return
-        future = asyncio.run_coroutine_threadsafe(self._queue.join(), self._loop)
-        try:
-            future.result(timeout)
-        except TimeoutError:
-            log.warning("gave up flushing live events after %.0f s", timeout)
-
-
-_broadcaster = _Broadcaster()
-atexit.register(_broadcaster.flush)
-
-
-def broadcast(event: str, data: dict, group: str = FLEET_GROUP) -> None:
-    """Send `{"event": event, "data": data}` to every socket in `group` (consumers coalesce and forward it)."""
-    _broadcaster.submit(group, {"event": event, "data": data})
-
-
-def flush(timeout: float = 5.0) -> None:
-    _broadcaster.flush(timeout)
-
-
-def broadcast_on_commit(event: str, data: dict, group: str = FLEET_GROUP) -> None:
-    """Broadcast once the current transaction commits, so no browser hears of a change that rolled back."""
-    transaction.on_commit(lambda: broadcast(event, data, group))
+def broadcast_on_commit(event: str, data: dict, *, nudge_learner: bool = False) -> None:
+    """Broadcast once the current transaction commits (at once outside one), so nobody hears of a change that
+    rolled back."""
+    transaction.on_commit(lambda: broadcast(event, data, nudge_learner=nudge_learner))

@@ -19,9 +19,8 @@ from datetime import datetime
 from types import SimpleNamespace
 from typing import NamedTuple
 
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connection
 
-from fleet import bus
 from fleet.events import broadcast_on_commit
 from fleet.models import Episode, EpisodePayload, InterventionSegment, Robot, Task
 from fleet.sim import episode_data
@@ -95,9 +94,8 @@ def ingest_episode(*, uuid: str | uuid_lib.UUID, task: str, seed: int, outcome: 
              "source": source, "outcome": outcome, "steps": episode.steps,
              "intervention_steps": episode.intervention_steps, "interventions": len(segments),
              "finished_at": finished_at.isoformat()}
-    # Outside a transaction the INSERT has committed already and these run at once; inside one, at its commit.
-    broadcast_on_commit("episode.finished", event)
-    transaction.on_commit(lambda: bus.publish(bus.EPISODES_CHANNEL, event))
+    # Outside a transaction the INSERT has committed already and this runs at once; inside one, at its commit.
+    broadcast_on_commit("episode.finished", event, nudge_learner=True)
     return episode, True
 
 

@@ -239,21 +239,12 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
 }
 
-# --- Redis: channel layer, Celery broker -----------------------------------------------------------
+# --- Redis: live events, Celery broker -----------------------------------------------------------
 
 REDIS_URL = parse_redis_url(_service_url("REDIS_URL"))
 
-CHANNEL_LAYERS = {
-    "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        # redis-py's default 5 s socket timeout equals channels_redis's 5 s BZPOPMIN: an idle consumer's blocking
-        # read timed out and the socket closed every few seconds. Reads must outlast the blocking pop. Its pool
-        # holds at most 100 connections by default, and every socket joining at once takes one for its group_add:
-        # a hundred dashboards reconnecting after a restart got "Too many connections" (HTTP 500).
-        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30, "max_connections": 1000}],
-                   "capacity": 1000, "expiry": 30},
-    }
-}
+# No channel layer: dashboards' deltas travel on one Redis pub/sub channel that each web process subscribes to
+# once and fans out to its own sockets (fleet.events, fleet.consumers.LiveHub).
 
 CELERY_BROKER_URL = REDIS_URL
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

@@ -16,7 +16,7 @@ from django.test import Client
 
 from fleet.consumers import CLOSE_FORBIDDEN, CLOSE_UNAUTHENTICATED, FleetConsumer
 from fleet.events import broadcast
-from tests.conftest import ROOT, process_env
+from tests.conftest import ROOT, process_env, wait_for
 
 
 async def communicate(user):
@@ -74,7 +74,7 @@ def test_the_real_asgi_stack_accepts_a_logged_in_operator_and_delivers_another_p
         async with websockets.connect(f"ws://{daphne_server}/ws/fleet/", open_timeout=10,
                                       additional_headers={"Cookie": cookie,
                                                           "Origin": f"http://{daphne_server}"}) as ws:
-            # The consumer has joined its group once the handshake completed; now another process speaks.
+            # The process has subscribed once the handshake completed; now another process speaks.
             await asyncio.to_thread(subprocess.run, [sys.executable, "-c", BROADCAST_FROM_ANOTHER_PROCESS],
                                     cwd=ROOT, env=process_env(), check=True, timeout=60)
             return json.loads(await asyncio.wait_for(ws.recv(), timeout=10))
@@ -207,7 +207,7 @@ async def test_changes_go_out_at_once_and_progress_is_read_once_a_second(olivia,
 
 
 def test_an_idle_socket_stays_open(daphne_server, olivia):
-    """Nothing to say for longer than the channel layer's blocking pop (5 s): the consumer must not die of it."""
+    """Nothing to say for a while (longer than any Redis read timeout): the socket and its subscription stay."""
     cookie = session_cookie(olivia)
 
     async def scenario():
@@ -224,8 +224,8 @@ def test_an_idle_socket_stays_open(daphne_server, olivia):
 
 
 def test_a_hundred_and_twenty_dashboards_connect_at_once(daphne_server, olivia):
-    """Every joining socket borrows a Redis connection for its group_add; a burst of them (dashboards reconnecting
-    after a restart) must not exhaust the channel layer's pool."""
+    """A burst of sockets (dashboards reconnecting after a restart) joins at once: all are accepted and hear the
+    next event, and the process holds one subscription for all of them."""
     cookie = session_cookie(olivia)
     headers = {"Cookie": cookie, "Origin": f"http://{daphne_server}"}
 
@@ -239,9 +239,56 @@ def test_a_hundred_and_twenty_dashboards_connect_at_once(daphne_server, olivia):
         barrier = asyncio.Barrier(121)
         clients = [asyncio.create_task(one()) for _ in range(120)]
         await asyncio.wait_for(barrier.wait(), timeout=60)  # all 120 accepted
+        subscriptions.append(hub_subscriptions())
         await asyncio.to_thread(subprocess.run, [sys.executable, "-c", BROADCAST_FROM_ANOTHER_PROCESS],
                                 cwd=ROOT, env=process_env(), check=True, timeout=60)
         return await asyncio.gather(*clients)
 
+    subscriptions = []
     received = asyncio.run(scenario())
     assert len(received) == 120 and all(m["events"][0]["data"]["from"] == "another process" for m in received)
+    assert subscriptions == [1]
+    wait_for(lambda: hub_subscriptions() == 0, 10, "the last socket's leaving to end the subscription")
+
+
+def hub_subscriptions() -> int:
+    """Connections subscribed to the live channel (one per web process with sockets)."""
+    import redis
+
+    from fleet import bus
+
+    return dict(redis.Redis.from_url(settings.REDIS_URL).pubsub_numsub(bus.LIVE_CHANNEL))[bus.LIVE_CHANNEL.encode()]
+
+
+def test_a_lost_subscription_closes_the_sockets_and_they_can_come_back(daphne_server, olivia):
+    """Redis drops the web process's subscription (a restart, a network cut): its sockets are closed with 4503
+    so that browsers reconnect and refetch snapshots, rather than sit on a socket that hears nothing; the next
+    socket subscribes afresh and hears events again."""
+    import redis
+
+    from fleet.consumers import CLOSE_UNAVAILABLE, HUB_CLIENT_NAME
+
+    headers = {"Cookie": session_cookie(olivia), "Origin": f"http://{daphne_server}"}
+    r = redis.Redis.from_url(settings.REDIS_URL)
+    db = r.connection_pool.connection_kwargs.get("db", 0)
+
+    async def scenario():
+        url = f"ws://{daphne_server}/ws/fleet/"
+        async with websockets.connect(url, open_timeout=10, additional_headers=headers) as first, \
+                websockets.connect(url, open_timeout=10, additional_headers=headers) as second:
+            hubs = [c for c in r.client_list() if c["name"] == HUB_CLIENT_NAME and int(c["db"]) == db]
+            assert len(hubs) == 1
+            r.client_kill_filter(_id=hubs[0]["id"])
+            codes = []
+            for ws in (first, second):
+                with pytest.raises(websockets.exceptions.ConnectionClosed):
+                    await asyncio.wait_for(ws.recv(), timeout=10)
+                codes.append(ws.close_code)
+        async with websockets.connect(url, open_timeout=10, additional_headers=headers) as again:
+            await asyncio.to_thread(subprocess.run, [sys.executable, "-c", BROADCAST_FROM_ANOTHER_PROCESS],
+                                    cwd=ROOT, env=process_env(), check=True, timeout=60)
+            return codes, json.loads(await asyncio.wait_for(again.recv(), timeout=10))
+
+    codes, message = asyncio.run(scenario())
+    assert codes == [CLOSE_UNAVAILABLE, CLOSE_UNAVAILABLE]
+    assert message["events"][0]["data"]["from"] == "another process"
