@@ -47,16 +47,17 @@ def load(total: int, robots: list[int], tasks: list[int], versions: list[int]) -
         if have >= total:
             return
         cursor.execute("ALTER TABLE fleet_episode DISABLE TRIGGER episode_rollup")
-        cursor.execute("ALTER TABLE fleet_interventionsegment DISABLE TRIGGER segment_rollup")
         # Episode i (0 = newest) finished i * SECONDS_PER_EPISODE seconds ago.
         cursor.execute(
             """
             INSERT INTO fleet_episode (uuid, robot_id, task_id, policy_version_id, source, seed, outcome, steps,
-                                       total_return, intervention_steps, meta, started_at, finished_at, created_at)
+                                       total_return, intervention_steps, intervention_count, meta, started_at,
+                                       finished_at, created_at)
             SELECT gen_random_uuid(), (%(robots)s::bigint[])[1 + i %% 16], (%(tasks)s::bigint[])[1 + (i / 16) %% 4],
                    (%(versions)s::bigint[])[1 + i / %(per_version)s], 'online', i,
                    CASE WHEN random() < 0.7 THEN 'success' ELSE 'timeout' END,
-                   100 + (random() * 400)::int, random() * 100, CASE WHEN i %% 5 = 0 THEN 40 ELSE 0 END, '{}',
+                   100 + (random() * 400)::int, random() * 100, CASE WHEN i %% 5 = 0 THEN 40 ELSE 0 END,
+                   CASE WHEN i %% 5 = 0 THEN 1 ELSE 0 END, '{}',
                    t - interval '5 seconds', t, t
             FROM generate_series(%(first)s, %(last)s) AS i,
                  LATERAL (SELECT now() - i * %(pace)s * interval '1 second' AS t) AS at
@@ -67,7 +68,6 @@ def load(total: int, robots: list[int], tasks: list[int], versions: list[int]) -
             "INSERT INTO fleet_interventionsegment (episode_id, start_step, end_step, source) "
             "SELECT id, 20, 60, 'gate' FROM fleet_episode WHERE intervention_steps = 40 AND seed >= %s", [have])
         cursor.execute("ALTER TABLE fleet_episode ENABLE TRIGGER episode_rollup")
-        cursor.execute("ALTER TABLE fleet_interventionsegment ENABLE TRIGGER segment_rollup")
         cursor.execute("SELECT sopweb_rollup_rebuild()")
         cursor.execute("ANALYZE")
 

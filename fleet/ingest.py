@@ -24,7 +24,7 @@ from django.db import IntegrityError, connection
 from fleet.events import broadcast_on_commit
 from fleet.models import Episode, EpisodePayload, InterventionSegment, Robot, Task
 from fleet.sim import episode_data
-from fleet.sim.gate import SOURCE_NAMES
+from fleet.sim.gate import GATE, OPERATOR, SOURCE_NAMES
 
 
 class EpisodeRejected(ValueError):
@@ -77,6 +77,7 @@ def ingest_episode(*, uuid: str | uuid_lib.UUID, task: str, seed: int, outcome: 
         episode.total_return = float(arrays["reward"].sum(dtype="float64"))
         episode.intervention_steps = int(arrays["intervention"].sum())
         segments = episode_data.segments(arrays["intervention_source"])
+        episode.intervention_count = sum(code in (GATE, OPERATOR) for _, _, code in segments)
         episode.pk = _insert(episode, task, payload, segments)
         if episode.pk is not None:
             break
@@ -92,7 +93,7 @@ def ingest_episode(*, uuid: str | uuid_lib.UUID, task: str, seed: int, outcome: 
 
     event = {"episode": episode.pk, "task": task, "robot": robot_id, "version": policy_version_id,
              "source": source, "outcome": outcome, "steps": episode.steps,
-             "intervention_steps": episode.intervention_steps, "interventions": len(segments),
+             "intervention_steps": episode.intervention_steps, "interventions": episode.intervention_count,
              "finished_at": finished_at.isoformat()}
     # Outside a transaction the INSERT has committed already and this runs at once; inside one, at its commit.
     broadcast_on_commit("episode.finished", event, nudge_learner=True)
@@ -155,7 +156,8 @@ def _insert(episode: Episode, task: str, payload: bytes, segments: list) -> int 
 
 
 _EPISODE_COLUMNS = ("uuid", "robot_id", "task_id", "policy_version_id", "source", "seed", "outcome", "steps",
-                    "total_return", "intervention_steps", "meta", "started_at", "finished_at", "created_at")
+                    "total_return", "intervention_steps", "intervention_count", "meta", "started_at", "finished_at",
+                    "created_at")
 
 
 @functools.cache

@@ -338,6 +338,9 @@ class Episode(models.Model):
     steps = models.PositiveIntegerField()
     total_return = models.FloatField()
     intervention_steps = models.PositiveIntegerField(default=0)
+    intervention_count = models.PositiveIntegerField(
+        default=0, help_text="Times the gate or an operator took over (its gate and operator segments); the "
+                             "dashboards' interventions. Annotators' relabelled segments do not count.")
     meta = models.JSONField(default=dict, blank=True, help_text="Gate parameters, pacing, software versions.")
     started_at = models.DateTimeField()
     finished_at = models.DateTimeField()

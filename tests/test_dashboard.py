@@ -30,9 +30,10 @@ def robots(db):
 
 
 def raw_episode(task, robot=None, version=None, *, at, outcome="failure", steps=100, intervention_steps=0,
-                source=Episode.Source.ONLINE):
+                source=Episode.Source.ONLINE, intervention_count=0):
     return Episode.objects.create(task=task, robot=robot, policy_version=version, source=source, seed=0,
                                   outcome=outcome, steps=steps, total_return=0, intervention_steps=intervention_steps,
+                                  intervention_count=intervention_count,
                                   started_at=at - timedelta(seconds=5), finished_at=at)
 
 
@@ -42,12 +43,14 @@ def test_rollups_match_the_episodes_at_every_window(tasks, robots):
     rng = random.Random(4)
     for _ in range(400):
         at = T0 + timedelta(seconds=rng.randrange(3 * 86400))
+        sources = [rng.choice(["gate", "operator", "annotator"]) for _ in range(rng.randrange(3))]
+        # Its gate and operator segments counted on the episode's row, as ingestion writes it.
         episode = raw_episode(rng.choice(tasks), rng.choice(robots + [None]), rng.choice([version, None]), at=at,
                               outcome=rng.choice(["success", "failure", "timeout"]), steps=rng.randrange(1, 500),
-                              source=rng.choice(["online", "online", "evaluation"]))
-        for k in range(rng.randrange(3)):
-            InterventionSegment.objects.create(episode=episode, start_step=k, end_step=k + 1,
-                                               source=rng.choice(["gate", "operator", "annotator"]))
+                              source=rng.choice(["online", "online", "evaluation"]),
+                              intervention_count=sum(source != "annotator" for source in sources))
+        for k, source in enumerate(sources):
+            InterventionSegment.objects.create(episode=episode, start_step=k, end_step=k + 1, source=source)
     for _ in range(30):
         start = T0 + timedelta(minutes=rng.randrange(-60, 3 * 1440))
         end = start + timedelta(minutes=rng.randrange(1, 2 * 1440))

@@ -133,6 +133,11 @@ def test_a_payload_is_an_npz_with_the_joint_state_stored_and_the_rest_deflated(p
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         assert archive.testzip() is None  # every member's CRC checks out
         methods = {info.filename: info.compress_type for info in archive.infolist()}
+        for name, array in arrays.items():  # each member starts with the header numpy itself writes
+            header = io.BytesIO()
+            np.lib.format.write_array_header_1_0(
+                header, np.lib.format.header_data_from_array_1_0(np.ascontiguousarray(array)))
+            assert archive.read(f"{name}.npy").startswith(header.getvalue())
     assert methods == {f"{name}.npy": zipfile.ZIP_STORED if name in ("qpos", "qvel") else zipfile.ZIP_DEFLATED
                        for name in episode_data.SCHEMA}
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
