@@ -372,7 +372,10 @@ class Episode(models.Model):
 
 
 class EpisodePayload(models.Model):
-    """The episode's arrays as a compressed .npz (read with allow_pickle=False); never loaded by listings."""
+    """The episode's arrays as a compressed .npz (read with allow_pickle=False); never loaded by listings.
+
+    `data` is stored EXTERNAL (migration 0008): out of line like any large value, but without PostgreSQL's own
+    compression, which can only fail on bytes that are deflated already and cost half of each insert trying."""
 
     episode = models.OneToOneField(Episode, primary_key=True, on_delete=models.CASCADE, related_name="payload")
     data = models.BinaryField()
