@@ -22,23 +22,20 @@ CLOSE_UNAVAILABLE = 4503
 # same key, and it never triggers a message of its own before PROGRESS_PERIOD has passed since the last one.
 LATEST_ONLY = {"robot.progress": "robot"}
 PROGRESS_PERIOD = 1.0
-_redis_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> its async Redis client
-
-
-def _redis() -> redis.asyncio.Redis:
-    loop = asyncio.get_running_loop()
-    if loop not in _redis_clients:
-        _redis_clients[loop] = redis.asyncio.Redis.from_url(settings.REDIS_URL)
-    return _redis_clients[loop]
 
 
 class LiveHub:
-    """This process's one subscription to the live channel (fleet.events), handing each event to its sockets.
+    """This process's one subscription to the live channel (fleet.events) and its one reader of the robots'
+    progress hash, handing both to its sockets.
 
-    Per event loop (daphne runs one; tests run one per test). It subscribes when the first socket joins and
-    unsubscribes when the last one leaves; a socket is accepted only once the subscription stands, so it misses
-    nothing published after its handshake. If the subscription fails, every socket is closed with 4503: browsers
-    reconnect and resynchronise rather than sit on a silent socket.
+    Per event loop (daphne runs one; tests run one per test). It starts when the first socket joins and stops when
+    the last one leaves; a socket is accepted only once the subscription stands, so it misses nothing published
+    after its handshake. If the subscription fails, every socket is closed with 4503: browsers reconnect and
+    resynchronise rather than sit on a silent socket.
+
+    Progress (bus.PROGRESS_KEY) is read once a second and only what changed since the last read is handed on:
+    one HGETALL a second per process, however many dashboards it serves. A socket that joins meanwhile hears
+    each robot's next change (a running robot's step changes every second); its page rendered the hash itself.
     """
 
     def __init__(self):
@@ -57,7 +54,7 @@ class LiveHub:
         self.sockets.add(socket)
         if self.task is None:
             self.subscribed = asyncio.get_running_loop().create_future()
-            self.task = asyncio.create_task(self.listen(self.subscribed))
+            self.task = asyncio.create_task(self.run(self.subscribed))
         try:
             await asyncio.shield(self.subscribed)
         except BaseException:
@@ -70,8 +67,16 @@ class LiveHub:
             self.task.cancel()
             self.task = self.subscribed = None
 
-    async def listen(self, subscribed: asyncio.Future) -> None:
+    async def run(self, subscribed: asyncio.Future) -> None:
         client = redis.asyncio.Redis.from_url(settings.REDIS_URL, client_name=HUB_CLIENT_NAME)
+        poller = asyncio.create_task(self.poll_progress(client))
+        try:
+            await self.listen(client, subscribed)
+        finally:
+            poller.cancel()
+            await client.aclose()
+
+    async def listen(self, client: redis.asyncio.Redis, subscribed: asyncio.Future) -> None:
         pubsub = client.pubsub()
         try:
             await pubsub.subscribe(bus.LIVE_CHANNEL)
@@ -81,9 +86,7 @@ class LiveHub:
                         raise redis.ConnectionError("the live channel's connection was re-established")
                     subscribed.set_result(None)
                 elif message["type"] == "message":
-                    item = json.loads(message["data"])
-                    for socket in list(self.sockets):
-                        await socket.deliver(item)
+                    await self.deliver([json.loads(message["data"])])
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -95,7 +98,25 @@ class LiveHub:
                 await socket.close(code=CLOSE_UNAVAILABLE)
         finally:
             await pubsub.aclose()
-            await client.aclose()
+
+    async def poll_progress(self, client: redis.asyncio.Redis) -> None:
+        seen: dict[bytes, bytes] = {}
+        while True:
+            await asyncio.sleep(PROGRESS_PERIOD)
+            try:
+                raw = await client.hgetall(bus.PROGRESS_KEY)
+            except Exception:  # Redis away for a moment: the tiles wait for the next round
+                log.warning("could not read robots' progress", exc_info=True)
+                continue
+            changed = {field: value for field, value in raw.items() if seen.get(field) != value}
+            seen = raw
+            fresh = bus.fresh_progress(changed, time.time())
+            if fresh:
+                await self.deliver([{"event": "robot.progress", "data": fresh[robot]} for robot in sorted(fresh)])
+
+    async def deliver(self, items: list[dict]) -> None:
+        for socket in list(self.sockets):
+            await socket.deliver(items)
 
 
 _hubs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> its LiveHub
@@ -106,8 +127,8 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
     """Pushes fleet deltas to a dashboard. It never writes: commands go through POST views.
 
     Robots' progress is not published (16 robots x 50 dashboards would be 800 deliveries a second, nearly all
-    coalesced away): each socket reads the actors' progress hash once a second and sends what
-    changed, riding along with the next message.
+    coalesced away): the process's LiveHub reads the actors' progress hash once a second and hands on what
+    changed, which rides along with the socket's next message.
 
     Deltas are coalesced by a token bucket of DASHBOARD_PUSH_RATE messages per second (holding one second's
     worth): a change (an episode, a status, a version) goes out at once while tokens last, so a normal fleet costs
@@ -131,7 +152,6 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
         self.urgent = False
         self.timer: asyncio.TimerHandle | None = None
         self.timer_due = 0.0
-        self.progress_seen: dict[bytes, bytes] = {}
         self.hub = LiveHub.current()
         try:
             await self.hub.join(self)
@@ -139,19 +159,18 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_UNAVAILABLE)
             return
         await self.accept()
-        self.poller = asyncio.create_task(self.poll_progress())
 
     async def disconnect(self, code):
         hub = getattr(self, "hub", None)
         if hub is not None:
             hub.leave(self)
-        for handle in (getattr(self, "timer", None), getattr(self, "poller", None)):
-            if handle is not None:
-                handle.cancel()
+        if getattr(self, "timer", None) is not None:
+            self.timer.cancel()
 
-    async def deliver(self, item: dict) -> None:
-        """A delta from the live channel (fleet.events), in the order it was published."""
-        self.add(item)
+    async def deliver(self, items: list[dict]) -> None:
+        """Deltas from the hub (fleet.events, or robots' progress), in order."""
+        for item in items:
+            self.add(item)
         await self.schedule()
 
     def add(self, item: dict) -> None:
@@ -164,22 +183,6 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
                 self.latest[key] = len(self.pending)
             self.pending.append(item)
         self.urgent = self.urgent or key is None
-
-    async def poll_progress(self):
-        while True:
-            await asyncio.sleep(PROGRESS_PERIOD)
-            try:
-                raw = await _redis().hgetall(bus.PROGRESS_KEY)
-            except Exception:  # Redis away for a moment: the tiles wait for the next round
-                log.warning("could not read robots' progress", exc_info=True)
-                continue
-            changed = {field: value for field, value in raw.items() if self.progress_seen.get(field) != value}
-            self.progress_seen = raw
-            fresh = bus.fresh_progress(changed, time.time())
-            for robot in sorted(fresh):
-                self.add({"event": "robot.progress", "data": fresh[robot]})
-            if fresh:
-                await self.schedule()
 
     def refill(self, now: float) -> None:
         self.tokens = min(self.burst, self.tokens + (now - self.refilled) * self.rate)

@@ -239,15 +239,18 @@ def test_a_hundred_and_twenty_dashboards_connect_at_once(daphne_server, olivia):
         barrier = asyncio.Barrier(121)
         clients = [asyncio.create_task(one()) for _ in range(120)]
         await asyncio.wait_for(barrier.wait(), timeout=60)  # all 120 accepted
+        await asyncio.sleep(1.5)  # the progress hash has been read at least once
         subscriptions.append(hub_subscriptions())
+        connections.append(hub_connections())
         await asyncio.to_thread(subprocess.run, [sys.executable, "-c", BROADCAST_FROM_ANOTHER_PROCESS],
                                 cwd=ROOT, env=process_env(), check=True, timeout=60)
         return await asyncio.gather(*clients)
 
-    subscriptions = []
+    subscriptions, connections = [], []
     received = asyncio.run(scenario())
     assert len(received) == 120 and all(m["events"][0]["data"]["from"] == "another process" for m in received)
     assert subscriptions == [1]
+    assert connections == [2]  # the subscription and the progress reader, for all 120 sockets
     wait_for(lambda: hub_subscriptions() == 0, 10, "the last socket's leaving to end the subscription")
 
 
@@ -258,6 +261,17 @@ def hub_subscriptions() -> int:
     from fleet import bus
 
     return dict(redis.Redis.from_url(settings.REDIS_URL).pubsub_numsub(bus.LIVE_CHANNEL))[bus.LIVE_CHANNEL.encode()]
+
+
+def hub_connections() -> int:
+    """Redis connections of live hubs on the test database."""
+    import redis
+
+    from fleet.consumers import HUB_CLIENT_NAME
+
+    r = redis.Redis.from_url(settings.REDIS_URL)
+    db = r.connection_pool.connection_kwargs.get("db", 0)
+    return sum(c["name"] == HUB_CLIENT_NAME and int(c["db"]) == db for c in r.client_list())
 
 
 def test_a_lost_subscription_closes_the_sockets_and_they_can_come_back(daphne_server, olivia):
@@ -276,7 +290,8 @@ def test_a_lost_subscription_closes_the_sockets_and_they_can_come_back(daphne_se
         url = f"ws://{daphne_server}/ws/fleet/"
         async with websockets.connect(url, open_timeout=10, additional_headers=headers) as first, \
                 websockets.connect(url, open_timeout=10, additional_headers=headers) as second:
-            hubs = [c for c in r.client_list() if c["name"] == HUB_CLIENT_NAME and int(c["db"]) == db]
+            hubs = [c for c in r.client_list()
+                    if c["name"] == HUB_CLIENT_NAME and int(c["db"]) == db and int(c["sub"]) > 0]
             assert len(hubs) == 1
             r.client_kill_filter(_id=hubs[0]["id"])
             codes = []
