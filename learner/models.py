@@ -4,7 +4,7 @@ from __future__ import annotations
 from django.db import models
 from django.utils import timezone
 
-from fleet.models import AuditEvent, apply_transition
+from fleet.models import AuditEvent, IllegalTransition, apply_transition
 
 
 class PolicyVersion(models.Model):
@@ -22,6 +22,8 @@ class PolicyVersion(models.Model):
         ROLLED_BACK = "rolled_back", "rolled back"
 
     S = State
+    # States in which robots may run the version: only a version whose checkpoint still exists may enter them.
+    RUNNABLE = {S.CANDIDATE, S.EVALUATING, S.AWAITING_APPROVAL, S.CANARY, S.DEPLOYED}
     # verb -> (states it may start from, state it leads to). "deploy" is the continuous mode (SOP's own):
     # a checkpoint goes straight to the whole fleet.
     TRANSITIONS = {
@@ -42,6 +44,9 @@ class PolicyVersion(models.Model):
     config = models.JSONField(default=dict, blank=True)
     checkpoint_path = models.CharField(max_length=500, help_text="Relative to SOPWEB_STORAGE_DIR.")
     checkpoint_sha256 = models.CharField(max_length=64)
+    checkpoint_removed_at = models.DateTimeField(
+        null=True, blank=True, help_text="When retention deleted the checkpoint's files (learner.retention); the "
+                                         "version stays for its episodes and lineage but can no longer run.")
     state = models.CharField(max_length=20, choices=State.choices, default=State.CHECKPOINT)
     train_steps = models.PositiveBigIntegerField(default=0)
     samples_online = models.PositiveBigIntegerField(default=0)
@@ -69,8 +74,14 @@ class PolicyVersion(models.Model):
             allowed_from, to = self.TRANSITIONS[verb]
         except KeyError:
             raise ValueError(f"unknown policy version transition {verb!r}") from None
+        condition = None
+        if to in self.RUNNABLE:
+            if self.checkpoint_removed_at is not None:
+                raise IllegalTransition(f"cannot {verb.replace('_', ' ')} {self}: retention removed its checkpoint "
+                                        f"on {self.checkpoint_removed_at:%Y-%m-%d %H:%M} UTC, so it can no longer run")
+            condition = models.Q(checkpoint_removed_at__isnull=True)  # and not meanwhile (retention locks rollouts)
         event = apply_transition(self, verb=f"version.{verb}", field="state", allowed_from=allowed_from, to=to,
-                                 actor=actor, reason=reason, details=details)
+                                 actor=actor, reason=reason, details=details, condition=condition)
         from fleet.events import broadcast_on_commit
 
         broadcast_on_commit("version.state", {"version": self.pk, "number": self.number, "state": self.state})

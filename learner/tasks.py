@@ -25,3 +25,11 @@ def ensure_running() -> bool:
         _enqueue()
         return True
     return False
+
+
+@shared_task(name="learner.prune_checkpoints", soft_time_limit=120, time_limit=180)
+def prune_checkpoints() -> int:
+    """Beat's housekeeping: delete the checkpoints retention no longer protects (learner.retention)."""
+    from learner.retention import prune_checkpoints as prune
+
+    return len(prune())

@@ -339,9 +339,18 @@ REVIEW_RENDER_STALE_SECONDS = env_number("REVIEW_RENDER_STALE_SECONDS", 120.0, k
 # Larger exports go through `manage.py export_dataset` rather than a request.
 REVIEW_EXPORT_MAX_EPISODES = env_number("REVIEW_EXPORT_MAX_EPISODES", 2000, min_value=1)
 
+# Checkpoint retention (learner.retention): the newest CHECKPOINT_KEEP_LAST versions keep their files whatever their
+# state, and so do the CHECKPOINT_KEEP_FLEET versions the fleet ran before the deployed one (successive roll-back
+# targets); versions that robots run or may run always do. Older checkpoints are deleted every
+# CHECKPOINT_PRUNE_INTERVAL seconds.
+CHECKPOINT_KEEP_LAST = env_number("CHECKPOINT_KEEP_LAST", 100, min_value=1)
+CHECKPOINT_KEEP_FLEET = env_number("CHECKPOINT_KEEP_FLEET", 10, min_value=1)
+CHECKPOINT_PRUNE_INTERVAL = env_number("CHECKPOINT_PRUNE_INTERVAL", 600.0, kind=float, min_value=10.0)
+
 CELERY_BEAT_SCHEDULE = {
     "sweep-robots": {"task": "fleet.sweep_robots", "schedule": FLEET_SWEEP_INTERVAL},
     "keep-learner-running": {"task": "learner.ensure_running", "schedule": 30.0},
+    "prune-checkpoints": {"task": "learner.prune_checkpoints", "schedule": CHECKPOINT_PRUNE_INTERVAL},
     "render-replays-ahead": {"task": "review.render_ahead", "schedule": 30.0},
 }
 

@@ -39,6 +39,8 @@ def run_setup(tmp_path, code=SETUP, **env):
     ("FLEET_HEARTBEAT_TIMEOUT", "0", "in [1.0, None]"),
     ("FLEET_REALTIME_FACTOR", "nan", "expected a value"),
     ("FLEET_TASKS", "pick-place-v2", "end in -v3"),
+    ("CHECKPOINT_KEEP_LAST", "0", "in [1, None]"),
+    ("CHECKPOINT_KEEP_FLEET", "all", "expected an integer"),
     ("LEARNER_PUBLISH_EVERY", "1.5", "expected an integer"),
     ("LEARNER_RESAMPLER_ALPHA", "-1", "expected a value"),
     ("LEARNER_DEVICE", "tpu", "expected auto, cpu or cuda"),

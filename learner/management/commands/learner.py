@@ -1,4 +1,4 @@
-"""Start, stop or inspect the continuous post-training run."""
+"""Start, stop or inspect the continuous post-training run; apply checkpoint retention now."""
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model
@@ -8,10 +8,10 @@ from learner.models import TrainingRun
 
 
 class Command(BaseCommand):
-    help = "learner start [--algorithm hg_dagger|bc] | learner stop | learner status"
+    help = "learner start [--algorithm hg_dagger|bc] | learner stop | learner status | learner prune"
 
     def add_arguments(self, parser):
-        parser.add_argument("action", choices=["start", "stop", "status"])
+        parser.add_argument("action", choices=["start", "stop", "status", "prune"])
         parser.add_argument("--algorithm", help="default: LEARNER_ALGORITHM")
         parser.add_argument("--fixed-online-share", type=float, help="ablation: no SOP resampling")
         parser.add_argument("--if-none", action="store_true", help="start only if no run is active")
@@ -22,6 +22,13 @@ class Command(BaseCommand):
 
         actor = get_user_model().objects.filter(username=username).first() if username else None
         active = TrainingRun.objects.filter(status=TrainingRun.Status.ACTIVE).first()
+        if action == "prune":
+            from learner.retention import prune_checkpoints
+
+            removed = prune_checkpoints()
+            self.stdout.write(f"removed the checkpoints of {len(removed)} versions"
+                              + (f": {', '.join(str(v) for v in removed)}" if removed else ""))
+            return
         if action == "status":
             if active is None:
                 self.stdout.write("no active run")
