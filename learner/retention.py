@@ -1,8 +1,8 @@
 """Checkpoint retention: in continuous mode the learner publishes a version every few seconds (about 100 MB of
 checkpoints an hour at 321 KB each), and nothing else ever deletes them.
 
-Kept, always: every version robots may run or be sent back to — candidates, evaluations, canaries, the deployed
-version, any version assigned to a robot, the versions the fleet ran before the deployed one (the targets of
+Kept, always: every version robots may run or be sent back to — candidates, evaluations (with their baselines),
+canaries, the deployed version, any version assigned to a robot, the versions the fleet ran before the deployed one (the targets of
 successive roll-backs, `CHECKPOINT_KEEP_FLEET` of them), and the base versions of training runs — plus the newest
 `CHECKPOINT_KEEP_LAST` versions whatever their state (a supervisor may still nominate a recent checkpoint).
 Everything older loses its files; its row stays, for its episodes, lineage and audit, marked with
@@ -30,10 +30,13 @@ log = logging.getLogger(__name__)
 def protected_versions(keep_last: int, keep_fleet: int) -> set[int]:
     """Ids of the versions whose checkpoints must stay."""
     from fleet.models import Robot, Rollout
+    from governance.models import Evaluation
 
     keep = set(PolicyVersion.objects.filter(state__in=PolicyVersion.RUNNABLE).values_list("id", flat=True))
     keep |= set(Robot.objects.exclude(policy_version=None).values_list("policy_version_id", flat=True))
     keep |= set(TrainingRun.objects.exclude(base_version=None).values_list("base_version_id", flat=True))
+    for pair in Evaluation.objects.filter(finished_at=None).values_list("candidate_id", "baseline_id"):
+        keep |= set(pair) - {None}  # an open evaluation runs its baseline too, even once superseded
     keep |= set(PolicyVersion.objects.order_by("-number").values_list("id", flat=True)[:keep_last])
     fleet = (Rollout.objects.filter(stage=Rollout.Stage.FLEET, version__state=PolicyVersion.State.SUPERSEDED)
              .order_by("-created_at").values_list("version_id", flat=True))

@@ -7,6 +7,7 @@ import pytest
 from django.conf import settings
 from django.test import override_settings
 from django.urls import reverse
+from django.utils import timezone
 
 from fleet.models import IllegalTransition, Robot
 from governance import decisions
@@ -106,3 +107,12 @@ def test_operators_of_the_machine_can_apply_retention_now(history):
         out = StringIO()
         call_command("learner", "prune", stdout=out)
     assert out.getvalue().strip() == "removed the checkpoints of 3 versions: v4, v3, v2"
+
+
+def test_an_open_evaluation_keeps_its_baseline(history):
+    from governance.models import Evaluation
+
+    evaluation = Evaluation.objects.create(candidate=history[8], baseline=history[3], episodes_per_task=1)
+    assert sorted(v.number for v in prune_checkpoints(keep_last=3, keep_fleet=2)) == [2, 4]
+    Evaluation.objects.filter(pk=evaluation.pk).update(finished_at=timezone.now())
+    assert [v.number for v in prune_checkpoints(keep_last=3, keep_fleet=2)] == [3]
