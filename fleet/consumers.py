@@ -42,6 +42,7 @@ class LiveHub:
         self.sockets: set[FleetConsumer] = set()
         self.task: asyncio.Task | None = None
         self.subscribed: asyncio.Future | None = None
+        self.stopping: asyncio.Task | None = None  # the previous subscription, cancelled, closing its connections
 
     @classmethod
     def current(cls) -> "LiveHub":
@@ -52,6 +53,9 @@ class LiveHub:
 
     async def join(self, socket: "FleetConsumer") -> None:
         self.sockets.add(socket)
+        if self.task is None and self.stopping is not None:
+            stopping, self.stopping = self.stopping, None
+            await asyncio.gather(stopping, return_exceptions=True)  # its connections closed before new ones open
         if self.task is None:
             self.subscribed = asyncio.get_running_loop().create_future()
             self.task = asyncio.create_task(self.run(self.subscribed))
@@ -65,13 +69,26 @@ class LiveHub:
         self.sockets.discard(socket)
         if not self.sockets and self.task is not None:
             self.task.cancel()
-            self.task = self.subscribed = None
+            self.stopping, self.task, self.subscribed = self.task, None, None
 
     async def run(self, subscribed: asyncio.Future) -> None:
+        """Subscribe, read progress, hand both on until cancelled (the last socket left) or the subscription fails,
+        in which case every socket is closed so its browser reconnects to a fresh subscription."""
         client = redis.asyncio.Redis.from_url(settings.REDIS_URL, client_name=HUB_CLIENT_NAME)
         poller = asyncio.create_task(self.poll_progress(client))
         try:
             await self.listen(client, subscribed)
+            raise redis.ConnectionError("the live channel's subscription ended")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("lost the live channel's subscription")
+            if not subscribed.done():
+                subscribed.set_exception(exc)
+            if self.task is asyncio.current_task():  # not already replaced by a newer subscription
+                sockets, self.sockets, self.task, self.subscribed = list(self.sockets), set(), None, None
+                for socket in sockets:
+                    await self.close(socket)
         finally:
             poller.cancel()
             await client.aclose()
@@ -86,16 +103,11 @@ class LiveHub:
                         raise redis.ConnectionError("the live channel's connection was re-established")
                     subscribed.set_result(None)
                 elif message["type"] == "message":
-                    await self.deliver([json.loads(message["data"])])
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.exception("lost the live channel's subscription")
-            if not subscribed.done():
-                subscribed.set_exception(exc)
-            sockets, self.sockets, self.task, self.subscribed = list(self.sockets), set(), None, None
-            for socket in sockets:
-                await socket.close(code=CLOSE_UNAVAILABLE)
+                    item = _event(message["data"])
+                    if item is None:
+                        log.error("dropped a malformed live event: %r", message["data"][:200])
+                    else:
+                        await self.deliver([item])
         finally:
             await pubsub.aclose()
 
@@ -105,18 +117,40 @@ class LiveHub:
             await asyncio.sleep(PROGRESS_PERIOD)
             try:
                 raw = await client.hgetall(bus.PROGRESS_KEY)
-            except Exception:  # Redis away for a moment: the tiles wait for the next round
+                changed = {field: value for field, value in raw.items() if seen.get(field) != value}
+                seen = raw
+                fresh = bus.fresh_progress(changed, time.time())
+            except Exception:  # Redis away for a moment, or an unreadable entry: the tiles wait for the next round
                 log.warning("could not read robots' progress", exc_info=True)
                 continue
-            changed = {field: value for field, value in raw.items() if seen.get(field) != value}
-            seen = raw
-            fresh = bus.fresh_progress(changed, time.time())
             if fresh:
                 await self.deliver([{"event": "robot.progress", "data": fresh[robot]} for robot in sorted(fresh)])
 
     async def deliver(self, items: list[dict]) -> None:
         for socket in list(self.sockets):
-            await socket.deliver(items)
+            try:
+                await socket.deliver(items)
+            except Exception:  # that socket's trouble, not the others': it goes, they stay
+                log.exception("closing a dashboard socket that could not take a delta")
+                self.sockets.discard(socket)
+                await self.close(socket)
+
+    @staticmethod
+    async def close(socket: "FleetConsumer") -> None:
+        try:
+            await socket.close(code=CLOSE_UNAVAILABLE)
+        except Exception:
+            log.warning("could not close a dashboard socket", exc_info=True)
+
+
+def _event(raw: bytes) -> dict | None:
+    """A published delta, {"event": name, "data": {...}}, or None if it is not one."""
+    try:
+        item = json.loads(raw)
+    except ValueError:
+        return None
+    ok = isinstance(item, dict) and isinstance(item.get("event"), str) and isinstance(item.get("data"), dict)
+    return item if ok else None
 
 
 _hubs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> its LiveHub
@@ -152,6 +186,7 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
         self.urgent = False
         self.timer: asyncio.TimerHandle | None = None
         self.timer_due = 0.0
+        self.accepted = False  # until then deltas are only collected: a socket cannot send before its accept
         self.hub = LiveHub.current()
         try:
             await self.hub.join(self)
@@ -159,6 +194,9 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_UNAVAILABLE)
             return
         await self.accept()
+        self.accepted = True
+        if self.pending:  # what arrived between the subscription and the handshake's end
+            await self.schedule()
 
     async def disconnect(self, code):
         hub = getattr(self, "hub", None)
@@ -171,7 +209,8 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
         """Deltas from the hub (fleet.events, or robots' progress), in order."""
         for item in items:
             self.add(item)
-        await self.schedule()
+        if self.accepted:
+            await self.schedule()
 
     def add(self, item: dict) -> None:
         key_field = LATEST_ONLY.get(item["event"])

@@ -307,3 +307,46 @@ def test_a_lost_subscription_closes_the_sockets_and_they_can_come_back(daphne_se
     codes, message = asyncio.run(scenario())
     assert codes == [CLOSE_UNAVAILABLE, CLOSE_UNAVAILABLE]
     assert message["events"][0]["data"]["from"] == "another process"
+
+
+def test_sockets_joining_while_events_stream_in_are_served(daphne_server, olivia):
+    """Events published every millisecond while dashboards join: an event that reaches the hub before a socket's
+    handshake has finished must wait for it, not fail the send and take every socket down (4503). Ten rounds,
+    each starting the process's subscription afresh."""
+    import threading
+    import time
+
+    import redis
+
+    from fleet import bus
+
+    headers = {"Cookie": session_cookie(olivia), "Origin": f"http://{daphne_server}"}
+    stop = threading.Event()
+
+    def publish():
+        r = redis.Redis.from_url(settings.REDIS_URL)
+        n = 0
+        while not stop.is_set():
+            r.publish(bus.LIVE_CHANNEL, json.dumps({"event": "episode.finished", "data": {"episode": n}}))
+            n += 1
+            time.sleep(0.001)
+
+    async def round_():
+        async def one():
+            async with websockets.connect(f"ws://{daphne_server}/ws/fleet/", open_timeout=10,
+                                          additional_headers=headers) as ws:
+                first = json.loads(await asyncio.wait_for(ws.recv(), timeout=10))
+                await asyncio.sleep(0.5)
+                second = json.loads(await asyncio.wait_for(ws.recv(), timeout=10))  # still open, still served
+                return first["events"][0]["event"], second["events"][0]["event"]
+        return await asyncio.gather(*[one() for _ in range(5)])
+
+    publisher = threading.Thread(target=publish, daemon=True)
+    publisher.start()
+    try:
+        for _ in range(10):
+            assert asyncio.run(round_()) == [("episode.finished", "episode.finished")] * 5
+            wait_for(lambda: hub_subscriptions() == 0, 10, "the round's subscription to end")
+    finally:
+        stop.set()
+        publisher.join(5)
