@@ -22,8 +22,15 @@ class RobotAdmin(admin.ModelAdmin):
 
 
 class InterventionInline(admin.TabularInline):
+    """Recorded by the robot (gate, operator) or written by labelling (annotator): shown, never edited here."""
+
     model = InterventionSegment
     extra = 0
+    can_delete = False
+    readonly_fields = ["start_step", "end_step", "source"]
+
+    def has_add_permission(self, request, obj=None):
+        return False
 
 
 class FlagInline(admin.TabularInline):
@@ -41,8 +48,9 @@ class EpisodeAdmin(admin.ModelAdmin):
     search_fields = ["uuid"]
     date_hierarchy = "finished_at"
     list_select_related = ["task", "robot", "policy_version"]
-    raw_id_fields = ["robot", "policy_version"]
-    readonly_fields = ["uuid", "created_at"]
+    # An episode is a record of what happened, which its payload, the dashboards' roll-ups (kept by an insert/delete
+    # trigger) and the learner's buffer all agree on: shown here, never edited (deleting one is consistent).
+    readonly_fields = [field.name for field in Episode._meta.concrete_fields]
     inlines = [InterventionInline, FlagInline]
     show_full_result_count = False  # a COUNT(*) over millions of rows on every page is not worth it
 

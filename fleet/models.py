@@ -527,8 +527,10 @@ class Rollout(models.Model):
 
 class EpisodeRollup(models.Model):
     """Episode counts per minute and per hour, by task, robot, policy version and source: what the dashboards
-    read instead of scanning episodes. Kept by PostgreSQL triggers on Episode and InterventionSegment (migration
-    0005), inside the ingesting transaction, so it is never stale and never double-counts a retried episode.
+    read instead of scanning episodes. Kept by a PostgreSQL trigger on Episode's inserts and deletes (migrations
+    0005 and 0007; interventions come from Episode.intervention_count), inside the ingesting transaction, so it is
+    never stale and never double-counts a retried episode. Episodes are not edited in place (the admin shows
+    them read-only): an UPDATE of a counted column would not reach these rows.
 
     robot and version are plain ids (0: none) so that one unique key covers every row; they are derived data.
     """

@@ -189,3 +189,20 @@ def test_the_breakdown_shows_the_newest_versions_and_counts_the_rest(tasks, robo
     table = dashboard.breakdown(T0, T0 + timedelta(hours=1), max_versions=12)
     assert [v["number"] for v in table["versions"]] == list(range(15, 3, -1))
     assert table["hidden_versions"] == 3
+
+
+def test_the_admin_shows_episodes_but_cannot_change_what_the_roll_ups_count(tasks, robots, admin_client):
+    arrays = make_arrays(success_at=30)  # gate and operator segments
+    episode, _ = ingest_episode(uuid=uuid.uuid4(), task="box-close-v3", seed=1, outcome="success", arrays=arrays,
+                                robot_id=robots[0].pk, started_at=T0, finished_at=T0 + timedelta(seconds=3))
+    url = reverse("admin:fleet_episode_change", args=[episode.pk])
+    page = admin_client.get(url)
+    assert page.status_code == 200 and "gate" in page.content.decode()
+    form = page.context["adminform"].form
+    assert "intervention_count" not in form.fields and "outcome" not in form.fields
+    inline = page.context["inline_admin_formsets"][0]
+    assert not inline.has_add_permission and not inline.formset.can_delete
+    admin_client.post(url, {"intervention_count": 9, "outcome": "failure", "_save": "Save"})
+    episode.refresh_from_db()
+    assert (episode.intervention_count, episode.outcome) == (2, "success")
+    assert set(EpisodeRollup.objects.values_list("interventions", flat=True)) == {2}

@@ -219,3 +219,16 @@ def test_events_go_out_only_when_the_episode_commits(task, robot, django_capture
                             bus.EPISODES_CHANNEL: event}
     finally:
         listener.close()
+
+
+def test_only_the_gates_and_operators_takeovers_count_as_interventions(task, robot):
+    from fleet.models import EpisodeRollup
+    from fleet.sim.gate import ANNOTATOR
+
+    arrays = make_arrays()
+    arrays["intervention_source"][25:30] = ANNOTATOR  # e.g. relabelled data ingested again
+    arrays["intervention"] = arrays["intervention_source"] != 0
+    episode, _ = ingest(task, robot, arrays=arrays)
+    assert sorted(episode.interventions.values_list("source", flat=True)) == ["annotator", "gate", "operator"]
+    assert Episode.objects.get(pk=episode.pk).intervention_count == 2
+    assert set(EpisodeRollup.objects.values_list("interventions", flat=True)) == {2}
