@@ -1,7 +1,13 @@
-"""The product's ASGI application plus one bench-only socket, /ws/bare/, for bench/ws_fanout.py's baseline: it
-joins the channel-layer group "bench-bare" and forwards each message the moment it arrives (no coalescing, no
-batching). The product has no channel layer; this bench-only one is Channels' usual Redis layer, under the alias
-"bench" so that the product's sockets do not get one."""
+"""The product's ASGI application plus two bench-only sockets for bench/ws_fanout.py, each forwarding every message
+the moment it arrives (no coalescing, no batching):
+- /ws/bare/ joins the channel-layer group "bench-bare": the baseline the issue names (a bare group_send). The
+  product has no channel layer; this bench-only one is Channels' usual Redis layer, under the alias "bench" so
+  that the product's sockets do not get one;
+- /ws/bare-pubsub/ holds its own Redis subscription to BARE_CHANNEL: the product's transport without the product
+  (no hub, no bucket), a like-for-like reference."""
+import asyncio
+
+import redis.asyncio
 from django.conf import settings
 from channels.auth import AuthMiddlewareStack
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -22,6 +28,32 @@ settings.CHANNEL_LAYERS = {LAYER: {
 }}
 
 
+BARE_CHANNEL = "bench-bare-pubsub"
+
+
+class BarePubSubConsumer(AsyncJsonWebsocketConsumer):
+    channel_layer_alias = None
+
+    async def connect(self):
+        self.redis = redis.asyncio.Redis.from_url(settings.REDIS_URL)
+        self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        await self.pubsub.subscribe(BARE_CHANNEL)
+        await self.pubsub.get_message(timeout=5)  # the confirmation: subscribed before the handshake ends
+        await self.accept()
+        self.forwarder = asyncio.create_task(self.forward())
+
+    async def forward(self):
+        async for message in self.pubsub.listen():
+            if message["type"] == "message":
+                await self.send(text_data=message["data"].decode())
+
+    async def disconnect(self, code):
+        if hasattr(self, "forwarder"):
+            self.forwarder.cancel()
+        await self.pubsub.aclose()
+        await self.redis.aclose()
+
+
 class BareConsumer(AsyncJsonWebsocketConsumer):
     channel_layer_alias = LAYER
 
@@ -39,5 +71,6 @@ class BareConsumer(AsyncJsonWebsocketConsumer):
 application = ProtocolTypeRouter({
     "http": django_asgi_app,
     "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(
-        fleet.routing.websocket_urlpatterns + [path("ws/bare/", BareConsumer.as_asgi())]))),
+        fleet.routing.websocket_urlpatterns + [path("ws/bare/", BareConsumer.as_asgi()),
+                                               path("ws/bare-pubsub/", BarePubSubConsumer.as_asgi())]))),
 })

@@ -5,8 +5,10 @@ The product path: ingest_episode commits the episode; its on-commit hook publish
 (Redis pub/sub); the server's one subscription hands it to each client's FleetConsumer, which coalesces and sends
 it.
 The baseline: group_send straight from this process to a bench-only consumer (bench/_bare_asgi.py) that forwards
-each message as it comes; every client holds one socket of each kind. Meanwhile 16 robots report progress once a
-second each (as actors do), which every product socket reads and forwards, as on a real fleet. Goal: product p99 <= 100 ms, ratio of p99s <= 1.5.
+each message as it comes; every client holds one socket of each kind. For reference (the product no longer uses a
+channel layer), a third socket per client holds its own Redis subscription and forwards each PUBLISH as it comes:
+the product's transport without the product. Meanwhile 16 robots report progress once a second each (as actors
+do), which the server reads and forwards to every product socket, as on a real fleet. Goal: product p99 <= 100 ms, ratio of p99s <= 1.5.
 
     .venv/bin/python -m sopweb.embedded run -- .venv/bin/python bench/ws_fanout.py [--clients 50] [--events 60]
 """
@@ -28,6 +30,7 @@ _django.setup()
 
 import _bare_asgi  # noqa: E402  (configures the baseline's channel layer)
 
+import redis  # noqa: E402
 from asgiref.sync import async_to_sync  # noqa: E402
 from channels.layers import get_channel_layer  # noqa: E402
 from django.conf import settings  # noqa: E402
@@ -45,7 +48,7 @@ import asyncio, json, sys, time
 import websockets
 
 url, cookie, n, expected = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-arrivals = {"product": {}, "bare": {}}  # event id -> list of arrival times (one per client)
+arrivals = {"product": {}, "bare": {}, "pubsub": {}}  # event id -> list of arrival times (one per client)
 messages = []  # arrival times of every message on the product sockets
 
 async def client(path, kind):
@@ -58,7 +61,7 @@ async def client(path, kind):
             if kind == "product":
                 messages.append(at)
             for item in json.loads(raw).get("events", []):
-                if item["event"] in ("episode.finished", "bench.bare"):
+                if item["event"] in ("episode.finished", "bench.bare", "bench.pubsub"):
                     key = item["data"]["episode"] if kind == "product" else item["data"]["mark"]
                     arrivals[kind].setdefault(str(key), []).append(at)
             if all(len(arrivals[k]) >= expected and all(len(v) >= n for v in arrivals[k].values())
@@ -67,9 +70,9 @@ async def client(path, kind):
 
 ready = []
 async def main():
-    tasks = [asyncio.create_task(client(p, k)) for _ in range(n) for p, k in (("/ws/fleet/", "product"),
-                                                                            ("/ws/bare/", "bare"))]
-    while len(ready) < 2 * n:
+    tasks = [asyncio.create_task(client(p, k)) for _ in range(n) for p, k in (
+        ("/ws/fleet/", "product"), ("/ws/bare/", "bare"), ("/ws/bare-pubsub/", "pubsub"))]
+    while len(ready) < 3 * n:
         failed = [t.exception() for t in tasks if t.done()]
         if failed:
             print("FAILED", repr(failed[0]), flush=True)
@@ -143,12 +146,13 @@ def main():
         answer = clients.stdout.readline().strip()
         if answer != "READY":
             raise SystemExit(f"the clients did not all connect: {answer or 'no answer'}")
-        print(f"{args.clients} clients connected, each with a product socket and a bare socket")
+        print(f"{args.clients} clients connected, each with a product socket and two bare ones")
 
         # 16 robots' progress at 1 Hz each, from another process (as actors send theirs).
         telemetry = subprocess.Popen([sys.executable, "-c", TELEMETRY, str(args.robots)], cwd=_django.ROOT, env=env)
         layer = get_channel_layer(_bare_asgi.LAYER)
-        committed, sent = {}, {}
+        committed, sent, published = {}, {}, {}
+        r = redis.Redis.from_url(settings.REDIS_URL)
         for i in range(args.events):
             now = timezone.now()
             stamp = {}
@@ -158,11 +162,14 @@ def main():
                                             arrays=arrays, robot_id=robot.pk, started_at=now - timedelta(seconds=5),
                                             finished_at=now)
             committed[str(episode.pk)] = stamp["at"]
-            time.sleep(args.gap / 2)
+            time.sleep(args.gap / 3)
             sent[str(i)] = time.time()
             async_to_sync(layer.group_send)("bench-bare", {"type": "bare.event", "event": "bench.bare",
                                                            "data": {"mark": i}})
-            time.sleep(args.gap / 2)
+            time.sleep(args.gap / 3)
+            published[str(i)] = time.time()
+            r.publish(_bare_asgi.BARE_CHANNEL, json.dumps({"events": [{"event": "bench.pubsub", "data": {"mark": i}}]}))
+            time.sleep(args.gap / 3)
         telemetry.terminate()
         out, _ = clients.communicate(timeout=120)
         result = json.loads(out.strip().splitlines()[-1])
@@ -174,13 +181,18 @@ def main():
 
     product = [(at - committed[k]) * 1000 for k, ats in result["arrivals"]["product"].items() for at in ats]
     bare = [(at - sent[k]) * 1000 for k, ats in result["arrivals"]["bare"].items() for at in ats]
+    pubsub = [(at - published[k]) * 1000 for k, ats in result["arrivals"]["pubsub"].items() for at in ats]
     expected = args.clients * args.events
-    if len(product) != expected or len(bare) != expected:
-        raise SystemExit(f"lost deliveries: {len(product)} product and {len(bare)} bare of {expected} each")
+    if len(product) != expected or len(bare) != expected or len(pubsub) != expected:
+        raise SystemExit(f"lost deliveries: {len(product)} product, {len(bare)} bare and {len(pubsub)} bare pub/sub "
+                         f"of {expected} each")
     rate = result["messages"] / args.clients / result["seconds"]
-    print(f"deliveries: {len(product)} product, {len(bare)} bare")
+    print(f"deliveries: {len(product)} product, {len(bare)} bare, {len(pubsub)} bare pub/sub")
     print(f"product (commit -> client): p50 {percentile(product, 50):.1f} ms, p99 {percentile(product, 99):.1f} ms")
     print(f"bare group_send -> client:  p50 {percentile(bare, 50):.1f} ms, p99 {percentile(bare, 99):.1f} ms")
+    print(f"reference, bare PUBLISH -> a subscription per socket -> client (the product's transport without the "
+          f"product): p50 {percentile(pubsub, 50):.1f} ms, p99 {percentile(pubsub, 99):.1f} ms; "
+          f"product / reference p99 {percentile(product, 99) / percentile(pubsub, 99):.2f}")
     print(f"messages per product socket: {rate:.1f}/s (events offered: {1 / args.gap + args.robots:.1f}/s; "
           f"limit DASHBOARD_PUSH_RATE = {settings.DASHBOARD_PUSH_RATE:g}/s)")
     print(f"ratio p99 product / bare (goal <= 1.5, and product p99 <= 100 ms): "
