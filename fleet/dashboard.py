@@ -194,15 +194,19 @@ def _separation(cell: Rate, others: Rate) -> str:
     return "worse" if high < other_low else "better" if low > other_high else ""
 
 
-def breakdown(start: datetime, end: datetime, source: str = Episode.Source.ONLINE, max_versions: int = 12) -> dict:
+def breakdown(start: datetime, end: datetime, source: str = Episode.Source.ONLINE, max_versions: int = 12,
+              numbers: list[int] | None = None) -> dict:
     """Success per policy version × robot × task in [start, end), each cell with its episodes and Wilson interval;
-    a cell is marked when its interval separates from the same version and task on the other robots."""
+    a cell is marked when its interval separates from the same version and task on the other robots. `numbers`
+    restricts it to those version numbers (None: all)."""
     from learner.models import PolicyVersion
 
     # The newest versions first, found before aggregating: a long window of a continuously deploying fleet holds
     # hundreds of versions, and only the shown ones are summed per robot and task.
-    in_window = list(rollups(start, end, source).values_list("version_id", flat=True).distinct()
-                     .order_by("-version_id"))
+    window = rollups(start, end, source)
+    if numbers is not None:
+        window = window.filter(version_id__in=PolicyVersion.objects.filter(number__in=numbers).values("pk"))
+    in_window = list(window.values_list("version_id", flat=True).distinct().order_by("-version_id"))
     shown, hidden = in_window[:max_versions], max(0, len(in_window) - max_versions)
     rows = totals(start, end, ("version_id", "robot_id", "task_id"), source, where=Q(version_id__in=shown))
     numbers = dict(PolicyVersion.objects.filter(pk__in=shown).values_list("pk", "number"))

@@ -69,6 +69,24 @@ class BreakdownForm(TimeRangeForm):
     window = forms.ChoiceField(choices=[(key, label) for key, (label, _) in WINDOWS.items()] + [("custom", "range")],
                                required=False, initial="24h")
     source = forms.ChoiceField(choices=Episode.Source.choices, required=False, initial=Episode.Source.ONLINE)
+    versions = forms.CharField(required=False, max_length=200, label="Versions",
+                               widget=forms.TextInput(attrs={"placeholder": "all, or e.g. 12, 15-18"}))
+
+    def clean_versions(self) -> list[int] | None:
+        """Version numbers, as a list and ranges ("12, 15-18"); None for all."""
+        text = self.cleaned_data.get("versions", "").strip()
+        if not text:
+            return None
+        numbers: set[int] = set()
+        for part in (p.strip() for p in text.split(",")):
+            low, _, high = part.partition("-")
+            if not low.strip().isdigit() or (high and not high.strip().isdigit()):
+                raise forms.ValidationError(f"{part!r} is not a version number or a range like 15-18")
+            low_n, high_n = int(low), int(high or low)
+            if high_n < low_n or high_n - low_n >= 1000:
+                raise forms.ValidationError(f"{part!r}: a range runs from a lower to a higher number, at most 1000")
+            numbers.update(range(low_n, high_n + 1))
+        return sorted(numbers)
 
     def clean(self):
         data = super().clean()

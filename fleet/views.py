@@ -80,7 +80,8 @@ def breakdown(request):
         form.is_valid()
     start, end = form.range(timezone.now())
     return render(request, "fleet/breakdown.html", {
-        "form": form, "table": compute(start, end, form.cleaned_data["source"]), "start": start, "end": end,
+        "form": form, "table": compute(start, end, form.cleaned_data["source"], numbers=form.cleaned_data["versions"]),
+        "start": start, "end": end,
     })
 
 

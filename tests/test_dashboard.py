@@ -189,6 +189,21 @@ def test_the_breakdown_shows_the_newest_versions_and_counts_the_rest(tasks, robo
     table = dashboard.breakdown(T0, T0 + timedelta(hours=1), max_versions=12)
     assert [v["number"] for v in table["versions"]] == list(range(15, 3, -1))
     assert table["hidden_versions"] == 3
+    chosen = dashboard.breakdown(T0, T0 + timedelta(hours=1), max_versions=12, numbers=[1, 2, 7, 99])
+    assert [v["number"] for v in chosen["versions"]] == [7, 2, 1] and chosen["hidden_versions"] == 0
+
+
+def test_the_breakdown_page_takes_version_numbers_and_ranges(client, olivia, tasks, robots):
+    for number in range(1, 6):
+        version = publish_random_policy(number, ["box-close-v3"], seed=number)
+        raw_episode(tasks[0], robots[0], version, at=T0 + timedelta(minutes=number), outcome="success")
+    client.force_login(olivia)
+    window = "?window=custom&since=2026-11-20T08:00&until=2026-11-20T10:00"
+    response = client.get(reverse("breakdown") + window + "&versions=1, 3-4")
+    assert [v["number"] for v in response.context["table"]["versions"]] == [4, 3, 1]
+    for bad in ("x", "4-2", "1-5000", "3,"):
+        response = client.get(reverse("breakdown") + window + "&versions=" + bad)
+        assert response.status_code == 400 and b"versions" in response.content, bad
 
 
 def test_the_admin_shows_episodes_but_cannot_change_what_the_roll_ups_count(tasks, robots, admin_client):
