@@ -240,6 +240,22 @@ class ReplayVideo(models.Model):
             video.refresh_from_db()
         return video
 
+    @classmethod
+    def evict(cls, older_than: timedelta) -> int:
+        """Delete replays rendered longer ago than `older_than`, files and rows, except those of episodes under a
+        live review claim. Returns how many went; a later request renders the episode again."""
+        cutoff = timezone.now() - older_than
+        live_claims = ReviewClaim.objects.filter(expires_at__gt=timezone.now()).values("episode_id")
+        old = cls.objects.filter(status=cls.Status.READY, finished_at__lt=cutoff).exclude(episode_id__in=live_claims)
+        evicted = 0
+        for video in old.only("episode_id", "path").iterator():
+            # Conditional on the row as it was read: a re-render that started meanwhile keeps its row.
+            if cls.objects.filter(pk=video.pk, status=cls.Status.READY, finished_at__lt=cutoff).delete()[0]:
+                if video.path:
+                    video.file.unlink(missing_ok=True)
+                evicted += 1
+        return evicted
+
     def retry(self, actor) -> AuditEvent:
         """Queue a failed render again (the retry button)."""
         event = apply_transition(self, verb="replay.retry", field="status", allowed_from={self.Status.FAILED},

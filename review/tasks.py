@@ -80,3 +80,16 @@ def render_ahead() -> int:
     for episode_id in ids:
         ReplayVideo.request(episode_id)
     return len(ids)
+
+
+@shared_task(name="review.evict_replays", soft_time_limit=120, time_limit=180)
+def evict_replays() -> int:
+    """Beat: replays are a cache; those rendered more than REVIEW_REPLAY_KEEP_DAYS ago go (review.models)."""
+    from datetime import timedelta
+
+    from review.models import ReplayVideo
+
+    evicted = ReplayVideo.evict(timedelta(days=settings.REVIEW_REPLAY_KEEP_DAYS))
+    if evicted:
+        log.info("evicted %d old replays", evicted)
+    return evicted

@@ -327,6 +327,9 @@ if LEARNER_DEVICE not in ("auto", "cpu", "cuda"):
 REVIEW_CLAIM_SECONDS = env_number("REVIEW_CLAIM_SECONDS", 300.0, kind=float, min_value=10.0)
 # Replays: rendered ahead for this many queued episodes; video size (multiples of 16) and camera.
 REVIEW_RENDER_AHEAD = env_number("REVIEW_RENDER_AHEAD", 3, min_value=0, max_value=50)
+# Replays are a cache: one rendered more than this many days ago is deleted (daily), unless its episode is being
+# reviewed right now; opening the episode later renders it again.
+REVIEW_REPLAY_KEEP_DAYS = env_number("REVIEW_REPLAY_KEEP_DAYS", 14.0, kind=float, min_value=0.01)
 REVIEW_VIDEO_WIDTH = env_number("REVIEW_VIDEO_WIDTH", 320, min_value=16, max_value=1920)
 REVIEW_VIDEO_HEIGHT = env_number("REVIEW_VIDEO_HEIGHT", 240, min_value=16, max_value=1088)
 for _name in ("REVIEW_VIDEO_WIDTH", "REVIEW_VIDEO_HEIGHT"):
@@ -352,6 +355,7 @@ CELERY_BEAT_SCHEDULE = {
     "keep-learner-running": {"task": "learner.ensure_running", "schedule": 30.0},
     "prune-checkpoints": {"task": "learner.prune_checkpoints", "schedule": CHECKPOINT_PRUNE_INTERVAL},
     "render-replays-ahead": {"task": "review.render_ahead", "schedule": 30.0},
+    "evict-old-replays": {"task": "review.evict_replays", "schedule": 3600.0},
 }
 
 # --- rollout governance (governance/) ----------------------------------------------------------------

@@ -478,3 +478,29 @@ def test_the_export_command_writes_the_dataset(task, anna, tmp_path):
         call_command("export_dataset", str(tmp_path / "out"))
     with pytest.raises(CommandError, match="--disposition"):
         call_command("export_dataset", str(tmp_path / "other"), "--disposition", "burn")
+
+
+def test_old_replays_are_evicted_unless_someone_is_reviewing_them(task, anna, settings):
+    from pathlib import Path
+
+    from review.tasks import evict_replays
+
+    now = timezone.now()
+    videos = {}
+    for name, age_days in (("fresh", 1), ("old", 20), ("old-claimed", 20), ("old-rendering", 20)):
+        episode = ingest(task, synthetic())
+        path = f"replays/test-{episode.pk}.mp4"
+        (Path(settings.STORAGE_DIR) / path).parent.mkdir(parents=True, exist_ok=True)
+        (Path(settings.STORAGE_DIR) / path).write_bytes(b"video")
+        status = ReplayVideo.Status.RENDERING if name == "old-rendering" else ReplayVideo.Status.READY
+        videos[name] = ReplayVideo.objects.create(episode=episode, status=status, path=path,
+                                                  finished_at=now - timedelta(days=age_days))
+    ReviewClaim.claim(videos["old-claimed"].episode, anna)
+    settings.REVIEW_REPLAY_KEEP_DAYS = 14
+    assert evict_replays() == 1
+    assert set(ReplayVideo.objects.values_list("pk", flat=True)) == {
+        videos[name].pk for name in ("fresh", "old-claimed", "old-rendering")}
+    assert not videos["old"].file.exists() and videos["fresh"].file.exists()
+    # Opening the evicted episode later renders it again.
+    video = ReplayVideo.request(videos["old"].episode_id)
+    assert video.status == ReplayVideo.Status.QUEUED
