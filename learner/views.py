@@ -1,4 +1,6 @@
 from django.contrib.auth.decorators import permission_required
+from django.db.models import F, Window
+from django.db.models.functions import Mod, RowNumber
 from django.shortcuts import render
 
 from learner.models import PolicyVersion, TrainingMetric, TrainingRun
@@ -18,11 +20,12 @@ def learner(request):
     run = TrainingRun.objects.select_related("base_version").first()
     points = []
     if run is not None:
-        metrics = run.metrics.order_by("step")
-        count = metrics.count()
-        stride = max(1, count // MAX_POINTS)  # an evenly thinned history, always ending at the latest point
-        ids = list(metrics.values_list("pk", flat=True))[::-1][::stride][::-1]
-        points = [metric_point(m) for m in TrainingMetric.objects.filter(pk__in=ids).order_by("step")]
+        stride = max(1, -(-run.metrics.count() // MAX_POINTS))  # ceil: at most MAX_POINTS points
+        # An evenly thinned history, always ending at the latest point, thinned by the database: every stride-th
+        # point counted back from the newest.
+        ranked = run.metrics.annotate(rank=Window(RowNumber(), order_by=F("step").desc()))
+        points = [metric_point(m) for m in ranked.annotate(slot=Mod(F("rank") - 1, stride)).filter(slot=0)
+                  .order_by("step")]
     versions = [{"number": v.number, "state": v.state, "algorithm": v.algorithm, "at": v.created_at.isoformat(),
                  "train_steps": v.train_steps}
                 for v in PolicyVersion.objects.order_by("-number")[:200]][::-1]

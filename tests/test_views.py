@@ -180,6 +180,15 @@ def test_the_learner_page_carries_its_curves_and_versions(client, sam):
     assert points[-1]["tasks"]["pick-place-v3"]["w_on"] == 0.6
     assert "vendor/plotly.min.js" in html and "js/learner.js" in html
 
+    # A long run is thinned evenly (every stride-th point back from the newest), the latest point always in.
+    TrainingMetric.objects.bulk_create(TrainingMetric(run=run, step=step, loss=1.0, samples_per_second=1.0)
+                                       for step in range(200, 200 + 3 * 1000))
+    html = client.get(reverse("learner")).content.decode()
+    points = json.loads(html.split('id="learner-points" type="application/json">')[1].split("</script>")[0])
+    steps = [p["step"] for p in points]
+    assert steps[-1] == 3199 and 500 < len(steps) <= 600
+    assert {b - a for a, b in zip(steps[1:], steps[2:])} == {6}  # 3,003 points in at most 600: every 6th
+
 
 def test_the_episode_page_carries_its_time_series(client, anna, oscar):
     import json
