@@ -146,15 +146,26 @@ class Robot(models.Model):
 
     @classmethod
     def add(cls, name: str, tasks, actor=None, kind: str = Kind.SIM) -> Robot:
-        """Add a robot to the fleet (stopped; `start` it to run episodes)."""
+        """Add a robot to the fleet (stopped; `start` it to run episodes), on the version the fleet runs, if any:
+        it joins the fleet's rollout (never a canary's). Under the rollout lock, so a deployment in flight either
+        sees the new robot or is seen by it."""
+        from learner.models import PolicyVersion, rollout_lock
+
         name = name.strip()
         if not name or len(name) > 64:
             raise ValueError("a robot needs a name of 1 to 64 characters")
         try:
             with transaction.atomic():
+                rollout_lock()
                 robot = cls.objects.create(name=name, kind=kind)
                 robot.tasks.set(tasks)
                 AuditEvent.record(actor, "robot.add", robot, details={"tasks": sorted(t.env_name for t in tasks)})
+                deployed = PolicyVersion.deployed()
+                if deployed is not None:
+                    robot.assign_version(deployed, actor, reason="a new robot runs the fleet's version")
+                    for rollout in Rollout.objects.filter(status=Rollout.Status.ACTIVE, stage=Rollout.Stage.FLEET,
+                                                          version=deployed):
+                        rollout.robots.add(robot)
         except IntegrityError:  # the unique name, also when two operators add the same name at once
             raise ValueError(f"a robot named {name!r} already exists") from None
         return robot

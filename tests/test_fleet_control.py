@@ -116,6 +116,20 @@ def test_add_then_remove_robots(client, olivia, task, robot):
     assert set(AuditEvent.objects.values_list("verb", flat=True)) == {"robot.add", "robot.remove"}
 
 
+def test_a_new_robot_runs_the_fleets_version_and_joins_its_rollout(task, robot):
+    from fleet.models import Rollout
+    from tests.conftest import publish_random_policy
+
+    assert Robot.add("sim-early", [task]).policy_version is None  # nothing deployed yet: nothing to run
+    version = publish_random_policy(1, ["pick-place-v3"])
+    version.deploy_to_fleet(reason="first deployment")
+    added = Robot.add("sim-late", [task])
+    added.refresh_from_db()
+    assert added.policy_version == version
+    assert added in Rollout.objects.get(status=Rollout.Status.ACTIVE, version=version).robots.all()
+    assert AuditEvent.objects.filter(verb="robot.assign_version", object_id=str(added.pk)).exists()
+
+
 @pytest.mark.parametrize("data", [{"name": "", "tasks": ["pick-place-v3"]}, {"name": "bad name!", "tasks": []},
                                   {"name": "sim-01", "tasks": ["pick-place-v3"]},
                                   {"name": "sim-09", "tasks": ["no-such-v3"]}])
