@@ -143,7 +143,7 @@ def _run_leased(robot: Robot, lease: bus.Lease) -> str:
     robot.heartbeat(Robot.Status.RUNNING)
     last_beat = time.monotonic()
     polls = 0
-    progress = {"robot": robot.pk, "task": task_row.env_name, "version": version.number,
+    progress = {"robot": robot.pk, "task": task_row.env_name, "version": version.number, "source": source,
                 "started_at": started_at.isoformat(), "step": 0, "control": "policy"}
     report_progress(progress)
 

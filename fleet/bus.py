@@ -44,8 +44,8 @@ def abort_key(robot_id: int) -> str:
     return f"sopweb:robot:{robot_id}:abort"
 
 
-# Running episodes' progress: one hash, field = robot id, value = JSON {robot, task, version, started_at, step,
-# control, at}. Actors write their field once a second and delete it at the episode's end; readers ignore fields
+# Running episodes' progress: one hash, field = robot id, value = JSON {robot, task, version, source, started_at,
+# step, control, at}. Actors write their field once a second and delete it at the episode's end; readers ignore fields
 # older than PROGRESS_STALE_SECONDS (a killed actor's last word). Dashboards poll it rather than have every
 # update fanned out to every socket.
 PROGRESS_KEY = "sopweb:progress"

@@ -221,3 +221,28 @@ def test_the_admin_shows_episodes_but_cannot_change_what_the_roll_ups_count(task
     episode.refresh_from_db()
     assert (episode.intervention_count, episode.outcome) == (2, "success")
     assert set(EpisodeRollup.objects.values_list("interventions", flat=True)) == {2}
+
+
+def test_a_tile_says_when_its_robot_runs_an_evaluation_episode(client, olivia, tasks, robots):
+    import json
+    import time
+
+    from fleet import bus
+
+    version = publish_random_policy(3, ["box-close-v3"])
+    robots[0].assign_version(version)
+    candidate = publish_random_policy(4, ["box-close-v3"], seed=4)
+    bus.client().hset(bus.PROGRESS_KEY, mapping={
+        robots[0].pk: json.dumps({"robot": robots[0].pk, "task": "box-close-v3", "version": candidate.number,
+                                  "source": "evaluation", "step": 12, "control": "policy", "at": time.time()}),
+        robots[1].pk: json.dumps({"robot": robots[1].pk, "task": "box-close-v3", "version": 3, "source": "online",
+                                  "step": 3, "control": "policy", "at": time.time()}),
+    })
+    try:
+        client.force_login(olivia)
+        html = client.get(reverse("fleet")).content.decode()
+    finally:
+        bus.client().delete(bus.PROGRESS_KEY)
+    tiles = {robot.pk: html.split(f'data-robot="{robot.pk}"')[1].split("</article>")[0] for robot in robots[:2]}
+    assert '<dd data-field="version">v4 · evaluation</dd>' in tiles[robots[0].pk]
+    assert "evaluation" not in tiles[robots[1].pk]

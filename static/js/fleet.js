@@ -84,7 +84,8 @@
 
   function onProgress(p) {
     setText(p.robot, "task", p.task);
-    setText(p.robot, "version", "v" + p.version);
+    // An evaluation episode runs the evaluated version on held-out seeds, not the robot's own.
+    setText(p.robot, "version", "v" + p.version + (p.source === "evaluation" ? " · evaluation" : ""));
     setText(p.robot, "step", p.step);
     const control = field(p.robot, "control");
     if (control) { control.textContent = p.control; control.className = "control-" + p.control; }
