@@ -204,8 +204,9 @@ def breakdown(start: datetime, end: datetime, source: str = Episode.Source.ONLIN
     # The newest versions first, found before aggregating: a long window of a continuously deploying fleet holds
     # hundreds of versions, and only the shown ones are summed per robot and task.
     window = rollups(start, end, source)
-    if numbers is not None:
-        window = window.filter(version_id__in=PolicyVersion.objects.filter(number__in=numbers).values("pk"))
+    if numbers is not None:  # 0: episodes without a policy (roll-ups keep them under version id 0)
+        chosen = Q(version_id__in=PolicyVersion.objects.filter(number__in=numbers).values("pk"))
+        window = window.filter(chosen | Q(version_id=0) if 0 in numbers else chosen)
     in_window = list(window.values_list("version_id", flat=True).distinct().order_by("-version_id"))
     shown, hidden = in_window[:max_versions], max(0, len(in_window) - max_versions)
     rows = totals(start, end, ("version_id", "robot_id", "task_id"), source, where=Q(version_id__in=shown))

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 from django import forms
@@ -63,6 +64,9 @@ WINDOWS = {"15m": ("last 15 minutes", 15), "1h": ("last hour", 60), "6h": ("last
            "24h": ("last 24 hours", 1440), "7d": ("last 7 days", 10080), "30d": ("last 30 days", 43200)}
 
 
+VERSION_RANGE = re.compile(r"(\d+)(?:\s*-\s*(\d+))?", re.ASCII)
+
+
 class BreakdownForm(TimeRangeForm):
     """The window of the version × robot × task breakdown: a preset, or an explicit range."""
 
@@ -70,19 +74,20 @@ class BreakdownForm(TimeRangeForm):
                                required=False, initial="24h")
     source = forms.ChoiceField(choices=Episode.Source.choices, required=False, initial=Episode.Source.ONLINE)
     versions = forms.CharField(required=False, max_length=200, label="Versions",
-                               widget=forms.TextInput(attrs={"placeholder": "all, or e.g. 12, 15-18"}))
+                               widget=forms.TextInput(attrs={"placeholder": "all, or e.g. 12, 15-18 (0: demos)"}))
 
     def clean_versions(self) -> list[int] | None:
-        """Version numbers, as a list and ranges ("12, 15-18"); None for all."""
+        """Version numbers, as a list and ranges ("12, 15-18"; 0 stands for episodes without a policy, the
+        expert's demonstrations); None for all."""
         text = self.cleaned_data.get("versions", "").strip()
         if not text:
             return None
         numbers: set[int] = set()
         for part in (p.strip() for p in text.split(",")):
-            low, _, high = part.partition("-")
-            if not low.strip().isdigit() or (high and not high.strip().isdigit()):
+            match = VERSION_RANGE.fullmatch(part)
+            if match is None:
                 raise forms.ValidationError(f"{part!r} is not a version number or a range like 15-18")
-            low_n, high_n = int(low), int(high or low)
+            low_n, high_n = int(match[1]), int(match[2] or match[1])
             if high_n < low_n or high_n - low_n >= 1000:
                 raise forms.ValidationError(f"{part!r}: a range runs from a lower to a higher number, at most 1000")
             numbers.update(range(low_n, high_n + 1))

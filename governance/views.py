@@ -41,7 +41,9 @@ def rollout_context(request):
 
 
 def _decisions_open(version: PolicyVersion) -> list[str]:
-    return [word for word, (_, verb) in DECISIONS.items() if version.state in PolicyVersion.TRANSITIONS[verb][0]]
+    """The decisions the version's state allows; none that would make it runnable once its checkpoint is gone."""
+    return [word for word, (_, verb) in DECISIONS.items() if version.state in PolicyVersion.TRANSITIONS[verb][0]
+            and not (version.checkpoint_removed_at and PolicyVersion.TRANSITIONS[verb][1] in PolicyVersion.RUNNABLE)]
 
 
 @permission_required("fleet.view_rollout", raise_exception=True)
@@ -59,7 +61,8 @@ def rollouts(request):
         "deployed": decisions.deployed_version(),
         "canary": canary, "analysis": canary_analysis(canary) if canary else None,
         "in_progress": in_progress,
-        "checkpoints": PolicyVersion.objects.filter(state=State.CHECKPOINT).order_by("-number")[:10],
+        "checkpoints": PolicyVersion.objects.filter(state=State.CHECKPOINT, checkpoint_removed_at=None)
+                                           .order_by("-number")[:10],
         "history": history,
         "can_decide": request.user.has_perm("fleet.approve_rollout"),
     })

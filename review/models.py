@@ -249,8 +249,10 @@ class ReplayVideo(models.Model):
         old = cls.objects.filter(status=cls.Status.READY, finished_at__lt=cutoff).exclude(episode_id__in=live_claims)
         evicted = 0
         for video in old.only("episode_id", "path").iterator():
-            # Conditional on the row as it was read: a re-render that started meanwhile keeps its row.
-            if cls.objects.filter(pk=video.pk, status=cls.Status.READY, finished_at__lt=cutoff).delete()[0]:
+            # Conditional on the row as it is now: a re-render that started, or a claim taken, meanwhile keeps it.
+            claimed = ReviewClaim.objects.filter(episode_id=models.OuterRef("episode_id"), expires_at__gt=timezone.now())
+            if cls.objects.filter(~models.Exists(claimed), pk=video.pk, status=cls.Status.READY,
+                                  finished_at__lt=cutoff).delete()[0]:
                 if video.path:
                     video.file.unlink(missing_ok=True)
                 evicted += 1

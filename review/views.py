@@ -218,9 +218,10 @@ def replay_file(request, pk: int):
     """The mp4, with byte ranges: browsers fetch parts of a video to seek in it (FileResponse alone sends the
     whole file every time, and Chromium then cannot seek)."""
     video = get_object_or_404(ReplayVideo, pk=pk, status=ReplayVideo.Status.READY)
-    if not video.file.exists():
-        raise Http404("the replay file is gone from storage; it will be rendered again")
-    return ranged_file_response(request, video.file, "video/mp4")
+    try:
+        return ranged_file_response(request, video.file, "video/mp4")
+    except FileNotFoundError:  # evicted or cleaned away, maybe a moment ago
+        raise Http404("the replay file is gone from storage; it will be rendered again") from None
 
 
 def ranged_file_response(request, path: Path, content_type: str):

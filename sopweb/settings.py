@@ -327,7 +327,7 @@ if LEARNER_DEVICE not in ("auto", "cpu", "cuda"):
 REVIEW_CLAIM_SECONDS = env_number("REVIEW_CLAIM_SECONDS", 300.0, kind=float, min_value=10.0)
 # Replays: rendered ahead for this many queued episodes; video size (multiples of 16) and camera.
 REVIEW_RENDER_AHEAD = env_number("REVIEW_RENDER_AHEAD", 3, min_value=0, max_value=50)
-# Replays are a cache: one rendered more than this many days ago is deleted (daily), unless its episode is being
+# Replays are a cache: one rendered more than this many days ago is deleted (hourly), unless its episode is being
 # reviewed right now; opening the episode later renders it again.
 REVIEW_REPLAY_KEEP_DAYS = env_number("REVIEW_REPLAY_KEEP_DAYS", 14.0, kind=float, min_value=0.01)
 REVIEW_VIDEO_WIDTH = env_number("REVIEW_VIDEO_WIDTH", 320, min_value=16, max_value=1920)

@@ -191,6 +191,9 @@ def test_the_breakdown_shows_the_newest_versions_and_counts_the_rest(tasks, robo
     assert table["hidden_versions"] == 3
     chosen = dashboard.breakdown(T0, T0 + timedelta(hours=1), max_versions=12, numbers=[1, 2, 7, 99])
     assert [v["number"] for v in chosen["versions"]] == [7, 2, 1] and chosen["hidden_versions"] == 0
+    raw_episode(tasks[0], robots[0], None, at=T0 + timedelta(minutes=30), outcome="success")  # no policy
+    with_demos = dashboard.breakdown(T0, T0 + timedelta(hours=1), numbers=[0, 15])
+    assert [v["number"] for v in with_demos["versions"]] == [15, None]
 
 
 def test_the_breakdown_page_takes_version_numbers_and_ranges(client, olivia, tasks, robots):
@@ -201,7 +204,9 @@ def test_the_breakdown_page_takes_version_numbers_and_ranges(client, olivia, tas
     window = "?window=custom&since=2026-11-20T08:00&until=2026-11-20T10:00"
     response = client.get(reverse("breakdown") + window + "&versions=1, 3-4")
     assert [v["number"] for v in response.context["table"]["versions"]] == [4, 3, 1]
-    for bad in ("x", "4-2", "1-5000", "3,"):
+    response = client.get(reverse("breakdown") + window + "&versions=40-41")
+    assert response.status_code == 200 and b"No episodes of the chosen versions" in response.content
+    for bad in ("x", "4-2", "1-5000", "3,", "\u00b2", "1--2"):
         response = client.get(reverse("breakdown") + window + "&versions=" + bad)
         assert response.status_code == 400 and b"versions" in response.content, bad
 

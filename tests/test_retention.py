@@ -80,14 +80,53 @@ def test_files_left_by_an_interrupted_run_are_removed_by_the_next(history):
     assert Path(settings.STORAGE_DIR).is_dir()
 
 
-def test_a_path_outside_storage_is_never_deleted(history, tmp_path):
+def test_only_checkpoint_directories_are_ever_deleted(history, tmp_path):
     outside = tmp_path / "precious"
     outside.mkdir()
-    PolicyVersion.objects.filter(number=2).update(checkpoint_path=str(outside))
-    PolicyVersion.objects.filter(number=3).update(checkpoint_path="")  # the storage root itself
-    prune_checkpoints(keep_last=3, keep_fleet=2)
-    assert outside.is_dir() and Path(settings.STORAGE_DIR).is_dir()
-    assert PolicyVersion.objects.get(number=2).checkpoint_removed_at is not None
+    PolicyVersion.objects.filter(number=2).update(checkpoint_path=str(outside))  # absolute: outside storage
+    PolicyVersion.objects.filter(number=3).update(checkpoint_path="policies")  # every checkpoint at once
+    shared = PolicyVersion.objects.get(number=5).checkpoint_path  # v5 is kept (a roll-back target)
+    PolicyVersion.objects.filter(number=4).update(checkpoint_path=shared)
+    assert sorted(v.number for v in prune_checkpoints(keep_last=3, keep_fleet=2)) == [2, 3, 4]
+    assert outside.is_dir()
+    assert all(files(v) for v in PolicyVersion.objects.filter(checkpoint_removed_at=None))
+    assert files(PolicyVersion.objects.get(number=5))
+
+
+def test_a_version_published_while_retention_chooses_is_out_of_its_reach(history, monkeypatch):
+    """Publishing does not take the rollout lock: a version that commits while retention works must not be taken
+    for an old one."""
+    from learner import retention
+
+    choose = retention.protected_versions
+    late = []
+
+    def publish_meanwhile(*args):
+        keep = choose(*args)
+        late.append(publish_random_policy(13, TASKS, seed=13))  # commits between the choice and the marking
+        return keep
+
+    monkeypatch.setattr(retention, "protected_versions", publish_meanwhile)
+    assert sorted(v.number for v in prune_checkpoints(keep_last=3, keep_fleet=2)) == [2, 3, 4]
+    late[0].refresh_from_db()
+    assert late[0].checkpoint_removed_at is None and files(late[0])
+    late[0].deploy_to_fleet(reason="continuous")  # it can run
+    assert PolicyVersion.deployed() == late[0]
+
+
+def test_retired_robots_and_rejected_candidates_do_not_pin_checkpoints(history):
+    robot = Robot.objects.get(name="sim-1")  # pinned to v9
+    robot.remove(None, reason="retired")  # it never ran an episode: deleted
+    Robot.objects.create(name="sim-old", retired=True, policy_version=history[4])  # a retired robot's last version
+    from governance.models import Evaluation
+
+    Evaluation.objects.create(candidate=history[8], baseline=history[3], episodes_per_task=1)
+    history[8].advance("start_evaluation")
+    decisions.reject(history[8], None, reason="worse")  # its evaluation never finishes; v3 no longer needed
+    for n in (13, 14, 15, 16):
+        publish_random_policy(n, TASKS, seed=n)
+    removed = sorted(v.number for v in prune_checkpoints(keep_last=3, keep_fleet=2))
+    assert removed == [2, 3, 4, 8, 9, 10, 11, 12, 13]
 
 
 def test_the_versions_page_says_which_checkpoints_are_gone(history, client, sam):
@@ -96,6 +135,15 @@ def test_the_versions_page_says_which_checkpoints_are_gone(history, client, sam)
     page = client.get(reverse("versions"))
     assert page.status_code == 200
     assert page.content.decode().count("(checkpoint removed)") == 3
+    for n in (13, 14, 15):  # v10 (a checkpoint never nominated) drops out of the newest three
+        publish_random_policy(n, TASKS, seed=n)
+    prune_checkpoints(keep_last=3, keep_fleet=2)
+    page = client.get(reverse("rollout-version", args=[10])).content.decode()
+    assert "Retention removed its checkpoint" in page and reverse("rollout-decide", args=[10, "nominate"]) not in page
+    kept = client.get(reverse("rollout-version", args=[13])).content.decode()
+    assert reverse("rollout-decide", args=[13, "nominate"]) in kept
+    listed = client.get(reverse("rollouts")).context["checkpoints"]
+    assert [v.number for v in listed] == [15, 14, 13, 9, 1]  # v10-v12 are gone; v9 and v1 kept (pinned, base)
 
 
 def test_operators_of_the_machine_can_apply_retention_now(history):
@@ -113,6 +161,7 @@ def test_an_open_evaluation_keeps_its_baseline(history):
     from governance.models import Evaluation
 
     evaluation = Evaluation.objects.create(candidate=history[8], baseline=history[3], episodes_per_task=1)
+    history[8].advance("start_evaluation")
     assert sorted(v.number for v in prune_checkpoints(keep_last=3, keep_fleet=2)) == [2, 4]
     Evaluation.objects.filter(pk=evaluation.pk).update(finished_at=timezone.now())
     assert [v.number for v in prune_checkpoints(keep_last=3, keep_fleet=2)] == [3]

@@ -44,9 +44,8 @@ class Command(BaseCommand):
             task, _ = Task.objects.get_or_create(env_name=env_name, defaults={"title": task_title(env_name)})
             tasks.append(task)
         for i in range(1, robots + 1):
-            robot, created = Robot.objects.get_or_create(name=f"sim-{i:02d}")
-            if created:
-                robot.tasks.set(tasks)
+            if not Robot.objects.filter(name=f"sim-{i:02d}").exists():
+                Robot.add(f"sim-{i:02d}", tasks)  # on the deployed version, if the fleet has one
 
         shared_password = os.environ.get("SOPWEB_DEMO_PASSWORD")
         logins = []
