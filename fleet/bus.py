@@ -24,10 +24,6 @@ def client() -> redis.Redis:
     return _local.client
 
 
-def publish(channel: str, message: dict) -> None:
-    client().publish(channel, json.dumps(message))
-
-
 def lease_key(robot_id: int) -> str:
     return f"sopweb:robot:{robot_id}:lease"
 

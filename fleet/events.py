@@ -1,6 +1,6 @@
 """The one way live events leave the server: a small JSON delta published on one Redis channel after commit.
 
-A sender pays one PUBLISH (a single round trip, shared with the learner's nudge when there is one). Each web
+A sender pays one PUBLISH (a single round trip, shared with a worker's nudge when there is one). Each web
 process holds one subscription to the channel and hands every event to its own dashboards' sockets
 (`fleet.consumers.LiveHub`), so the fan-out is paid by the processes that serve the sockets, once per process
 rather than once per socket, and never by an actor or a request that commits something.
@@ -21,21 +21,22 @@ from fleet import bus
 log = logging.getLogger(__name__)
 
 
-def broadcast(event: str, data: dict, *, nudge_learner: bool = False) -> None:
-    """Send `{"event": event, "data": data}` to every dashboard now; with nudge_learner, also tell the learner
-    that its training data changed (bus.EPISODES_CHANNEL, with `data`). A Redis failure loses the deltas, not
-    the change that caused them, so it is logged and not raised."""
+def broadcast(event: str, data: dict, *, nudge: tuple[str, dict] | None = None) -> None:
+    """Send `{"event": event, "data": data}` to every dashboard now. `nudge` (channel, message) goes first in the
+    same round trip: a worker waiting for this change (the learner for training data, actors for a version)
+    hears of it before the dashboards do. A Redis failure loses the messages, not the change that caused them,
+    so it is logged and not raised."""
     try:
         with bus.client().pipeline(transaction=False) as pipe:
+            if nudge is not None:
+                pipe.publish(nudge[0], json.dumps(nudge[1]))
             pipe.publish(bus.LIVE_CHANNEL, json.dumps({"event": event, "data": data}))
-            if nudge_learner:
-                pipe.publish(bus.EPISODES_CHANNEL, json.dumps(data))
             pipe.execute()
     except redis.RedisError:
         log.exception("could not broadcast %s", event)
 
 
-def broadcast_on_commit(event: str, data: dict, *, nudge_learner: bool = False) -> None:
+def broadcast_on_commit(event: str, data: dict, *, nudge: tuple[str, dict] | None = None) -> None:
     """Broadcast once the current transaction commits (at once outside one), so nobody hears of a change that
     rolled back."""
-    transaction.on_commit(lambda: broadcast(event, data, nudge_learner=nudge_learner))
+    transaction.on_commit(lambda: broadcast(event, data, nudge=nudge))

@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 from django.db import IntegrityError, connection
 
+from fleet import bus
 from fleet.events import broadcast_on_commit
 from fleet.models import Episode, EpisodePayload, InterventionSegment, Robot, Task
 from fleet.sim import episode_data
@@ -96,7 +97,7 @@ def ingest_episode(*, uuid: str | uuid_lib.UUID, task: str, seed: int, outcome: 
              "intervention_steps": episode.intervention_steps, "interventions": episode.intervention_count,
              "finished_at": finished_at.isoformat()}
     # Outside a transaction the INSERT has committed already and this runs at once; inside one, at its commit.
-    broadcast_on_commit("episode.finished", event, nudge_learner=True)
+    broadcast_on_commit("episode.finished", event, nudge=(bus.EPISODES_CHANNEL, event))
     return episode, True
 
 

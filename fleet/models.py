@@ -309,12 +309,14 @@ class Robot(models.Model):
         from fleet import bus
         from fleet.events import broadcast_on_commit
 
-        broadcast_on_commit("robot.version", {"robot": self.pk, "version": version.pk if version else None})
+        # Actors prefetch the weights as soon as the nudge arrives (first in the round trip), and swap at their
+        # next episode boundary.
+        nudge = None if version is None else (bus.VERSIONS_CHANNEL, {
+            "robot": self.pk, "version": version.pk, "path": version.checkpoint_path,
+            "sha256": version.checkpoint_sha256})
+        broadcast_on_commit("robot.version", {"robot": self.pk, "version": version.pk if version else None},
+                            nudge=nudge)
         if version is not None:
-            # Actors prefetch the weights now, and swap at their next episode boundary.
-            message = {"robot": self.pk, "version": version.pk, "path": version.checkpoint_path,
-                       "sha256": version.checkpoint_sha256}
-            transaction.on_commit(lambda: bus.publish(bus.VERSIONS_CHANNEL, message))
             if locked.enabled and locked.status != self.Status.PAUSED:
                 self._schedule_after_commit()  # a started robot idling for want of a version runs now
         return event

@@ -124,6 +124,7 @@ class ReviewClaim(models.Model):
 
         Relabelling writes the failing segment's annotator intervention segments; open flags on the episode are
         resolved as labelled; the claim is released; the learner is nudged after commit."""
+        from fleet import bus
         from fleet.events import broadcast_on_commit
 
         modes = {mode.code for mode in FailureMode.for_task(episode.task)}
@@ -163,7 +164,7 @@ class ReviewClaim(models.Model):
             message = {"label": episode.pk, "episode": episode.pk, "task": episode.task.env_name,
                        "failure_mode": failure_mode, "disposition": disposition,
                        "version": episode.policy_version_id}
-            broadcast_on_commit("episode.labelled", message, nudge_learner=True)
+            broadcast_on_commit("episode.labelled", message, nudge=(bus.EPISODES_CHANNEL, message))
         return label
 
 
