@@ -245,15 +245,13 @@ class ReplayVideo(models.Model):
     def evict(cls, older_than: timedelta) -> int:
         """Delete replays rendered longer ago than `older_than`, files and rows, except those of episodes under a
         live review claim. Returns how many went; a later request renders the episode again."""
-        cutoff = timezone.now() - older_than
-        live_claims = ReviewClaim.objects.filter(expires_at__gt=timezone.now()).values("episode_id")
-        old = cls.objects.filter(status=cls.Status.READY, finished_at__lt=cutoff).exclude(episode_id__in=live_claims)
+        now = timezone.now()
+        claimed = ReviewClaim.objects.filter(episode_id=models.OuterRef("episode_id"), expires_at__gt=now)
+        old = cls.objects.filter(~models.Exists(claimed), status=cls.Status.READY, finished_at__lt=now - older_than)
         evicted = 0
         for video in old.only("episode_id", "path").iterator():
-            # Conditional on the row as it is now: a re-render that started, or a claim taken, meanwhile keeps it.
-            claimed = ReviewClaim.objects.filter(episode_id=models.OuterRef("episode_id"), expires_at__gt=timezone.now())
-            if cls.objects.filter(~models.Exists(claimed), pk=video.pk, status=cls.Status.READY,
-                                  finished_at__lt=cutoff).delete()[0]:
+            # The same conditions again as it is deleted: a re-render started, or a claim taken, meanwhile keeps it.
+            if old.filter(pk=video.pk).delete()[0]:
                 if video.path:
                     video.file.unlink(missing_ok=True)
                 evicted += 1

@@ -222,7 +222,13 @@ def test_the_admin_shows_episodes_but_cannot_change_what_the_roll_ups_count(task
     assert "intervention_count" not in form.fields and "outcome" not in form.fields
     inline = page.context["inline_admin_formsets"][0]
     assert not inline.has_add_permission and not inline.formset.can_delete
-    admin_client.post(url, {"intervention_count": 9, "outcome": "failure", "_save": "Save"})
+    # The whole change form as the browser would send it (management forms and hidden ids included), with the
+    # counted fields forged: the admin saves it (a redirect, not a form error) and ignores them.
+    import re
+
+    data = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', page.content.decode()))
+    response = admin_client.post(url, {**data, "intervention_count": 9, "outcome": "failure", "_save": "Save"})
+    assert response.status_code == 302, response.content.decode()[:2000]
     episode.refresh_from_db()
     assert (episode.intervention_count, episode.outcome) == (2, "success")
     assert set(EpisodeRollup.objects.values_list("interventions", flat=True)) == {2}
