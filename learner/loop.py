@@ -27,6 +27,17 @@ METRICS_EVERY = 50
 LABEL_POLL_SECONDS = 10.0  # labels are also picked up at once when a label's nudge arrives
 
 
+_resident: dict = {}  # this process's trainer between slices: {"run": id, "trainer", "cursor", "labels"}
+
+
+def configure_threads() -> None:
+    """Torch's intra-op threads as LEARNER_TORCH_THREADS says (not one per core: see the setting)."""
+    import torch
+
+    if torch.get_num_threads() != settings.LEARNER_TORCH_THREADS:
+        torch.set_num_threads(settings.LEARNER_TORCH_THREADS)
+
+
 def device() -> str:
     import torch
 
@@ -247,13 +258,21 @@ def run_slice(seconds: float | None = None) -> str:
     if not lease.acquire():
         return "busy"
     try:
-        trainer, resumed = _load_or_build(run)
+        configure_threads()
         deadline = time.monotonic() + (seconds or settings.LEARNER_SLICE_SECONDS)
         pubsub = bus.client().pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(bus.EPISODES_CHANNEL)
-        cursor, labels = EpisodeCursor(), LabelSync()
-        if not resumed and trainer.algorithm.needs_pretraining:
-            _pretrain_then_fold(trainer, cursor, labels, lease)
+        previous = dict(_resident)
+        _resident.clear()  # set again only when this slice ends cleanly: a failed slice's trainer is never reused
+        if previous.get("run") == run.pk and previous["trainer"].step == run.step:
+            # This process trained the previous slice and nobody has trained since (the saved step is still ours):
+            # carry on with its trainer and buffer instead of rebuilding them from the table.
+            trainer, cursor, labels = previous["trainer"], previous["cursor"], previous["labels"]
+        else:
+            trainer, resumed = _load_or_build(run)
+            cursor, labels = EpisodeCursor(), LabelSync()
+            if not resumed and trainer.algorithm.needs_pretraining:
+                _pretrain_then_fold(trainer, cursor, labels, lease)
         while _fold(trainer, cursor, labels):  # the whole history once (a resumed run rebuilds its buffer here)
             lease.renew()
         window_start, window_samples, last_renew = time.monotonic(), 0, time.monotonic()
@@ -295,6 +314,7 @@ def run_slice(seconds: float | None = None) -> str:
                 version = _publish(trainer, run, cursor)
                 log.info("published %s at step %d", version, trainer.step)
         _save(trainer, run, cursor)
+        _resident.update(run=run.pk, trainer=trainer, cursor=cursor, labels=labels)
         pubsub.close()
     finally:
         lease.release()

@@ -1,4 +1,5 @@
-"""Celery tasks of episode review, on the `default` queue: rendering replays, ahead of annotators and on demand."""
+"""Celery tasks of episode review: rendering replays (on the `background` queue, whose worker runs at low CPU
+priority), ahead of annotators and on demand; render-ahead and eviction are beat's, on `default`."""
 from __future__ import annotations
 
 import logging
@@ -23,7 +24,7 @@ def video_spec():
     from fleet.sim.replay import VideoSpec
 
     return VideoSpec(width=settings.REVIEW_VIDEO_WIDTH, height=settings.REVIEW_VIDEO_HEIGHT,
-                     camera=settings.REVIEW_VIDEO_CAMERA)
+                     camera=settings.REVIEW_VIDEO_CAMERA, threads=settings.REVIEW_RENDER_THREADS)
 
 
 @shared_task(name="review.render_replay", soft_time_limit=settings.REVIEW_RENDER_TIME_LIMIT,

@@ -254,7 +254,8 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_BACKEND = None  # progress goes to rows and live events, never to results
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
-CELERY_TASK_ROUTES = {"fleet.run_*": {"queue": "actors"}, "learner.train": {"queue": "learner"}}
+CELERY_TASK_ROUTES = {"fleet.run_*": {"queue": "actors"}, "learner.train": {"queue": "learner"},
+                      "review.render_replay": {"queue": "background"}}
 CELERY_TASK_SOFT_TIME_LIMIT = env_number("CELERY_TASK_SOFT_TIME_LIMIT", 300, min_value=1)
 CELERY_TASK_TIME_LIMIT = env_number("CELERY_TASK_TIME_LIMIT", 360, min_value=1)
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -319,6 +320,10 @@ ROLLOUT_MODE = env_str("ROLLOUT_MODE", "manual")
 if ROLLOUT_MODE not in ("manual", "rules", "continuous"):
     raise _bad("ROLLOUT_MODE", ROLLOUT_MODE, "expected manual, rules or continuous")
 LEARNER_RESAMPLER_ALPHA = env_number("LEARNER_RESAMPLER_ALPHA", 1.5, kind=float, min_value=0.0, max_value=100.0)
+# Torch's intra-op threads in the learner process. Not torch's default (one per core): on a machine shared with
+# actors and renders its OpenMP threads spin at every barrier while their siblings wait for a core, and the learner
+# fell from ~110k to ~17k samples/s beside two busy processes (docs/decisions.md, bench/learner_under_load.py).
+LEARNER_TORCH_THREADS = env_number("LEARNER_TORCH_THREADS", 1, min_value=1, max_value=256)
 LEARNER_DEVICE = env_str("LEARNER_DEVICE", "auto")
 if LEARNER_DEVICE not in ("auto", "cpu", "cuda"):
     raise _bad("LEARNER_DEVICE", LEARNER_DEVICE, "expected auto, cpu or cuda")
@@ -336,6 +341,10 @@ for _name in ("REVIEW_VIDEO_WIDTH", "REVIEW_VIDEO_HEIGHT"):
     if globals()[_name] % 16:
         raise _bad(_name, str(globals()[_name]), "video sizes are multiples of 16 (H.264 macroblocks)")
 REVIEW_VIDEO_CAMERA = env_str("REVIEW_VIDEO_CAMERA", "corner")
+# Replays render on the `background` queue, whose worker runs at this niceness (0-19) so that bulk work never takes
+# CPU from robots, ingestion or the learner, with this many render threads (OSMesa's llvmpipe and x264).
+BACKGROUND_NICE = env_number("BACKGROUND_NICE", 10, min_value=0, max_value=19)
+REVIEW_RENDER_THREADS = env_number("REVIEW_RENDER_THREADS", 1, min_value=1, max_value=64)
 REVIEW_RENDER_TIME_LIMIT = env_number("REVIEW_RENDER_TIME_LIMIT", 300, min_value=10)
 # A queued or rendering replay that has not moved for this long is queued again (its worker died).
 REVIEW_RENDER_STALE_SECONDS = env_number("REVIEW_RENDER_STALE_SECONDS", 120.0, kind=float, min_value=10.0)

@@ -56,7 +56,7 @@ def test_make_demo_serves_every_role_and_ctrl_c_stops_everything(tmp_path):
             url, page = log_in(base, username, password)
             assert urllib.parse.urlsplit(url).path == landing, (username, url)
             assert f'class="who">{username}' in page
-        wait_for(lambda: all(f"{name}.1" in log.read_text() for name in ("actors", "learner", "worker", "beat")),
+        wait_for(lambda: all(f"{name}.1" in log.read_text() for name in ("actors", "learner", "worker", "background", "beat")),
                  60, "every process in the Procfile to start")
     finally:
         os.killpg(demo.pid, signal.SIGINT)  # what Ctrl-C in the terminal does

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import time
+from dataclasses import asdict
 
 import pytest
 from django.core.management import call_command
@@ -85,3 +86,34 @@ def test_a_killed_learner_resumes_with_the_next_version_number(start_worker, fle
     assert len(numbers) == len(set(numbers))
     robot.stop(olivia)
     call_command("learner", "stop", stdout=io.StringIO())
+
+
+def test_the_next_slice_in_the_same_process_keeps_its_trainer_unless_the_run_moved_on(fleet_with_base, settings,
+                                                                                      monkeypatch):
+    import torch
+
+    from learner import loop
+    from learner.trainer import LearnerConfig
+
+    settings.LEARNER_TORCH_THREADS = 1
+    monkeypatch.setattr(loop, "_enqueue", lambda: None)  # no worker here to take the next slice
+    monkeypatch.setattr(loop, "_resident", {})
+    bus.client().delete(LEASE_KEY)
+    base = PolicyVersion.objects.get()
+    run = TrainingRun.objects.create(algorithm="hg_dagger", base_version=base,
+                                     config=asdict(LearnerConfig(batch_size=32, publish_every=10_000)))
+    loop.run_slice(seconds=0.5)
+    trainer = loop._resident["trainer"]
+    assert trainer.step > 0 and torch.get_num_threads() == 1
+    frames = trainer.buffer.sizes()
+    assert sum(f["offline"] for f in frames.values()) > 0
+
+    loop.run_slice(seconds=0.5)
+    assert loop._resident["trainer"] is trainer  # carried on: no rebuild, the same buffer
+    assert trainer.buffer.sizes() == frames  # and nothing folded twice
+    assert TrainingRun.objects.get(pk=run.pk).step == trainer.step
+
+    TrainingRun.objects.filter(pk=run.pk).update(step=trainer.step + 7)  # another learner trained meanwhile
+    loop.run_slice(seconds=0.5)
+    rebuilt = loop._resident["trainer"]
+    assert rebuilt is not trainer and rebuilt.buffer.sizes() == frames  # from the saved state and the table

@@ -19,7 +19,7 @@ def test_an_annotator_labels_an_episode_from_the_keyboard_and_the_next_one_opens
     task = Task.objects.create(env_name="pick-place-v3", title="Pick place")
     older = ingest(task, recorded(seed=7, steps=160), seed=7, finished_at=timezone.now() - timedelta(minutes=5))
     newer = ingest(task, recorded(seed=8, steps=160), seed=8)
-    start_worker(queues="default")
+    start_worker(queues="background")
     session = browser_session(anna)
     page = session.page
 
@@ -71,7 +71,7 @@ def test_a_replay_that_cannot_render_shows_why_and_a_retry_button(browser_sessio
     task = Task.objects.create(env_name="pick-place-v3", title="Pick place")
     episode = ingest(task, recorded(seed=7, steps=60), seed=7)
     EpisodePayload.objects.filter(episode=episode).update(data=b"PK\x03\x04 this is not an npz")
-    start_worker(queues="default")
+    start_worker(queues="background")
     session = browser_session(anna)
     page = session.page
     page.goto(f"{session.base_url}/review/episodes/{episode.pk}/")

@@ -1,8 +1,10 @@
-"""Replays rendered by a real Celery worker on `default` from the recorded simulator state: videos that browsers
+"""Replays rendered by a real Celery worker on `background` from the recorded simulator state: videos that browsers
 play, ahead of the annotators and on demand, and clear errors (with a retry) for episodes that cannot replay."""
 from __future__ import annotations
 
+import os
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,12 +28,30 @@ def finished(episode_id: int, timeout: float = 90) -> ReplayVideo:
     return wait_for(done, timeout, f"the replay of episode {episode_id}", interval=0.2)
 
 
-def test_rendering_runs_on_the_default_queue():
+def test_rendering_runs_on_the_background_queue_and_render_ahead_on_default():
     from sopweb.celery import app
 
-    for name in ("review.render_replay", "review.render_ahead"):
-        assert app.amqp.router.route({}, name)["queue"].name == "default"
+    assert app.amqp.router.route({}, "review.render_replay")["queue"].name == "background"
+    assert app.amqp.router.route({}, "review.render_ahead")["queue"].name == "default"
     assert "review.render_ahead" in {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+
+
+def parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError):
+        return None  # it exited meanwhile
+
+
+def test_it_runs_a_background_only_worker_at_low_priority_and_others_at_their_own(start_worker):
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    background = start_worker("background", queues="background", concurrency=2)
+    mixed = start_worker("mixed", queues="default,background")
+    children = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if parent(pid) == background.proc.pid]
+    assert len(children) == 2  # the prefork pool forked after the worker lowered its priority
+    for pid in (background.proc.pid, *children):
+        assert os.getpriority(os.PRIO_PROCESS, pid) == max(own, settings.BACKGROUND_NICE)
+    assert os.getpriority(os.PRIO_PROCESS, mixed.proc.pid) == own  # it also serves default: never slowed
 
 
 def test_a_replay_is_rendered_from_the_recorded_state_into_a_playable_video(client, start_worker, anna):
@@ -39,7 +59,7 @@ def test_a_replay_is_rendered_from_the_recorded_state_into_a_playable_video(clie
 
     task = Task.objects.create(env_name="pick-place-v3", title="Pick place")
     episode = ingest(task, recorded(seed=7, steps=60), seed=7)
-    start_worker(queues="default", **SMALL)
+    start_worker(queues="background", **SMALL)
     client.force_login(anna)
     status = client.get(reverse("review-replay-status", args=[episode.pk])).json()  # on demand
     assert status["status"] in ("queued", "rendering", "ready")
@@ -76,7 +96,7 @@ def test_episodes_that_cannot_replay_fail_with_a_clear_error_and_can_be_retried(
     tampered["qpos"][30, 9] += 0.2  # the object jumps: the state no longer gives the recorded observation
     corrupt = ingest(pick_place, tampered, seed=7)
     not_metaworld = ingest(unknown, recorded(seed=7, steps=60), seed=7)
-    start_worker(queues="default", **SMALL)
+    start_worker(queues="background", **SMALL)
     for episode in (other_task, corrupt, not_metaworld):
         ReplayVideo.request(episode.pk)
 
@@ -118,6 +138,6 @@ def test_replays_are_rendered_ahead_for_the_queue_and_a_dead_render_is_queued_ag
     silent_since = now - timedelta(seconds=settings.REVIEW_RENDER_STALE_SECONDS + 1)
     ReplayVideo.objects.filter(pk=episodes[3].pk).update(status=ReplayVideo.Status.RENDERING, heartbeat_at=silent_since)
     assert ReplayVideo.request(episodes[3].pk).status == ReplayVideo.Status.QUEUED
-    start_worker(queues="default", **SMALL)
+    start_worker(queues="background", **SMALL)
     for episode in episodes[1:4]:
         assert finished(episode.pk).status == ReplayVideo.Status.READY

@@ -36,8 +36,13 @@ class VideoSpec:
     """Pixels; a multiple of 16."""
     camera: str = "corner"
     """A camera of the Meta-World scene: corner, corner2, corner3, corner4, topview, behindGripper, gripperPOV."""
+    threads: int = 1
+    """CPU threads of the software rasteriser (OSMesa's llvmpipe) and of the x264 encoder: rendering is bulk work
+    beside robots and the learner, so it takes one core's worth unless told otherwise."""
 
     def __post_init__(self):
+        if self.threads < 1:
+            raise ValueError(f"render threads {self.threads}: at least 1")
         if self.width % 16 or self.height % 16 or not 16 <= self.width <= 1920 or not 16 <= self.height <= 1088:
             raise ValueError(f"video size {self.width}x{self.height}: use multiples of 16 up to 1920x1088")
 
@@ -85,6 +90,8 @@ class FrameRenderer:
         model.vis.global_.offwidth = max(model.vis.global_.offwidth, spec.width)
         model.vis.global_.offheight = max(model.vis.global_.offheight, spec.height)
         self.task, self.spec = task, spec
+        # llvmpipe reads its thread count when a context is created (one per core otherwise).
+        os.environ["LP_NUM_THREADS"] = str(spec.threads)
         self.renderer = mujoco.Renderer(model, spec.height, spec.width)
         self._flags = (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION)
 
@@ -121,7 +128,8 @@ def render_video(task: SimTask, seed: int, arrays: dict, path: Path, spec: Video
     started = time.perf_counter()
     writer = imageio_ffmpeg.write_frames(
         str(tmp), (spec.width, spec.height), fps=fps, codec="libx264", pix_fmt_out="yuv420p", quality=None,
-        output_params=["-preset", "veryfast", "-crf", "23", "-movflags", "+faststart"],
+        output_params=["-preset", "veryfast", "-crf", "23", "-movflags", "+faststart",
+                       "-threads", str(spec.threads)],
         ffmpeg_log_level="error",
     )
     try:
