@@ -30,6 +30,21 @@ def lower_background_priority(sender, instance, **kwargs):
 
     queues = set(instance.app.amqp.queues.consume_from or ())
     if queues and queues <= BACKGROUND_QUEUES:
-        raise_by = settings.BACKGROUND_NICE - os.nice(0)
-        if raise_by > 0:
-            os.nice(raise_by)
+        lower_priority(settings.BACKGROUND_NICE)
+
+
+def lower_priority(nice: int) -> None:
+    """Run this process (and what it forks) at `nice`. Where the kernel groups processes by session (autogroup,
+    the default on desktop and many server kernels), niceness only ranks a session's own processes against each
+    other, and every session — each process honcho or systemd starts — gets an equal share of the CPU: so a
+    session leader also lowers its session's group, which holds only this process and its children."""
+    raise_by = nice - os.nice(0)
+    if raise_by > 0:
+        os.nice(raise_by)
+    if os.getsid(0) == os.getpid():
+        try:
+            with open("/proc/self/autogroup", "r+") as autogroup:  # "/autogroup-42 nice 0"
+                if int(autogroup.read().split()[-1]) < nice:
+                    autogroup.write(str(nice))
+        except (OSError, ValueError, IndexError):
+            pass  # no autogroups (or not allowed to change them): niceness alone applies

@@ -52,6 +52,11 @@ def test_it_runs_a_background_only_worker_at_low_priority_and_others_at_their_ow
     for pid in (background.proc.pid, *children):
         assert os.getpriority(os.PRIO_PROCESS, pid) == max(own, settings.BACKGROUND_NICE)
     assert os.getpriority(os.PRIO_PROCESS, mixed.proc.pid) == own  # it also serves default: never slowed
+    if Path("/proc/self/autogroup").exists():
+        # With autogroups niceness only ranks a session's own processes: the worker leads its session (as under
+        # honcho), so its session's group is lowered too.
+        assert Path(f"/proc/{background.proc.pid}/autogroup").read_text().split()[-1] == str(settings.BACKGROUND_NICE)
+        assert Path(f"/proc/{mixed.proc.pid}/autogroup").read_text().split()[-1] == "0"
 
 
 def test_a_replay_is_rendered_from_the_recorded_state_into_a_playable_video(client, start_worker, anna):

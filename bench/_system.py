@@ -1,0 +1,119 @@
+"""The whole system for benchmarks that run it: a fleet with a base policy, the real Celery processes (each in its
+own process group, as the Procfile starts them), the CPU each group used, and the learner's own metrics."""
+from __future__ import annotations
+
+import io
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import _django
+
+# name -> (queues, concurrency); the Procfile's processes, with the demo's concurrency for four robots.
+PROCESSES = {"actors": ("actors", 4), "learner": ("learner", 1), "default": ("default", 1),
+             "background": ("background", 1)}
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def fleet_with_base(robots: int, base_demos: int) -> None:
+    """The default tasks, `robots` robots, demonstrations and a base policy cloned from them, deployed."""
+    from django.core.management import call_command
+
+    from fleet.models import Robot, Task
+    from sopweb.settings import FLEET_TASKS
+
+    out = io.StringIO()
+    for name in FLEET_TASKS:
+        Task.objects.create(env_name=name, title=name)
+    for i in range(robots):
+        Robot.add(f"exp-{i + 1:02d}", list(Task.objects.all()))
+    call_command("generate_demos", "--per-task", str(base_demos), stdout=out)
+    call_command("pretrain_base", "--demos-per-task", str(base_demos), "--deploy", stdout=out)
+
+
+class Process:
+    """One Celery process (worker or beat) of the system, in its own process group."""
+
+    def __init__(self, name: str, command: list[str], env: dict, log_dir: Path):
+        self.name = name
+        with open(log_dir / f"{name}.log", "wb") as log:
+            self.proc = subprocess.Popen(command, cwd=_django.ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        self._seen: dict[int, int] = {}  # pid -> CPU ticks when last read (children that exit keep their last)
+
+    @classmethod
+    def worker(cls, name: str, env: dict, log_dir: Path, queues: str | None = None,
+               concurrency: int | None = None) -> Process:
+        default_queues, default_concurrency = PROCESSES[name]
+        return cls(name, [sys.executable, "-m", "celery", "-A", "sopweb", "worker", "-Q", queues or default_queues,
+                          "--concurrency", str(concurrency or default_concurrency), "-n", f"bench-{name}@%h",
+                          "--without-mingle", "--without-gossip", "--loglevel", "INFO"], env, log_dir)
+
+    @classmethod
+    def beat(cls, env: dict, log_dir: Path) -> Process:
+        return cls("beat", [sys.executable, "-m", "celery", "-A", "sopweb", "beat", "--loglevel", "INFO",
+                            "--schedule", str(log_dir / "celerybeat-schedule")], env, log_dir)
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of every process of the group so far."""
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # exited meanwhile
+            if int(fields[2]) == self.proc.pid:  # its process group
+                self._seen[int(entry)] = int(fields[11]) + int(fields[12])
+        return sum(self._seen.values()) / CLOCK_TICKS
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.cpu_seconds()
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def system_env(**overrides) -> dict:
+    return dict(os.environ, ROLLOUT_MODE="continuous", **{k: str(v) for k, v in overrides.items()})
+
+
+def learner_rates(since=None, until=None) -> list[float]:
+    """The learner's own samples/s (one point per 50 steps), between two times."""
+    from learner.models import TrainingMetric
+
+    rows = TrainingMetric.objects.all()
+    if since is not None:
+        rows = rows.filter(created_at__gte=since)
+    if until is not None:
+        rows = rows.filter(created_at__lte=until)
+    return list(rows.order_by("created_at").values_list("samples_per_second", flat=True))
+
+
+def describe_rates(rates: list[float]) -> str:
+    if not rates:
+        return "no learner metrics"
+    return (f"min {min(rates):,.0f} / median {statistics.median(rates):,.0f} / max {max(rates):,.0f} samples/s "
+            f"over {len(rates)} points")
+
+
+def cpu_table(usage: dict[str, float], seconds: float) -> str:
+    """CPU seconds per process group and as a share of one core over `seconds` of wall time."""
+    return "  ".join(f"{name} {cpu:,.0f} s ({100 * cpu / seconds:.0f} %)" for name, cpu in usage.items())
+
+
+def wait_until(condition, timeout: float, what: str, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(interval)
+    raise SystemExit(f"timed out after {timeout:g} s waiting for {what}")
