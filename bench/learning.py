@@ -77,7 +77,7 @@ def commit() -> str:
         return subprocess.run(["git", *args], cwd=_django.ROOT, capture_output=True, text=True).stdout.strip()
 
     head = git("rev-parse", "--short=12", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results", ":!README.md")
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results", ":!*.md")
     return head + ("+changes" if dirty else "")
 
 
