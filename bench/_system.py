@@ -1,5 +1,5 @@
 """The whole system for benchmarks that run it: a fleet with a base policy, the real Celery processes (each in its
-own process group, as the Procfile starts them), the CPU each group used, and the learner's own metrics."""
+own session, as honcho starts the Procfile's), the CPU each one used, and the learner's own metrics."""
 from __future__ import annotations
 
 import io
@@ -13,7 +13,8 @@ from pathlib import Path
 
 import _django
 
-# name -> (queues, concurrency); the Procfile's processes, with the demo's concurrency for four robots.
+# name -> (queues, concurrency): the Procfile's workers, for four robots (`default` does only beat's light work
+# now that renders run on `background`, so one process).
 PROCESSES = {"actors": ("actors", 4), "learner": ("learner", 1), "default": ("default", 1),
              "background": ("background", 1)}
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -59,7 +60,9 @@ class Process:
                             "--schedule", str(log_dir / "celerybeat-schedule")], env, log_dir)
 
     def cpu_seconds(self) -> float:
-        """CPU time (user + system) of every process of the group so far."""
+        """CPU time (user + system) of every process of its session so far — pool children, and the ffmpeg
+        encoders renders start in process groups of their own. A process that starts and exits between two
+        readings is missed: callers read every few seconds."""
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
@@ -67,7 +70,7 @@ class Process:
                 fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue  # exited meanwhile
-            if int(fields[2]) == self.proc.pid:  # its process group
+            if int(fields[3]) == self.proc.pid:  # its session
                 self._seen[int(entry)] = int(fields[11]) + int(fields[12])
         return sum(self._seen.values()) / CLOCK_TICKS
 

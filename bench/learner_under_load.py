@@ -47,6 +47,8 @@ def phase(name: str, seconds: float, processes: list[Process], tick=None) -> tup
     while time.monotonic() < deadline:
         if tick is not None:
             tick()
+        for process in processes:
+            process.cpu_seconds()  # a reading every second or so: short-lived encoders are counted too
         time.sleep(1.0)
         connection.close()
     rates = learner_rates(since, timezone.now())

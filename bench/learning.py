@@ -19,6 +19,7 @@ import argparse
 import hashlib
 import io
 import json
+import os
 import statistics
 import subprocess
 import time
@@ -38,6 +39,7 @@ from learner.models import PolicyVersion, TrainingRun  # noqa: E402
 from sopweb.settings import FLEET_TASKS  # noqa: E402
 
 RESULTS = _django.ROOT / "bench" / "results" / "learning"
+TUNING = ("LEARNER_", "FLEET_", "BACKGROUND_", "REVIEW_RENDER", "GOVERNANCE_", "ACTOR_", "ROLLOUT_")
 
 
 def load(version: PolicyVersion):
@@ -81,20 +83,26 @@ def commit() -> str:
     return head + ("+changes" if dirty else "")
 
 
-def one_run(spec: dict, run_number: int) -> dict:
+def write_atomically(path, data) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def one_run(spec: dict, run_number: int, fresh: bool = False) -> dict:
     """One run on a fresh private database: set-up, the fleet for `minutes`, evaluation. Returns its record."""
     call_command("flush", interactive=False, verbosity=0)
     fleet_with_base(spec["robots"], spec["base_demos"])
     base_version = PolicyVersion.objects.get()
     # The base is cloned deterministically, so runs share it: its evaluation is kept by checkpoint hash.
     cached = RESULTS / f"base-{base_version.checkpoint_sha256[:16]}-{spec['eval_episodes']}.json"
-    if cached.exists():
+    if cached.exists() and not fresh:
         base_scores = scores_from(json.loads(cached.read_text()))
         print(f"run {run_number}: base {base_version} evaluation read from {cached.name}", flush=True)
     else:
         started = time.monotonic()
         base_scores = evaluate(load(base_version), FLEET_TASKS, spec["eval_episodes"])
-        cached.write_text(json.dumps(scores_json(base_scores), indent=1) + "\n")
+        write_atomically(cached, scores_json(base_scores))
         print(f"run {run_number}: base {base_version} evaluated in {time.monotonic() - started:.0f} s", flush=True)
 
     env = system_env(FLEET_REALTIME_FACTOR=spec["realtime_factor"], LEARNER_PUBLISH_EVERY=spec["publish_every"],
@@ -110,14 +118,20 @@ def one_run(spec: dict, run_number: int) -> dict:
             robot.start(None, reason="learning experiment")
         call_command("learner", "start", "--algorithm", spec["algorithm"], stdout=io.StringIO())
         deadline = time.monotonic() + spec["minutes"] * 60
+        next_report = time.monotonic() + 60
         while time.monotonic() < deadline:
-            time.sleep(min(60, max(1, deadline - time.monotonic())))
+            time.sleep(min(5, max(0.1, deadline - time.monotonic())))
+            for process in processes:
+                process.cpu_seconds()  # a reading every few seconds: short-lived encoders are counted too
+            if time.monotonic() < next_report and time.monotonic() < deadline:
+                continue
+            next_report += 60
             newest = PolicyVersion.objects.order_by("-number").first()
             online = Episode.objects.filter(source=Episode.Source.ONLINE)
             recent = learner_rates()[-20:]
             print(f"{(spec['minutes'] * 60 - (deadline - time.monotonic())) / 60:5.1f} min: {newest}, "
                   f"{online.count()} online episodes, success {online.filter(outcome='success').count()}, "
-                  f"learner step {newest.train_steps if newest else 0}, recent learner "
+                  f"published at learner step {newest.train_steps if newest else 0}, recent learner "
                   f"{statistics.median(recent) if recent else 0:,.0f} samples/s", flush=True)
             connection.close()
         run = TrainingRun.objects.get(status="active")
@@ -183,7 +197,8 @@ def summary(records: list[dict]) -> float:
     mean_gains = [statistics.mean(g) for g in gains_by_run]
     steps = " / ".join(f"{r['learner_steps']:,}" for r in records)
     versions = " / ".join(str(r["versions_published"]) for r in records)
-    print(f"learner steps per run {steps}; versions published {versions}")
+    print(f"learner steps per run {steps}; versions published {versions}; code: "
+          f"{', '.join(sorted({r['commit'] for r in records}))}")
     print(f"mean gain per run: {' / '.join(f'{g:+.0f}' for g in mean_gains)}")
     print(f"mean success gain over {n} run(s): {statistics.mean(mean_gains):+.0f} points "
           f"[{min(mean_gains):+.0f}, {max(mean_gains):+.0f}]")
@@ -205,6 +220,11 @@ def main():
     spec = {"algorithm": args.algorithm, "minutes": args.minutes, "robots": args.robots,
             "eval_episodes": args.eval_episodes, "base_demos": args.base_demos, "publish_every": args.publish_every,
             "realtime_factor": args.realtime_factor, "tasks": list(FLEET_TASKS)}
+    # Settings that change what is measured, where the environment sets them: part of the spec, so a resumed
+    # sweep never mixes runs of different configurations (the code's commit is recorded per run and printed).
+    environment = {name: os.environ[name] for name in sorted(os.environ) if name.startswith(TUNING)}
+    if environment:
+        spec["environment"] = environment
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
     RESULTS.mkdir(parents=True, exist_ok=True)
     records = []
@@ -214,8 +234,8 @@ def main():
             record = json.loads(path.read_text())
             print(f"run {number}: cached ({path.relative_to(_django.ROOT)}, measured at {record['commit']})")
         else:
-            record = one_run(spec, number)
-            path.write_text(json.dumps(record, indent=1) + "\n")
+            record = one_run(spec, number, args.fresh)
+            write_atomically(path, record)
         records.append(record)
         report(record)
     summary(records)
