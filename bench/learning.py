@@ -91,6 +91,7 @@ def write_atomically(path, data) -> None:
 
 def one_run(spec: dict, run_number: int, fresh: bool = False) -> dict:
     """One run on a fresh private database: set-up, the fleet for `minutes`, evaluation. Returns its record."""
+    code = commit()  # the code this run's processes load (they start below)
     call_command("flush", interactive=False, verbosity=0)
     fleet_with_base(spec["robots"], spec["base_demos"])
     base_version = PolicyVersion.objects.get()
@@ -149,7 +150,7 @@ def one_run(spec: dict, run_number: int, fresh: bool = False) -> dict:
     online = Episode.objects.filter(source=Episode.Source.ONLINE)
     rates = learner_rates()
     return {
-        "spec": spec, "run": run_number, "commit": commit(),
+        "spec": spec, "run": run_number, "commit": code,
         "finished": datetime.now(dt_timezone.utc).isoformat(timespec="seconds"),
         "base_version": base_version.number, "final_version": final_version.number,
         "base": scores_json(base_scores), "final": scores_json(final_scores),
