@@ -132,7 +132,7 @@ def _run_leased(robot: Robot, lease: bus.Lease) -> str:
     r = bus.client()
     if evaluation is None:
         mark_ready(robot.pk, version.pk)
-        task_row = tasks[r.incr(f"sopweb:robot:{robot.pk}:episodes") % len(tasks)]
+        task_row = tasks[r.incr(bus.episode_counter_key(robot.pk)) % len(tasks)]
         gate_config, seed, source = GateConfig.from_dict(settings.FLEET_GATE), online_seed(), Episode.Source.ONLINE
     else:
         task_row, seed, source = evaluation.task, evaluation.seed, Episode.Source.EVALUATION

@@ -40,6 +40,14 @@ def abort_key(robot_id: int) -> str:
     return f"sopweb:robot:{robot_id}:abort"
 
 
+def episode_counter_key(robot_id: int) -> str:
+    """How many online episodes the robot started: its tasks are taken in turn by this count."""
+    return f"sopweb:robot:{robot_id}:episodes"
+
+
+LEARNER_LEASE_KEY = "sopweb:learner:lease"  # held by the one learner slice that trains (learner.loop)
+
+
 # Running episodes' progress: one hash, field = robot id, value = JSON {robot, task, version, source, started_at,
 # step, control, at}. Actors write their field once a second and delete it at the episode's end; readers ignore fields
 # older than PROGRESS_STALE_SECONDS (a killed actor's last word). Dashboards poll it rather than have every

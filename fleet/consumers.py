@@ -186,6 +186,7 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
         self.urgent = False
         self.timer: asyncio.TimerHandle | None = None
         self.timer_due = 0.0
+        self.flushing: asyncio.Future | None = None  # the timer's flush, held so the loop cannot drop it
         self.accepted = False  # until then deltas are only collected: a socket cannot send before its accept
         self.hub = LiveHub.current()
         try:
@@ -242,7 +243,11 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
                 return  # an earlier flush is already due: this change rides along
             self.timer.cancel()
         self.timer_due = due
-        self.timer = loop.call_at(due, lambda: asyncio.ensure_future(self.flush_due()))
+        self.timer = loop.call_at(due, self.start_flush)
+
+    def start_flush(self) -> None:
+        # The event loop keeps only a weak reference to a task: hold it until it is done.
+        self.flushing = asyncio.ensure_future(self.flush_due())
 
     async def flush_due(self):
         self.timer = None

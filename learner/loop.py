@@ -21,7 +21,7 @@ from learner.models import PolicyVersion, TrainingMetric, TrainingRun, publish_v
 from learner.views import metric_point
 
 log = logging.getLogger(__name__)
-LEASE_KEY = "sopweb:learner:lease"
+LEASE_KEY = bus.LEARNER_LEASE_KEY
 FOLD_BATCH = 200
 METRICS_EVERY = 50
 LABEL_POLL_SECONDS = 10.0  # labels are also picked up at once when a label's nudge arrives
@@ -195,7 +195,7 @@ def _pretrain_then_fold(trainer, cursor: EpisodeCursor, labels: LabelSync, lease
         for episode in rows:
             history.append((episode, load_arrays(episode)))
             cursor.mark(episode.pk)
-        lease.renew()
+        _renew(lease)
     fitted = []
     for episode, arrays in history:
         label = _label(episode)
@@ -249,75 +249,118 @@ def _publish(trainer, run: TrainingRun, cursor: EpisodeCursor) -> PolicyVersion:
     return version
 
 
+class LeaseLost(Exception):
+    """Another learner process holds the lease now: the run's state is no longer this slice's to save."""
+
+
+def _renew(lease) -> None:
+    if not lease.renew():
+        raise LeaseLost
+
+
 def run_slice(seconds: float | None = None) -> str:
     """Train the active run for up to `seconds`, then save and hand over to the next slice."""
-    run = TrainingRun.objects.filter(status=TrainingRun.Status.ACTIVE).select_related("base_version").first()
-    if run is None:
+    if not TrainingRun.objects.filter(status=TrainingRun.Status.ACTIVE).exists():
         return "no active run"
     lease = bus.Lease(LEASE_KEY, f"learner-{time.time()}", ttl=120.0)
     if not lease.acquire():
         return "busy"
+    pubsub = None
     try:
+        # Read under the lease: a run read before it could be a step behind a slice that ended in between.
+        run = TrainingRun.objects.filter(status=TrainingRun.Status.ACTIVE).select_related("base_version").first()
+        if run is None:
+            return "no active run"
         configure_threads()
-        deadline = time.monotonic() + (seconds or settings.LEARNER_SLICE_SECONDS)
         pubsub = bus.client().pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(bus.EPISODES_CHANNEL)
-        previous = dict(_resident)
-        _resident.clear()  # set again only when this slice ends cleanly: a failed slice's trainer is never reused
-        if previous.get("run") == run.pk and previous["trainer"].step == run.step:
-            # This process trained the previous slice and nobody has trained since (the saved step is still ours):
-            # carry on with its trainer and buffer instead of rebuilding them from the table.
-            trainer, cursor, labels = previous["trainer"], previous["cursor"], previous["labels"]
-        else:
-            trainer, resumed = _load_or_build(run)
-            cursor, labels = EpisodeCursor(), LabelSync()
-            if not resumed and trainer.algorithm.needs_pretraining:
-                _pretrain_then_fold(trainer, cursor, labels, lease)
-        while _fold(trainer, cursor, labels):  # the whole history once (a resumed run rebuilds its buffer here)
-            lease.renew()
-        window_start, window_samples, last_renew = time.monotonic(), 0, time.monotonic()
-        last_label_poll = time.monotonic()
-        while time.monotonic() < deadline:
-            if pubsub.get_message(timeout=0) is not None:  # nudged: new episodes were ingested, or labelled
-                while pubsub.get_message(timeout=0) is not None:
-                    pass
-                _fold(trainer, cursor, labels)
-                sync_labels(trainer, cursor, labels)
-                last_label_poll = time.monotonic()
-            elif time.monotonic() - last_label_poll > LABEL_POLL_SECONDS:  # a nudge lost to a Redis hiccup
-                sync_labels(trainer, cursor, labels)
-                last_label_poll = time.monotonic()
-            metrics = trainer.train_step()
-            if metrics is None:  # nothing to train on yet: wait for episodes (labels keep their own poll above)
-                time.sleep(0.5)
-                _fold(trainer, cursor, labels)
-                continue
-            window_samples += trainer.config.batch_size
-            if trainer.step % METRICS_EVERY == 0:
-                now = time.monotonic()
-                sizes = trainer.buffer.sizes()
-                metric = TrainingMetric.objects.create(
-                    run=run, step=trainer.step, loss=metrics["loss"],
-                    samples_per_second=window_samples / max(now - window_start, 1e-6),
-                    staleness_mean=metrics["staleness_mean"], staleness_max=metrics["staleness_max"],
-                    tasks={task: {**stats, "buffer": sizes[task]} for task, stats in trainer.resampler.stats().items()},
-                )
-                broadcast("learner.metrics", metric_point(metric))
-                window_start, window_samples = now, 0
-                if now - last_renew > 10:
-                    lease.renew()
-                    last_renew = now
-                if not TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.ACTIVE).exists():
-                    break  # stopped by someone
-            if trainer.step % trainer.config.publish_every == 0:
-                _save(trainer, run, cursor)  # state first: a crash after this publishes the next version afresh
-                version = _publish(trainer, run, cursor)
-                log.info("published %s at step %d", version, trainer.step)
+        trainer, cursor, labels = _trainer_for(run, lease)
+        deadline = time.monotonic() + (seconds or settings.LEARNER_SLICE_SECONDS)
+        _train_until(deadline, run, trainer, cursor, labels, lease, pubsub)
         _save(trainer, run, cursor)
-        _resident.update(run=run.pk, trainer=trainer, cursor=cursor, labels=labels)
-        pubsub.close()
+        if TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.ACTIVE).exists():
+            _resident.update(run=run.pk, trainer=trainer, cursor=cursor, labels=labels)
+    except LeaseLost:
+        log.warning("another learner took the lease over: this slice stops without saving")
+        return "lease lost"
     finally:
+        if pubsub is not None:
+            pubsub.close()
         lease.release()
     if TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.ACTIVE).exists():
         _enqueue()
     return f"trained to step {trainer.step}"
+
+
+def _trainer_for(run: TrainingRun, lease) -> tuple:
+    """The run's trainer, cursor and label state, with every episode so far in the buffer: this process's own from
+    its previous slice when nobody has trained the run since (the saved step is still its own), else rebuilt from
+    the saved state (or the base) and the table. A slice that fails leaves nothing to reuse."""
+    previous = dict(_resident)
+    _resident.clear()
+    if previous.get("run") == run.pk and previous["trainer"].step == run.step:
+        trainer, cursor, labels = previous["trainer"], previous["cursor"], previous["labels"]
+        sync_labels(trainer, cursor, labels)  # labels saved between slices: nobody heard their nudge
+    else:
+        previous = None  # let the old trainer go before a new one is built
+        trainer, resumed = _load_or_build(run)
+        cursor, labels = EpisodeCursor(), LabelSync()
+        if not resumed and trainer.algorithm.needs_pretraining:
+            _pretrain_then_fold(trainer, cursor, labels, lease)
+    while _fold(trainer, cursor, labels):  # a rebuilt buffer reads the whole history here
+        _renew(lease)
+    return trainer, cursor, labels
+
+
+def _take_news(trainer, cursor: EpisodeCursor, labels: LabelSync, pubsub, last_label_poll: float) -> float:
+    """Fold in what a nudge announced (new episodes, changed labels); poll labels when no nudge came for a while.
+    Returns when labels were last read."""
+    if pubsub.get_message(timeout=0) is not None:
+        while pubsub.get_message(timeout=0) is not None:
+            pass
+        _fold(trainer, cursor, labels)
+        sync_labels(trainer, cursor, labels)
+        return time.monotonic()
+    if time.monotonic() - last_label_poll > LABEL_POLL_SECONDS:  # a nudge lost to a Redis hiccup
+        sync_labels(trainer, cursor, labels)
+        return time.monotonic()
+    return last_label_poll
+
+
+def _record_metrics(run: TrainingRun, trainer, metrics: dict, samples_per_second: float) -> None:
+    sizes = trainer.buffer.sizes()
+    metric = TrainingMetric.objects.create(
+        run=run, step=trainer.step, loss=metrics["loss"], samples_per_second=samples_per_second,
+        staleness_mean=metrics["staleness_mean"], staleness_max=metrics["staleness_max"],
+        tasks={task: {**stats, "buffer": sizes[task]} for task, stats in trainer.resampler.stats().items()},
+    )
+    broadcast("learner.metrics", metric_point(metric))
+
+
+def _train_until(deadline: float, run: TrainingRun, trainer, cursor: EpisodeCursor, labels: LabelSync, lease,
+                 pubsub) -> None:
+    """Gradient steps until the deadline or until someone stops the run: news folded in as it arrives, a metric
+    every METRICS_EVERY steps, a published version every `publish_every` steps."""
+    window_start, window_samples = time.monotonic(), 0
+    last_renew = last_label_poll = time.monotonic()
+    while time.monotonic() < deadline:
+        last_label_poll = _take_news(trainer, cursor, labels, pubsub, last_label_poll)
+        metrics = trainer.train_step()
+        if metrics is None:  # nothing to train on yet: wait for episodes (labels keep their own poll above)
+            time.sleep(0.5)
+            _fold(trainer, cursor, labels)
+            continue
+        window_samples += trainer.config.batch_size
+        if trainer.step % METRICS_EVERY == 0:
+            now = time.monotonic()
+            _record_metrics(run, trainer, metrics, window_samples / max(now - window_start, 1e-6))
+            window_start, window_samples = now, 0
+            if now - last_renew > 10:
+                _renew(lease)
+                last_renew = now
+            if not TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.ACTIVE).exists():
+                return  # stopped by someone
+        if trainer.step % trainer.config.publish_every == 0:
+            _save(trainer, run, cursor)  # state first: a crash after this publishes the next version afresh
+            version = _publish(trainer, run, cursor)
+            log.info("published %s at step %d", version, trainer.step)

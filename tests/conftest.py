@@ -289,6 +289,19 @@ def browser_session(chromium, daphne_server, request):
             session.context.close()
 
 
+PROCESS_FIXTURES = {"start_worker", "celery_worker_process", "daphne_server"}
+
+
+def pytest_collection_modifyitems(items):
+    """Mark tests by what they start, so `pytest -m "not e2e"` runs the in-process tests alone."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if "browser_session" in fixtures or "chromium" in fixtures:
+            item.add_marker(pytest.mark.browser)
+        if fixtures & PROCESS_FIXTURES or "browser_session" in fixtures:
+            item.add_marker(pytest.mark.e2e)
+
+
 def pytest_terminal_summary(terminalreporter):
     if SCREENSHOTS.exists() and any(SCREENSHOTS.iterdir()):
         terminalreporter.write_line(f"browser test screenshots: {SCREENSHOTS}")

@@ -21,7 +21,7 @@ django.setup()
 from datetime import timedelta
 from django.utils import timezone
 from fleet.ingest import ingest_episode
-from tests.test_ingest import make_arrays
+from tests.factories import make_arrays
 now = timezone.now()
 episode, _ = ingest_episode(uuid=uuid.uuid4(), task="pick-place-v3", seed=7, outcome="success",
                             arrays=make_arrays(success_at=45), robot_id=int(sys.argv[1]),
@@ -94,7 +94,7 @@ def test_an_operator_pauses_a_robot_from_its_tile(browser_session, olivia, fleet
 
 def ingested(version, robot):
     from fleet.ingest import ingest_episode
-    from tests.test_ingest import make_arrays
+    from tests.factories import make_arrays
 
     now = timezone.now()
     episode, _ = ingest_episode(uuid=uuid.uuid4(), task="pick-place-v3", seed=3, outcome="timeout",

@@ -13,7 +13,7 @@ from fleet import dashboard
 from fleet.ingest import ingest_episode
 from fleet.models import AuditEvent, Episode, EpisodeFlag, EpisodeLabel, EpisodeRollup, InterventionSegment, Robot, Task
 from tests.conftest import publish_random_policy
-from tests.test_ingest import make_arrays
+from tests.factories import make_arrays
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=dt_timezone.utc)

@@ -13,6 +13,8 @@ import pytest
 
 from tests.conftest import ROOT, free_port, wait_for
 
+pytestmark = pytest.mark.e2e  # the whole `make demo`, every process of the Procfile
+
 
 def log_in(base: str, username: str, password: str) -> tuple[str, str]:
     """Log in through the real login form; returns (final URL, page) of the landing page."""

@@ -15,32 +15,9 @@ from django.utils import timezone
 from fleet.ingest import EpisodeRejected, ingest_episode, load_arrays
 from fleet.models import Episode, EpisodePayload, InterventionSegment, Robot, Task
 from fleet.sim import episode_data
-from fleet.sim.gate import GATE, OPERATOR
+from tests.factories import make_arrays
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-def make_arrays(steps: int = 50, nq: int = 16, nv: int = 15, success_at: int | None = None) -> dict:
-    rng = np.random.default_rng(steps)
-    source = np.zeros(steps, np.uint8)
-    source[10:20] = GATE
-    source[40:] = OPERATOR
-    success = np.zeros(steps, bool)
-    if success_at is not None:
-        success[success_at] = True
-    return {
-        "obs": rng.normal(size=(steps, 39)).astype(np.float32),
-        "action": rng.uniform(-1, 1, size=(steps, 4)).astype(np.float32),
-        "expert_action": rng.uniform(-1, 1, size=(steps, 4)).astype(np.float32),
-        "intervention": source != 0,
-        "intervention_source": source,
-        "reward": rng.uniform(0, 1, size=steps).astype(np.float32),
-        "success": success,
-        "qpos": rng.normal(size=(steps, nq)).astype(np.float32),
-        "qvel": rng.normal(size=(steps, nv)).astype(np.float32),
-        "mocap_pos": rng.normal(size=(steps, 3)).astype(np.float32),
-        "mocap_quat": rng.normal(size=(steps, 4)).astype(np.float32),
-    }
 
 
 @pytest.fixture

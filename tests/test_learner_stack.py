@@ -56,7 +56,8 @@ def test_the_learner_publishes_versions_that_actors_then_run(start_worker, fleet
     wait_for(lambda: TrainingMetric.objects.exists(), 60, "the learner's first metrics (every 50 steps)")
     metric = TrainingMetric.objects.order_by("-step").first()
     assert metric.samples_per_second > 0 and "pick-place-v3" in metric.tasks
-    assert 0.2 <= metric.tasks["pick-place-v3"]["w_on"] <= 0.8
+    w_on = metric.tasks["pick-place-v3"]["w_on"]
+    assert 0.2 <= w_on <= 0.8 and w_on != 0.5  # the resampler moved the share from its start, within its clip
     robot.stop(olivia)
     call_command("learner", "stop", stdout=io.StringIO())
 
@@ -95,16 +96,21 @@ def test_the_next_slice_in_the_same_process_keeps_its_trainer_unless_the_run_mov
     from learner import loop
     from learner.trainer import LearnerConfig
 
-    settings.LEARNER_TORCH_THREADS = 1
+    threads = torch.get_num_threads()
+    settings.LEARNER_TORCH_THREADS = threads + 1  # not what torch runs with now, so the slice must set it
     monkeypatch.setattr(loop, "_enqueue", lambda: None)  # no worker here to take the next slice
     monkeypatch.setattr(loop, "_resident", {})
     bus.client().delete(LEASE_KEY)
     base = PolicyVersion.objects.get()
     run = TrainingRun.objects.create(algorithm="hg_dagger", base_version=base,
                                      config=asdict(LearnerConfig(batch_size=32, publish_every=10_000)))
-    loop.run_slice(seconds=0.5)
+    try:
+        loop.run_slice(seconds=0.5)
+        assert torch.get_num_threads() == threads + 1
+    finally:
+        torch.set_num_threads(threads)  # this test process's own setting back
     trainer = loop._resident["trainer"]
-    assert trainer.step > 0 and torch.get_num_threads() == 1
+    assert trainer.step > 0
     frames = trainer.buffer.sizes()
     assert sum(f["offline"] for f in frames.values()) > 0
 
@@ -117,3 +123,15 @@ def test_the_next_slice_in_the_same_process_keeps_its_trainer_unless_the_run_mov
     loop.run_slice(seconds=0.5)
     rebuilt = loop._resident["trainer"]
     assert rebuilt is not trainer and rebuilt.buffer.sizes() == frames  # from the saved state and the table
+
+    # The lease lapses right after this slice took it (a long stall) and another learner takes the run over: the
+    # slice notices at its first renewal and stops without saving over the other learner's state.
+    loop._resident.clear()
+    monkeypatch.setattr(loop, "configure_threads", lambda: bus.client().set(LEASE_KEY, "another learner"))
+    saved = TrainingRun.objects.get(pk=run.pk).step
+    assert loop.run_slice(seconds=0.5) == "lease lost"
+    assert TrainingRun.objects.get(pk=run.pk).step == saved and loop._resident == {}  # nothing saved, nothing kept
+    assert bus.client().get(LEASE_KEY) == b"another learner"  # and the other learner's lease is left alone
+    bus.client().delete(LEASE_KEY)
+
+    TrainingRun.objects.get(pk=run.pk).stop(reason="test done")

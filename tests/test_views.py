@@ -195,7 +195,7 @@ def test_the_episode_page_carries_its_time_series(client, anna, oscar):
     import uuid as uuid_lib
 
     from fleet.ingest import ingest_episode
-    from tests.test_ingest import make_arrays
+    from tests.factories import make_arrays
 
     task = Task.objects.create(env_name="pick-place-v3", title="Pick place")
     now = timezone.now()

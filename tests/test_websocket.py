@@ -113,7 +113,7 @@ async def test_an_ingested_episode_is_announced_after_commit(olivia):
 
     from fleet.ingest import ingest_episode
     from fleet.models import Task
-    from tests.test_ingest import make_arrays
+    from tests.factories import make_arrays
 
     communicator, connected, _ = await communicate(olivia)
     assert connected

@@ -90,7 +90,8 @@ class FrameRenderer:
         model.vis.global_.offwidth = max(model.vis.global_.offwidth, spec.width)
         model.vis.global_.offheight = max(model.vis.global_.offheight, spec.height)
         self.task, self.spec = task, spec
-        # llvmpipe reads its thread count when a context is created (one per core otherwise).
+        # llvmpipe reads its thread count (one per core otherwise) when OSMesa creates its screen, once per process:
+        # so the first renderer's spec decides, which is the worker's setting.
         os.environ["LP_NUM_THREADS"] = str(spec.threads)
         self.renderer = mujoco.Renderer(model, spec.height, spec.width)
         self._flags = (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION)
