@@ -34,10 +34,13 @@ def main():
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--height", type=int, default=240)
     parser.add_argument("--task", default="pick-place-v3")
+    parser.add_argument("--threads", type=int, default=1, help="render threads, as REVIEW_RENDER_THREADS (default 1)")
     args = parser.parse_args()
 
     task = make_task(args.task)
-    spec = VideoSpec(width=args.width, height=args.height)
+    spec = VideoSpec(width=args.width, height=args.height, threads=args.threads)
+    # OSMesa reads its thread count once per process, at the first context: the bare baseline's, created first.
+    os.environ["LP_NUM_THREADS"] = str(spec.threads)
     # A full-length episode the way the fleet records them: the policy (here, a weak one) with the expert gate.
     rng = np.random.default_rng(0)
     seed = 11
@@ -80,7 +83,8 @@ def main():
     print(f"replay of a {steps}-step episode: {replay:.2f} s = {steps / replay:.0f} frames/s "
           f"(video {steps * task.dt:.2f} s long)")
     print(f"baseline, bare mujoco.Renderer loop over the same states: {baseline:.2f} s = {steps / baseline:.0f} frames/s")
-    print(f"render {steps}-step replay ({spec.width}x{spec.height}, MUJOCO_GL={os.environ.get('MUJOCO_GL')}): "
+    print(f"render {steps}-step replay ({spec.width}x{spec.height}, {spec.threads} thread(s), "
+          f"MUJOCO_GL={os.environ.get('MUJOCO_GL')}): "
           f"{replay:.2f} s, {steps / replay:.0f} frames/s; ratio to the bare render loop {baseline / replay:.2f}")
 
 
