@@ -105,7 +105,7 @@ def test_the_next_slice_in_the_same_process_keeps_its_trainer_unless_the_run_mov
     run = TrainingRun.objects.create(algorithm="hg_dagger", base_version=base,
                                      config=asdict(LearnerConfig(batch_size=32, publish_every=10_000)))
     try:
-        loop.run_slice(seconds=0.5)
+        loop.run_slice(seconds=3)  # the slice's time includes building its buffer: long enough to train too
         assert torch.get_num_threads() == threads + 1
     finally:
         torch.set_num_threads(threads)  # this test process's own setting back
