@@ -186,7 +186,7 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
         self.urgent = False
         self.timer: asyncio.TimerHandle | None = None
         self.timer_due = 0.0
-        self.flushing: asyncio.Future | None = None  # the timer's flush, held so the loop cannot drop it
+        self.flushes: set[asyncio.Task] = set()  # timed flushes in flight (the loop holds tasks only weakly)
         self.accepted = False  # until then deltas are only collected: a socket cannot send before its accept
         self.hub = LiveHub.current()
         try:
@@ -205,6 +205,8 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
             hub.leave(self)
         if getattr(self, "timer", None) is not None:
             self.timer.cancel()
+        for task in list(getattr(self, "flushes", ())):
+            task.cancel()
 
     async def deliver(self, items: list[dict]) -> None:
         """Deltas from the hub (fleet.events, or robots' progress), in order."""
@@ -246,8 +248,14 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
         self.timer = loop.call_at(due, self.start_flush)
 
     def start_flush(self) -> None:
-        # The event loop keeps only a weak reference to a task: hold it until it is done.
-        self.flushing = asyncio.ensure_future(self.flush_due())
+        task = asyncio.ensure_future(self.flush_due())
+        self.flushes.add(task)
+        task.add_done_callback(self.flush_done)
+
+    def flush_done(self, task: asyncio.Task) -> None:
+        self.flushes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("a timed send to a dashboard failed: %r", task.exception())
 
     async def flush_due(self):
         self.timer = None

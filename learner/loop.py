@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 LEASE_KEY = bus.LEARNER_LEASE_KEY
 FOLD_BATCH = 200
 METRICS_EVERY = 50
+LEASE_RENEW_SECONDS = 10.0  # the lease lasts 120 s: renewed well before, and checked before every save
 LABEL_POLL_SECONDS = 10.0  # labels are also picked up at once when a label's nudge arrives
 
 
@@ -271,12 +272,15 @@ def run_slice(seconds: float | None = None) -> str:
         run = TrainingRun.objects.filter(status=TrainingRun.Status.ACTIVE).select_related("base_version").first()
         if run is None:
             return "no active run"
+        # The slice's time includes rebuilding the buffer (and RECAP's value fit): the task's time limits allow the
+        # slice plus a margin, not the slice plus a rebuild.
+        deadline = time.monotonic() + (seconds or settings.LEARNER_SLICE_SECONDS)
         configure_threads()
         pubsub = bus.client().pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(bus.EPISODES_CHANNEL)
         trainer, cursor, labels = _trainer_for(run, lease)
-        deadline = time.monotonic() + (seconds or settings.LEARNER_SLICE_SECONDS)
         _train_until(deadline, run, trainer, cursor, labels, lease, pubsub)
+        _renew(lease)  # only the lease holder's state is the run's
         _save(trainer, run, cursor)
         if TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.ACTIVE).exists():
             _resident.update(run=run.pk, trainer=trainer, cursor=cursor, labels=labels)
@@ -284,9 +288,11 @@ def run_slice(seconds: float | None = None) -> str:
         log.warning("another learner took the lease over: this slice stops without saving")
         return "lease lost"
     finally:
-        if pubsub is not None:
-            pubsub.close()
-        lease.release()
+        try:
+            if pubsub is not None:
+                pubsub.close()
+        finally:
+            lease.release()
     if TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.ACTIVE).exists():
         _enqueue()
     return f"trained to step {trainer.step}"
@@ -344,6 +350,9 @@ def _train_until(deadline: float, run: TrainingRun, trainer, cursor: EpisodeCurs
     window_start, window_samples = time.monotonic(), 0
     last_renew = last_label_poll = time.monotonic()
     while time.monotonic() < deadline:
+        if time.monotonic() - last_renew > LEASE_RENEW_SECONDS:  # also while there is nothing to train on
+            _renew(lease)
+            last_renew = time.monotonic()
         last_label_poll = _take_news(trainer, cursor, labels, pubsub, last_label_poll)
         metrics = trainer.train_step()
         if metrics is None:  # nothing to train on yet: wait for episodes (labels keep their own poll above)
@@ -355,12 +364,10 @@ def _train_until(deadline: float, run: TrainingRun, trainer, cursor: EpisodeCurs
             now = time.monotonic()
             _record_metrics(run, trainer, metrics, window_samples / max(now - window_start, 1e-6))
             window_start, window_samples = now, 0
-            if now - last_renew > 10:
-                _renew(lease)
-                last_renew = now
             if not TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.ACTIVE).exists():
                 return  # stopped by someone
         if trainer.step % trainer.config.publish_every == 0:
+            _renew(lease)  # only the lease holder publishes: the run's versions form one line
             _save(trainer, run, cursor)  # state first: a crash after this publishes the next version afresh
             version = _publish(trainer, run, cursor)
             log.info("published %s at step %d", version, trainer.step)

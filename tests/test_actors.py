@@ -134,6 +134,6 @@ def test_a_paused_robot_aborts_its_episode_and_runs_no_more(start_worker, tasks,
     # Nothing runs (no lease) and nothing is queued (an episode task's marker lives from scheduling until the task
     # starts): the chain has stopped, so no episode can follow while the robot is paused.
     r = bus.client()
-    wait_for(lambda: not r.exists(bus.lease_key(robot.pk)) and not r.exists(bus.scheduled_key(robot.pk)), 30,
+    wait_for(lambda: r.exists(bus.lease_key(robot.pk), bus.scheduled_key(robot.pk)) == 0, 30,
              "the robot's chain of episodes to stop")
     assert not episodes_of(robot).filter(pk__gt=aborted.pk).exists()  # nothing new while paused

@@ -14,6 +14,8 @@ import redis
 
 from tests.conftest import ROOT, wait_for
 
+pytestmark = pytest.mark.e2e  # starts real PostgreSQL and Redis servers
+
 # The child a launcher runs: report the URLs it was given, prove both services answer, wait to be released.
 CHILD = """
 import json, os, sys, time, pathlib

@@ -105,10 +105,11 @@ def test_the_next_slice_in_the_same_process_keeps_its_trainer_unless_the_run_mov
     run = TrainingRun.objects.create(algorithm="hg_dagger", base_version=base,
                                      config=asdict(LearnerConfig(batch_size=32, publish_every=10_000)))
     try:
-        loop.run_slice(seconds=0.5)
+        loop.run_slice(seconds=3)  # the slice's time includes building its buffer: long enough to train too
         assert torch.get_num_threads() == threads + 1
     finally:
         torch.set_num_threads(threads)  # this test process's own setting back
+        settings.LEARNER_TORCH_THREADS = threads  # and the slices below keep it
     trainer = loop._resident["trainer"]
     assert trainer.step > 0
     frames = trainer.buffer.sizes()
@@ -124,14 +125,20 @@ def test_the_next_slice_in_the_same_process_keeps_its_trainer_unless_the_run_mov
     rebuilt = loop._resident["trainer"]
     assert rebuilt is not trainer and rebuilt.buffer.sizes() == frames  # from the saved state and the table
 
-    # The lease lapses right after this slice took it (a long stall) and another learner takes the run over: the
-    # slice notices at its first renewal and stops without saving over the other learner's state.
-    loop._resident.clear()
-    monkeypatch.setattr(loop, "configure_threads", lambda: bus.client().set(LEASE_KEY, "another learner"))
-    saved = TrainingRun.objects.get(pk=run.pk).step
-    assert loop.run_slice(seconds=0.5) == "lease lost"
-    assert TrainingRun.objects.get(pk=run.pk).step == saved and loop._resident == {}  # nothing saved, nothing kept
-    assert bus.client().get(LEASE_KEY) == b"another learner"  # and the other learner's lease is left alone
-    bus.client().delete(LEASE_KEY)
+    # The lease lapses right after a slice took it (a long stall) and another learner takes the run over: the slice
+    # notices at its next renewal — at the latest before it saves — and stops without saving over the other
+    # learner's state. First with this process's trainer carried over (no fold, no renewal until the save), then
+    # rebuilt (the fold renews).
+    monkeypatch.setattr(loop, "configure_threads", lambda: bus.client().set(LEASE_KEY, "another learner", ex=60))
+    try:
+        for carried_over in (True, False):
+            assert bool(loop._resident) is carried_over  # a slice that lost its lease leaves nothing behind
+            saved = TrainingRun.objects.get(pk=run.pk).step
+            assert loop.run_slice(seconds=0.5) == "lease lost"
+            assert TrainingRun.objects.get(pk=run.pk).step == saved and loop._resident == {}  # nothing saved or kept
+            assert bus.client().get(LEASE_KEY) == b"another learner"  # and the other learner's lease is left alone
+            bus.client().delete(LEASE_KEY)
+    finally:
+        bus.client().delete(LEASE_KEY)
 
     TrainingRun.objects.get(pk=run.pk).stop(reason="test done")
