@@ -125,15 +125,22 @@ def test_a_killed_worker_leaves_no_partial_episode_and_the_robot_runs_again(star
 def test_a_paused_robot_aborts_its_episode_and_runs_no_more(start_worker, tasks, olivia):
     version = publish_random_policy(1, list(tasks))
     robot = make_robot("sim-pause", [tasks["pick-place-v3"]], version)
-    start_worker(queues="actors", FLEET_REALTIME_FACTOR=1.0)
+    # A quarter of real time makes the episode last ~6 s, and the pause comes only once the actor reports steps
+    # taken: an episode aborted before its first step stores nothing, so pausing earlier would race.
+    start_worker(queues="actors", FLEET_REALTIME_FACTOR=0.25)
     robot.start(olivia)
-    wait_for(lambda: Robot.objects.get(pk=robot.pk).status == Robot.Status.RUNNING, 60, "the episode to start")
+    r = bus.client()
+
+    def steps_taken():
+        raw = r.hget(bus.PROGRESS_KEY, robot.pk)
+        return raw is not None and json.loads(raw)["step"] > 0
+
+    wait_for(steps_taken, 60, "the episode to report its first steps")
     robot.pause(olivia, reason="inspect")
     aborted = wait_for(lambda: episodes_of(robot).filter(outcome="aborted").first(), 30, "the aborted episode")
     assert all(e.outcome == "aborted" for e in episodes_of(robot))  # the running episode stopped, unfinished
     # Nothing runs (no lease) and nothing is queued (an episode task's marker lives from scheduling until the task
     # starts): the chain has stopped, so no episode can follow while the robot is paused.
-    r = bus.client()
     wait_for(lambda: r.exists(bus.lease_key(robot.pk), bus.scheduled_key(robot.pk)) == 0, 30,
              "the robot's chain of episodes to stop")
     assert not episodes_of(robot).filter(pk__gt=aborted.pk).exists()  # nothing new while paused
