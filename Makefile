@@ -37,6 +37,7 @@ demo: venv system-deps
 	$(WITH_SERVICES) sh -c 'python manage.py ensure_database && python manage.py migrate --noinput && python manage.py prepare_demo && exec honcho start'
 
 test: venv system-deps
+	lint-imports --no-cache
 	$(WITH_SERVICES) python -m pytest $(PYTEST_ARGS)
 
 services-stop:

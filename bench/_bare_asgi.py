@@ -8,16 +8,15 @@ the moment it arrives (no coalescing, no batching):
 import asyncio
 
 import redis.asyncio
-from django.conf import settings
 from channels.auth import AuthMiddlewareStack
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.routing import ProtocolTypeRouter, URLRouter
 from channels.security.websocket import AllowedHostsOriginValidator
+from django.conf import settings
 from django.urls import path
 
-from sopweb.asgi import django_asgi_app  # sets Django up first
 import fleet.routing  # noqa: E402
-
+from sopweb.asgi import django_asgi_app  # sets Django up first
 
 LAYER = "bench"
 # Read socket timeout above the layer's 5 s blocking pop, and a pool for every socket joining at once.

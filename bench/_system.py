@@ -13,6 +13,8 @@ from pathlib import Path
 
 import _django
 
+from fleet import control
+
 # name -> (queues, concurrency): the Procfile's workers, for four robots (`default` does only beat's light work
 # now that renders run on `background`, so one process).
 PROCESSES = {"actors": ("actors", 4), "learner": ("learner", 1), "default": ("default", 1),
@@ -24,14 +26,14 @@ def fleet_with_base(robots: int, base_demos: int) -> None:
     """The default tasks, `robots` robots, demonstrations and a base policy cloned from them, deployed."""
     from django.core.management import call_command
 
-    from fleet.models import Robot, Task
+    from fleet.models import Task
     from sopweb.settings import FLEET_TASKS
 
     out = io.StringIO()
     for name in FLEET_TASKS:
         Task.objects.create(env_name=name, title=name)
     for i in range(robots):
-        Robot.add(f"exp-{i + 1:02d}", list(Task.objects.all()))
+        control.add(f"exp-{i + 1:02d}", list(Task.objects.all()))
     call_command("generate_demos", "--per-task", str(base_demos), stdout=out)
     call_command("pretrain_base", "--demos-per-task", str(base_demos), "--deploy", stdout=out)
 

@@ -18,15 +18,16 @@ import _django
 
 _django.setup("_underload")
 
+from _system import Process, cpu_table, describe_rates, fleet_with_base, learner_rates, system_env, wait_until  # noqa: E402,I001
 from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
-from _system import Process, cpu_table, describe_rates, fleet_with_base, learner_rates, system_env, wait_until  # noqa: E402,I001
 from fleet.models import Episode, Robot  # noqa: E402
 from learner.models import TrainingMetric, TrainingRun  # noqa: E402
 from review.models import ReplayVideo  # noqa: E402
+from fleet import control
 
 
 def keep_one_render_going() -> None:
@@ -82,7 +83,7 @@ def main():
         load = [Process.worker(name, env, log_dir) for name in ("actors", "default", "background")]
         load.append(Process.beat(env, log_dir))
         for robot in Robot.objects.all():
-            robot.start(None, reason="learner under load")
+            control.start(robot, None, reason="learner under load")
         wait_until(lambda: Episode.objects.filter(source=Episode.Source.ONLINE).count() >= 4, 120,
                    "the robots' first episodes")
         time.sleep(args.warmup)
@@ -91,7 +92,7 @@ def main():
         episodes = Episode.objects.filter(source=Episode.Source.ONLINE).count()
 
         for robot in Robot.objects.all():
-            robot.stop(None)
+            control.stop(robot, None)
         for process in load:
             process.stop()
         alone_after, _ = phase("alone", args.alone, [learner])

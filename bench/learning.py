@@ -23,20 +23,22 @@ import os
 import statistics
 import subprocess
 import time
-from datetime import datetime, timezone as dt_timezone
+from datetime import datetime
+from datetime import timezone as dt_timezone
 
 import _django
 
 _django.setup("_learning")
 
+from _system import Process, cpu_table, fleet_with_base, learner_rates, system_env  # noqa: E402,I001
 from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 
-from _system import Process, cpu_table, describe_rates, fleet_with_base, learner_rates, system_env  # noqa: E402,I001
 from fleet.models import Episode, Robot  # noqa: E402
 from learner.evaluation import TaskScore, evaluate  # noqa: E402
 from learner.models import PolicyVersion, TrainingRun  # noqa: E402
 from sopweb.settings import FLEET_TASKS  # noqa: E402
+from fleet import control
 
 RESULTS = _django.ROOT / "bench" / "results" / "learning"
 TUNING = ("LEARNER_", "FLEET_", "BACKGROUND_", "REVIEW_RENDER", "GOVERNANCE_", "ACTOR_", "ROLLOUT_")
@@ -116,7 +118,7 @@ def one_run(spec: dict, run_number: int, fresh: bool = False) -> dict:
     wall_start = time.monotonic()
     try:
         for robot in Robot.objects.all():
-            robot.start(None, reason="learning experiment")
+            control.start(robot, None, reason="learning experiment")
         call_command("learner", "start", "--algorithm", spec["algorithm"], stdout=io.StringIO())
         deadline = time.monotonic() + spec["minutes"] * 60
         next_report = time.monotonic() + 60
@@ -138,7 +140,7 @@ def one_run(spec: dict, run_number: int, fresh: bool = False) -> dict:
         run = TrainingRun.objects.get(status="active")
         run.stop(reason="experiment budget spent")
         for robot in Robot.objects.all():
-            robot.stop(None)
+            control.stop(robot, None)
     finally:
         wall = time.monotonic() - wall_start
         cpu = {p.name: p.cpu_seconds() for p in processes}

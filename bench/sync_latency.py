@@ -20,16 +20,17 @@ import _django
 
 _django.setup()
 
-import redis  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import torch  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.db import connection, transaction  # noqa: E402
 
-from fleet import bus  # noqa: E402
+from core import bus  # noqa: E402
+from fleet import control  # noqa: E402
 from fleet.models import Episode, Robot, Task  # noqa: E402
 from learner.models import PolicyVersion  # noqa: E402
 from learner.policy import MLPPolicy, PolicyConfig, save_checkpoint  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 TASK = "pick-place-v3"
 FLOOR = """
@@ -105,7 +106,7 @@ def main():
         cwd=_django.ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         for robot in robots:
-            robot.start(None, reason="benchmark")
+            control.start(robot, None, reason="benchmark")
         wait(lambda: all(Episode.objects.filter(robot=r).exists() for r in robots), timeout=300)
         print(f"{args.actors} actors running at factor 0")
         ready_ms, adoption_ms, episode_s, late_starts = [], [], [], []
@@ -115,7 +116,7 @@ def main():
             with transaction.atomic():
                 transaction.on_commit(lambda: committed.setdefault("at", time.time()))  # runs first after COMMIT
                 for robot in robots:
-                    robot.assign_version(version, None, reason="benchmark")
+                    control.assign_version(robot, version, None, reason="benchmark")
 
             def all_ready():
                 latest = []
@@ -145,7 +146,7 @@ def main():
             print(f"round {n - 1}: ready p50 {_django.percentile(ready_ms[-args.actors:], 50):.1f} ms, "
                   f"max {max(ready_ms[-args.actors:]):.1f} ms; adoption max {max(adoption_ms[-args.actors:]):.0f} ms")
         for robot in robots:
-            robot.stop(None)
+            control.stop(robot, None)
     finally:
         os.killpg(worker.pid, 15)
         worker.wait(30)

@@ -29,7 +29,6 @@ import _django
 _django.setup()
 
 import _bare_asgi  # noqa: E402  (configures the baseline's channel layer)
-
 import redis  # noqa: E402
 from asgiref.sync import async_to_sync  # noqa: E402
 from channels.layers import get_channel_layer  # noqa: E402
@@ -91,7 +90,7 @@ asyncio.run(main())
 TELEMETRY = """
 import sys, time, django
 django.setup()
-from fleet.actor import report_progress
+from actors.runner import report_progress
 robots, step = int(sys.argv[1]), 0
 while robots:
     time.sleep(1 / robots)

@@ -8,7 +8,7 @@ import redis.asyncio
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from fleet import bus
+from core import bus
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ PROGRESS_PERIOD = 1.0
 
 
 class LiveHub:
-    """This process's one subscription to the live channel (fleet.events) and its one reader of the robots'
+    """This process's one subscription to the live channel (core.events) and its one reader of the robots'
     progress hash, handing both to its sockets.
 
     Per event loop (daphne runs one; tests run one per test). It starts when the first socket joins and stops when
@@ -209,7 +209,7 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
             task.cancel()
 
     async def deliver(self, items: list[dict]) -> None:
-        """Deltas from the hub (fleet.events, or robots' progress), in order."""
+        """Deltas from the hub (core.events, or robots' progress), in order."""
         for item in items:
             self.add(item)
         if self.accepted:

@@ -4,16 +4,15 @@ its ragged edges from the minute rows.
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import connection
 from django.db.models import Q, Sum
 from django.utils import timezone
 
-from fleet import bus
-from fleet.models import Episode, EpisodeRollup, Robot, Task
+from core import bus
+from core.stats import Rate
+from fleet.models import Episode, EpisodeRollup, Robot, Task, version_model
 
 COUNTS = ("episodes", "successes", "steps", "success_steps", "intervention_steps", "interventions")
 CHART_HOURS = 6  # how far back the fleet page's charts reach
@@ -58,29 +57,6 @@ def totals(start: datetime, end: datetime, by: tuple[str, ...] = (), source=Epis
     for row in result:
         row.pop("_", None)
     return result
-
-
-@dataclass
-class Rate:
-    """A success rate with its Wilson 95 % interval (the same estimator the evaluations use)."""
-
-    successes: int
-    episodes: int
-
-    @property
-    def interval(self) -> tuple[float, float]:
-        from learner.evaluation import TaskScore
-
-        return TaskScore("", self.successes, self.episodes, None).wilson()
-
-    @property
-    def rate(self) -> float | None:
-        return self.successes / self.episodes if self.episodes else None
-
-    def as_dict(self) -> dict:
-        low, high = self.interval
-        return {"successes": self.successes, "episodes": self.episodes, "rate": self.rate,
-                "low": low, "high": high}
 
 
 def last_minutes(now: datetime, minutes: int) -> tuple[datetime, datetime]:
@@ -155,8 +131,7 @@ def _series(now: datetime) -> dict:
 
 def fleet_snapshot(now: datetime | None = None) -> dict:
     """Everything the fleet page renders, as plain data (the page embeds it; a reconnecting page refetches it)."""
-    from learner.models import PolicyVersion
-
+    PolicyVersion = version_model()
     now = now or timezone.now()
     robots = list(Robot.objects.filter(retired=False).select_related("policy_version").order_by("name"))
     tasks = list(Task.objects.order_by("env_name"))
@@ -164,7 +139,7 @@ def fleet_snapshot(now: datetime | None = None) -> dict:
     outcomes = _recent_outcomes(ids)
     progress = running_progress(ids)
     versions = {
-        "deployed": [v.number for v in PolicyVersion.objects.filter(state=PolicyVersion.State.DEPLOYED)],
+        "deployed": [v.number for v in PolicyVersion.objects.filter(state="deployed")],
         "candidates": [{"number": v.number, "state": v.get_state_display()} for v in PolicyVersion.objects.filter(
             state__in=["candidate", "evaluating", "awaiting_approval", "canary"]).order_by("-number")[:5]],
     }
@@ -199,8 +174,7 @@ def breakdown(start: datetime, end: datetime, source: str = Episode.Source.ONLIN
     """Success per policy version × robot × task in [start, end), each cell with its episodes and Wilson interval;
     a cell is marked when its interval separates from the same version and task on the other robots. `numbers`
     restricts it to those version numbers (None: all)."""
-    from learner.models import PolicyVersion
-
+    PolicyVersion = version_model()
     # The newest versions first, found before aggregating: a long window of a continuously deploying fleet holds
     # hundreds of versions, and only the shown ones are summed per robot and task.
     window = rollups(start, end, source)

@@ -21,11 +21,11 @@ from typing import NamedTuple
 
 from django.db import IntegrityError, connection
 
-from fleet import bus
-from fleet.events import broadcast_on_commit
-from fleet.models import Episode, EpisodePayload, InterventionSegment, Robot, Task
+from core import bus
+from core.events import broadcast_on_commit
+from fleet.models import Episode, EpisodePayload, InterventionSegment, Robot, Task, version_model
 from fleet.sim import episode_data
-from fleet.sim.gate import GATE, OPERATOR, SOURCE_NAMES
+from fleet.sim.gate import ANNOTATOR, GATE, OPERATOR, SOURCE_NAMES
 
 
 class EpisodeRejected(ValueError):
@@ -37,6 +37,44 @@ def ingest_episode(*, uuid: str | uuid_lib.UUID, task: str, seed: int, outcome: 
                    policy_version_id: int | None = None, source: str = Episode.Source.ONLINE,
                    meta: dict | None = None) -> tuple[Episode, bool]:
     """Validate and store one episode. Returns (episode, created); created is False for a repeated UUID."""
+    key = _check_fields(uuid, task, seed, outcome, started_at, finished_at, robot_id, policy_version_id, source)
+    episode = Episode(uuid=key, robot_id=robot_id, policy_version_id=policy_version_id, source=source, seed=seed,
+                      outcome=outcome, meta=meta or {}, started_at=started_at, finished_at=finished_at)
+    payload, existing, task_row = None, None, _tasks.get(task)
+    for _ in range(3):
+        fresh = task_row is None
+        if fresh:
+            existing, task_row = _look_up(key, task, robot_id, policy_version_id)
+        if existing is not None:
+            return existing, False
+        try:
+            episode.steps = episode_data.validate(arrays, task_row.max_steps)
+            payload = payload or episode_data.encode(arrays)
+        except episode_data.EpisodeDataError as exc:
+            if fresh:
+                raise EpisodeRejected(str(exc)) from None
+            task_row = None  # judge it by the task's step limit as it is now, not as this process cached it
+            continue
+        segments = _summarise(episode, arrays, task_row)
+        episode.pk = _insert(episode, task, payload, segments)
+        if episode.pk is not None:
+            break
+        # Nothing was written: the UUID exists (maybe committed concurrently), the robot or version does not, or
+        # the task changed since this process cached it. The lookup says which, and refreshes the task.
+        task_row = None
+    else:
+        existing, _ = _look_up(key, task, robot_id, policy_version_id)
+        if existing is not None:
+            return existing, False
+        raise EpisodeRejected(f"task {task!r} kept changing while the episode was being stored; nothing was written")
+    episode._state.adding, episode._state.db = False, connection.alias
+    _announce(episode, task)
+    return episode, True
+
+
+def _check_fields(uuid, task, seed, outcome, started_at, finished_at, robot_id, policy_version_id,
+                  source) -> uuid_lib.UUID:
+    """The episode's summary fields, checked before anything is read or written. Returns the UUID."""
     try:
         key = uuid_lib.UUID(str(uuid))
     except ValueError:
@@ -54,51 +92,29 @@ def ingest_episode(*, uuid: str | uuid_lib.UUID, task: str, seed: int, outcome: 
         raise EpisodeRejected("an episode cannot finish before it starts")
     if not isinstance(seed, int) or not -(2**63) <= seed < 2**63:
         raise EpisodeRejected(f"seed must be a 64-bit integer, got {seed!r}")
-    episode = Episode(uuid=key, robot_id=robot_id, policy_version_id=policy_version_id, source=source, seed=seed,
-                      outcome=outcome, meta=meta or {}, started_at=started_at, finished_at=finished_at)
+    return key
 
-    payload, existing, task_row = None, None, _tasks.get(task)
-    for _ in range(3):
-        fresh = task_row is None
-        if fresh:
-            existing, task_row = _look_up(key, task, robot_id, policy_version_id)
-        if existing is not None:
-            return existing, False
-        try:
-            episode.steps = episode_data.validate(arrays, task_row.max_steps)
-            payload = payload or episode_data.encode(arrays)
-        except episode_data.EpisodeDataError as exc:
-            if fresh:
-                raise EpisodeRejected(str(exc)) from None
-            task_row = None  # judge it by the task's step limit as it is now, not as this process cached it
-            continue
-        if (outcome == Episode.Outcome.SUCCESS) != bool(arrays["success"].any()):
-            raise EpisodeRejected(f"outcome {outcome!r} contradicts the recorded success flags")
-        episode.task_id = task_row.id
-        episode.total_return = float(arrays["reward"].sum(dtype="float64"))
-        episode.intervention_steps = int(arrays["intervention"].sum())
-        segments = episode_data.segments(arrays["intervention_source"])
-        episode.intervention_count = sum(code in (GATE, OPERATOR) for _, _, code in segments)
-        episode.pk = _insert(episode, task, payload, segments)
-        if episode.pk is not None:
-            break
-        # Nothing was written: the UUID exists (maybe committed concurrently), the robot or version does not, or
-        # the task changed since this process cached it. The lookup says which, and refreshes the task.
-        task_row = None
-    else:
-        existing, _ = _look_up(key, task, robot_id, policy_version_id)
-        if existing is not None:
-            return existing, False
-        raise EpisodeRejected(f"task {task!r} kept changing while the episode was being stored; nothing was written")
-    episode._state.adding, episode._state.db = False, connection.alias
 
-    event = {"episode": episode.pk, "task": task, "robot": robot_id, "version": policy_version_id,
-             "source": source, "outcome": outcome, "steps": episode.steps,
+def _summarise(episode: Episode, arrays: dict, task_row: _TaskRow) -> list:
+    """Fill the episode's derived columns from its validated arrays; returns its intervention segments."""
+    if (episode.outcome == Episode.Outcome.SUCCESS) != bool(arrays["success"].any()):
+        raise EpisodeRejected(f"outcome {episode.outcome!r} contradicts the recorded success flags")
+    episode.task_id = task_row.id
+    episode.total_return = float(arrays["reward"].sum(dtype="float64"))
+    episode.intervention_steps = int(arrays["intervention"].sum())
+    segments = episode_data.segments(arrays["intervention_source"])
+    episode.intervention_count = sum(code in (GATE, OPERATOR) for _, _, code in segments)
+    return segments
+
+
+def _announce(episode: Episode, task: str) -> None:
+    """Dashboards hear of the new episode, and the learner first (its nudge leads the round trip)."""
+    event = {"episode": episode.pk, "task": task, "robot": episode.robot_id, "version": episode.policy_version_id,
+             "source": episode.source, "outcome": episode.outcome, "steps": episode.steps,
              "intervention_steps": episode.intervention_steps, "interventions": episode.intervention_count,
-             "finished_at": finished_at.isoformat()}
+             "finished_at": episode.finished_at.isoformat()}
     # Outside a transaction the INSERT has committed already and this runs at once; inside one, at its commit.
     broadcast_on_commit("episode.finished", event, nudge=(bus.EPISODES_CHANNEL, event))
-    return episode, True
 
 
 _SOURCES, _OUTCOMES = frozenset(Episode.Source.values), frozenset(Episode.Outcome.values)
@@ -164,10 +180,8 @@ _EPISODE_COLUMNS = ("uuid", "robot_id", "task_id", "policy_version_id", "source"
 @functools.cache
 def _statements() -> SimpleNamespace:
     """The lookup and the insert, built once from the models."""
-    from learner.models import PolicyVersion
-
     episode, payload, task = Episode._meta.db_table, EpisodePayload._meta.db_table, Task._meta.db_table
-    robot, version = Robot._meta.db_table, PolicyVersion._meta.db_table
+    robot, version = Robot._meta.db_table, version_model()._meta.db_table
     fields = [Episode._meta.get_field(column.removesuffix("_id")) for column in _EPISODE_COLUMNS]
     return SimpleNamespace(
         lookup=f"""
@@ -213,6 +227,21 @@ def _cursor():
 
     connection.ensure_connection()
     return psycopg.Cursor(connection.connection)
+
+
+def relabel_segments(episode: Episode, failure_step: int | None) -> int:
+    """An annotator's relabel: the steps the policy controlled from `failure_step` on become annotator intervention
+    segments (the expert's corrections), replacing any earlier relabel; None clears them. Returns the steps
+    relabelled. The payload is untouched: the learner derives the relabelled arrays from the label."""
+    InterventionSegment.objects.filter(episode=episode, source=InterventionSegment.Source.ANNOTATOR).delete()
+    if failure_step is None:
+        return 0
+    arrays = episode_data.relabelled(load_arrays(episode), failure_step)
+    rows = [InterventionSegment(episode=episode, start_step=start, end_step=end,
+                                source=InterventionSegment.Source.ANNOTATOR)
+            for start, end, code in episode_data.segments(arrays["intervention_source"]) if code == ANNOTATOR]
+    InterventionSegment.objects.bulk_create(rows)
+    return sum(row.end_step - row.start_step for row in rows)
 
 
 def load_arrays(episode: Episode) -> dict:

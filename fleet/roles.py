@@ -3,17 +3,17 @@ from __future__ import annotations
 
 ROLES = {
     "operators": [
-        "fleet.view_robot", "fleet.view_task", "fleet.view_episode", "fleet.view_rollout",
-        "learner.view_policyversion", "fleet.control_robot", "fleet.flag_episode",
+        "fleet.view_robot", "fleet.view_task", "fleet.view_episode", "governance.view_rollout",
+        "learner.view_policyversion", "fleet.control_robot", "review.flag_episode",
     ],
     "supervisors": [
-        "fleet.view_robot", "fleet.view_task", "fleet.view_episode", "fleet.view_rollout",
-        "learner.view_policyversion", "fleet.view_auditevent", "fleet.approve_rollout", "fleet.flag_episode",
-        "fleet.view_episodelabel", "review.view_failuremode", "review.add_failuremode",
+        "fleet.view_robot", "fleet.view_task", "fleet.view_episode", "governance.view_rollout",
+        "learner.view_policyversion", "core.view_auditevent", "governance.approve_rollout", "review.flag_episode",
+        "review.view_episodelabel", "review.view_failuremode", "review.add_failuremode",
         "review.change_failuremode", "review.delete_failuremode",
     ],
     "annotators": [
-        "fleet.view_task", "fleet.view_episode", "fleet.view_episodelabel", "fleet.label_episode",
+        "fleet.view_task", "fleet.view_episode", "review.view_episodelabel", "review.label_episode",
     ],
 }
 

@@ -1,4 +1,4 @@
-"""Celery tasks of the fleet. Actor tasks (fleet.run_*) are routed to the `actors` queue."""
+"""Celery tasks of the fleet: the sweep that notices silent robots (the episode task is in actors/tasks.py)."""
 from __future__ import annotations
 
 import logging
@@ -9,7 +9,10 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from fleet.models import IllegalTransition, Robot
+from core import bus
+from core.audit import IllegalTransition
+from fleet import control
+from fleet.models import Robot
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +25,7 @@ def sweep_robots() -> int:
     marked = 0
     for robot in silent:
         try:
-            robot.mark_offline(cutoff, reason=f"no heartbeat for {settings.FLEET_HEARTBEAT_TIMEOUT:g} s")
+            control.mark_offline(robot, cutoff, reason=f"no heartbeat for {settings.FLEET_HEARTBEAT_TIMEOUT:g} s")
         except IllegalTransition:
             continue  # it heartbeat, was paused or went offline meanwhile
         marked += 1
@@ -33,27 +36,11 @@ def sweep_robots() -> int:
 
 def _restart_orphaned_robots() -> int:
     """Started robots whose actor died mid-episode: once the lease expired and nobody heartbeats, run again."""
-    from fleet import bus
-    from fleet.actor import schedule_episode
-
     quiet_since = timezone.now() - timedelta(seconds=settings.FLEET_LEASE_SECONDS)
     restarted = 0
     candidates = Robot.objects.filter(enabled=True).exclude(status=Robot.Status.PAUSED)
     for robot in candidates.filter(models.Q(last_heartbeat__lt=quiet_since) | models.Q(last_heartbeat=None)):
-        if not bus.client().exists(bus.lease_key(robot.pk)) and schedule_episode(robot.pk):
+        if not bus.client().exists(bus.lease_key(robot.pk)) and control.schedule_episode(robot.pk):
             log.info("restarting robot %s: its last episode's lease expired", robot.name)
             restarted += 1
     return restarted
-
-
-# Not acks_late: a message redelivered an hour after its worker died would start a second chain of episodes.
-# Recovery is the sweep's job instead: once the dead episode's lease expires, it schedules the robot again.
-@shared_task(name="fleet.run_episode", soft_time_limit=120, time_limit=150)
-def run_episode(robot_id: int) -> str:
-    """Run one episode of one robot, then schedule its next while it is started (queue `actors`).
-
-    The episode is ingested in one transaction, so a worker killed mid-episode leaves nothing half-written.
-    """
-    from fleet.actor import run_robot_episode
-
-    return run_robot_episode(robot_id)

@@ -13,6 +13,5 @@ urlpatterns = [
     path("robots/<int:pk>/<str:command>/", views.robot_command, name="robot-command"),
     path("episodes/", views.episodes, name="episodes"),
     path("episodes/<int:pk>/", views.episode, name="episode"),
-    path("episodes/<int:pk>/flag/", views.episode_flag, name="episode-flag"),
     path("audit/", views.audit, name="audit"),
 ]

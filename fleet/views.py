@@ -9,9 +9,20 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from fleet.forms import (AuditFilterForm, BreakdownForm, EpisodeFilterForm, FlagForm, ReasonForm, RobotForm,
-                         RobotTasksForm)
-from fleet.models import AuditEvent, Episode, EpisodeFlag, IllegalTransition, Robot
+from core.audit import IllegalTransition
+from core.http import bad_form_response
+from core.models import AuditEvent
+from fleet import control
+from fleet.forms import (
+    AuditFilterForm,
+    BreakdownForm,
+    EpisodeFilterForm,
+    FlagForm,
+    ReasonForm,
+    RobotForm,
+    RobotTasksForm,
+)
+from fleet.models import Episode, Robot
 
 EPISODES_PER_PAGE = 50
 
@@ -27,10 +38,10 @@ def navigation(request):
         ("fleet.view_episode", "Breakdown", "breakdown"),
         ("learner.view_policyversion", "Learner", "learner"),
         ("learner.view_policyversion", "Policy versions", "versions"),
-        ("fleet.view_rollout", "Rollouts", "rollouts"),
-        ("fleet.view_auditevent", "Audit log", "audit"),
-        ("fleet.label_episode", "Review", "review-queue"),
-        ("fleet.flag_episode", "My flags", "review-flags"),
+        ("governance.view_rollout", "Rollouts", "rollouts"),
+        ("core.view_auditevent", "Audit log", "audit"),
+        ("review.label_episode", "Review", "review-queue"),
+        ("review.flag_episode", "My flags", "review-flags"),
     ]
     nav = [{"label": label, "url": reverse(name), "name": name} for perm, label, name in items if user.has_perm(perm)]
     # Pages of users who may watch the fleet open the live socket (static/js/live.js); others never try.
@@ -40,7 +51,7 @@ def navigation(request):
 def home(request):
     if request.user.has_perm("fleet.view_robot"):
         return redirect("fleet")
-    if request.user.has_perm("fleet.label_episode"):
+    if request.user.has_perm("review.label_episode"):
         return redirect("review-queue")
     if request.user.has_perm("fleet.view_episode"):
         return redirect("episodes")
@@ -85,11 +96,7 @@ def breakdown(request):
     })
 
 
-ROBOT_COMMANDS = {"start", "stop", "pause", "resume", "takeover", "remove"}
-
-
-def _bad_form(form) -> HttpResponseBadRequest:
-    return HttpResponseBadRequest("; ".join(f"{field}: {' '.join(errors)}" for field, errors in form.errors.items()))
+ROBOT_COMMANDS = set(control.COMMANDS)
 
 
 @require_POST
@@ -100,10 +107,9 @@ def robot_command(request, pk: int, command: str):
     robot = get_object_or_404(Robot, pk=pk, retired=False)
     form = ReasonForm(request.POST)
     if not form.is_valid():
-        return _bad_form(form)
-    method = {"takeover": robot.request_takeover}.get(command) or getattr(robot, command)
+        return bad_form_response(form)
     try:
-        method(request.user, reason=form.cleaned_data["reason"])
+        control.COMMANDS[command](robot, request.user, reason=form.cleaned_data["reason"])
     except IllegalTransition as exc:
         messages.error(request, str(exc)[:1].upper() + str(exc)[1:])
     else:
@@ -120,7 +126,7 @@ def fleet_command(request, command: str):
     changed = 0
     for robot in Robot.objects.filter(retired=False, enabled=(command == "stop")):
         try:
-            getattr(robot, command)(request.user, reason="whole fleet")
+            control.COMMANDS[command](robot, request.user, reason="whole fleet")
             changed += 1
         except IllegalTransition:
             pass  # changed by someone else meanwhile
@@ -137,7 +143,7 @@ def robot_add(request):
             messages.error(request, f"{field}: {' '.join(errors)}")
         return redirect("fleet")
     try:
-        robot = Robot.add(form.cleaned_data["name"], list(form.cleaned_data["tasks"]), request.user)
+        robot = control.add(form.cleaned_data["name"], list(form.cleaned_data["tasks"]), request.user)
     except ValueError as exc:
         messages.error(request, str(exc))
     else:
@@ -151,7 +157,7 @@ def robot_tasks(request, pk: int):
     robot = get_object_or_404(Robot, pk=pk, retired=False)
     form = RobotTasksForm(request.POST)
     if not form.is_valid():
-        return _bad_form(form)
+        return bad_form_response(form)
     robot.set_tasks(list(form.cleaned_data["tasks"]), request.user)
     messages.success(request, f"{robot.name} now runs {', '.join(t.env_name for t in form.cleaned_data['tasks'])}.")
     return redirect("fleet")
@@ -170,7 +176,7 @@ def episodes(request):
     if filters.get("version"):
         rows = rows.filter(policy_version__number=filters["version"])
     if filters.get("flagged") is not None:
-        flagged = Exists(EpisodeFlag.objects.filter(episode=OuterRef("pk")))
+        flagged = Exists(Episode.objects.filter(pk=OuterRef("pk"), flags__isnull=False))  # review's flags
         rows = rows.filter(flagged if filters["flagged"] else ~flagged)
     if filters.get("labelled") is not None:
         rows = rows.filter(label__isnull=not filters["labelled"])
@@ -192,49 +198,25 @@ def episodes(request):
     return render(request, "fleet/episodes.html", {"form": form, "episodes": page, "next_query": next_cursor})
 
 
-def episode_series(row: Episode, arrays: dict) -> dict:
-    """What static/js/episode_charts.js draws (the episode page and the review page)."""
-    return {
-        "action": arrays["action"].round(4).T.tolist(),
-        "expert_action": arrays["expert_action"].round(4).T.tolist(),
-        "reward": arrays["reward"].round(4).tolist(),
-        "success": arrays["success"].astype(int).tolist(),
-        "segments": list(row.interventions.values("start_step", "end_step", "source")),
-        "dt": 0.0125,
-    }
-
-
 @permission_required("fleet.view_episode", raise_exception=True)
 def episode(request, pk: int):
     """One episode: its summary, intervention segments, flags, label, and its time series for the plots."""
+    from fleet.charts import episode_series
     from fleet.ingest import load_arrays
 
     row = get_object_or_404(Episode.objects.select_related("task", "robot", "policy_version"), pk=pk)
     series = episode_series(row, load_arrays(row))
     return render(request, "fleet/episode.html", {
         "episode": row, "series": series, "flags": row.flags.select_related("raised_by", "resolved_by"),
-        "segments": series["segments"], "can_flag": request.user.has_perm("fleet.flag_episode"),
+        "segments": series["segments"], "can_flag": request.user.has_perm("review.flag_episode"),
         "flag_form": FlagForm(),
     })
-
-
-@require_POST
-@permission_required("fleet.flag_episode", raise_exception=True)
-def episode_flag(request, pk: int):
-    """An operator asks for an episode to be reviewed, saying why (audited; it jumps the review queue)."""
-    row = get_object_or_404(Episode, pk=pk)
-    form = FlagForm(request.POST)
-    if not form.is_valid():
-        return _bad_form(form)
-    EpisodeFlag.raise_flag(row, request.user, form.cleaned_data["reason"])
-    messages.success(request, f"Episode {row.pk} flagged for review.")
-    return redirect("episode", pk=row.pk)
 
 
 AUDIT_ROWS_SHOWN = 200
 
 
-@permission_required("fleet.view_auditevent", raise_exception=True)
+@permission_required("core.view_auditevent", raise_exception=True)
 def audit(request):
     """Every decision: who, when, why and the figures shown at the time (details); filterable; ?format=csv exports
     every matching row."""

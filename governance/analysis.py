@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db.models import Count, Q
 
-from fleet.dashboard import Rate
+from core.stats import Rate
 from fleet.models import Episode
 from governance.models import Evaluation, EvaluationItem
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from fleet.events import broadcast
-from fleet.models import IllegalTransition
+from core.audit import IllegalTransition
+from core.events import broadcast
 from governance.analysis import canary_analysis
 from governance.decisions import active_canary, roll_back_automatically
 

@@ -2,7 +2,7 @@
 a canary, promote, reject, roll back. Supervisors make them through POST views, rules and the canary check through
 Celery tasks; all of them come here.
 
-Each decision is one transaction under the rollout lock (learner.models.rollout_lock): it checks the version's
+Each decision is one transaction under the rollout lock (core.locks.rollout_lock): it checks the version's
 state afresh, moves it with PolicyVersion.advance (an audit row carrying the figures the decision was made on)
 and moves robots and rollouts with it. Two supervisors acting at once queue on the lock: the first decides, the
 second finds the version moved and gets IllegalTransition saying so, and nothing of its own happens.
@@ -13,12 +13,17 @@ import math
 
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
-from fleet.events import broadcast_on_commit
-from fleet.models import IllegalTransition, Robot, Rollout, Task
+from core.audit import IllegalTransition
+from core.events import broadcast_on_commit
+from core.locks import rollout_lock
+from core.models import AuditEvent
+from fleet import control
+from fleet.models import Robot, Task
 from governance.analysis import canary_analysis, comparison
-from governance.models import Alert, Evaluation, EvaluationItem
-from learner.models import PolicyVersion, rollout_lock
+from governance.models import Alert, Evaluation, EvaluationItem, Rollout
+from learner.models import PolicyVersion
 
 State = PolicyVersion.State
 # What each decision is called on pages, in messages and in the live notice every dashboard shows.
@@ -50,7 +55,7 @@ def _check(version: PolicyVersion, verb: str) -> None:
                                 f"now (it may just have been decided by someone else); this needs {needs}")
 
 
-def _announce(version: PolicyVersion, verb: str, actor, reason: str, notice: bool = True) -> None:
+def announce(version: PolicyVersion, verb: str, actor, reason: str, notice: bool = True) -> None:
     """Every dashboard hears of the decision once it commits: the rollout pages refresh, the others show a notice."""
     broadcast_on_commit("rollout.decision", {"version": version.pk, "number": version.number, "decision": verb,
                                              "state": version.state})
@@ -58,6 +63,42 @@ def _announce(version: PolicyVersion, verb: str, actor, reason: str, notice: boo
         who = actor.get_username() if actor is not None else "rule"
         message = f"{who}: {version} {WORDS[verb]}" + (f" — {reason}" if reason else "")
         broadcast_on_commit("alert", {"message": message, "level": "info"})
+
+
+def deploy_to_fleet(version: PolicyVersion, actor=None, reason: str = "", verb: str = "deploy",
+                    details: dict | None = None) -> AuditEvent:
+    """Continuous mode (SOP's own), first deployment and promotion (verb "promote"): this version runs on every
+    robot from its next episode; the version deployed before it is superseded, its own canary (if any) ends
+    promoted. One transaction: all of it or none."""
+    with transaction.atomic():
+        rollout_lock()
+        event = version.advance(verb, actor, reason=reason, details=details)
+        for previous in PolicyVersion.objects.filter(state=State.DEPLOYED).exclude(pk=version.pk):
+            previous.advance("supersede", actor, reason=f"replaced by {version}")
+        for own in Rollout.objects.filter(status=Rollout.Status.ACTIVE, version=version):
+            own.end(Rollout.Status.PROMOTED, actor, reason=reason)
+        Rollout.objects.filter(status=Rollout.Status.ACTIVE).exclude(version=version).update(
+            status=Rollout.Status.SUPERSEDED, ended_at=timezone.now())
+        robots = list(Robot.objects.filter(retired=False))
+        rollout = Rollout.objects.create(version=version, stage=Rollout.Stage.FLEET, requested_by=actor,
+                                         approved_by=actor, reason=reason)
+        rollout.robots.set(robots)
+        for robot in robots:
+            control.assign_version(robot, version, actor, reason=reason or "deployed to the fleet")
+    return event
+
+
+def join_fleet_version(robot: Robot, actor=None) -> None:
+    """A robot just added runs the version the fleet runs, if any, and joins its rollout (never a canary's). Under
+    the rollout lock, so a deployment in flight either sees the new robot or is seen by it (the robot's row is not
+    yet committed; the lock is taken before the deployed version is read). Receives fleet.control.robot_added."""
+    rollout_lock()
+    deployed = PolicyVersion.deployed()
+    if deployed is None:
+        return
+    control.assign_version(robot, deployed, actor, reason="a new robot runs the fleet's version")
+    for rollout in Rollout.objects.filter(status=Rollout.Status.ACTIVE, stage=Rollout.Stage.FLEET, version=deployed):
+        rollout.robots.add(robot)
 
 
 def _figures(version: PolicyVersion) -> dict | None:
@@ -73,7 +114,7 @@ def nominate(version: PolicyVersion, actor, reason: str = "", evaluate: bool = T
         version.advance("nominate", actor, reason=reason)
         if evaluate:
             start_evaluation(version, actor, reason="evaluation of the nominated candidate")
-    _announce(version, "nominate", actor, reason)
+    announce(version, "nominate", actor, reason)
     return version
 
 
@@ -142,8 +183,8 @@ def approve_canary(version: PolicyVersion, actor, reason: str = "", robots=None,
                                          approved_by=actor, reason=reason)
         rollout.robots.set(chosen)
         for robot in chosen:
-            robot.assign_version(version, actor, reason=f"canary of {version}")
-    _announce(version, "approve_canary", actor, f"{len(chosen)} robot(s)" + (f"; {reason}" if reason else ""))
+            control.assign_version(robot, version, actor, reason=f"canary of {version}")
+    announce(version, "approve_canary", actor, f"{len(chosen)} robot(s)" + (f"; {reason}" if reason else ""))
     return rollout
 
 
@@ -158,8 +199,8 @@ def promote(version: PolicyVersion, actor, reason: str = "") -> PolicyVersion:
         details = {"figures": _figures(version)}
         if running is not None:
             details["canary"] = canary_analysis(running)
-        version.deploy_to_fleet(actor, reason=reason, verb="promote", details=details)
-    _announce(version, "promote", actor, reason)
+        deploy_to_fleet(version, actor, reason=reason, verb="promote", details=details)
+    announce(version, "promote", actor, reason)
     return version
 
 
@@ -170,7 +211,7 @@ def reject(version: PolicyVersion, actor, reason: str = "") -> PolicyVersion:
         _check(version, "reject")
         version.advance("reject", actor, reason=reason, details={"figures": _figures(version)})
         EvaluationItem.objects.filter(version=version, episode=None).delete()
-    _announce(version, "reject", actor, reason)
+    announce(version, "reject", actor, reason)
     return version
 
 
@@ -181,6 +222,23 @@ def previous_fleet_version(version: PolicyVersion) -> PolicyVersion | None:
                                       version__state=State.SUPERSEDED)
                .exclude(version=version).select_related("version").order_by("-created_at").first())
     return rollout.version if rollout else None
+
+
+def checkpoints_needed(keep_fleet: int, **kwargs) -> set[int]:
+    """What retention must keep for governance: the baselines robots still run for unfinished evaluations (as
+    governance.evaluation.claim counts them) and the last `keep_fleet` versions the whole fleet ran before the
+    deployed one (roll-back targets). Receives learner.signals.checkpoints_needed."""
+    running = Evaluation.objects.filter(finished_at=None, candidate__state=State.EVALUATING)
+    keep = {baseline for baseline in running.values_list("baseline_id", flat=True) if baseline is not None}
+    fleet = (Rollout.objects.filter(stage=Rollout.Stage.FLEET, version__state=State.SUPERSEDED)
+             .order_by("-created_at").values_list("version_id", flat=True))
+    previous: list[int] = []
+    for version_id in fleet.iterator():
+        if version_id not in previous:
+            previous.append(version_id)
+        if len(previous) == keep_fleet:
+            break
+    return keep | set(previous)
 
 
 def roll_back(version: PolicyVersion, actor, reason: str = "", analysis: dict | None = None) -> PolicyVersion:
@@ -199,7 +257,7 @@ def roll_back(version: PolicyVersion, actor, reason: str = "", analysis: dict | 
             for rollout in own_rollouts:
                 rollout.end(Rollout.Status.ROLLED_BACK, actor, reason=reason)
             for robot in Robot.objects.filter(policy_version=version, retired=False):
-                robot.assign_version(deployed, actor, reason=f"roll back of {version}")
+                control.assign_version(robot, deployed, actor, reason=f"roll back of {version}")
         else:
             running = active_canary()
             if running is not None:
@@ -212,9 +270,9 @@ def roll_back(version: PolicyVersion, actor, reason: str = "", analysis: dict | 
                                                                          "figures": _figures(version)})
             for rollout in own_rollouts:
                 rollout.end(Rollout.Status.ROLLED_BACK, actor, reason=reason)
-            previous.deploy_to_fleet(actor, reason=f"restored by rolling back {version}" + (
+            deploy_to_fleet(previous, actor, reason=f"restored by rolling back {version}" + (
                 f": {reason}" if reason else ""))
-    _announce(version, "roll_back", actor, reason, notice=analysis is None)  # automatic: its alert says it
+    announce(version, "roll_back", actor, reason, notice=analysis is None)  # automatic: its alert says it
     return version
 
 

@@ -11,7 +11,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from fleet.events import broadcast_on_commit
+from core.events import broadcast_on_commit
 from fleet.models import Episode
 from governance.models import Evaluation, EvaluationItem
 from learner.models import PolicyVersion
@@ -51,7 +51,7 @@ def release(item: EvaluationItem) -> None:
 def unloadable(item: EvaluationItem, error: Exception) -> bool:
     """The item's checkpoint cannot be loaded (missing, corrupt). A candidate is rejected with an alert — else it
     would keep robots busy failing — and True is returned; otherwise (the baseline) the item is released."""
-    from fleet.models import IllegalTransition
+    from core.audit import IllegalTransition
     from governance.decisions import reject
     from governance.models import Alert
 
@@ -105,7 +105,7 @@ def finish_complete() -> list[Evaluation]:
 
 def finish(evaluation: Evaluation) -> bool:
     """evaluating -> awaiting approval, with the comparison in the audit row; then the auto-canary rule may act."""
-    from fleet.models import IllegalTransition
+    from core.audit import IllegalTransition
     from governance import rules
     from governance.analysis import comparison
 
@@ -121,8 +121,8 @@ def finish(evaluation: Evaluation) -> bool:
                 f"{overall['successes']}/{overall['episodes']} successes"), details={"figures": figures})
     except IllegalTransition:
         return False  # rejected meanwhile
-    from governance.decisions import _announce
+    from governance.decisions import announce
 
-    _announce(evaluation.candidate, "finish_evaluation", None, "", notice=False)
+    announce(evaluation.candidate, "finish_evaluation", None, "", notice=False)
     rules.after_evaluation(evaluation, figures)
     return True

@@ -9,7 +9,51 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from fleet.models import AuditEvent, apply_transition
+from core.audit import apply_transition
+from core.models import AuditEvent
+
+
+class Rollout(models.Model):
+    """A decision to run a policy version on a canary subset of robots or on the whole fleet."""
+
+    class Stage(models.TextChoices):
+        CANARY = "canary", "canary"
+        FLEET = "fleet", "whole fleet"
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "active"
+        PROMOTED = "promoted", "promoted"
+        ROLLED_BACK = "rolled_back", "rolled back"
+        SUPERSEDED = "superseded", "superseded"
+
+    version = models.ForeignKey("learner.PolicyVersion", on_delete=models.PROTECT, related_name="rollouts")
+    stage = models.CharField(max_length=8, choices=Stage.choices)
+    robots = models.ManyToManyField("fleet.Robot", blank=True, related_name="rollouts")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                     related_name="requested_rollouts")
+    approved_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                    related_name="approved_rollouts")
+    reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "fleet_rollout"  # moved from fleet with its tables (governance/migrations/0002)
+        ordering = ["-created_at"]
+        permissions = [("approve_rollout", "Can approve, promote, reject and roll back policy versions")]
+        indexes = [models.Index(fields=["status", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.get_stage_display()} rollout of v{self.version.number}"
+
+    def end(self, outcome: str, actor=None, reason: str = "") -> AuditEvent:
+        if outcome not in (self.Status.PROMOTED, self.Status.ROLLED_BACK, self.Status.SUPERSEDED):
+            raise ValueError(f"a rollout ends promoted, rolled_back or superseded, not {outcome!r}")
+        return apply_transition(
+            self, verb=f"rollout.{outcome}", field="status", to=outcome, actor=actor, reason=reason,
+            allowed_from={self.Status.ACTIVE}, ended_at=timezone.now(),
+        )
 
 
 class Evaluation(models.Model):
@@ -108,7 +152,7 @@ class Alert(models.Model):
 
     @classmethod
     def raise_alert(cls, message: str, level: str = Level.ERROR, version=None, details: dict | None = None) -> Alert:
-        from fleet.events import broadcast_on_commit
+        from core.events import broadcast_on_commit
 
         alert = cls.objects.create(message=message, level=level, version=version)
         AuditEvent.record(None, "alert.raise", alert, reason=message, details=details or {})
@@ -116,7 +160,7 @@ class Alert(models.Model):
         return alert
 
     def acknowledge(self, actor, reason: str = "") -> AuditEvent:
-        from fleet.events import broadcast_on_commit
+        from core.events import broadcast_on_commit
 
         event = apply_transition(self, verb="alert.acknowledge", field="status", to=self.Status.ACKNOWLEDGED,
                                  allowed_from={self.Status.ACTIVE}, actor=actor, reason=reason,

@@ -16,7 +16,8 @@ from datetime import timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from fleet.models import AuditEvent, IllegalTransition
+from core.audit import IllegalTransition
+from core.models import AuditEvent
 from learner.models import PolicyVersion
 
 log = logging.getLogger(__name__)
@@ -42,11 +43,17 @@ def summary() -> dict:
     return {"mode": mode, "rules": rules}
 
 
-def version_published(version: PolicyVersion) -> None:
-    """Called by the learner after each publication."""
-    if settings.ROLLOUT_MODE == "continuous":
-        version.deploy_to_fleet(reason=f"continuous mode: learner run {version.config.get('run')} "
-                                       f"step {version.config.get('step')}")
+def version_published(sender, version: PolicyVersion, deploy: bool | None = None, reason: str = "",
+                      **kwargs) -> None:
+    """A version was published (learner.signals.version_published): the whole fleet runs it now if its publisher
+    asks for that, or, when the publisher leaves it to the rollout mode, in continuous mode."""
+    from governance.decisions import deploy_to_fleet
+
+    if deploy:
+        deploy_to_fleet(version, reason=reason)
+    elif deploy is None and settings.ROLLOUT_MODE == "continuous":
+        deploy_to_fleet(version, reason=f"continuous mode: learner run {version.config.get('run')} "
+                                        f"step {version.config.get('step')}")
 
 
 def nominate_newest(now=None) -> PolicyVersion | None:

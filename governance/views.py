@@ -9,11 +9,13 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from fleet.models import AuditEvent, IllegalTransition, Rollout
+from core.audit import IllegalTransition
+from core.http import bad_form_response
+from core.models import AuditEvent
 from governance import decisions, rules
 from governance.analysis import canary_analysis, comparison
 from governance.forms import AcknowledgeForm, CanaryForm, DecisionForm
-from governance.models import Alert
+from governance.models import Alert, Rollout
 from learner.models import PolicyVersion, TrainingMetric
 
 State = PolicyVersion.State
@@ -34,10 +36,10 @@ def rollout_context(request):
     if user is None or not user.is_authenticated:
         return {}
     alerts = []
-    if user.has_perm("fleet.view_robot") or user.has_perm("fleet.view_rollout"):
+    if user.has_perm("fleet.view_robot") or user.has_perm("governance.view_rollout"):
         alerts = list(Alert.objects.filter(status=Alert.Status.ACTIVE)[:5])
     return {"rollout_mode": rules.summary(), "active_alerts": alerts,
-            "can_acknowledge": user.has_perm("fleet.approve_rollout")}
+            "can_acknowledge": user.has_perm("governance.approve_rollout")}
 
 
 def _decisions_open(version: PolicyVersion) -> list[str]:
@@ -46,7 +48,7 @@ def _decisions_open(version: PolicyVersion) -> list[str]:
             and not (version.checkpoint_removed_at and PolicyVersion.TRANSITIONS[verb][1] in PolicyVersion.RUNNABLE)]
 
 
-@permission_required("fleet.view_rollout", raise_exception=True)
+@permission_required("governance.view_rollout", raise_exception=True)
 def rollouts(request):
     canary = decisions.active_canary()
     in_progress = []
@@ -64,7 +66,7 @@ def rollouts(request):
         "checkpoints": PolicyVersion.objects.filter(state=State.CHECKPOINT, checkpoint_removed_at=None)
                                            .order_by("-number")[:10],
         "history": history,
-        "can_decide": request.user.has_perm("fleet.approve_rollout"),
+        "can_decide": request.user.has_perm("governance.approve_rollout"),
     })
 
 
@@ -82,7 +84,7 @@ def _curves(version: PolicyVersion) -> list[dict]:
             for m in TrainingMetric.objects.filter(pk__in=keep).order_by("step")]
 
 
-@permission_required("fleet.view_rollout", raise_exception=True)
+@permission_required("governance.view_rollout", raise_exception=True)
 def version(request, number: int):
     row = get_object_or_404(PolicyVersion.objects.select_related("parent"), number=number)
     evaluation = decisions.latest_evaluation(row)
@@ -96,23 +98,21 @@ def version(request, number: int):
         "deployed": deployed,
         "canary": canary, "analysis": canary_analysis(canary) if canary and row.state == State.CANARY else None,
         "curves": _curves(row), "history": history,
-        "can_decide": request.user.has_perm("fleet.approve_rollout"),
+        "can_decide": request.user.has_perm("governance.approve_rollout"),
         "open_decisions": _decisions_open(row),
         "canary_form": CanaryForm(), "decision_form": DecisionForm(),
     })
 
 
 @require_POST
-@permission_required("fleet.approve_rollout", raise_exception=True)
+@permission_required("governance.approve_rollout", raise_exception=True)
 def decide(request, number: int, decision: str):
     if decision not in DECISIONS:
         return HttpResponseBadRequest(f"unknown decision {decision!r}; expected one of {', '.join(DECISIONS)}")
     row = get_object_or_404(PolicyVersion, number=number)
     form = (CanaryForm if decision == "approve-canary" else DecisionForm)(request.POST)
     if not form.is_valid():
-        return HttpResponseBadRequest("; ".join(
-            f"{field}: {' '.join(errors)}" if field != "__all__" else " ".join(errors)
-            for field, errors in form.errors.items()))
+        return bad_form_response(form)
     function, verb = DECISIONS[decision]
     kwargs = {"reason": form.cleaned_data["reason"]}
     if decision == "approve-canary":
@@ -130,7 +130,7 @@ def decide(request, number: int, decision: str):
 
 
 @require_POST
-@permission_required("fleet.approve_rollout", raise_exception=True)
+@permission_required("governance.approve_rollout", raise_exception=True)
 def acknowledge(request, pk: int):
     alert = get_object_or_404(Alert, pk=pk)
     form = AcknowledgeForm(request.POST)

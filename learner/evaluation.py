@@ -1,10 +1,11 @@
 """Evaluate a policy on fixed held-out seeds per task, in simulation (Django-free)."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from core.stats import wilson
 
 
 @dataclass
@@ -20,13 +21,7 @@ class TaskScore:
 
     def wilson(self, z: float = 1.96) -> tuple[float, float]:
         """The Wilson 95 % interval of the success rate."""
-        n = self.episodes
-        if n == 0:
-            return 0.0, 1.0
-        p = self.successes / n
-        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-        half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-        return max(0.0, centre - half), min(1.0, centre + half)
+        return wilson(self.successes, self.episodes, z)
 
 
 def evaluate(policy, tasks: list[str], episodes_per_task: int, seed_offset: int = 0) -> dict[str, TaskScore]:

@@ -13,12 +13,14 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 
-from fleet import bus
-from fleet.events import broadcast
+from core import bus
+from core.events import broadcast
+from core.models import AuditEvent
 from fleet.ingest import load_arrays
-from fleet.models import Episode, EpisodeLabel
+from fleet.models import Episode
 from learner.models import PolicyVersion, TrainingMetric, TrainingRun, publish_version
-from learner.views import metric_point
+from learner.signals import version_published
+from review.models import EpisodeLabel
 
 log = logging.getLogger(__name__)
 LEASE_KEY = bus.LEARNER_LEASE_KEY
@@ -59,8 +61,6 @@ def start_run(algorithm: str | None = None, actor=None, **overrides) -> Training
     if base is None:
         raise ValueError("there is no policy version to post-train: pretrain a base policy first")
     from dataclasses import asdict
-
-    from fleet.models import AuditEvent
 
     with transaction.atomic():
         run = TrainingRun.objects.create(algorithm=config.algorithm, config=asdict(config), base_version=base)
@@ -244,9 +244,8 @@ def _publish(trainer, run: TrainingRun, cursor: EpisodeCursor) -> PolicyVersion:
         .values_list("pk", flat=True).first(), last_episode_id=cursor.high,
     )
     trainer.version = version.number
-    from governance.rules import version_published
-
-    version_published(version)  # continuous mode deploys it at once; otherwise it waits for a rule or a supervisor
+    # Continuous mode deploys it at once; otherwise it waits for a rule or a supervisor (governance decides).
+    version_published.send(sender=PolicyVersion, version=version, deploy=None)
     return version
 
 
@@ -340,7 +339,7 @@ def _record_metrics(run: TrainingRun, trainer, metrics: dict, samples_per_second
         staleness_mean=metrics["staleness_mean"], staleness_max=metrics["staleness_max"],
         tasks={task: {**stats, "buffer": sizes[task]} for task, stats in trainer.resampler.stats().items()},
     )
-    broadcast("learner.metrics", metric_point(metric))
+    broadcast("learner.metrics", metric.point())
 
 
 def _train_until(deadline: float, run: TrainingRun, trainer, cursor: EpisodeCursor, labels: LabelSync, lease,

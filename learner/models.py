@@ -4,7 +4,10 @@ from __future__ import annotations
 from django.db import models
 from django.utils import timezone
 
-from fleet.models import AuditEvent, IllegalTransition, apply_transition
+from core import locks
+from core.audit import IllegalTransition, apply_transition
+from core.events import broadcast_on_commit
+from core.models import AuditEvent
 
 
 class PolicyVersion(models.Model):
@@ -82,45 +85,8 @@ class PolicyVersion(models.Model):
             condition = models.Q(checkpoint_removed_at__isnull=True)  # and not meanwhile (retention locks rollouts)
         event = apply_transition(self, verb=f"version.{verb}", field="state", allowed_from=allowed_from, to=to,
                                  actor=actor, reason=reason, details=details, condition=condition)
-        from fleet.events import broadcast_on_commit
-
         broadcast_on_commit("version.state", {"version": self.pk, "number": self.number, "state": self.state})
         return event
-
-    def deploy_to_fleet(self, actor=None, reason: str = "", verb: str = "deploy",
-                        details: dict | None = None) -> AuditEvent:
-        """Continuous mode (SOP's own), first deployment and promotion (verb "promote"): this version runs on every
-        robot from its next episode; the version deployed before it is superseded, its own canary (if any) ends
-        promoted. One transaction: all of it or none."""
-        from django.db import transaction
-
-        from fleet.models import Robot, Rollout
-
-        with transaction.atomic():
-            rollout_lock()
-            event = self.advance(verb, actor, reason=reason, details=details)
-            for previous in PolicyVersion.objects.filter(state=self.State.DEPLOYED).exclude(pk=self.pk):
-                previous.advance("supersede", actor, reason=f"replaced by {self}")
-            for own in Rollout.objects.filter(status=Rollout.Status.ACTIVE, version=self):
-                own.end(Rollout.Status.PROMOTED, actor, reason=reason)
-            Rollout.objects.filter(status=Rollout.Status.ACTIVE).exclude(version=self).update(
-                status=Rollout.Status.SUPERSEDED, ended_at=timezone.now())
-            robots = list(Robot.objects.filter(retired=False))
-            rollout = Rollout.objects.create(version=self, stage=Rollout.Stage.FLEET, requested_by=actor,
-                                             approved_by=actor, reason=reason)
-            rollout.robots.set(robots)
-            for robot in robots:
-                robot.assign_version(self, actor, reason=reason or "deployed to the fleet")
-        return event
-
-
-def rollout_lock() -> None:
-    """Serialize fleet-wide rollout decisions (deploy, canary, promote, roll back) until the current transaction
-    ends: each reads and changes several versions and robots, which no single row lock covers. Re-entrant."""
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(hashtext('sopweb.rollout'))")
 
 
 def publish_version(policy, *, algorithm: str, config: dict, parent: PolicyVersion | None = None,
@@ -134,22 +100,19 @@ def publish_version(policy, *, algorithm: str, config: dict, parent: PolicyVersi
     from pathlib import Path
 
     from django.conf import settings
-    from django.db import connection, transaction
+    from django.db import transaction
 
     from learner.policy import save_checkpoint
 
     path = f"policies/{uuid.uuid4().hex}"
     sha = save_checkpoint(policy, Path(settings.STORAGE_DIR) / path)
     with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(hashtext('sopweb.publish_version'))")
+        locks.hold(locks.PUBLISH)
         number = (PolicyVersion.objects.aggregate(models.Max("number"))["number__max"] or 0) + 1
         version = PolicyVersion.objects.create(number=number, parent=parent, algorithm=algorithm, config=config,
                                                checkpoint_path=path, checkpoint_sha256=sha, **counters)
         AuditEvent.record(None, "version.publish", version,
                           details={"algorithm": algorithm, "parent": parent.number if parent else None})
-        from fleet.events import broadcast_on_commit
-
         broadcast_on_commit("version.state", {"version": version.pk, "number": number, "state": version.state})
     return version
 
@@ -199,3 +162,9 @@ class TrainingMetric(models.Model):
     class Meta:
         ordering = ["run", "step"]
         indexes = [models.Index(fields=["run", "step"])]
+
+    def point(self) -> dict:
+        """This point of the learner's curves, as sent with the learner page and pushed live."""
+        return {"step": self.step, "loss": self.loss, "samples_per_second": round(self.samples_per_second),
+                "staleness_mean": self.staleness_mean, "staleness_max": self.staleness_max, "tasks": self.tasks,
+                "at": self.created_at.isoformat()}

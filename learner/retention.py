@@ -23,34 +23,28 @@ from django.conf import settings
 from django.db import models, transaction
 from django.utils import timezone
 
-from learner.models import PolicyVersion, TrainingRun, rollout_lock
+from core.locks import rollout_lock
+from fleet.models import Robot
+from learner.models import PolicyVersion, TrainingRun
+from learner.signals import checkpoints_needed
 
 log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "policies"  # where publish_version writes: policies/<name>
 
 
 def protected_versions(ceiling: int, keep_last: int, keep_fleet: int) -> set[int]:
-    """Ids of the versions whose checkpoints must stay, among those numbered up to `ceiling`."""
-    from fleet.models import Robot, Rollout
-    from governance.models import Evaluation
-
+    """Ids of the versions whose checkpoints must stay, among those numbered up to `ceiling`: runnable ones, those
+    robots are assigned, training runs' bases, the newest `keep_last`, and whatever the apps above the learner
+    still need (receivers of learner.signals.checkpoints_needed: governance keeps evaluation baselines and the
+    last `keep_fleet` fleet versions to roll back to)."""
     keep = set(PolicyVersion.objects.filter(state__in=PolicyVersion.RUNNABLE).values_list("id", flat=True))
     keep |= set(Robot.objects.filter(retired=False).exclude(policy_version=None)
                 .values_list("policy_version_id", flat=True))
     keep |= set(TrainingRun.objects.exclude(base_version=None).values_list("base_version_id", flat=True))
-    # As governance.evaluation.claim counts them: robots still run these evaluations' baselines.
-    running = Evaluation.objects.filter(finished_at=None, candidate__state=PolicyVersion.State.EVALUATING)
-    keep |= {baseline for baseline in running.values_list("baseline_id", flat=True) if baseline is not None}
     keep |= set(PolicyVersion.objects.filter(number__gt=ceiling - keep_last).values_list("id", flat=True))
-    fleet = (Rollout.objects.filter(stage=Rollout.Stage.FLEET, version__state=PolicyVersion.State.SUPERSEDED)
-             .order_by("-created_at").values_list("version_id", flat=True))
-    previous: list[int] = []
-    for version_id in fleet.iterator():
-        if version_id not in previous:
-            previous.append(version_id)
-        if len(previous) == keep_fleet:
-            break
-    return keep | set(previous)
+    for _, needed in checkpoints_needed.send(sender=PolicyVersion, keep_fleet=keep_fleet):
+        keep |= set(needed)
+    return keep
 
 
 def prune_checkpoints(keep_last: int | None = None, keep_fleet: int | None = None) -> list[PolicyVersion]:

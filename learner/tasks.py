@@ -17,7 +17,7 @@ def train() -> str:
 @shared_task(name="learner.ensure_running", soft_time_limit=20, time_limit=30)
 def ensure_running() -> bool:
     """Beat's watchdog: an active run whose learner died (its lease expired) gets a new slice."""
-    from fleet import bus
+    from core import bus
     from learner.loop import LEASE_KEY, _enqueue
     from learner.models import TrainingRun
 

@@ -13,22 +13,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from learner import algorithms
+from learner import algorithms, defaults
 from learner.buffer import ExperienceBuffer, Resampler
 from learner.policy import MLPPolicy, PolicyConfig
 
 
 @dataclass
 class LearnerConfig:
-    algorithm: str = "hg_dagger"
-    """Plug-in in learner/algorithms: bc, hg_dagger, recap."""
-    batch_size: int = 256
+    algorithm: str = defaults.ALGORITHM
+    """Plug-in in learner/algorithms: one of defaults.ALGORITHMS."""
+    batch_size: int = defaults.BATCH_SIZE
     """Samples per gradient step."""
-    lr: float = 3e-4
+    lr: float = defaults.LR
     """Adam learning rate."""
-    publish_every: int = 500
+    publish_every: int = defaults.PUBLISH_EVERY
     """Gradient steps between published candidate versions."""
-    alpha: float = 1.5
+    alpha: float = defaults.RESAMPLER_ALPHA
     """SOP resampler: the online loss's weight in the online share."""
     window: int = 200
     """SOP resampler: learner steps in the loss moving averages."""
@@ -42,7 +42,7 @@ class LearnerConfig:
     """RECAP: share of frames labelled positive by the per-task advantage threshold."""
     recap_indicator_dropout: float = 0.3
     """RECAP: probability that a sample's indicator is dropped (classifier-free style)."""
-    recap_value_steps: int = 2000
+    recap_value_steps: int = defaults.RECAP_VALUE_STEPS
     """RECAP: gradient steps fitting the value function before it is frozen."""
 
     def __post_init__(self):

@@ -3,16 +3,9 @@ from django.db.models import F, Window
 from django.db.models.functions import Mod, RowNumber
 from django.shortcuts import render
 
-from learner.models import PolicyVersion, TrainingMetric, TrainingRun
+from learner.models import PolicyVersion, TrainingRun
 
 MAX_POINTS = 600  # curve points sent with the page; the socket extends them live
-
-
-def metric_point(metric: TrainingMetric) -> dict:
-    """One point of the learner's curves, as sent with the page and pushed live."""
-    return {"step": metric.step, "loss": metric.loss, "samples_per_second": round(metric.samples_per_second),
-            "staleness_mean": metric.staleness_mean, "staleness_max": metric.staleness_max, "tasks": metric.tasks,
-            "at": metric.created_at.isoformat()}
 
 
 @permission_required("learner.view_policyversion", raise_exception=True)
@@ -24,7 +17,7 @@ def learner(request):
         # An evenly thinned history, always ending at the latest point, thinned by the database: every stride-th
         # point counted back from the newest.
         ranked = run.metrics.annotate(rank=Window(RowNumber(), order_by=F("step").desc()))
-        points = [metric_point(m) for m in ranked.annotate(slot=Mod(F("rank") - 1, stride)).filter(slot=0)
+        points = [m.point() for m in ranked.annotate(slot=Mod(F("rank") - 1, stride)).filter(slot=0)
                   .order_by("step")]
     versions = [{"number": v.number, "state": v.state, "algorithm": v.algorithm, "at": v.created_at.isoformat(),
                  "train_steps": v.train_steps}

@@ -1,6 +1,8 @@
 from django.contrib import admin
 
-from review.models import FailureMode, ReplayVideo, ReviewClaim
+from fleet.admin import EpisodeAdmin
+from fleet.models import Episode
+from review.models import EpisodeFlag, EpisodeLabel, FailureMode, ReplayVideo, ReviewClaim
 
 
 @admin.register(FailureMode)
@@ -27,3 +29,35 @@ class ReplayVideoAdmin(admin.ModelAdmin):
     # The job's state moves only through request / retry and the render task.
     readonly_fields = ["status", "progress", "error", "path", "fps", "frames", "width", "height", "render_seconds",
                        "attempts", "heartbeat_at", "finished_at"]
+
+
+class FlagInline(admin.TabularInline):
+    model = EpisodeFlag
+    fk_name = "episode"
+    extra = 0
+    readonly_fields = ["status", "resolved_by", "resolved_at"]
+
+
+admin.site.unregister(Episode)
+
+
+@admin.register(Episode)
+class EpisodeWithFlagsAdmin(EpisodeAdmin):
+    """The fleet's episode admin with the episode's flags below it."""
+
+    inlines = [*EpisodeAdmin.inlines, FlagInline]
+
+
+@admin.register(EpisodeLabel)
+class EpisodeLabelAdmin(admin.ModelAdmin):
+    list_display = ["episode", "failure_mode", "failure_step", "disposition", "annotator", "updated_at"]
+    list_filter = ["failure_mode", "disposition"]
+    raw_id_fields = ["episode"]
+
+
+@admin.register(EpisodeFlag)
+class EpisodeFlagAdmin(admin.ModelAdmin):
+    list_display = ["episode", "reason", "status", "raised_by", "created_at"]
+    list_filter = ["status"]
+    raw_id_fields = ["episode"]
+    readonly_fields = ["status", "resolved_by", "resolved_at"]

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from fleet.ingest import load_arrays
-from fleet.models import EpisodeLabel
 from fleet.sim import gate
 from fleet.sim.envs import ACTION_DIM, CONTROL_DT, OBS_DIM
+from review.models import EpisodeLabel
 
 CODEBASE_VERSION = "v2.1"
 CHUNK_SIZE = 1000

@@ -3,8 +3,8 @@ from __future__ import annotations
 from django import forms
 from django.core.validators import MaxValueValidator
 
-from fleet.models import EpisodeLabel, Robot, Task
-from review.models import FailureMode
+from fleet.models import Robot, Task
+from review.models import EpisodeLabel, FailureMode
 from review.queue import ORDERS, QueueFilter
 
 

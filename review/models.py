@@ -12,8 +12,95 @@ from django.conf import settings
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
-from fleet.models import (AuditEvent, Episode, EpisodeFlag, EpisodeLabel, IllegalTransition, InterventionSegment,
-                          Task, apply_transition)
+from core import bus
+from core.audit import IllegalTransition, apply_transition
+from core.events import broadcast_on_commit
+from core.models import AuditEvent
+from fleet.ingest import relabel_segments
+from fleet.models import Episode, Task
+
+
+class EpisodeFlag(models.Model):
+    """An operator's request that an episode be reviewed."""
+
+    class Status(models.TextChoices):
+        OPEN = "open", "open"
+        LABELLED = "labelled", "labelled"
+        DISMISSED = "dismissed", "dismissed"
+
+    episode = models.ForeignKey(Episode, on_delete=models.CASCADE, related_name="flags")
+    raised_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL,
+                                  related_name="raised_flags")
+    reason = models.TextField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
+    resolved_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                    related_name="resolved_flags")
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "fleet_episodeflag"  # moved from fleet with its table (review/migrations/0002)
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status", "-created_at"])]
+        permissions = [("flag_episode", "Can flag episodes for review")]
+
+    def __str__(self) -> str:
+        return f"flag on episode {self.episode_id}"
+
+    @classmethod
+    def raise_flag(cls, episode: Episode, actor, reason: str) -> EpisodeFlag:
+        reason = reason.strip()
+        if not reason:
+            raise ValueError("a flag needs a reason")
+        with transaction.atomic():
+            flag = cls.objects.create(episode=episode, raised_by=actor, reason=reason)
+            AuditEvent.record(actor, "episode.flag", episode, reason=reason, details={"flag": flag.pk})
+        return flag
+
+    def resolve(self, actor, resolution: str, reason: str = "") -> AuditEvent:
+        if resolution not in (self.Status.LABELLED, self.Status.DISMISSED):
+            raise ValueError(f"a flag is resolved as labelled or dismissed, not {resolution!r}")
+        return apply_transition(
+            self, verb=f"flag.{resolution}", field="status", to=resolution, actor=actor, reason=reason,
+            allowed_from={self.Status.OPEN}, resolved_by=actor, resolved_at=timezone.now(),
+        )
+
+
+class EpisodeLabel(models.Model):
+    """An annotator's verdict on a failed or flagged episode."""
+
+    class Disposition(models.TextChoices):
+        KEEP = "keep", "keep as is"
+        EXCLUDE = "exclude", "exclude from training"
+        RELABEL = "relabel", "relabel with expert corrections"
+
+    episode = models.OneToOneField(Episode, on_delete=models.CASCADE, related_name="label")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL)
+    failure_mode = models.CharField(max_length=64)
+    failure_step = models.PositiveIntegerField(null=True, blank=True)
+    notes = models.TextField(blank=True)
+    disposition = models.CharField(max_length=16, choices=Disposition.choices, default=Disposition.KEEP)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "fleet_episodelabel"  # moved from fleet with its table (review/migrations/0002)
+        indexes = [models.Index(fields=["failure_mode"])]
+        permissions = [("label_episode", "Can label episodes")]
+
+    def __str__(self) -> str:
+        return f"{self.failure_mode} on episode {self.episode_id}"
+
+    def training_arrays(self, arrays: dict) -> dict | None:
+        """What the episode teaches the learner under this label: nothing if excluded; if relabelled, the
+        policy's steps from the failure on carry the expert's corrections as annotator interventions."""
+        if self.disposition == self.Disposition.EXCLUDE:
+            return None
+        if self.disposition == self.Disposition.RELABEL:
+            from fleet.sim.episode_data import relabelled
+
+            return relabelled(arrays, self.failure_step)
+        return arrays
 
 
 class FailureMode(models.Model):
@@ -122,20 +209,9 @@ class ReviewClaim(models.Model):
                      disposition: str) -> EpisodeLabel:
         """Store the annotator's label, audited; only while holding a live claim on the episode.
 
-        Relabelling writes the failing segment's annotator intervention segments; open flags on the episode are
-        resolved as labelled; the claim is released; the learner is nudged after commit."""
-        from fleet import bus
-        from fleet.events import broadcast_on_commit
-
-        modes = {mode.code for mode in FailureMode.for_task(episode.task)}
-        if failure_mode not in modes:
-            raise ValueError(f"{failure_mode!r} is not a failure mode of {episode.task}: {', '.join(sorted(modes))}")
-        if disposition not in EpisodeLabel.Disposition.values:
-            raise ValueError(f"unknown disposition {disposition!r}")
-        if failure_step is not None and not 0 <= failure_step < episode.steps:
-            raise ValueError(f"the failure step must lie in [0, {episode.steps - 1}], not {failure_step}")
-        if disposition == EpisodeLabel.Disposition.RELABEL and failure_step is None:
-            raise ValueError("relabelling needs the step where the failure began: set it from the timeline")
+        Relabelling hands the failing segment to the expert (fleet.ingest.relabel_segments); open flags on the
+        episode are resolved as labelled; the claim is released; the learner is nudged after commit."""
+        _check_label(episode, failure_mode, failure_step, disposition)
         with transaction.atomic():
             # A lapsed claim that nobody took over is still this annotator's: whoever takes it over must update
             # this row, and waits for this lock.
@@ -149,14 +225,11 @@ class ReviewClaim(models.Model):
                 "annotator": user, "failure_mode": failure_mode, "failure_step": failure_step, "notes": notes,
                 "disposition": disposition,
             })
-            InterventionSegment.objects.filter(episode=episode, source=InterventionSegment.Source.ANNOTATOR).delete()
-            segments = []
-            if disposition == EpisodeLabel.Disposition.RELABEL:
-                segments = _annotator_segments(episode, failure_step)
-                InterventionSegment.objects.bulk_create(segments)
+            relabelled = relabel_segments(
+                episode, failure_step if disposition == EpisodeLabel.Disposition.RELABEL else None)
             AuditEvent.record(user, "episode.label", episode, reason=notes[:500], details={
                 "failure_mode": failure_mode, "failure_step": failure_step, "disposition": disposition,
-                "relabelled_steps": sum(s.end_step - s.start_step for s in segments), "previous": previous,
+                "relabelled_steps": relabelled, "previous": previous,
             })
             for flag in episode.flags.filter(status=EpisodeFlag.Status.OPEN):
                 flag.resolve(user, EpisodeFlag.Status.LABELLED, reason=f"labelled {failure_mode}")
@@ -168,15 +241,17 @@ class ReviewClaim(models.Model):
         return label
 
 
-def _annotator_segments(episode: Episode, start: int) -> list[InterventionSegment]:
-    """The steps a relabel hands to the expert: those the policy controlled from the failure on."""
-    from fleet.ingest import load_arrays
-    from fleet.sim.episode_data import relabelled, segments
-    from fleet.sim.gate import ANNOTATOR
-
-    arrays = relabelled(load_arrays(episode), start)
-    return [InterventionSegment(episode=episode, start_step=s, end_step=e, source=InterventionSegment.Source.ANNOTATOR)
-            for s, e, code in segments(arrays["intervention_source"]) if code == ANNOTATOR]
+def _check_label(episode: Episode, failure_mode: str, failure_step: int | None, disposition: str) -> None:
+    """ValueError, saying why, unless the label fits the episode and its task's failure modes."""
+    modes = {mode.code for mode in FailureMode.for_task(episode.task)}
+    if failure_mode not in modes:
+        raise ValueError(f"{failure_mode!r} is not a failure mode of {episode.task}: {', '.join(sorted(modes))}")
+    if disposition not in EpisodeLabel.Disposition.values:
+        raise ValueError(f"unknown disposition {disposition!r}")
+    if failure_step is not None and not 0 <= failure_step < episode.steps:
+        raise ValueError(f"the failure step must lie in [0, {episode.steps - 1}], not {failure_step}")
+    if disposition == EpisodeLabel.Disposition.RELABEL and failure_step is None:
+        raise ValueError("relabelling needs the step where the failure began: set it from the timeline")
 
 
 class ReplayVideo(models.Model):

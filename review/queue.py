@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from django.db.models import Exists, F, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
-from fleet.models import Episode, EpisodeFlag, EpisodeLabel
-from review.models import ClaimHeld, ReviewClaim
+from fleet.models import Episode
+from review.models import ClaimHeld, EpisodeFlag, EpisodeLabel, ReviewClaim
 
 ORDERS = {
     "version": ("Newest policy versions first", [F("policy_version__number").desc(nulls_last=True), "-finished_at"]),

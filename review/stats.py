@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from django.db.models import Count
 
-from fleet.models import EpisodeLabel
-from review.models import FailureMode
+from review.models import EpisodeLabel, FailureMode
 
 GROUPS = {"version": "episode__policy_version__number", "task": "episode__task__env_name"}
 

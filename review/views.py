@@ -2,7 +2,6 @@
 resolved (raising one is fleet's `episode-flag`, on the episode page), dataset export."""
 from __future__ import annotations
 
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -11,14 +10,17 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.db.models import Count
-from django.http import FileResponse, Http404, HttpResponse, HttpResponseBadRequest, JsonResponse
+from django.http import FileResponse, Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from fleet.models import Episode, EpisodeFlag, EpisodeLabel, IllegalTransition
+from core.audit import IllegalTransition
+from core.http import bad_form_response, ranged_file_response
+from fleet.forms import FlagForm
+from fleet.models import Episode
 from review.forms import DismissForm, ExportForm, LabelForm, QueueFilterForm
-from review.models import ClaimHeld, ClaimLost, ReplayVideo, ReviewClaim
+from review.models import ClaimHeld, ClaimLost, EpisodeFlag, EpisodeLabel, ReplayVideo, ReviewClaim
 from review.queue import claim_next, queue, upcoming
 
 QUEUE_ROWS = 100
@@ -64,7 +66,7 @@ def _open_next(request, query: str, skip=()):
     return redirect(_with_query(reverse("review-episode", args=[episode.pk]), query))
 
 
-@permission_required("fleet.label_episode", raise_exception=True)
+@permission_required("review.label_episode", raise_exception=True)
 def queue_page(request):
     form = QueueFilterForm(request.GET or None)
     if form.is_bound and not form.is_valid():
@@ -74,7 +76,7 @@ def queue_page(request):
 
 
 @require_POST
-@permission_required("fleet.label_episode", raise_exception=True)
+@permission_required("review.label_episode", raise_exception=True)
 def next_episode(request):
     return _open_next(request, _queue_query(request))
 
@@ -83,11 +85,11 @@ def _episode(pk: int) -> Episode:
     return get_object_or_404(Episode.objects.select_related("task", "robot", "policy_version"), pk=pk)
 
 
-@permission_required("fleet.label_episode", raise_exception=True)
+@permission_required("review.label_episode", raise_exception=True)
 def review_episode(request, pk: int, form: LabelForm | None = None, status: int = 200):
+    from fleet.charts import episode_series
     from fleet.ingest import load_arrays
     from fleet.sim.episode_data import EpisodeDataError
-    from fleet.views import episode_series
 
     episode = _episode(pk)
     held_by = None
@@ -123,7 +125,7 @@ def review_episode(request, pk: int, form: LabelForm | None = None, status: int 
 
 
 @require_POST
-@permission_required("fleet.label_episode", raise_exception=True)
+@permission_required("review.label_episode", raise_exception=True)
 def save_label(request, pk: int):
     episode = _episode(pk)
     form = LabelForm(request.POST, episode=episode)
@@ -146,7 +148,7 @@ def save_label(request, pk: int):
 
 
 @require_POST
-@permission_required("fleet.label_episode", raise_exception=True)
+@permission_required("review.label_episode", raise_exception=True)
 def skip_episode(request, pk: int):
     episode = _episode(pk)
     ReviewClaim.release(episode, request.user)
@@ -156,7 +158,7 @@ def skip_episode(request, pk: int):
 
 
 @require_POST
-@permission_required("fleet.label_episode", raise_exception=True)
+@permission_required("review.label_episode", raise_exception=True)
 def renew_claim(request, pk: int):
     """The labelling page's heartbeat: keeps the claim while the page is open."""
     episode = _episode(pk)
@@ -168,12 +170,12 @@ def renew_claim(request, pk: int):
 
 
 @require_POST
-@permission_required("fleet.label_episode", raise_exception=True)
+@permission_required("review.label_episode", raise_exception=True)
 def dismiss_flags(request, pk: int):
     episode = _episode(pk)
     form = DismissForm(request.POST)
     if not form.is_valid():
-        return HttpResponseBadRequest("; ".join(" ".join(e) for e in form.errors.values()))
+        return bad_form_response(form)
     dismissed = 0
     for flag in episode.flags.filter(status=EpisodeFlag.Status.OPEN):
         try:
@@ -210,9 +212,6 @@ def replay_retry(request, pk: int):
     return JsonResponse(video.as_json())
 
 
-RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
-
-
 @permission_required("fleet.view_episode", raise_exception=True)
 def replay_file(request, pk: int):
     """The mp4, with byte ranges: browsers fetch parts of a video to seek in it (FileResponse alone sends the
@@ -224,45 +223,30 @@ def replay_file(request, pk: int):
         raise Http404("the replay file is gone from storage; it will be rendered again") from None
 
 
-def ranged_file_response(request, path: Path, content_type: str):
-    size = path.stat().st_size
-    header = request.headers.get("Range", "")
-    match = RANGE.match(header.strip()) if header else None
-    if not match:
-        response = FileResponse(open(path, "rb"), content_type=content_type)
-        response["Accept-Ranges"] = "bytes"
-        return response
-    first, last = match.groups()
-    if first == "":  # a suffix: the last N bytes
-        length = min(int(last or 0), size)
-        start, end = size - length, size - 1
-    else:
-        start, end = int(first), min(int(last) if last else size - 1, size - 1)
-    if start >= size or start > end:
-        response = HttpResponse(status=416)
-        response["Content-Range"] = f"bytes */{size}"
-        return response
-    with open(path, "rb") as fh:
-        fh.seek(start)
-        body = fh.read(end - start + 1)
-    response = HttpResponse(body, status=206, content_type=content_type)
-    response["Content-Range"] = f"bytes {start}-{end}/{size}"
-    response["Accept-Ranges"] = "bytes"
-    response["Content-Length"] = str(len(body))
-    return response
-
-
 # --- flags -----------------------------------------------------------------------------------------------
 
-@permission_required("fleet.flag_episode", raise_exception=True)
+@require_POST
+@permission_required("review.flag_episode", raise_exception=True)
+def episode_flag(request, pk: int):
+    """An operator asks for an episode to be reviewed, saying why (audited; it jumps the review queue)."""
+    row = get_object_or_404(Episode, pk=pk)
+    form = FlagForm(request.POST)
+    if not form.is_valid():
+        return bad_form_response(form)
+    EpisodeFlag.raise_flag(row, request.user, form.cleaned_data["reason"])
+    messages.success(request, f"Episode {row.pk} flagged for review.")
+    return redirect("episode", pk=row.pk)
+
+
+@permission_required("review.flag_episode", raise_exception=True)
 def my_flags(request):
     """The flags this user raised and how each was resolved (by whom, when, why)."""
-    from fleet.models import AuditEvent
+    from core.models import AuditEvent
 
     flags = list(EpisodeFlag.objects.filter(raised_by=request.user)
                  .select_related("episode__task", "resolved_by", "episode__label")[:200])
     resolutions = {}
-    events = AuditEvent.objects.filter(object_type="fleet.episodeflag", object_id__in=[str(f.pk) for f in flags],
+    events = AuditEvent.objects.filter(object_type=EpisodeFlag._meta.label_lower, object_id__in=[str(f.pk) for f in flags],
                                        verb__in=["flag.labelled", "flag.dismissed"])
     for event in events:
         resolutions.setdefault(int(event.object_id), event)
@@ -273,7 +257,7 @@ def my_flags(request):
 
 # --- export ----------------------------------------------------------------------------------------------
 
-@permission_required("fleet.view_episodelabel", raise_exception=True)
+@permission_required("review.view_episodelabel", raise_exception=True)
 def export(request):
     """GET: the form; POST: the labelled episodes as a LeRobot dataset in a zip (built here, then streamed)."""
     from review.export import export_dataset, labels_to_export

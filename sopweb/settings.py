@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
+from learner import defaults as learner_defaults
 from sopweb import embedded
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -166,10 +167,13 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    # Layered bottom to top (.importlinter): each imports only those above it in this list.
+    "core",
     "fleet",
+    "review",
     "learner",
     "governance",
-    "review",
+    "actors",
 ]
 
 MIDDLEWARE = [
@@ -244,7 +248,7 @@ LOGGING = {
 REDIS_URL = parse_redis_url(_service_url("REDIS_URL"))
 
 # No channel layer: dashboards' deltas travel on one Redis pub/sub channel that each web process subscribes to
-# once and fans out to its own sockets (fleet.events, fleet.consumers.LiveHub).
+# once and fans out to its own sockets (core.events, fleet.consumers.LiveHub).
 
 CELERY_BROKER_URL = REDIS_URL
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
@@ -254,7 +258,7 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_BACKEND = None  # progress goes to rows and live events, never to results
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
-CELERY_TASK_ROUTES = {"fleet.run_*": {"queue": "actors"}, "learner.train": {"queue": "learner"},
+CELERY_TASK_ROUTES = {"actors.*": {"queue": "actors"}, "learner.train": {"queue": "learner"},
                       "review.render_replay": {"queue": "background"}}
 CELERY_TASK_SOFT_TIME_LIMIT = env_number("CELERY_TASK_SOFT_TIME_LIMIT", 300, min_value=1)
 CELERY_TASK_TIME_LIMIT = env_number("CELERY_TASK_TIME_LIMIT", 360, min_value=1)
@@ -304,14 +308,14 @@ FLEET_GATE = _gate_config()
 # Learner: publish a candidate every N gradient steps; SOP resampler temperature alpha.
 # Offline demonstrations per task that the base policy is cloned from: 5 leaves it weak (~0.5 success).
 LEARNER_BASE_DEMOS = env_number("LEARNER_BASE_DEMOS", 5, min_value=1)
-LEARNER_PUBLISH_EVERY = env_number("LEARNER_PUBLISH_EVERY", 5000, min_value=1)
-LEARNER_ALGORITHM = env_str("LEARNER_ALGORITHM", "hg_dagger")
-if LEARNER_ALGORITHM not in ("bc", "hg_dagger", "recap"):
-    raise _bad("LEARNER_ALGORITHM", LEARNER_ALGORITHM, "expected bc, hg_dagger or recap")
+LEARNER_PUBLISH_EVERY = env_number("LEARNER_PUBLISH_EVERY", learner_defaults.PUBLISH_EVERY, min_value=1)
+LEARNER_ALGORITHM = env_str("LEARNER_ALGORITHM", learner_defaults.ALGORITHM)
+if LEARNER_ALGORITHM not in learner_defaults.ALGORITHMS:
+    raise _bad("LEARNER_ALGORITHM", LEARNER_ALGORITHM, f"expected one of {', '.join(learner_defaults.ALGORITHMS)}")
 # RECAP: gradient steps that fit the value function before it is frozen.
-LEARNER_RECAP_VALUE_STEPS = env_number("LEARNER_RECAP_VALUE_STEPS", 2000, min_value=1)
-LEARNER_BATCH_SIZE = env_number("LEARNER_BATCH_SIZE", 256, min_value=1, max_value=65536)
-LEARNER_LR = env_number("LEARNER_LR", 3e-4, kind=float, min_value=1e-7, max_value=1.0)
+LEARNER_RECAP_VALUE_STEPS = env_number("LEARNER_RECAP_VALUE_STEPS", learner_defaults.RECAP_VALUE_STEPS, min_value=1)
+LEARNER_BATCH_SIZE = env_number("LEARNER_BATCH_SIZE", learner_defaults.BATCH_SIZE, min_value=1, max_value=65536)
+LEARNER_LR = env_number("LEARNER_LR", learner_defaults.LR, kind=float, min_value=1e-7, max_value=1.0)
 # The learner task trains for this long, saves its state and re-queues itself (Celery time limits apply per slice).
 LEARNER_SLICE_SECONDS = env_number("LEARNER_SLICE_SECONDS", 240.0, kind=float, min_value=5.0, max_value=3000.0)
 # manual: versions wait for a supervisor; rules: the GOVERNANCE_* rules below act too; continuous: every published
@@ -319,7 +323,8 @@ LEARNER_SLICE_SECONDS = env_number("LEARNER_SLICE_SECONDS", 240.0, kind=float, m
 ROLLOUT_MODE = env_str("ROLLOUT_MODE", "manual")
 if ROLLOUT_MODE not in ("manual", "rules", "continuous"):
     raise _bad("ROLLOUT_MODE", ROLLOUT_MODE, "expected manual, rules or continuous")
-LEARNER_RESAMPLER_ALPHA = env_number("LEARNER_RESAMPLER_ALPHA", 1.5, kind=float, min_value=0.0, max_value=100.0)
+LEARNER_RESAMPLER_ALPHA = env_number("LEARNER_RESAMPLER_ALPHA", learner_defaults.RESAMPLER_ALPHA, kind=float,
+                                     min_value=0.0, max_value=100.0)
 # Torch's intra-op threads in the learner process. Not torch's default (one per core): on a machine shared with
 # actors and renders its OpenMP threads spin at every barrier while their siblings wait for a core, and the learner
 # fell from ~110k to ~17k samples/s beside two busy processes (docs/decisions.md, bench/learner_under_load.py).

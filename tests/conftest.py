@@ -305,3 +305,11 @@ def pytest_collection_modifyitems(items):
 def pytest_terminal_summary(terminalreporter):
     if SCREENSHOTS.exists() and any(SCREENSHOTS.iterdir()):
         terminalreporter.write_line(f"browser test screenshots: {SCREENSHOTS}")
+
+
+@pytest.fixture
+def tasks(db):
+    """Two Meta-World tasks (tests.factories.TASK_NAMES: pick-place, shelf-place), 120 steps each."""
+    from tests.factories import make_tasks
+
+    return make_tasks()

@@ -1,4 +1,4 @@
-"""Test data shared by the test modules: recorded-episode arrays of the payload schema."""
+"""Test data shared by the test modules: tasks, and recorded-episode arrays of the payload schema."""
 from __future__ import annotations
 
 import numpy as np
@@ -27,3 +27,13 @@ def make_arrays(steps: int = 50, nq: int = 16, nv: int = 15, success_at: int | N
         "mocap_pos": rng.normal(size=(steps, 3)).astype(np.float32),
         "mocap_quat": rng.normal(size=(steps, 4)).astype(np.float32),
     }
+
+
+TASK_NAMES = ["pick-place-v3", "shelf-place-v3"]
+
+
+def make_tasks(names=TASK_NAMES, max_steps: int = 120) -> list:
+    """Task rows, in the order given. Short episodes keep the suite quick; the step limit is the task's own."""
+    from fleet.models import Task
+
+    return [Task.objects.create(env_name=name, title=name, max_steps=max_steps) for name in names]

@@ -2,7 +2,7 @@
 
 A demo running on the same Redis keeps its queues, leases and live events; tests use database TEST_REDIS_DB
 (default 15) of the same server, flushed at the start of the session (pub/sub channels, which Redis shares
-between databases, carry the database number in their names: fleet.bus).
+between databases, carry the database number in their names: core.bus).
 """
 import os
 from urllib.parse import urlsplit, urlunsplit

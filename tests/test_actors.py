@@ -4,23 +4,16 @@ from __future__ import annotations
 import json
 import time
 
-import pytest
-
-from fleet import bus
+from core import bus
+from fleet import control
 from fleet.ingest import load_arrays
-from fleet.models import Episode, InterventionSegment, Robot, Task
+from fleet.models import Episode, InterventionSegment, Robot
 from fleet.sim import episode_data
 from fleet.tasks import sweep_robots
 from tests.conftest import publish_random_policy, wait_for
+from tests.factories import TASK_NAMES
 
 FAST = {"FLEET_REALTIME_FACTOR": 0}
-
-
-@pytest.fixture
-def tasks(transactional_db):
-    # Short episodes keep the suite quick; the step limit is the task's own setting.
-    return {name: Task.objects.create(env_name=name, title=name, max_steps=120)
-            for name in ("pick-place-v3", "shelf-place-v3")}
 
 
 def make_robot(name, task_rows, version):
@@ -29,22 +22,28 @@ def make_robot(name, task_rows, version):
     return robot
 
 
+def steps_taken(robot) -> bool:
+    """The robot's running episode has reported progress past its first step (about a second in)."""
+    raw = bus.client().hget(bus.PROGRESS_KEY, robot.pk)
+    return raw is not None and json.loads(raw)["step"] > 0
+
+
 def episodes_of(robot):
     return Episode.objects.filter(robot=robot).order_by("id")
 
 
 def test_two_robots_run_real_episodes_stamped_with_their_version(start_worker, tasks, olivia):
-    version = publish_random_policy(1, list(tasks))
-    alpha = make_robot("sim-alpha", [tasks["pick-place-v3"]], version)
-    beta = make_robot("sim-beta", [tasks["shelf-place-v3"]], version)
+    version = publish_random_policy(1, TASK_NAMES)
+    alpha = make_robot("sim-alpha", [tasks[0]], version)
+    beta = make_robot("sim-beta", [tasks[1]], version)
     start_worker(queues="actors", concurrency=2, **FAST)
-    alpha.start(olivia)
-    beta.start(olivia)
+    control.start(alpha, olivia)
+    control.start(beta, olivia)
 
     wait_for(lambda: episodes_of(alpha).count() >= 2 and episodes_of(beta).count() >= 2, 120,
              "two episodes from each robot")
-    alpha.stop(olivia)
-    beta.stop(olivia)
+    control.stop(alpha, olivia)
+    control.stop(beta, olivia)
 
     for robot, task in [(alpha, "pick-place-v3"), (beta, "shelf-place-v3")]:
         for episode in episodes_of(robot):
@@ -60,17 +59,17 @@ def test_two_robots_run_real_episodes_stamped_with_their_version(start_worker, t
 
 
 def test_a_version_assigned_while_actors_run_is_used_from_the_next_episode(start_worker, tasks, olivia):
-    v1 = publish_random_policy(1, list(tasks), seed=1)
-    v2 = publish_random_policy(2, list(tasks), seed=2)
-    robot = make_robot("sim-sync", list(tasks.values()), v1)
+    v1 = publish_random_policy(1, TASK_NAMES, seed=1)
+    v2 = publish_random_policy(2, TASK_NAMES, seed=2)
+    robot = make_robot("sim-sync", tasks, v1)
     start_worker(queues="actors", **FAST)
-    robot.start(olivia)
+    control.start(robot, olivia)
     wait_for(lambda: episodes_of(robot).count() >= 2, 60, "episodes on v1")
 
-    robot.assign_version(v2, olivia, reason="new candidate")
+    control.assign_version(robot, v2, olivia, reason="new candidate")
     assigned_at = time.time()
     wait_for(lambda: episodes_of(robot).filter(policy_version=v2).count() >= 2, 60, "episodes on v2")
-    robot.stop(olivia)
+    control.stop(robot, olivia)
 
     later = [e for e in episodes_of(robot) if e.started_at.timestamp() > assigned_at]
     assert later and all(e.policy_version_id == v2.pk for e in later)
@@ -82,16 +81,15 @@ def test_a_version_assigned_while_actors_run_is_used_from_the_next_episode(start
 
 
 def test_an_operator_takeover_reaches_the_running_episode(start_worker, tasks, olivia):
-    version = publish_random_policy(1, list(tasks))
-    robot = make_robot("sim-takeover", [tasks["pick-place-v3"]], version)
-    # Real-time pace and no gate: the episode lasts 1.5 s and only the operator can put the expert in control.
-    start_worker(queues="actors", FLEET_REALTIME_FACTOR=1.0, FLEET_GATE='{"enabled": false}')
-    robot.start(olivia)
-    wait_for(lambda: Robot.objects.get(pk=robot.pk).status == Robot.Status.RUNNING, 60, "the episode to start")
-    time.sleep(0.3)
+    version = publish_random_policy(1, TASK_NAMES)
+    robot = make_robot("sim-takeover", [tasks[0]], version)
+    # A quarter of real time and no gate: the episode lasts ~6 s and only the operator can put the expert in control.
+    start_worker(queues="actors", FLEET_REALTIME_FACTOR=0.25, FLEET_GATE='{"enabled": false}')
+    control.start(robot, olivia)
+    wait_for(lambda: steps_taken(robot), 60, "the episode to report its first steps")
     bus.request_takeover(robot.pk)
     wait_for(lambda: episodes_of(robot).exists(), 60, "the episode to finish")
-    robot.stop(olivia)
+    control.stop(robot, olivia)
 
     episode = episodes_of(robot).first()
     segments = list(episode.interventions.values_list("start_step", "end_step", "source"))
@@ -100,10 +98,10 @@ def test_an_operator_takeover_reaches_the_running_episode(start_worker, tasks, o
 
 
 def test_a_killed_worker_leaves_no_partial_episode_and_the_robot_runs_again(start_worker, tasks, olivia):
-    version = publish_random_policy(1, list(tasks))
-    robot = make_robot("sim-crash", [tasks["pick-place-v3"]], version)
+    version = publish_random_policy(1, TASK_NAMES)
+    robot = make_robot("sim-crash", [tasks[0]], version)
     victim = start_worker("victim", queues="actors", FLEET_REALTIME_FACTOR=1.0, FLEET_LEASE_SECONDS=2)
-    robot.start(olivia)
+    control.start(robot, olivia)
     wait_for(lambda: Robot.objects.get(pk=robot.pk).status == Robot.Status.RUNNING, 60, "the episode to start")
     time.sleep(0.5)
     victim.kill()  # SIGKILL mid-episode
@@ -117,26 +115,21 @@ def test_a_killed_worker_leaves_no_partial_episode_and_the_robot_runs_again(star
         return episodes_of(robot).exists()
 
     wait_for(recovered, 60, "the robot's next episode after the lease expired")
-    robot.stop(olivia)
+    control.stop(robot, olivia)
     for episode in episodes_of(robot):
         assert episode_data.validate(load_arrays(episode), 120) == episode.steps
 
 
 def test_a_paused_robot_aborts_its_episode_and_runs_no_more(start_worker, tasks, olivia):
-    version = publish_random_policy(1, list(tasks))
-    robot = make_robot("sim-pause", [tasks["pick-place-v3"]], version)
+    version = publish_random_policy(1, TASK_NAMES)
+    robot = make_robot("sim-pause", [tasks[0]], version)
     # A quarter of real time makes the episode last ~6 s, and the pause comes only once the actor reports steps
     # taken: an episode aborted before its first step stores nothing, so pausing earlier would race.
     start_worker(queues="actors", FLEET_REALTIME_FACTOR=0.25)
-    robot.start(olivia)
+    control.start(robot, olivia)
     r = bus.client()
-
-    def steps_taken():
-        raw = r.hget(bus.PROGRESS_KEY, robot.pk)
-        return raw is not None and json.loads(raw)["step"] > 0
-
-    wait_for(steps_taken, 60, "the episode to report its first steps")
-    robot.pause(olivia, reason="inspect")
+    wait_for(lambda: steps_taken(robot), 60, "the episode to report its first steps")
+    control.pause(robot, olivia, reason="inspect")
     aborted = wait_for(lambda: episodes_of(robot).filter(outcome="aborted").first(), 30, "the aborted episode")
     assert all(e.outcome == "aborted" for e in episodes_of(robot))  # the running episode stopped, unfinished
     # Nothing runs (no lease) and nothing is queued (an episode task's marker lives from scheduling until the task

@@ -10,7 +10,9 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from fleet.models import AuditEvent, Episode, Robot, Task
+from core.models import AuditEvent
+from fleet import control
+from fleet.models import Episode, Task
 from tests.conftest import ROOT, process_env, publish_random_policy
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.filterwarnings("ignore::UserWarning")]
@@ -34,7 +36,7 @@ print(episode.pk)
 def fleet_with_history(db):
     task = Task.objects.create(env_name="pick-place-v3")
     version = publish_random_policy(1, ["pick-place-v3"])
-    robots = [Robot.add(name, tasks=[task]) for name in ("sim-01", "sim-02")]
+    robots = [control.add(name, tasks=[task]) for name in ("sim-01", "sim-02")]
     now = timezone.now()
     for i in range(12):
         Episode.objects.create(task=task, robot=robots[i % 2], policy_version=version, seed=i, steps=100,

@@ -5,7 +5,8 @@ from datetime import timedelta
 
 from django.utils import timezone
 
-from fleet.models import AuditEvent, Robot
+from core.models import AuditEvent
+from fleet.models import Robot
 from fleet.tasks import sweep_robots
 from sopweb.celery import app
 from tests.conftest import wait_for
@@ -13,7 +14,7 @@ from tests.conftest import wait_for
 
 def test_tasks_are_routed_by_name():
     router = app.amqp.router
-    assert router.route({}, "fleet.run_episode")["queue"].name == "actors"
+    assert router.route({}, "actors.run_episode")["queue"].name == "actors"
     assert router.route({}, "learner.train")["queue"].name == "learner"
     assert router.route({}, "learner.ensure_running")["queue"].name == "default"
     assert router.route({}, "fleet.sweep_robots")["queue"].name == "default"

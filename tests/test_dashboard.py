@@ -3,25 +3,23 @@ from __future__ import annotations
 
 import random
 import uuid
-from datetime import datetime, timedelta, timezone as dt_timezone
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 
 import pytest
 from django.db.models import Count, Q, Sum
 from django.urls import reverse
 
+from core.models import AuditEvent
 from fleet import dashboard
 from fleet.ingest import ingest_episode
-from fleet.models import AuditEvent, Episode, EpisodeFlag, EpisodeLabel, EpisodeRollup, InterventionSegment, Robot, Task
+from fleet.models import Episode, EpisodeRollup, InterventionSegment, Robot
+from review.models import EpisodeFlag, EpisodeLabel
 from tests.conftest import publish_random_policy
 from tests.factories import make_arrays
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=dt_timezone.utc)
-
-
-@pytest.fixture
-def tasks(db):
-    return [Task.objects.create(env_name=name) for name in ("box-close-v3", "pick-place-v3")]
 
 
 @pytest.fixture
@@ -39,7 +37,7 @@ def raw_episode(task, robot=None, version=None, *, at, outcome="failure", steps=
 
 def test_rollups_match_the_episodes_at_every_window(tasks, robots):
     """Random episodes over three days: any window's roll-up totals equal a direct count of the episodes."""
-    version = publish_random_policy(1, ["box-close-v3"])
+    version = publish_random_policy(1, ["pick-place-v3"])
     rng = random.Random(4)
     for _ in range(400):
         at = T0 + timedelta(seconds=rng.randrange(3 * 86400))
@@ -70,7 +68,7 @@ def test_ingestion_rolls_up_once_even_when_retried(tasks, robots):
     arrays = make_arrays(success_at=30)  # two segments: gate and operator
     key = uuid.uuid4()
     for _ in range(2):
-        ingest_episode(uuid=key, task="box-close-v3", seed=1, outcome="success", arrays=arrays, robot_id=robots[0].pk,
+        ingest_episode(uuid=key, task="pick-place-v3", seed=1, outcome="success", arrays=arrays, robot_id=robots[0].pk,
                        started_at=T0, finished_at=T0 + timedelta(seconds=3))
     minute = EpisodeRollup.objects.get(size="m")
     hour = EpisodeRollup.objects.get(size="h")
@@ -83,7 +81,7 @@ def test_ingestion_rolls_up_once_even_when_retried(tasks, robots):
 
 
 def test_the_breakdown_marks_the_one_bad_robot(tasks, robots):
-    version = publish_random_policy(1, ["box-close-v3"])
+    version = publish_random_policy(1, ["pick-place-v3"])
     for robot in robots:
         for i in range(40):
             bad = robot == robots[2]
@@ -91,7 +89,7 @@ def test_the_breakdown_marks_the_one_bad_robot(tasks, robots):
             raw_episode(tasks[0], robot, version, at=T0 + timedelta(minutes=i), outcome=outcome)
     table = dashboard.breakdown(T0, T0 + timedelta(hours=2))
     [v1] = table["versions"]
-    assert v1["number"] == 1 and table["tasks"] == ["box-close-v3"]
+    assert v1["number"] == 1 and table["tasks"] == ["pick-place-v3"]
     marks = {line["robot"]: line["cells"][0]["mark"] for line in v1["robots"]}
     assert marks == {"sim-0": "better", "sim-1": "better", "sim-2": "worse"}  # each against the two others
     cell = v1["robots"][2]["cells"][0]
@@ -102,7 +100,7 @@ def test_the_breakdown_marks_the_one_bad_robot(tasks, robots):
 def test_the_fleet_snapshot_has_tiles_kpis_and_series(tasks, robots, settings):
     from django.utils import timezone
 
-    from fleet import bus
+    from core import bus
 
     now = timezone.now()
     for i in range(25):
@@ -123,15 +121,15 @@ def test_the_fleet_snapshot_has_tiles_kpis_and_series(tasks, robots, settings):
     assert tiles["sim-1"]["progress"]["control"] == "expert"
     assert tiles["sim-2"]["progress"] is None and tiles["sim-0"]["progress"] is None  # stale; none
     by_task = {t["task"]: t for t in snap["kpis"]["tasks"]}
-    assert by_task["pick-place-v3"]["quarter"]["episodes"] == 15
-    assert by_task["pick-place-v3"]["hour"]["episodes"] == 25
-    assert by_task["box-close-v3"]["hour"]["episodes"] == 0  # 90 minutes ago
+    assert by_task["shelf-place-v3"]["quarter"]["episodes"] == 15
+    assert by_task["shelf-place-v3"]["hour"]["episodes"] == 25
+    assert by_task["pick-place-v3"]["hour"]["episodes"] == 0  # 90 minutes ago
     assert snap["kpis"]["episodes_per_hour"] == 25
     assert sum(row["n"] for row in snap["series"]["rows"]) == 26
 
 
 def test_episode_filters(client, olivia, tasks, robots):
-    version = publish_random_policy(3, ["box-close-v3"])
+    version = publish_random_policy(3, ["pick-place-v3"])
     flagged = raw_episode(tasks[0], robots[0], version, at=T0)
     labelled = raw_episode(tasks[0], robots[1], at=T0 + timedelta(hours=1))
     plain = raw_episode(tasks[1], robots[1], at=T0 + timedelta(hours=2))
@@ -184,7 +182,7 @@ def test_the_breakdown_page_validates_its_window(client, olivia, tasks, robots):
 
 def test_the_breakdown_shows_the_newest_versions_and_counts_the_rest(tasks, robots):
     for number in range(1, 16):
-        version = publish_random_policy(number, ["box-close-v3"], seed=number)
+        version = publish_random_policy(number, ["pick-place-v3"], seed=number)
         raw_episode(tasks[0], robots[0], version, at=T0 + timedelta(minutes=number), outcome="success")
     table = dashboard.breakdown(T0, T0 + timedelta(hours=1), max_versions=12)
     assert [v["number"] for v in table["versions"]] == list(range(15, 3, -1))
@@ -198,7 +196,7 @@ def test_the_breakdown_shows_the_newest_versions_and_counts_the_rest(tasks, robo
 
 def test_the_breakdown_page_takes_version_numbers_and_ranges(client, olivia, tasks, robots):
     for number in range(1, 6):
-        version = publish_random_policy(number, ["box-close-v3"], seed=number)
+        version = publish_random_policy(number, ["pick-place-v3"], seed=number)
         raw_episode(tasks[0], robots[0], version, at=T0 + timedelta(minutes=number), outcome="success")
     client.force_login(olivia)
     window = "?window=custom&since=2026-11-20T08:00&until=2026-11-20T10:00"
@@ -213,7 +211,7 @@ def test_the_breakdown_page_takes_version_numbers_and_ranges(client, olivia, tas
 
 def test_the_admin_shows_episodes_but_cannot_change_what_the_roll_ups_count(tasks, robots, admin_client):
     arrays = make_arrays(success_at=30)  # gate and operator segments
-    episode, _ = ingest_episode(uuid=uuid.uuid4(), task="box-close-v3", seed=1, outcome="success", arrays=arrays,
+    episode, _ = ingest_episode(uuid=uuid.uuid4(), task="pick-place-v3", seed=1, outcome="success", arrays=arrays,
                                 robot_id=robots[0].pk, started_at=T0, finished_at=T0 + timedelta(seconds=3))
     url = reverse("admin:fleet_episode_change", args=[episode.pk])
     page = admin_client.get(url)
@@ -238,15 +236,15 @@ def test_a_tile_says_when_its_robot_runs_an_evaluation_episode(client, olivia, t
     import json
     import time
 
-    from fleet import bus
+    from core import bus
 
-    version = publish_random_policy(3, ["box-close-v3"])
+    version = publish_random_policy(3, ["pick-place-v3"])
     robots[0].assign_version(version)
-    candidate = publish_random_policy(4, ["box-close-v3"], seed=4)
+    candidate = publish_random_policy(4, ["pick-place-v3"], seed=4)
     bus.client().hset(bus.PROGRESS_KEY, mapping={
-        robots[0].pk: json.dumps({"robot": robots[0].pk, "task": "box-close-v3", "version": candidate.number,
+        robots[0].pk: json.dumps({"robot": robots[0].pk, "task": "pick-place-v3", "version": candidate.number,
                                   "source": "evaluation", "step": 12, "control": "policy", "at": time.time()}),
-        robots[1].pk: json.dumps({"robot": robots[1].pk, "task": "box-close-v3", "version": 3, "source": "online",
+        robots[1].pk: json.dumps({"robot": robots[1].pk, "task": "pick-place-v3", "version": 3, "source": "online",
                                   "step": 3, "control": "policy", "at": time.time()}),
     })
     try:

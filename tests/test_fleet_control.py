@@ -8,8 +8,11 @@ from django.core.management import CommandError, call_command
 from django.urls import reverse
 from django.utils import timezone
 
-from fleet import bus
-from fleet.models import AuditEvent, Episode, Robot, Task
+from core import bus
+from core.models import AuditEvent
+from fleet import control
+from fleet.models import Episode, Robot, Task
+from governance.decisions import deploy_to_fleet
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -117,13 +120,13 @@ def test_add_then_remove_robots(client, olivia, task, robot):
 
 
 def test_a_new_robot_runs_the_fleets_version_and_joins_its_rollout(task, robot):
-    from fleet.models import Rollout
+    from governance.models import Rollout
     from tests.conftest import publish_random_policy
 
-    assert Robot.add("sim-early", [task]).policy_version is None  # nothing deployed yet: nothing to run
+    assert control.add("sim-early", [task]).policy_version is None  # nothing deployed yet: nothing to run
     version = publish_random_policy(1, ["pick-place-v3"])
-    version.deploy_to_fleet(reason="first deployment")
-    added = Robot.add("sim-late", [task])
+    deploy_to_fleet(version, reason="first deployment")
+    added = control.add("sim-late", [task])
     added.refresh_from_db()
     assert added.policy_version == version
     assert added in Rollout.objects.get(status=Rollout.Status.ACTIVE, version=version).robots.all()

@@ -14,13 +14,17 @@ from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
-from fleet.models import AuditEvent, Episode, IllegalTransition, Robot, Rollout, Task
+from core.audit import IllegalTransition
+from core.models import AuditEvent
+from fleet.models import Episode, Robot, Task
 from governance import decisions, evaluation, rules
 from governance.analysis import canary_analysis
-from governance.models import Alert, Evaluation, EvaluationItem
+from governance.decisions import deploy_to_fleet
+from governance.models import Alert, Evaluation, EvaluationItem, Rollout
 from governance.tasks import check
 from learner.loop import EpisodeCursor
 from learner.models import PolicyVersion, TrainingMetric, TrainingRun
+from learner.signals import version_published
 from tests.conftest import make_user
 
 S = PolicyVersion.State
@@ -46,12 +50,6 @@ def audit_verbs(version) -> list[str]:
 
 
 @pytest.fixture
-def tasks(db):
-    return [Task.objects.create(env_name=name, title=name, max_steps=100)
-            for name in ("pick-place-v3", "shelf-place-v3")]
-
-
-@pytest.fixture
 def robots(tasks):
     rows = []
     for name in ("sim-1", "sim-2", "sim-3", "sim-4"):
@@ -65,7 +63,7 @@ def robots(tasks):
 def deployed(robots):
     """v1 runs on every robot."""
     version = make_version(1)
-    version.deploy_to_fleet(reason="base policy")
+    deploy_to_fleet(version, reason="base policy")
     return version
 
 
@@ -254,7 +252,7 @@ def test_robots_run_only_the_evaluation_episodes_a_running_evaluation_needs(depl
     v3 = make_version(3)
     decisions.nominate(v3, None, reason="rule")
     # v1 is superseded mid-evaluation: v3 is still compared with v1, so v1's episodes are still run.
-    make_version(4).deploy_to_fleet(reason="hotfix")
+    deploy_to_fleet(make_version(4), reason="hotfix")
     claimed = []
     while (item := evaluation.claim(robots[0], tasks)) is not None:
         claimed.append(item)
@@ -265,11 +263,11 @@ def test_robots_run_only_the_evaluation_episodes_a_running_evaluation_needs(depl
 @pytest.mark.django_db(transaction=True)
 def test_a_candidate_whose_checkpoint_cannot_be_loaded_is_rejected_and_the_robot_runs_on(tasks, settings,
                                                                                           monkeypatch):
-    from fleet.actor import run_robot_episode
+    from actors.runner import run_robot_episode
     from tests.conftest import publish_random_policy
 
     # The actor runs in this process: no prefetch listener or torch thread setting left behind for other tests.
-    monkeypatch.setattr("fleet.actor._torch_ready", True)
+    monkeypatch.setattr("actors.runner._torch_ready", True)
     settings.FLEET_REALTIME_FACTOR = 0
     settings.GOVERNANCE_EVALUATION_EPISODES = 1
     for task in tasks:
@@ -277,7 +275,7 @@ def test_a_candidate_whose_checkpoint_cannot_be_loaded_is_rejected_and_the_robot
     v1 = publish_random_policy(1, [t.env_name for t in tasks])
     robot = Robot.objects.create(name="sim-1", enabled=True)
     robot.tasks.set(tasks)
-    v1.deploy_to_fleet(reason="base")
+    deploy_to_fleet(v1, reason="base")
     broken = make_version(2)  # its checkpoint files do not exist
     decisions.nominate(broken, None, reason="rule")
 
@@ -368,7 +366,7 @@ def test_a_canary_that_is_not_worse_is_left_running(deployed, robots, tasks, set
 def test_manual_mode_leaves_every_decision_to_people(deployed, settings):
     settings.ROLLOUT_MODE = "manual"
     v2 = make_version(2)
-    rules.version_published(v2)
+    version_published.send(sender=PolicyVersion, version=v2)
     assert rules.nominate_newest() is None
     v2.refresh_from_db()
     assert v2.state == S.CHECKPOINT
@@ -377,7 +375,7 @@ def test_manual_mode_leaves_every_decision_to_people(deployed, settings):
 def test_continuous_mode_sends_every_published_version_to_the_whole_fleet(deployed, settings):
     settings.ROLLOUT_MODE = "continuous"
     v2 = make_version(2, config={"run": 1, "step": 5000})
-    rules.version_published(v2)
+    version_published.send(sender=PolicyVersion, version=v2)
     assert v2.state == S.DEPLOYED
     assert set(Robot.objects.values_list("policy_version", flat=True)) == {v2.pk}
 
@@ -528,7 +526,7 @@ def test_two_supervisors_approving_at_once_make_one_transition_and_one_audit_row
         robot = Robot.objects.create(name=name)
         robot.tasks.set(tasks)
         robots.append(robot)
-    make_version(1).deploy_to_fleet(reason="base")
+    deploy_to_fleet(make_version(1), reason="base")
     v2 = awaiting(2)
     users = [make_user("sam", "supervisors"), make_user("sue", "supervisors")]
     barrier = threading.Barrier(2)

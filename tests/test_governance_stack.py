@@ -12,8 +12,11 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from fleet.models import AuditEvent, Episode, Robot, Task
+from core.models import AuditEvent
+from fleet import control
+from fleet.models import Episode, Robot, Task
 from governance import decisions
+from governance.decisions import deploy_to_fleet
 from governance.models import Alert, EvaluationItem
 from learner.models import PolicyVersion
 from tests.conftest import ROOT, process_env, publish_random_policy, stop_process, wait_for
@@ -46,11 +49,11 @@ def test_a_candidate_is_evaluated_canaried_promoted_and_rolled_back_by_the_fleet
         robot.tasks.set(tasks)
         robots.append(robot)
     v1 = publish_random_policy(1, names, seed=1)
-    v1.deploy_to_fleet(reason="base")
+    deploy_to_fleet(v1, reason="base")
     v2 = publish_random_policy(2, names, seed=2)
     start_worker("fleet", queues="actors,default", concurrency=3, FLEET_REALTIME_FACTOR=0)
     for robot in robots:
-        robot.start(olivia)
+        control.start(robot, olivia)
     client.force_login(sam)
 
     # Evaluation: the fleet runs both versions alone on the same held-out seeds, then it awaits approval.
@@ -87,7 +90,7 @@ def test_a_candidate_is_evaluated_canaried_promoted_and_rolled_back_by_the_fleet
     wait_for(lambda: all(online(r, rolled_back_at).count() >= 2 for r in robots), 120,
              "episodes after the rollback")
     for robot in robots:
-        robot.stop(olivia)
+        control.stop(robot, olivia)
     assert set(Episode.objects.filter(started_at__gt=rolled_back_at).values_list("policy_version", flat=True)) == {
         v1.pk}
     v1.refresh_from_db()
@@ -157,7 +160,7 @@ def test_a_worse_canary_is_rolled_back_without_a_human_and_every_dashboard_shows
     beat(**governance_env)
     started = time.monotonic()
     for robot in robots:
-        robot.start(olivia)
+        control.start(robot, olivia)
 
     wait_for(lambda: PolicyVersion.objects.get(pk=v2.pk).state == S.ROLLED_BACK, 240,
              "the canary check to roll the worse canary back")
@@ -180,7 +183,7 @@ def test_a_worse_canary_is_rolled_back_without_a_human_and_every_dashboard_shows
     back_at = timezone.now()
     wait_for(lambda: online(robots[0], back_at).exists(), 60, "the canary robot's next episode")
     for robot in robots:
-        robot.stop(olivia)
+        control.stop(robot, olivia)
     assert set(online(robots[0], back_at).values_list("policy_version", flat=True)) == {v1.pk}
     print(f"canary rolled back {took:.0f} s after the robots started: "
           f"canary {canary['overall']['candidate']}, deployed {canary['overall']['deployed']}")
@@ -201,7 +204,7 @@ def test_a_supervisor_decides_in_the_browser_and_another_dashboard_hears_of_it_l
         robot.tasks.set([task])
         robots.append(robot)
     v1 = make_version(1)
-    v1.deploy_to_fleet(reason="base")
+    deploy_to_fleet(v1, reason="base")
     v2 = make_version(2, parent=v1)
     decisions.nominate(v2, sam, reason="newest")
     for item in EvaluationItem.objects.select_related("version", "task"):

@@ -11,7 +11,7 @@ WEB = """
 import sys, django
 django.setup()
 import sopweb.asgi, sopweb.urls, fleet.views, learner.views, fleet.consumers, fleet.admin, learner.admin
-import fleet.actor, fleet.ingest, fleet.tasks, learner.tasks  # what views reach lazily (start, resume, ...)
+import actors.runner, actors.tasks, fleet.control, fleet.ingest, fleet.tasks, learner.tasks  # reached lazily
 import review.views, review.tasks, review.export, review.admin  # replay status, retry, export
 heavy = sorted(m for m in ("torch", "mujoco", "metaworld", "gymnasium") if m in sys.modules)
 print("HEAVY:", ",".join(heavy))

@@ -172,7 +172,7 @@ def test_an_unknown_robot_is_rejected_even_when_the_task_is_known(task, robot):
 
 
 def test_events_go_out_only_when_the_episode_commits(task, robot, django_capture_on_commit_callbacks):
-    from fleet import bus
+    from core import bus
 
     listener = bus.client().pubsub(ignore_subscribe_messages=True)
     listener.subscribe(bus.EPISODES_CHANNEL, bus.LIVE_CHANNEL)

@@ -8,8 +8,14 @@ import pytest
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from fleet.models import AuditEvent, Episode, EpisodeFlag, IllegalTransition, Robot, Rollout, Task
+from core.audit import IllegalTransition
+from core.models import AuditEvent
+from fleet import control
+from fleet.models import Episode, Robot, Task
+from governance.decisions import deploy_to_fleet
+from governance.models import Rollout
 from learner.models import PolicyVersion
+from review.models import EpisodeFlag
 
 
 @pytest.fixture
@@ -28,7 +34,7 @@ def audit_rows(obj, verb=None):
 
 
 def test_it_pauses_and_resumes_a_robot_with_audit_rows(robot, olivia):
-    robot.pause(olivia, reason="gripper sounds odd")
+    control.pause(robot, olivia, reason="gripper sounds odd")
     robot.refresh_from_db()
     assert robot.status == Robot.Status.PAUSED
     event = audit_rows(robot, "robot.pause").get()
@@ -36,7 +42,7 @@ def test_it_pauses_and_resumes_a_robot_with_audit_rows(robot, olivia):
     assert event.reason == "gripper sounds odd"
     assert event.details == {"from": "running", "to": "paused"}
 
-    robot.resume(olivia)
+    control.resume(robot, olivia)
     robot.refresh_from_db()
     assert robot.status == Robot.Status.OFFLINE  # idle again only once its actor heartbeats
     assert audit_rows(robot).count() == 2
@@ -44,22 +50,22 @@ def test_it_pauses_and_resumes_a_robot_with_audit_rows(robot, olivia):
 
 def test_it_refuses_to_resume_a_robot_that_is_not_paused(robot, olivia):
     with pytest.raises(IllegalTransition, match="it is running"):
-        robot.resume(olivia)
+        control.resume(robot, olivia)
     robot.refresh_from_db()
     assert robot.status == Robot.Status.RUNNING
     assert not audit_rows(robot).exists()
 
 
 def test_it_refuses_to_pause_twice(robot, olivia):
-    robot.pause(olivia)
+    control.pause(robot, olivia)
     with pytest.raises(IllegalTransition):
-        robot.pause(olivia)
+        control.pause(robot, olivia)
     assert audit_rows(robot, "robot.pause").count() == 1
 
 
 def test_heartbeat_never_overrides_a_pause(robot, olivia):
-    robot.pause(olivia)
-    assert robot.heartbeat(Robot.Status.RUNNING) is False
+    control.pause(robot, olivia)
+    assert control.heartbeat(robot, Robot.Status.RUNNING) is False
     robot.refresh_from_db()
     assert robot.status == Robot.Status.PAUSED
 
@@ -67,13 +73,13 @@ def test_heartbeat_never_overrides_a_pause(robot, olivia):
 def test_heartbeat_brings_an_offline_robot_online_with_an_audit_row(db):
     robot = Robot.objects.create(name="sim-02")
     assert robot.status == Robot.Status.OFFLINE
-    assert robot.heartbeat(Robot.Status.IDLE) is True
+    assert control.heartbeat(robot, Robot.Status.IDLE) is True
     robot.refresh_from_db()
     assert robot.status == Robot.Status.IDLE and robot.last_heartbeat is not None
     assert audit_rows(robot, "robot.online").count() == 1
     # Activity changes while online are telemetry, not decisions: no audit row each time.
-    robot.heartbeat(Robot.Status.RUNNING)
-    robot.heartbeat(Robot.Status.EXPERT)
+    control.heartbeat(robot, Robot.Status.RUNNING)
+    control.heartbeat(robot, Robot.Status.EXPERT)
     assert audit_rows(robot).count() == 1
     robot.refresh_from_db()
     assert robot.status == Robot.Status.EXPERT
@@ -81,7 +87,7 @@ def test_heartbeat_brings_an_offline_robot_online_with_an_audit_row(db):
 
 def test_heartbeat_rejects_a_status_an_actor_may_not_report(robot):
     with pytest.raises(ValueError, match="may report"):
-        robot.heartbeat(Robot.Status.PAUSED)
+        control.heartbeat(robot, Robot.Status.PAUSED)
     robot.refresh_from_db()
     assert robot.status == Robot.Status.RUNNING
 
@@ -89,14 +95,14 @@ def test_heartbeat_rejects_a_status_an_actor_may_not_report(robot):
 def test_mark_offline_refuses_a_robot_that_heartbeat_meanwhile(robot):
     stale_cutoff = timezone.now() - timedelta(seconds=30)
     with pytest.raises(IllegalTransition, match="no longer holds"):
-        robot.mark_offline(stale_cutoff)
+        control.mark_offline(robot, stale_cutoff)
     robot.refresh_from_db()
     assert robot.status == Robot.Status.RUNNING
     assert not audit_rows(robot).exists()
 
 
 def test_assigning_a_version_is_audited(robot, version, sam):
-    robot.assign_version(version, sam, reason="canary")
+    control.assign_version(robot, version, sam, reason="canary")
     robot.refresh_from_db()
     assert robot.policy_version == version
     assert audit_rows(robot, "robot.assign_version").get().details == {"from": None, "to": version.pk}
@@ -190,7 +196,7 @@ def test_two_concurrent_pauses_make_one_transition_and_one_audit_row(olivia):
         try:
             barrier.wait()
             robot_copy = Robot.objects.get(pk=robot.pk)
-            robot_copy.pause(olivia, reason="race")
+            control.pause(robot_copy, olivia, reason="race")
             outcomes.append("paused")
         except IllegalTransition:
             outcomes.append("refused")
@@ -230,7 +236,7 @@ def test_a_deployment_does_not_wait_for_an_episode_being_ingested(olivia):
 
     def deploy():
         try:
-            v2.deploy_to_fleet(olivia, reason="test")  # supersedes v1, assigns the robot
+            deploy_to_fleet(v2, olivia, reason="test")  # supersedes v1, assigns the robot
             deployed.set()
         finally:
             connection.close()

@@ -8,7 +8,9 @@ import pytest
 from django.conf import settings
 from django.core.management import CommandError, call_command
 
-from fleet.models import AuditEvent, Robot, Rollout, Task
+from core.models import AuditEvent
+from fleet.models import Robot, Task
+from governance.models import Rollout
 from learner.models import PolicyVersion
 from learner.policy import checkpoint_sha256
 

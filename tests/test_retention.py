@@ -9,8 +9,11 @@ from django.test import override_settings
 from django.urls import reverse
 from django.utils import timezone
 
-from fleet.models import IllegalTransition, Robot
+from core.audit import IllegalTransition
+from fleet import control
+from fleet.models import Robot
 from governance import decisions
+from governance.decisions import deploy_to_fleet
 from learner.models import PolicyVersion, TrainingRun
 from learner.retention import prune_checkpoints
 from tests.conftest import publish_random_policy
@@ -31,7 +34,7 @@ def history(db):
     TrainingRun.objects.create(algorithm="hg_dagger", base_version=versions[1])
     robots = [Robot.objects.create(name=f"sim-{i}") for i in range(2)]
     for n in range(2, 8):
-        versions[n].deploy_to_fleet(reason="continuous")
+        deploy_to_fleet(versions[n], reason="continuous")
     decisions.nominate(versions[8], None, evaluate=False)
     robots[1].assign_version(versions[9], reason="pinned for a test")
     return {n: PolicyVersion.objects.get(pk=v.pk) for n, v in versions.items()}
@@ -55,7 +58,7 @@ def test_a_removed_checkpoint_cannot_run_again_and_roll_backs_still_can(history)
         publish_random_policy(n, TASKS, seed=n)
     assert sorted(v.number for v in prune_checkpoints(keep_last=3, keep_fleet=2)) == [2, 3, 4, 10, 11, 12]
     v3, v10 = PolicyVersion.objects.get(number=3), PolicyVersion.objects.get(number=10)
-    for attempt in (lambda: v3.deploy_to_fleet(reason="bring back"), lambda: decisions.nominate(v10, None)):
+    for attempt in (lambda: deploy_to_fleet(v3, reason="bring back"), lambda: decisions.nominate(v10, None)):
         with pytest.raises(IllegalTransition, match="retention removed its checkpoint"):
             attempt()
     v3.refresh_from_db(), v10.refresh_from_db()
@@ -110,13 +113,13 @@ def test_a_version_published_while_retention_chooses_is_out_of_its_reach(history
     assert sorted(v.number for v in prune_checkpoints(keep_last=3, keep_fleet=2)) == [2, 3, 4]
     late[0].refresh_from_db()
     assert late[0].checkpoint_removed_at is None and files(late[0])
-    late[0].deploy_to_fleet(reason="continuous")  # it can run
+    deploy_to_fleet(late[0], reason="continuous")  # it can run
     assert PolicyVersion.deployed() == late[0]
 
 
 def test_retired_robots_and_rejected_candidates_do_not_pin_checkpoints(history):
     robot = Robot.objects.get(name="sim-1")  # pinned to v9
-    robot.remove(None, reason="retired")  # it never ran an episode: deleted
+    control.remove(robot, None, reason="retired")  # it never ran an episode: deleted
     Robot.objects.create(name="sim-old", retired=True, policy_version=history[4])  # a retired robot's last version
     from governance.models import Evaluation
 

@@ -12,9 +12,10 @@ from django.template import Context, Template
 from django.urls import reverse
 from django.utils import timezone
 
-from fleet.models import AuditEvent, EpisodeFlag, EpisodeLabel, InterventionSegment, Robot, Task
+from core.models import AuditEvent
+from fleet.models import InterventionSegment, Robot, Task
 from fleet.sim.gate import GATE
-from review.models import ClaimHeld, ClaimLost, FailureMode, ReplayVideo, ReviewClaim
+from review.models import ClaimHeld, ClaimLost, EpisodeFlag, EpisodeLabel, FailureMode, ReplayVideo, ReviewClaim
 from review.queue import QueueFilter, claim_next, queue
 from tests.conftest import make_user, publish_random_policy
 from tests.reviewing import ingest, synthetic
@@ -258,7 +259,7 @@ def test_an_annotator_cannot_approve_rollouts_or_control_robots(client, task, an
     robot = Robot.objects.create(name="sim-01", status=Robot.Status.RUNNING, last_heartbeat=timezone.now())
     version = publish_random_policy(1, [task.env_name])
     PolicyVersion.objects.filter(pk=version.pk).update(state=PolicyVersion.State.AWAITING_APPROVAL)
-    assert not anna.has_perm("fleet.approve_rollout") and not anna.has_perm("fleet.control_robot")
+    assert not anna.has_perm("governance.approve_rollout") and not anna.has_perm("fleet.control_robot")
     client.force_login(anna)
     for decision in DECISIONS:
         response = client.post(reverse("rollout-decide", args=[1, decision]), {"reason": "looks fine", "share": 50})

@@ -7,7 +7,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from fleet.models import EpisodeLabel, EpisodePayload, Task
+from fleet.models import EpisodePayload, Task
+from review.models import EpisodeLabel
 from tests.reviewing import ingest, recorded
 
 pytestmark = pytest.mark.django_db(transaction=True)

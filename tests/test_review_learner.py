@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from fleet import bus
+from core import bus
 from learner.loop import EpisodeCursor, LabelSync, _fold, sync_labels
 from learner.policy import INDICATOR_POSITIVE, MLPPolicy, PolicyConfig
 from learner.trainer import LearnerConfig, Trainer

@@ -12,7 +12,8 @@ from django.conf import settings
 from django.urls import reverse
 from django.utils import timezone
 
-from fleet.models import AuditEvent, Task
+from core.models import AuditEvent
+from fleet.models import Task
 from review.models import ReplayVideo, ReviewClaim
 from tests.conftest import wait_for
 from tests.reviewing import ingest, recorded

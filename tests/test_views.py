@@ -8,7 +8,8 @@ from django.core.management import call_command
 from django.urls import reverse
 from django.utils import timezone
 
-from fleet.models import AuditEvent, Episode, Robot, Task
+from core.models import AuditEvent
+from fleet.models import Episode, Robot, Task
 
 PAGES = ["home", "fleet", "episodes", "breakdown", "learner", "versions", "audit", "rollouts", "review-queue",
          "review-flags"]

@@ -14,8 +14,8 @@ from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from django.test import Client
 
+from core.events import broadcast
 from fleet.consumers import CLOSE_FORBIDDEN, CLOSE_UNAUTHENTICATED, FleetConsumer
-from fleet.events import broadcast
 from tests.conftest import ROOT, process_env, wait_for
 
 
@@ -61,7 +61,7 @@ def session_cookie(user) -> str:
 
 BROADCAST_FROM_ANOTHER_PROCESS = """
 import django; django.setup()
-from fleet.events import broadcast
+from core.events import broadcast
 broadcast("robot.status", {"robot": 3, "status": "expert", "from": "another process"})
 """
 
@@ -167,7 +167,7 @@ async def test_changes_go_out_at_once_and_progress_is_read_once_a_second(olivia,
 
     import redis
 
-    from fleet import bus
+    from core import bus
 
     settings.DASHBOARD_PUSH_RATE = 4
     r = redis.Redis.from_url(settings.REDIS_URL)
@@ -258,7 +258,7 @@ def hub_subscriptions() -> int:
     """Connections subscribed to the live channel (one per web process with sockets)."""
     import redis
 
-    from fleet import bus
+    from core import bus
 
     return dict(redis.Redis.from_url(settings.REDIS_URL).pubsub_numsub(bus.LIVE_CHANNEL))[bus.LIVE_CHANNEL.encode()]
 
@@ -318,7 +318,7 @@ def test_sockets_joining_while_events_stream_in_are_served(daphne_server, olivia
 
     import redis
 
-    from fleet import bus
+    from core import bus
 
     headers = {"Cookie": session_cookie(olivia), "Origin": f"http://{daphne_server}"}
     stop = threading.Event()

@@ -23,10 +23,10 @@ def label_counts_table(by="version", version=None, task=None, since=None, versio
 
 @register.inclusion_tag("review/_episode_panel.html", takes_context=True)
 def episode_review_panel(context, episode):
-    from fleet.models import EpisodeLabel
+    from review.models import EpisodeLabel
 
     return {
         "episode": episode,
         "label": EpisodeLabel.objects.filter(episode=episode).select_related("annotator").first(),
-        "can_label": context["request"].user.has_perm("fleet.label_episode"),
+        "can_label": context["request"].user.has_perm("review.label_episode"),
     }

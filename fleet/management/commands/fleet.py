@@ -4,7 +4,9 @@ from __future__ import annotations
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from fleet.models import IllegalTransition, Robot, Task
+from core.audit import IllegalTransition
+from fleet import control
+from fleet.models import Robot, Task
 
 
 class Command(BaseCommand):
@@ -45,7 +47,7 @@ class Command(BaseCommand):
             task_rows = self._tasks(options["tasks"])
             for name in options["names"]:
                 try:
-                    Robot.add(name, task_rows, actor)
+                    control.add(name, task_rows, actor)
                 except ValueError as exc:
                     raise CommandError(str(exc)) from None
                 self.stdout.write(f"added {name}")
@@ -56,10 +58,7 @@ class Command(BaseCommand):
         robots = self._robots(options["names"], options.get("all", False))
         for robot in robots:
             try:
-                if action == "remove":
-                    robot.remove(actor)
-                else:
-                    getattr(robot, action)(actor, reason=options.get("reason", ""))
+                control.COMMANDS[action](robot, actor, reason=options.get("reason", ""))
             except IllegalTransition as exc:
                 self.stderr.write(str(exc))
                 continue

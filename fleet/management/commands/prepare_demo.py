@@ -6,7 +6,8 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
-from fleet.actor import schedule_episode
+from fleet import control
+from fleet.control import schedule_episode
 from fleet.models import Robot
 
 
@@ -21,7 +22,7 @@ class Command(BaseCommand):
             if robot.enabled:
                 schedule_episode(robot.pk)  # started in an earlier run: pick its chain of episodes up again
             else:
-                robot.start(None, reason="demo start")
+                control.start(robot, None, reason="demo start")
         self.stdout.write(f"{Robot.objects.filter(enabled=True).count()} robots started")
         call_command("learner", "start", "--if-none", stdout=self.stdout)
         call_command("seed_demo", stdout=self.stdout)  # idempotent; prints the URL and the logins last

@@ -8,6 +8,7 @@ from django.contrib.auth.models import Group, User
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
+from fleet import control
 from fleet.models import Robot, Task
 
 # username -> (group, is superuser, is staff). Passwords: "<username>-demo" unless SOPWEB_DEMO_PASSWORD is set.
@@ -45,7 +46,7 @@ class Command(BaseCommand):
             tasks.append(task)
         for i in range(1, robots + 1):
             if not Robot.objects.filter(name=f"sim-{i:02d}").exists():
-                Robot.add(f"sim-{i:02d}", tasks)  # on the deployed version, if the fleet has one
+                control.add(f"sim-{i:02d}", tasks)  # on the deployed version, if the fleet has one
 
         shared_password = os.environ.get("SOPWEB_DEMO_PASSWORD")
         logins = []

@@ -9,6 +9,7 @@ from django.core.management.base import BaseCommand, CommandError
 from fleet.ingest import load_arrays
 from fleet.models import Episode, Task
 from learner.models import PolicyVersion, publish_version
+from learner.signals import version_published
 
 
 class Command(BaseCommand):
@@ -81,6 +82,6 @@ class Command(BaseCommand):
         )
         self.stdout.write(f"published {version} (behaviour cloning on {len(ids)} demonstrations, "
                           f"{time.monotonic() - started:.0f} s)")
+        version_published.send(sender=PolicyVersion, version=version, deploy=bool(deploy), reason="base policy")
         if deploy:
-            version.deploy_to_fleet(reason="base policy")
             self.stdout.write(f"deployed {version} to the fleet")

@@ -6,8 +6,9 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from fleet.models import EpisodeLabel, Task
+from fleet.models import Task
 from review.export import export_dataset, labels_to_export
+from review.models import EpisodeLabel
 
 
 class Command(BaseCommand):

@@ -12,7 +12,7 @@ from django.conf import settings
 _DB = int(redis.connection.parse_url(settings.REDIS_URL).get("db") or 0)
 VERSIONS_CHANNEL = f"sopweb:{_DB}:versions"  # a robot's assigned version changed: {"robot", "version", "path", "sha256"}
 EPISODES_CHANNEL = f"sopweb:{_DB}:episodes"  # training data changed: {"episode", "task", ...} (learner nudge)
-LIVE_CHANNEL = f"sopweb:{_DB}:live"  # dashboards' deltas: {"event", "data"} (fleet.events -> fleet.consumers.LiveHub)
+LIVE_CHANNEL = f"sopweb:{_DB}:live"  # dashboards' deltas: {"event", "data"} (core.events -> fleet.consumers.LiveHub)
 
 _local = threading.local()
 

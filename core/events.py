@@ -16,7 +16,7 @@ import logging
 import redis
 from django.db import transaction
 
-from fleet import bus
+from core import bus
 
 log = logging.getLogger(__name__)
 

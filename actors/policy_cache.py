@@ -5,8 +5,8 @@ Torch is imported here lazily, so the web process never loads it.
 from __future__ import annotations
 
 import json
-import os
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from fleet import bus
+from core import bus
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,141 @@
+"""Commands to robots, as operators, rollouts, sweeps and actors give them.
+
+Each command moves the robot's state through its model (a locked, audited transition that changes nothing when it
+is refused) and then does what the move means outside the database, once the transaction commits: queue the
+robot's next episode, tell its actor to abort or to hand control to the expert, nudge it to prefetch a version,
+tell the dashboards. Views, management commands, governance and the actors call these, never the Redis keys or
+the episode task directly.
+"""
+from __future__ import annotations
+
+import django.dispatch
+from celery import current_app
+from django.conf import settings
+from django.db import transaction
+
+from core import bus
+from core.events import broadcast_on_commit
+from core.models import AuditEvent
+from fleet.models import Robot
+
+# The actors' episode task (actors/tasks.py), queued by name: the fleet schedules episodes, the actor layer above
+# it runs them. Routed to the `actors` queue (settings.CELERY_TASK_ROUTES).
+RUN_EPISODE_TASK = "actors.run_episode"
+
+# Sent inside the transaction that added a robot, so a receiver's writes commit with it or not at all.
+# governance puts the new robot on the version the fleet runs (governance/apps.py).
+robot_added = django.dispatch.Signal()  # kwargs: robot, actor
+
+
+def _changed(robot: Robot, event: AuditEvent) -> None:
+    broadcast_on_commit("robot.status", {"robot": robot.pk, "name": robot.name, "status": robot.status,
+                                         "verb": event.verb})
+
+
+def _after_commit(action, *args) -> None:
+    transaction.on_commit(lambda: action(*args))
+
+
+def schedule_episode(robot_id: int) -> bool:
+    """Queue the robot's next episode unless one is already queued (at most one chain of episodes per robot)."""
+    marker_ttl = int(settings.FLEET_LEASE_SECONDS * 2000)
+    if bus.client().set(bus.scheduled_key(robot_id), "1", nx=True, px=marker_ttl):
+        current_app.send_task(RUN_EPISODE_TASK, args=[robot_id])
+        return True
+    return False
+
+
+def _abort(robot_id: int) -> None:
+    bus.client().set(bus.abort_key(robot_id), "1", px=600_000)
+
+
+def _clear_abort(robot_id: int) -> None:
+    bus.client().delete(bus.abort_key(robot_id))
+
+
+def add(name: str, tasks, actor=None, kind: str = Robot.Kind.SIM) -> Robot:
+    """Add a robot to the fleet, stopped (`start` it to run episodes). Receivers of `robot_added` run in the same
+    transaction: governance puts it on the version the fleet runs and in the fleet's rollout."""
+    with transaction.atomic():
+        robot = Robot.add(name, tasks, actor=actor, kind=kind)
+        robot_added.send(sender=Robot, robot=robot, actor=actor)
+    return robot
+
+
+def remove(robot: Robot, actor, reason: str = "") -> None:
+    """Out of the fleet (deleted, or retired once it has episodes); its running episode is aborted."""
+    robot.remove(actor, reason=reason)
+    _after_commit(_abort, robot.pk)
+
+
+def start(robot: Robot, actor, reason: str = "") -> AuditEvent:
+    """Run episodes back to back from now on (the first is queued after commit)."""
+    event = robot.set_enabled(True, actor, reason)
+    _changed(robot, event)
+    _after_commit(schedule_episode, robot.pk)
+    return event
+
+
+def stop(robot: Robot, actor, reason: str = "") -> AuditEvent:
+    """Finish the running episode, then run no more."""
+    event = robot.set_enabled(False, actor, reason)
+    _changed(robot, event)
+    return event
+
+
+def pause(robot: Robot, actor, reason: str = "") -> AuditEvent:
+    """Abort the running episode within a few steps and run none until resumed."""
+    event = robot.pause(actor, reason)
+    _after_commit(_abort, robot.pk)
+    _changed(robot, event)
+    return event
+
+
+def resume(robot: Robot, actor, reason: str = "") -> AuditEvent:
+    event = robot.resume(actor, reason)
+    _after_commit(_clear_abort, robot.pk)
+    _changed(robot, event)
+    _after_commit(schedule_episode, robot.pk)
+    return event
+
+
+def take_over(robot: Robot, actor, reason: str = "") -> AuditEvent:
+    """Put the expert in control of the running episode, for the rest of that episode."""
+    with transaction.atomic():
+        event = robot.record_takeover(actor, reason)
+        _after_commit(bus.request_takeover, robot.pk)
+    _changed(robot, event)
+    return event
+
+
+def mark_offline(robot: Robot, silent_since, reason: str = "heartbeat timeout") -> AuditEvent:
+    event = robot.mark_offline(silent_since, reason)
+    _changed(robot, event)
+    return event
+
+
+def heartbeat(robot: Robot, status: str) -> bool:
+    """An actor reports it is alive and what it does. False if the robot is paused (it must not run)."""
+    alive, event = robot.heartbeat(status)
+    if event is not None:
+        _changed(robot, event)
+    return alive
+
+
+def assign_version(robot: Robot, version, actor=None, reason: str = "") -> AuditEvent:
+    """The version the robot runs from its next episode on. Its actor prefetches the weights as soon as the nudge
+    arrives (first in the round trip) and swaps at its next episode boundary; a started robot that idled for
+    want of a version runs now."""
+    event = robot.assign_version(version, actor, reason)
+    nudge = None if version is None else (bus.VERSIONS_CHANNEL, {
+        "robot": robot.pk, "version": version.pk, "path": version.checkpoint_path,
+        "sha256": version.checkpoint_sha256})
+    broadcast_on_commit("robot.version", {"robot": robot.pk, "version": version.pk if version else None},
+                        nudge=nudge)
+    if version is not None and robot.wants_episodes:
+        _after_commit(schedule_episode, robot.pk)
+    return event
+
+
+# What an operator may tell one robot, by the name the web page and the CLI use: function(robot, actor, reason=...).
+COMMANDS = {"start": start, "stop": stop, "pause": pause, "resume": resume, "takeover": take_over, "remove": remove}

@@ -1,0 +1,11 @@
+"""The learner's defaults, in one place: LearnerConfig's field defaults and the LEARNER_* settings' defaults both
+come from here. Plain values, no torch: settings.py reads them in every process."""
+from __future__ import annotations
+
+ALGORITHMS = ("bc", "hg_dagger", "recap")  # the plug-ins of learner/algorithms/
+ALGORITHM = "hg_dagger"
+BATCH_SIZE = 256
+LR = 3e-4
+PUBLISH_EVERY = 5000
+RESAMPLER_ALPHA = 1.5
+RECAP_VALUE_STEPS = 2000
