@@ -4,7 +4,6 @@ The simulation itself is Django-free (fleet/sim/); this module binds it to the d
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -69,6 +68,8 @@ def run_robot_episode(robot_id: int) -> str:
         return "gone"
     if not robot.enabled or robot.status == Robot.Status.PAUSED:
         return "not running"
+    if not robot.in_process:
+        return "remote"  # it runs its own episodes and reports them over the API
     lease = bus.Lease(bus.lease_key(robot_id), uuid.uuid4().hex, settings.FLEET_LEASE_SECONDS)
     if not lease.acquire():
         return "busy"  # another episode of this robot is in flight
@@ -83,11 +84,6 @@ def run_robot_episode(robot_id: int) -> str:
 
 
 POLL_EVERY = 8  # steps between two looks at Redis (takeover, abort) and, once a second, heartbeat and progress
-
-
-def report_progress(progress: dict) -> None:
-    """The running episode's step and who controls it, for dashboards (they poll bus.PROGRESS_KEY)."""
-    bus.client().hset(bus.PROGRESS_KEY, progress["robot"], json.dumps(dict(progress, at=time.time())))
 
 
 @dataclass
@@ -161,7 +157,7 @@ class _Monitor:
                               else Robot.Status.RUNNING)
             self.progress.update(step=(self.polls - 1) * POLL_EVERY,
                                  control="operator" if gate.operator else "expert" if gate.in_control else "policy")
-            report_progress(self.progress)
+            control.report_progress(self.progress)
         if abort:
             return "abort"
         if takeover:
@@ -183,7 +179,7 @@ def _run_leased(robot: Robot, lease: bus.Lease) -> str:
     control.heartbeat(robot, Robot.Status.RUNNING)
     progress = {"robot": robot.pk, "task": task_name, "version": plan.version.number, "source": plan.source,
                 "started_at": started_at.isoformat(), "step": 0, "control": "policy"}
-    report_progress(progress)
+    control.report_progress(progress)
     policy = plan.policy
     act = lambda obs: policy.select_action(obs, task_name)  # noqa: E731
     doubt = (lambda obs: policy.doubt(obs, task_name)) if policy.config.ensemble > 1 else None  # noqa: E731
@@ -192,7 +188,7 @@ def _run_leased(robot: Robot, lease: bus.Lease) -> str:
                              poll_every=POLL_EVERY, realtime_factor=settings.FLEET_REALTIME_FACTOR,
                              poll=_Monitor(robot, lease, gate, progress), doubt=doubt)
     finally:
-        bus.client().hdel(bus.PROGRESS_KEY, robot.pk)
+        control.end_progress(robot.pk)
     if result.steps == 0:
         if plan.evaluation is not None:
             governance_evaluation.release(plan.evaluation)

@@ -90,7 +90,7 @@ asyncio.run(main())
 TELEMETRY = """
 import sys, time, django
 django.setup()
-from actors.runner import report_progress
+from fleet.control import report_progress
 robots, step = int(sys.argv[1]), 0
 while robots:
     time.sleep(1 / robots)

@@ -12,6 +12,7 @@ from django.conf import settings
 _DB = int(redis.connection.parse_url(settings.REDIS_URL).get("db") or 0)
 VERSIONS_CHANNEL = f"sopweb:{_DB}:versions"  # a robot's assigned version changed: {"robot", "version", "path", "sha256"}
 EPISODES_CHANNEL = f"sopweb:{_DB}:episodes"  # training data changed: {"episode", "task", ...} (learner nudge)
+ROBOTS_CHANNEL = f"sopweb:{_DB}:robots"  # to remote robots' sockets: {"robot", "event", ...} (gateway)
 LIVE_CHANNEL = f"sopweb:{_DB}:live"  # dashboards' deltas: {"event", "data"} (core.events -> fleet.consumers.LiveHub)
 
 _local = threading.local()
@@ -73,6 +74,17 @@ def ready_key(robot_id: int) -> str:
 def request_takeover(robot_id: int, ttl: float = 60.0) -> None:
     """An operator asks for the expert on this robot; the running episode picks it up within a few steps."""
     client().set(takeover_key(robot_id), "1", px=int(ttl * 1000))
+
+
+def tell_robot(robot_id: int, message: dict) -> None:
+    """Push `message` to the remote robot's socket, if it has one open (gateway.consumers); pub/sub keeps nothing,
+    so a robot without a socket reads the same state from the API when it next polls."""
+    client().publish(ROBOTS_CHANNEL, json.dumps({"robot": robot_id, **message}))
+
+
+def rate_key(robot_id: int, window: int) -> str:
+    """Requests of a remote robot in one rate-limit window (gateway.limits)."""
+    return f"sopweb:robot:{robot_id}:rate:{window}"
 
 
 class Lease:

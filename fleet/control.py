@@ -8,6 +8,9 @@ the episode task directly.
 """
 from __future__ import annotations
 
+import json
+import time
+
 import django.dispatch
 from celery import current_app
 from django.conf import settings
@@ -30,6 +33,14 @@ robot_added = django.dispatch.Signal()  # kwargs: robot, actor
 def _changed(robot: Robot, event: AuditEvent) -> None:
     broadcast_on_commit("robot.status", {"robot": robot.pk, "name": robot.name, "status": robot.status,
                                          "verb": event.verb})
+    _nudge_remote(robot)
+
+
+def _nudge_remote(robot: Robot) -> None:
+    """A remote robot's socket hears at once that its assignment or the operators' commands changed (it reads
+    them from the API; a robot without a socket reads them when it next polls)."""
+    if not robot.in_process:
+        _after_commit(bus.tell_robot, robot.pk, {"event": "assignment"})
 
 
 def _after_commit(action, *args) -> None:
@@ -37,12 +48,29 @@ def _after_commit(action, *args) -> None:
 
 
 def schedule_episode(robot_id: int) -> bool:
-    """Queue the robot's next episode unless one is already queued (at most one chain of episodes per robot)."""
+    """Queue the robot's next episode unless one is already queued (at most one chain of episodes per robot).
+    Only for robots whose episodes run in sopweb's actors; callers check `Robot.in_process`."""
     marker_ttl = int(settings.FLEET_LEASE_SECONDS * 2000)
     if bus.client().set(bus.scheduled_key(robot_id), "1", nx=True, px=marker_ttl):
         current_app.send_task(RUN_EPISODE_TASK, args=[robot_id])
         return True
     return False
+
+
+def _schedule(robot: Robot) -> None:
+    """After commit, queue the next episode of a robot the actors run (a remote robot runs its own)."""
+    if robot.in_process:
+        _after_commit(schedule_episode, robot.pk)
+
+
+def report_progress(progress: dict) -> None:
+    """A running episode's step and who controls it, for the dashboards (they poll bus.PROGRESS_KEY). Written about
+    once a second by the actor or by a remote robot's heartbeat; `progress["robot"]` is the robot's id."""
+    bus.client().hset(bus.PROGRESS_KEY, progress["robot"], json.dumps(dict(progress, at=time.time())))
+
+
+def end_progress(robot_id: int) -> None:
+    bus.client().hdel(bus.PROGRESS_KEY, robot_id)
 
 
 def _abort(robot_id: int) -> None:
@@ -72,7 +100,7 @@ def start(robot: Robot, actor, reason: str = "") -> AuditEvent:
     """Run episodes back to back from now on (the first is queued after commit)."""
     event = robot.set_enabled(True, actor, reason)
     _changed(robot, event)
-    _after_commit(schedule_episode, robot.pk)
+    _schedule(robot)
     return event
 
 
@@ -95,7 +123,7 @@ def resume(robot: Robot, actor, reason: str = "") -> AuditEvent:
     event = robot.resume(actor, reason)
     _after_commit(_clear_abort, robot.pk)
     _changed(robot, event)
-    _after_commit(schedule_episode, robot.pk)
+    _schedule(robot)
     return event
 
 
@@ -133,7 +161,8 @@ def assign_version(robot: Robot, version, actor=None, reason: str = "") -> Audit
     broadcast_on_commit("robot.version", {"robot": robot.pk, "version": version.pk if version else None},
                         nudge=nudge)
     if version is not None and robot.wants_episodes:
-        _after_commit(schedule_episode, robot.pk)
+        _schedule(robot)
+    _nudge_remote(robot)
     return event
 
 

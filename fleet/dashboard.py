@@ -149,7 +149,8 @@ def fleet_snapshot(now: datetime | None = None) -> dict:
     return {
         "now": now.isoformat(),
         "robots": [{
-            "id": robot.pk, "name": robot.name, "status": robot.status, "status_label": robot.get_status_display(),
+            "id": robot.pk, "name": robot.name, "kind": robot.kind, "status": robot.status,
+            "status_label": robot.get_status_display(),
             "enabled": robot.enabled, "version": robot.policy_version.number if robot.policy_version else None,
             "outcomes": outcomes.get(robot.pk, []), "progress": progress.get(robot.pk),
         } for robot in robots],

@@ -32,8 +32,9 @@ class Task(models.Model):
 
 class Robot(models.Model):
     class Kind(models.TextChoices):
-        SIM = "sim", "simulated"
+        SIM = "sim", "simulated"  # run by sopweb's own actor workers (actors/)
         REAL = "real", "real"
+        REMOTE = "remote", "remote (API)"  # enrolled over the robot gateway (gateway/): runs its own episodes
 
     class Status(models.TextChoices):
         IDLE = "idle", "idle"
@@ -179,8 +180,13 @@ class Robot(models.Model):
 
     @property
     def wants_episodes(self) -> bool:
-        """Started and not paused: its next episode should be scheduled."""
+        """Started and not paused: its next episode should run."""
         return self.enabled and not self.retired and self.status != self.Status.PAUSED
+
+    @property
+    def in_process(self) -> bool:
+        """Its episodes run in sopweb's actor workers; any other robot runs its own and talks to the API."""
+        return self.kind == self.Kind.SIM
 
 
 class Episode(models.Model):

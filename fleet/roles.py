@@ -4,7 +4,7 @@ from __future__ import annotations
 ROLES = {
     "operators": [
         "fleet.view_robot", "fleet.view_task", "fleet.view_episode", "governance.view_rollout",
-        "learner.view_policyversion", "fleet.control_robot", "review.flag_episode",
+        "learner.view_policyversion", "fleet.control_robot", "review.flag_episode", "gateway.enrol_robot",
     ],
     "supervisors": [
         "fleet.view_robot", "fleet.view_task", "fleet.view_episode", "governance.view_rollout",

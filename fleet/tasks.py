@@ -38,7 +38,7 @@ def _restart_orphaned_robots() -> int:
     """Started robots whose actor died mid-episode: once the lease expired and nobody heartbeats, run again."""
     quiet_since = timezone.now() - timedelta(seconds=settings.FLEET_LEASE_SECONDS)
     restarted = 0
-    candidates = Robot.objects.filter(enabled=True).exclude(status=Robot.Status.PAUSED)
+    candidates = Robot.objects.filter(enabled=True, kind=Robot.Kind.SIM).exclude(status=Robot.Status.PAUSED)
     for robot in candidates.filter(models.Q(last_heartbeat__lt=quiet_since) | models.Q(last_heartbeat=None)):
         if not bus.client().exists(bus.lease_key(robot.pk)) and control.schedule_episode(robot.pk):
             log.info("restarting robot %s: its last episode's lease expired", robot.name)

@@ -66,6 +66,7 @@ def fleet(request):
     return render(request, "fleet/fleet.html", {
         "snapshot": fleet_snapshot(),
         "can_control": request.user.has_perm("fleet.control_robot"),
+        "can_enrol": request.user.has_perm("gateway.enrol_robot"),
         "add_form": RobotForm(),
     })
 

@@ -15,12 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, malformed, or does not match its recorded checksum."""
+from learner.checkpoints import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, checkpoint_sha256  # noqa: F401
 
 
 @dataclass
@@ -129,16 +124,6 @@ def save_checkpoint(policy: MLPPolicy, directory: Path) -> str:
     save_file({k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}, str(directory / WEIGHTS_FILE))
     (directory / CONFIG_FILE).write_text(json.dumps({"kind": "mlp", **asdict(policy.config)}, indent=2))
     return checkpoint_sha256(directory)
-
-
-def checkpoint_sha256(directory: Path) -> str:
-    digest = hashlib.sha256()
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
-        try:
-            digest.update((directory / name).read_bytes())
-        except FileNotFoundError:
-            raise CheckpointError(f"checkpoint {directory} has no {name}") from None
-    return digest.hexdigest()
 
 
 def load_checkpoint(directory: Path, expected_sha256: str | None = None) -> MLPPolicy:

@@ -167,13 +167,16 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
-    # Layered bottom to top (.importlinter): each imports only those above it in this list.
+    # Layered bottom to top (.importlinter): each imports only those above it in this list (actors and gateway
+    # are siblings at the top).
     "core",
     "fleet",
     "review",
     "learner",
     "governance",
     "actors",
+    "gateway",
+    "ninja",  # serves the API docs' Swagger UI from its own static files (no CDN)
 ]
 
 MIDDLEWARE = [
@@ -401,3 +404,16 @@ def _auto_canary_margin() -> float | None:
 
 GOVERNANCE_AUTO_CANARY_MARGIN = _auto_canary_margin()
 CELERY_BEAT_SCHEDULE["governance-check"] = {"task": "governance.check", "schedule": GOVERNANCE_CHECK_SECONDS}
+
+# --- the robot gateway (gateway/, /api/v1/) ------------------------------------------------------------
+
+# Requests per robot token per window (a fixed window in Redis shared by every web process); past it, 429.
+API_RATE_LIMIT = env_number("API_RATE_LIMIT", 600, min_value=1)
+API_RATE_WINDOW = env_number("API_RATE_WINDOW", 60.0, kind=float, min_value=1.0, max_value=3600.0)
+# An uploaded episode: its body (the .npz), what it may inflate to, its steps, and its `meta` JSON.
+API_MAX_EPISODE_BYTES = env_number("API_MAX_EPISODE_BYTES", 8 * 1024 * 1024, min_value=1024)
+API_MAX_INFLATED_BYTES = env_number("API_MAX_INFLATED_BYTES", 64 * 1024 * 1024, min_value=1024)
+API_MAX_EPISODE_STEPS = env_number("API_MAX_EPISODE_STEPS", 2000, min_value=1)
+API_MAX_META_BYTES = env_number("API_MAX_META_BYTES", 8192, min_value=2)
+# Django reads a request body up to this size; the episode cap decides, with room for the multipart overhead.
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(2_621_440, API_MAX_EPISODE_BYTES + 65536)

@@ -148,27 +148,54 @@ def celery_worker_process(start_worker):
     return start_worker()
 
 
-@pytest.fixture
-def daphne_server(transactional_db, tmp_path):
-    """The real ASGI stack: daphne serving sopweb.asgi on a free port. Yields the base URL."""
-    port = free_port()
-    log = tmp_path / "daphne.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "sopweb.asgi:application"],
-            cwd=ROOT, env=process_env(), stdout=out, stderr=subprocess.STDOUT,
-        )
+class DaphneProcess:
+    """The real ASGI stack: daphne serving sopweb.asgi on a free port (the same port again after `restart`)."""
 
-    def listening():
-        with socket.socket() as sock:
-            return sock.connect_ex(("127.0.0.1", port)) == 0 or proc.poll() is not None
+    def __init__(self, log: Path, port: int | None = None, **env):
+        self.log, self.port, self.env = log, port or free_port(), env
+        self.start()
 
-    try:
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "sopweb.asgi:application"],
+                cwd=ROOT, env=process_env(**self.env), stdout=out, stderr=subprocess.STDOUT,
+            )
+
+        def listening():
+            with socket.socket() as sock:
+                return sock.connect_ex(("127.0.0.1", self.port)) == 0 or self.proc.poll() is not None
+
         wait_for(listening, 60, "daphne to listen")
-        assert proc.poll() is None, log.read_text()
-        yield f"127.0.0.1:{port}"
-    finally:
-        stop_process(proc)
+        assert self.proc.poll() is None, self.log.read_text()
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+@pytest.fixture
+def start_daphne(transactional_db, tmp_path):
+    """start_daphne(ENV=value...) -> a running DaphneProcess; every one is stopped after the test."""
+    servers = []
+
+    def start(**env) -> DaphneProcess:
+        server = DaphneProcess(tmp_path / f"daphne-{len(servers)}.log", **env)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def daphne_server(start_daphne):
+    """The real ASGI stack on a free port. Yields its address (host:port)."""
+    yield start_daphne().address
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -180,6 +180,34 @@ def decode(data: bytes) -> dict[str, np.ndarray]:
     return arrays
 
 
+def decode_untrusted(data: bytes, max_bytes: int) -> dict[str, np.ndarray]:
+    """Read a payload that came from outside (a robot over the API): only the schema's .npy members, at most
+    `max_bytes` once inflated (judged from the zip directory before anything is inflated; zipfile never inflates a
+    member past the size its directory entry declares), never unpickling. Raises EpisodeDataError saying why."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise EpisodeDataError(f"the episode payload is not a readable .npz: {exc}") from None
+    names = [member.filename for member in members]
+    unexpected = sorted(n for n in names if not n.endswith(".npy") or n[:-4] not in SCHEMA)
+    if unexpected:
+        raise EpisodeDataError(f"unexpected members in the episode payload: {', '.join(unexpected[:5])}")
+    if len(set(names)) != len(names):
+        raise EpisodeDataError("the episode payload holds a member twice")
+    inflated = sum(member.file_size for member in members)
+    if inflated > max_bytes:
+        raise EpisodeDataError(f"the episode payload inflates to {inflated} bytes; the limit is {max_bytes}")
+    if any(member.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) for member in members):
+        raise EpisodeDataError("the episode payload uses a compression other than stored or deflate")
+    try:
+        return decode(data)
+    except EpisodeDataError:
+        raise
+    except Exception as exc:  # zlib errors, bad CRCs, truncated members: anything unreadable is refused, clearly
+        raise EpisodeDataError(f"the episode payload is not a readable .npz: {exc}") from None
+
+
 _WAS_FLOAT64 = {"qpos", "qvel", "mocap_pos", "mocap_quat"}
 
 

@@ -1,0 +1,129 @@
+"""What a remote robot must run, what the operators ask of it, and its checkpoints.
+
+A remote robot reads the same state the in-process actors read: its assigned version and tasks from the database,
+the operators' commands from the Redis keys `fleet.control` sets (abort, takeover). So every command an operator
+gives works on both kinds of robot, and a robot that reconnects finds the state as it is, not a queue of messages.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from django.conf import settings
+from django.core.cache import cache
+from django.http import HttpResponse
+from django.urls import reverse
+
+from core import bus
+from core.http import ranged_response
+from core.models import AuditEvent
+from fleet import control
+from fleet.models import Robot
+from gateway.errors import ApiError
+from learner.checkpoints import CONFIG_FILE, WEIGHTS_FILE
+from learner.models import PolicyVersion
+
+STATUSES = {"idle": Robot.Status.IDLE, "running": Robot.Status.RUNNING, "expert": Robot.Status.EXPERT}
+CONTROLS = {"policy", "expert", "operator"}
+
+
+def commands(robot: Robot) -> list[str]:
+    """What the operators ask of the robot now, in the order it should act on them."""
+    wanted = []
+    if not robot.enabled:
+        wanted.append("stop")  # finish the running episode, then run no more
+    if robot.status == Robot.Status.PAUSED:
+        wanted.append("pause")
+    takeover, abort = bus.client().mget(bus.takeover_key(robot.pk), bus.abort_key(robot.pk))
+    if abort:
+        wanted.append("abort")  # drop the running episode now
+    if takeover:
+        wanted.append("take_over")  # the expert controls the rest of the running episode
+    return wanted
+
+
+def of(robot: Robot) -> dict:
+    robot.refresh_from_db(fields=["status", "enabled", "policy_version"])
+    version = robot.policy_version
+    return {
+        "robot": {"id": robot.pk, "name": robot.name, "status": robot.status, "enabled": robot.enabled},
+        "version": None if version is None else _describe(robot, version),
+        "tasks": [{"name": t.env_name, "max_steps": t.max_steps}
+                  for t in robot.tasks.filter(enabled=True).order_by("env_name")],
+        "commands": commands(robot),
+        "gate": settings.FLEET_GATE,
+    }
+
+
+def _describe(robot: Robot, version: PolicyVersion) -> dict:
+    config_size, size = bundle_sizes(version)
+    return {"number": version.number, "sha256": version.checkpoint_sha256, "size": size, "config_size": config_size,
+            "url": reverse("api-v1:checkpoint", kwargs={"robot_id": robot.pk, "number": version.number})}
+
+
+def heartbeat(robot: Robot, beat: dict) -> None:
+    """The robot is alive and doing `status`; a running episode's progress goes where the dashboards read it."""
+    status = STATUSES.get(beat["status"])
+    if status is None:
+        raise ApiError(422, "invalid", f"status must be one of {', '.join(STATUSES)}, not {beat['status']!r}")
+    if beat.get("control") is not None and beat["control"] not in CONTROLS:
+        raise ApiError(422, "invalid", f"control must be one of {', '.join(sorted(CONTROLS))}")
+    control.heartbeat(robot, status)
+    if status == Robot.Status.IDLE or beat.get("step") is None:
+        control.end_progress(robot.pk)
+        return
+    control.report_progress({"robot": robot.pk, "task": beat.get("task") or "", "version": beat.get("version"),
+                             "source": "online", "step": beat["step"], "control": beat.get("control") or "policy",
+                             "remote": True})
+
+
+def assigned_versions(robot: Robot) -> set[int]:
+    """Ids of the versions the robot may run or report: the one assigned now and the one it was assigned before
+    (an episode that started before a swap finishes on the version it started with)."""
+    ids = {robot.policy_version_id} - {None}
+    last = (AuditEvent.objects.filter(verb="robot.assign_version", object_type=Robot._meta.label_lower,
+                                      object_id=str(robot.pk)).order_by("-created_at", "-id").first())
+    if last is not None and last.details.get("from") is not None:
+        ids.add(last.details["from"])
+    return ids
+
+
+def _bundle_paths(version: PolicyVersion) -> tuple[Path, Path]:
+    root = Path(settings.STORAGE_DIR) / version.checkpoint_path
+    return root / CONFIG_FILE, root / WEIGHTS_FILE
+
+
+def bundle_sizes(version: PolicyVersion) -> tuple[int, int]:
+    """(config bytes, bundle bytes) of the version's checkpoint, cached: checkpoints never change."""
+    key = f"gateway:bundle:{version.checkpoint_sha256}"
+    sizes = cache.get(key)
+    if sizes is None:
+        config, weights = _bundle_paths(version)
+        try:
+            sizes = (config.stat().st_size, config.stat().st_size + weights.stat().st_size)
+        except FileNotFoundError:
+            raise ApiError(404, "not_found", f"the checkpoint of v{version.number} is gone from storage") from None
+        cache.set(key, sizes, None)
+    return sizes
+
+
+def checkpoint_response(request, robot: Robot, number: int) -> HttpResponse:
+    """The checkpoint bundle of a version the robot is assigned: config.json then the weights, whose SHA-256 is the
+    version's checkpoint_sha256. ETag is that hash; Range requests resume a broken download."""
+    version = PolicyVersion.objects.filter(number=number).first()
+    if version is None:
+        raise ApiError(404, "not_found", f"there is no version {number}")
+    if version.pk not in assigned_versions(robot):
+        raise ApiError(403, "forbidden", f"v{number} is not assigned to robot {robot.name}")
+    if version.checkpoint_removed_at is not None:
+        raise ApiError(404, "not_found", f"retention removed the checkpoint of v{number}")
+    config, weights = _bundle_paths(version)
+    try:
+        data = config.read_bytes() + weights.read_bytes()
+    except FileNotFoundError:
+        raise ApiError(404, "not_found", f"the checkpoint of v{number} is gone from storage") from None
+    if hashlib.sha256(data).hexdigest() != version.checkpoint_sha256:
+        raise ApiError(409, "corrupt", f"the stored checkpoint of v{number} does not match its sha256")
+    response = ranged_response(request, data, "application/octet-stream", etag=version.checkpoint_sha256)
+    response["X-Checkpoint-Config-Size"] = str(bundle_sizes(version)[0])
+    return response

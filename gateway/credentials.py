@@ -1,0 +1,87 @@
+"""Issuing, rotating, revoking and checking robots' tokens. Every act but checking is audited.
+
+A token is `sopr_<key>_<secret>`: the key (public, 12 characters) finds the row, the secret (43 characters, 256
+random bits) is compared by its SHA-256 in constant time. A plain hash suffices: the secret is random and long,
+so nothing is gained by a slow password hash, and each API request checks one.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from datetime import timedelta
+
+from django.db import transaction
+from django.utils import timezone
+
+from core import bus
+from core.audit import IllegalTransition
+from core.models import AuditEvent
+from fleet.models import Robot
+from gateway.models import RobotToken
+
+PREFIX = "sopr_"
+LAST_USED_RESOLUTION = timedelta(seconds=60)  # last_used_at is written at most this often per token
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def issue(robot: Robot, actor, expires_at=None, reason: str = "") -> tuple[RobotToken, str]:
+    """A new token for the robot. Returns the row and the token, which is never shown again."""
+    if robot.retired:
+        raise IllegalTransition(f"robot {robot.name} was removed from the fleet")
+    if robot.in_process:
+        raise IllegalTransition(f"robot {robot.name} runs in sopweb's own workers and takes no token")
+    key, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
+    with transaction.atomic():
+        row = RobotToken.objects.create(robot=robot, key=key, secret_sha256=_digest(secret), created_by=actor
+                                        if actor is not None and actor.is_authenticated else None,
+                                        expires_at=expires_at)
+        AuditEvent.record(actor, "robot.token_issue", robot, reason=reason,
+                          details={"key": key, "expires_at": expires_at.isoformat() if expires_at else None})
+    return row, f"{PREFIX}{key}_{secret}"
+
+
+def revoke(token: RobotToken, actor, reason: str = "") -> None:
+    """The token stops working at its robot's next request; its open socket is closed."""
+    with transaction.atomic():
+        locked = RobotToken.objects.select_for_update().get(pk=token.pk)
+        if locked.revoked_at is not None:
+            raise IllegalTransition(f"token {locked.key} is revoked already")
+        locked.revoked_at = timezone.now()
+        locked.revoked_by = actor if actor is not None and actor.is_authenticated else None
+        locked.save(update_fields=["revoked_at", "revoked_by"])
+        AuditEvent.record(actor, "robot.token_revoke", locked.robot, reason=reason, details={"key": locked.key})
+        robot_id, key = locked.robot_id, locked.key
+        transaction.on_commit(lambda: bus.tell_robot(robot_id, {"event": "revoked", "token": key}))
+    token.revoked_at = locked.revoked_at
+
+
+def rotate(robot: Robot, actor, expires_at=None, reason: str = "") -> tuple[RobotToken, str]:
+    """Revoke every active token of the robot and issue a new one, in one transaction."""
+    with transaction.atomic():
+        for token in RobotToken.objects.filter(robot=robot, revoked_at=None):
+            revoke(token, actor, reason=reason or "rotated")
+        return issue(robot, actor, expires_at=expires_at, reason=reason or "rotated")
+
+
+def authenticate(presented: str) -> RobotToken | None:
+    """The active token that `presented` is, with its robot; None for anything else (malformed, unknown, wrong
+    secret, revoked, expired, or a robot removed from the fleet)."""
+    if not presented.startswith(PREFIX):
+        return None
+    key, _, secret = presented[len(PREFIX):].partition("_")
+    if not key or not secret or len(presented) > 200:
+        return None
+    token = RobotToken.objects.select_related("robot").filter(key=key).first()
+    if token is None or not hmac.compare_digest(token.secret_sha256, _digest(secret)):
+        return None
+    now = timezone.now()
+    if token.state(now) != "active" or token.robot.retired:
+        return None
+    if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
+        RobotToken.objects.filter(pk=token.pk).update(last_used_at=now)
+        token.last_used_at = now
+    return token

@@ -1,0 +1,26 @@
+"""Per-robot request rate: a fixed window counter in Redis, shared by every web process."""
+from __future__ import annotations
+
+import time
+
+from django.conf import settings
+
+from core import bus
+from gateway.errors import ApiError
+
+
+def count_request(robot_id: int) -> None:
+    """Count one request of the robot; ApiError 429 (with Retry-After) past API_RATE_LIMIT requests per
+    API_RATE_WINDOW seconds."""
+    window_seconds = settings.API_RATE_WINDOW
+    now = time.time()
+    window = int(now // window_seconds)
+    key = bus.rate_key(robot_id, window)
+    with bus.client().pipeline() as pipe:
+        pipe.incr(key)
+        pipe.expire(key, int(window_seconds) + 1)
+        count, _ = pipe.execute()
+    if count > settings.API_RATE_LIMIT:
+        retry = max(1, int((window + 1) * window_seconds - now + 0.999))
+        raise ApiError(429, "rate_limited", f"more than {settings.API_RATE_LIMIT} requests in "
+                                            f"{window_seconds:g} s; retry in {retry} s", {"Retry-After": str(retry)})

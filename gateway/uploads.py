@@ -1,0 +1,91 @@
+"""Episodes uploaded by remote robots: what the server trusts, and the limits that keep an upload from costing
+more than an episode is worth. Validation is in-process ingestion's own (fleet.ingest.ingest_episode)."""
+from __future__ import annotations
+
+import uuid as uuid_lib
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.http.request import RawPostDataException
+
+from core import bus
+from fleet.ingest import EpisodeRejected, ingest_episode
+from fleet.models import Episode, Robot
+from fleet.sim import episode_data
+from fleet.sim.gate import ANNOTATOR
+from gateway.assignment import assigned_versions
+from gateway.errors import ApiError
+from learner.models import PolicyVersion
+
+
+def read_body(request) -> bytes:
+    """The request body, refused with 413 before it is read when it declares more than API_MAX_EPISODE_BYTES."""
+    cap = settings.API_MAX_EPISODE_BYTES
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        raise ApiError(400, "bad_request", "Content-Length is not a number") from None
+    if declared > cap:
+        raise ApiError(413, "too_large", f"the episode is {declared} bytes; the limit is {cap}")
+    try:
+        body = request.body
+    except (RequestDataTooBig, RawPostDataException):
+        raise ApiError(413, "too_large", f"the episode exceeds the limit of {cap} bytes") from None
+    if len(body) > cap:
+        raise ApiError(413, "too_large", f"the episode is {len(body)} bytes; the limit is {cap}")
+    if not body:
+        raise ApiError(422, "invalid", "the request body must be the episode's .npz")
+    return body
+
+
+def accept(robot: Robot, key: str, params: dict, meta: dict, body: bytes) -> tuple[Episode, bool]:
+    """Store the robot's episode if the server trusts every claim in it. Returns (episode, created)."""
+    try:
+        key = uuid_lib.UUID(key)
+    except ValueError:
+        raise ApiError(422, "invalid", f"{key!r} is not a UUID") from None
+    existing = Episode.objects.filter(uuid=key).only("pk", "robot_id").first()
+    if existing is not None:  # a retry: the same answer as the first time, without reading the payload again
+        if existing.robot_id != robot.pk:
+            raise ApiError(403, "forbidden", f"episode {key} belongs to another robot")
+        return existing, False
+    version = _trusted_version(robot, params)
+    arrays = _arrays(body)
+    try:
+        episode, created = ingest_episode(
+            uuid=key, task=params["task"], seed=params["seed"], outcome=params["outcome"], arrays=arrays,
+            started_at=params["started_at"], finished_at=params["finished_at"], robot_id=robot.pk,
+            policy_version_id=version.pk, source=Episode.Source.ONLINE, meta={**meta, "via": "api"})
+    except EpisodeRejected as exc:
+        raise ApiError(422, "rejected", str(exc)) from None
+    if created and episode.robot_id == robot.pk:
+        bus.client().delete(bus.takeover_key(robot.pk))  # a takeover lasts for the episode it reached
+    return episode, created
+
+
+def _trusted_version(robot: Robot, params: dict) -> PolicyVersion:
+    if params["source"] != Episode.Source.ONLINE:
+        raise ApiError(422, "untrusted", f"source {params['source']!r} is not the robot's to claim: a robot "
+                                         "uploads online episodes (evaluation and offline demonstrations are "
+                                         "recorded by the server)")
+    version = PolicyVersion.objects.filter(number=params["version"]).first()
+    if version is None or version.pk not in assigned_versions(robot):
+        now = robot.policy_version.number if robot.policy_version_id else None
+        raise ApiError(422, "untrusted", f"version {params['version']} is not assigned to robot {robot.name} "
+                                         f"(it runs {f'v{now}' if now else 'no version'})")
+    return version
+
+
+def _arrays(body: bytes) -> dict:
+    try:
+        arrays = episode_data.decode_untrusted(body, settings.API_MAX_INFLATED_BYTES)
+    except episode_data.EpisodeDataError as exc:
+        raise ApiError(422, "invalid_payload", str(exc)) from None
+    steps = next((len(a) for a in arrays.values() if getattr(a, "ndim", 0) >= 1), 0)
+    if steps > settings.API_MAX_EPISODE_STEPS:
+        raise ApiError(422, "invalid_payload", f"{steps} steps; an episode may have at most "
+                                               f"{settings.API_MAX_EPISODE_STEPS}")
+    source = arrays.get("intervention_source")
+    if source is not None and getattr(source, "size", 0) and (source == ANNOTATOR).any():
+        raise ApiError(422, "untrusted", "annotator interventions are written by annotators, not robots")
+    return arrays

@@ -1,0 +1,211 @@
+"""The robot gateway over HTTP against the real daphne: enrolment, tokens, assignment, checkpoints, uploads."""
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from datetime import timedelta
+
+import httpx
+import pytest
+from django.utils import timezone
+
+from core import bus
+from core.models import AuditEvent
+from fleet import control
+from fleet.models import Episode, Robot
+from fleet.sim import episode_data
+from gateway import credentials
+from gateway.models import RobotToken
+from governance.decisions import deploy_to_fleet
+from tests.conftest import PASSWORD, publish_random_policy
+from tests.factories import TASK_NAMES, make_arrays
+
+
+def api(address: str, token: str | None = None, **headers) -> httpx.Client:
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    return httpx.Client(base_url=f"http://{address}", headers=headers, timeout=30)
+
+
+def remote_robot(name: str, tasks, actor=None) -> tuple[Robot, str]:
+    robot = control.add(name, tasks, actor, kind=Robot.Kind.REMOTE)
+    _, token = credentials.issue(robot, actor)
+    return robot, token
+
+
+def episode_params(version_number: int, **overrides) -> dict:
+    now = timezone.now()
+    return {"task": "pick-place-v3", "seed": 11, "outcome": "failure", "version": version_number,
+            "started_at": (now - timedelta(seconds=3)).isoformat(), "finished_at": now.isoformat(), **overrides}
+
+
+def payload(**arrays_overrides) -> bytes:
+    return episode_data.encode({**make_arrays(60), **arrays_overrides})
+
+
+@pytest.fixture
+def fleet(tasks, olivia):
+    version = publish_random_policy(1, TASK_NAMES)
+    deploy_to_fleet(version, reason="base")
+    alpha, alpha_token = remote_robot("remote-a", tasks, olivia)
+    beta, beta_token = remote_robot("remote-b", tasks, olivia)
+    return {"version": version, "a": alpha, "a_token": alpha_token, "b": beta, "b_token": beta_token}
+
+
+def test_an_operator_enrols_a_remote_robot_and_sees_its_token_once(client, olivia, tasks):
+    client.login(username="olivia", password=PASSWORD)
+    response = client.post("/robots/enrol/", {"name": "arm-7", "tasks": TASK_NAMES})
+    assert response.status_code == 200 and response["Cache-Control"] == "no-store"
+    token = response.context["token"]
+    robot = Robot.objects.get(name="arm-7")
+    assert robot.kind == Robot.Kind.REMOTE and token.startswith("sopr_") and token in response.content.decode()
+    row = RobotToken.objects.get(robot=robot)
+    assert token.split("_", 2)[2] not in json.dumps(list(RobotToken.objects.values()), default=str)  # only a hash
+    assert row.secret_sha256 == hashlib.sha256(token.split("_", 2)[2].encode()).hexdigest()
+    assert AuditEvent.objects.filter(verb="robot.token_issue", object_id=str(robot.pk), actor=olivia).exists()
+    page = client.get(f"/robots/{robot.pk}/").content.decode()
+    assert row.key in page and token not in page  # the robot page shows the key, never the token
+    # A bad name changes nothing.
+    assert client.post("/robots/enrol/", {"name": "bad name!", "tasks": TASK_NAMES[:1]}).status_code == 400
+    assert Robot.objects.count() == 1
+
+
+def test_rotation_and_revocation_are_audited_and_take_effect_at_once(daphne_server, fleet, olivia, client):
+    robot, old = fleet["a"], fleet["a_token"]
+    with api(daphne_server, old) as http:
+        assert http.get(f"/api/v1/robots/{robot.pk}/assignment").status_code == 200
+        client.login(username="olivia", password=PASSWORD)
+        response = client.post(f"/robots/{robot.pk}/tokens/rotate/", {"reason": "laptop lost"})
+        new = response.context["token"]
+        assert http.get(f"/api/v1/robots/{robot.pk}/assignment").status_code == 401  # the old one, at once
+    with api(daphne_server, new) as http:
+        assert http.get(f"/api/v1/robots/{robot.pk}/assignment").status_code == 200
+        key = new.split("_")[1]
+        client.post(f"/robots/{robot.pk}/tokens/{key}/revoke/", {"reason": "decommissioned"})
+        refused = http.get(f"/api/v1/robots/{robot.pk}/assignment")
+        assert refused.status_code == 401 and refused.json()["error"] == "unauthorized"
+    verbs = list(AuditEvent.objects.filter(object_id=str(robot.pk), verb__startswith="robot.token")
+                 .order_by("id").values_list("verb", flat=True))
+    assert verbs == ["robot.token_issue", "robot.token_revoke", "robot.token_issue", "robot.token_revoke"]
+
+
+def test_who_may_call_what(daphne_server, fleet, olivia):
+    a, b = fleet["a"], fleet["b"]
+    with api(daphne_server) as anonymous:
+        response = anonymous.get(f"/api/v1/robots/{a.pk}/assignment")
+        assert response.status_code == 401 and set(response.json()) == {"error", "detail"}
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+    with api(daphne_server, "sopr_0123456789ab_not-the-secret") as forged:
+        assert forged.get(f"/api/v1/robots/{a.pk}/assignment").status_code == 401
+    with api(daphne_server, fleet["a_token"]) as http:
+        other = http.get(f"/api/v1/robots/{b.pk}/assignment")
+        assert other.status_code == 403 and other.json()["error"] == "forbidden"
+        assert http.get("/fleet/", follow_redirects=False).status_code == 302  # a token opens no web page
+    # A person's session does not open the API.
+    from django.conf import settings
+    from django.test import Client
+
+    browser = Client()
+    browser.force_login(olivia)
+    cookie = f"{settings.SESSION_COOKIE_NAME}={browser.cookies[settings.SESSION_COOKIE_NAME].value}"
+    with api(daphne_server, Cookie=cookie) as session:
+        assert session.get("/fleet/").status_code == 200  # the session is good for the pages
+        refused = session.get(f"/api/v1/robots/{a.pk}/assignment")
+        assert refused.status_code == 401 and refused.json()["error"] == "unauthorized"
+
+
+def test_the_assignment_carries_version_tasks_and_the_operators_commands(daphne_server, fleet, olivia):
+    robot = fleet["a"]
+    with api(daphne_server, fleet["a_token"]) as http:
+        first = http.get(f"/api/v1/robots/{robot.pk}/assignment").json()
+        assert first["version"]["number"] == 1 and first["version"]["sha256"] == fleet["version"].checkpoint_sha256
+        assert [t["name"] for t in first["tasks"]] == TASK_NAMES and first["commands"] == ["stop"]
+        control.start(robot, olivia)
+        beat = http.post(f"/api/v1/robots/{robot.pk}/heartbeat",
+                         json={"status": "running", "task": "pick-place-v3", "version": 1, "step": 40})
+        assert beat.status_code == 200 and beat.json()["commands"] == []
+        robot.refresh_from_db()
+        assert robot.status == Robot.Status.RUNNING and robot.last_heartbeat is not None
+        progress = json.loads(bus.client().hget(bus.PROGRESS_KEY, robot.pk))
+        assert progress["step"] == 40 and progress["remote"] is True  # what the fleet tile shows
+        control.take_over(robot, olivia)
+        assert http.get(f"/api/v1/robots/{robot.pk}/assignment").json()["commands"] == ["take_over"]
+        control.pause(robot, olivia)
+        assert http.get(f"/api/v1/robots/{robot.pk}/assignment").json()["commands"] == ["pause", "abort",
+                                                                                        "take_over"]
+        refused = http.post(f"/api/v1/robots/{robot.pk}/heartbeat", json={"status": "flying"})
+        assert refused.status_code == 422 and "status" in refused.json()["detail"]
+
+
+def test_a_checkpoint_downloads_whole_resumes_by_range_and_matches_its_sha256(daphne_server, fleet):
+    robot, version = fleet["a"], fleet["version"]
+    with api(daphne_server, fleet["a_token"]) as http:
+        described = http.get(f"/api/v1/robots/{robot.pk}/assignment").json()["version"]
+        whole = http.get(described["url"])
+        assert whole.status_code == 200 and len(whole.content) == described["size"]
+        assert hashlib.sha256(whole.content).hexdigest() == version.checkpoint_sha256
+        assert whole.headers["ETag"] == f'"{version.checkpoint_sha256}"'
+        half = described["size"] // 2
+        head = http.get(described["url"], headers={"Range": f"bytes=0-{half - 1}"})
+        tail = http.get(described["url"], headers={"Range": f"bytes={half}-", "If-Range": whole.headers["ETag"]})
+        assert (head.status_code, tail.status_code) == (206, 206)
+        assert head.content + tail.content == whole.content  # a broken download resumes where it stopped
+        assert http.get(described["url"], headers={"If-None-Match": whole.headers["ETag"]}).status_code == 304
+        assert http.get(described["url"], headers={"Range": f"bytes={described['size']}-"}).status_code == 416
+        newer = publish_random_policy(2, TASK_NAMES, seed=2)
+        assert http.get(f"/api/v1/robots/{robot.pk}/checkpoints/{newer.number}").status_code == 403
+        assert http.get(f"/api/v1/robots/{robot.pk}/checkpoints/99").status_code == 404
+
+
+def test_an_uploaded_episode_is_stored_once_and_the_server_decides_what_it_trusts(daphne_server, fleet, olivia):
+    robot, version = fleet["a"], fleet["version"]
+    key = str(uuid.uuid4())
+    with api(daphne_server, fleet["a_token"]) as http:
+        first = http.put(f"/api/v1/episodes/{key}", params=episode_params(1), content=payload())
+        assert first.status_code == 201, first.text
+        again = http.put(f"/api/v1/episodes/{key}", params=episode_params(1), content=payload())
+        assert again.status_code == 200 and again.json() == {"episode": first.json()["episode"], "created": False}
+        stored = Episode.objects.get(uuid=key)
+        assert (stored.robot_id, stored.policy_version_id, stored.source) == (robot.pk, version.pk, "online")
+        assert stored.meta["via"] == "api"
+
+        for params, words in [(episode_params(1, source="evaluation"), "source 'evaluation'"),
+                              (episode_params(1, source="offline_demo"), "source 'offline_demo'"),
+                              (episode_params(7), "version 7 is not assigned")]:
+            refused = http.put(f"/api/v1/episodes/{uuid.uuid4()}", params=params, content=payload())
+            assert refused.status_code == 422 and words in refused.json()["detail"], refused.text
+        annotated = make_arrays(60)
+        annotated["intervention_source"][5:9] = 3  # ANNOTATOR
+        refused = http.put(f"/api/v1/episodes/{uuid.uuid4()}", params=episode_params(1),
+                           content=episode_data.encode(annotated))
+        assert refused.status_code == 422 and "annotator" in refused.json()["detail"]
+    with api(daphne_server, fleet["b_token"]) as other:  # robot B cannot claim robot A's episode
+        assert other.put(f"/api/v1/episodes/{key}", params=episode_params(1), content=payload()).status_code == 403
+    assert Episode.objects.count() == 1
+
+
+def test_limits_answer_413_and_429(start_daphne, fleet):
+    server = start_daphne(API_MAX_EPISODE_BYTES=4096, API_RATE_LIMIT=5, API_RATE_WINDOW=60)
+    robot = fleet["a"]
+    with api(server.address, fleet["a_token"]) as http:
+        big = http.put(f"/api/v1/episodes/{uuid.uuid4()}", params=episode_params(1), content=b"x" * 5000)
+        assert big.status_code == 413 and big.json()["error"] == "too_large"
+        statuses = [http.get(f"/api/v1/robots/{robot.pk}/assignment").status_code for _ in range(6)]
+        assert statuses[-1] == 429 and statuses.count(429) == 2  # 5 allowed, the upload counted as one
+        limited = http.get(f"/api/v1/robots/{robot.pk}/assignment")
+        assert 1 <= int(limited.headers["Retry-After"]) <= 60 and limited.json()["error"] == "rate_limited"
+    with api(server.address, fleet["b_token"]) as other:  # the limit is per robot
+        assert other.get(f"/api/v1/robots/{fleet['b'].pk}/assignment").status_code == 200
+    assert Episode.objects.count() == 0
+
+
+def test_the_openapi_schema_validates_and_the_docs_are_served(daphne_server):
+    from openapi_spec_validator import validate
+
+    with api(daphne_server) as http:
+        schema = http.get("/api/schema/").json()
+        validate(schema)
+        assert {"/api/v1/episodes/{episode_uuid}", "/api/v1/robots/{robot_id}/assignment"} <= set(schema["paths"])
+        docs = http.get("/api/v1/docs")
+        assert docs.status_code == 200 and "cdn." not in docs.text  # served from our own static files
