@@ -9,12 +9,17 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.urls import re_path  # noqa: E402
 
 import fleet.routing  # noqa: E402
+import gateway.routing  # noqa: E402
 
+# People's sockets carry a session cookie, so their Origin must be ours; robots' sockets carry a token instead (no
+# cookie, so no cross-site request to forge) and robots send no Origin.
+people = AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(fleet.routing.websocket_urlpatterns)))
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(fleet.routing.websocket_urlpatterns))),
+        "websocket": URLRouter([*gateway.routing.websocket_urlpatterns, re_path(r"", people)]),
     }
 )

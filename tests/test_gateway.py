@@ -209,3 +209,33 @@ def test_the_openapi_schema_validates_and_the_docs_are_served(daphne_server):
         assert {"/api/v1/episodes/{episode_uuid}", "/api/v1/robots/{robot_id}/assignment"} <= set(schema["paths"])
         docs = http.get("/api/v1/docs")
         assert docs.status_code == 200 and "cdn." not in docs.text  # served from our own static files
+
+
+def test_the_robot_socket_pushes_commands_at_once_and_closes_on_revocation(daphne_server, fleet, olivia):
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+    from websockets.sync.client import connect
+
+    robot, url = fleet["a"], f"ws://{daphne_server}/ws/robot/"
+    with connect(url, additional_headers={"Authorization": f"Bearer {fleet['a_token']}"}) as socket:
+        first = json.loads(socket.recv(timeout=10))
+        assert first["event"] == "assignment" and first["data"]["version"]["number"] == 1
+        control.start(robot, olivia)
+        assert json.loads(socket.recv(timeout=10))["data"]["commands"] == []  # started: "stop" is gone
+        control.pause(robot, olivia)
+        assert "pause" in json.loads(socket.recv(timeout=10))["data"]["commands"]
+        credentials.revoke(RobotToken.objects.get(robot=robot), olivia, reason="stolen")
+        assert json.loads(socket.recv(timeout=10)) == {"event": "revoked"}
+        with pytest.raises(ConnectionClosed) as closed:
+            socket.recv(timeout=10)
+        assert closed.value.rcvd.code == 4401
+    # The other robot authenticates with its first message (for libraries that cannot set headers).
+    with connect(url) as socket:
+        socket.send(json.dumps({"type": "auth", "token": fleet["b_token"]}))
+        assert json.loads(socket.recv(timeout=10))["data"]["robot"]["id"] == fleet["b"].pk
+    with connect(url) as socket:
+        socket.send(json.dumps({"type": "auth", "token": "sopr_nope_nope"}))
+        with pytest.raises(ConnectionClosed) as closed:
+            socket.recv(timeout=10)
+        assert closed.value.rcvd.code == 4401
+    with pytest.raises(InvalidStatus):  # a bad token in the header: the handshake itself is refused
+        connect(url, additional_headers={"Authorization": "Bearer sopr_nope_nope"}).close()
