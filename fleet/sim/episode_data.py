@@ -166,15 +166,16 @@ _ZIP_STORED, _ZIP_DEFLATED = 0, 8
 _DOS_1980 = (0, 0x21)  # (time, date) in MS-DOS format
 
 
-def decode(data: bytes) -> dict[str, np.ndarray]:
-    """Read a payload back (never unpickling anything)."""
+def decode(data: bytes, legacy: bool = True) -> dict[str, np.ndarray]:
+    """Read a payload back (never unpickling anything). `legacy`: today's dtypes for payloads stored by an older
+    version (stored payloads only; uploads must be of today's schema)."""
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         raise EpisodeDataError(f"the episode payload is not a readable .npz: {exc}") from None
     # Payloads stored before the simulator state became float32 hold it as float64; readers get today's schema.
-    for name in _WAS_FLOAT64.intersection(arrays):
+    for name in _WAS_FLOAT64.intersection(arrays) if legacy else ():
         if arrays[name].dtype == np.float64:
             arrays[name] = arrays[name].astype(np.float32)
     return arrays
@@ -201,7 +202,7 @@ def decode_untrusted(data: bytes, max_bytes: int) -> dict[str, np.ndarray]:
     if any(member.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) for member in members):
         raise EpisodeDataError("the episode payload uses a compression other than stored or deflate")
     try:
-        return decode(data)
+        return decode(data, legacy=False)
     except EpisodeDataError:
         raise
     except Exception as exc:  # zlib errors, bad CRCs, truncated members: anything unreadable is refused, clearly
