@@ -134,6 +134,12 @@ def _own(request, robot_id: int):
     return robot
 
 
+@api.get("/whoami", response=RobotOut, summary="The robot this token belongs to")
+def whoami(request):
+    robot = request.robot
+    return {"id": robot.pk, "name": robot.name, "status": robot.status, "enabled": robot.enabled}
+
+
 @api.get("/robots/{robot_id}/assignment", response=AssignmentOut, summary="What the robot must run now")
 def get_assignment(request, robot_id: int):
     return assignment.of(_own(request, robot_id))

@@ -77,14 +77,19 @@ def heartbeat(robot: Robot, beat: dict) -> None:
                              "remote": True})
 
 
-def assigned_versions(robot: Robot) -> set[int]:
-    """Ids of the versions the robot may run or report: the one assigned now and the one it was assigned before
-    (an episode that started before a swap finishes on the version it started with)."""
+def assigned_versions(robot: Robot, since=None) -> set[int]:
+    """Ids of the versions the robot was assigned at some moment from `since` until now (the one it runs now, the
+    one it ran at `since`, and any in between: a continuously deploying fleet may move a robot several times
+    during one episode); without `since`, the current one and the one before it."""
     ids = {robot.policy_version_id} - {None}
-    last = (AuditEvent.objects.filter(verb="robot.assign_version", object_type=Robot._meta.label_lower,
-                                      object_id=str(robot.pk)).order_by("-created_at", "-id").first())
-    if last is not None and last.details.get("from") is not None:
-        ids.add(last.details["from"])
+    events = AuditEvent.objects.filter(verb="robot.assign_version", object_type=Robot._meta.label_lower,
+                                       object_id=str(robot.pk)).order_by("-created_at", "-id")
+    if since is None:
+        events = events[:1]
+    else:
+        events = events.filter(created_at__gte=since)
+    for event in events.only("details"):
+        ids |= {event.details.get("from"), event.details.get("to")} - {None}
     return ids
 
 

@@ -3,10 +3,12 @@ more than an episode is worth. Validation is in-process ingestion's own (fleet.i
 from __future__ import annotations
 
 import uuid as uuid_lib
+from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http.request import RawPostDataException
+from django.utils import timezone
 
 from core import bus
 from fleet.ingest import EpisodeRejected, ingest_episode
@@ -69,7 +71,9 @@ def _trusted_version(robot: Robot, params: dict) -> PolicyVersion:
                                          "uploads online episodes (evaluation and offline demonstrations are "
                                          "recorded by the server)")
     version = PolicyVersion.objects.filter(number=params["version"]).first()
-    if version is None or version.pk not in assigned_versions(robot):
+    # Assigned at some moment during the episode (its claimed start, at most API_MAX_EPISODE_SECONDS ago).
+    since = max(params["started_at"], timezone.now() - timedelta(seconds=settings.API_MAX_EPISODE_SECONDS))
+    if version is None or version.pk not in assigned_versions(robot, since=since):
         now = robot.policy_version.number if robot.policy_version_id else None
         raise ApiError(422, "untrusted", f"version {params['version']} is not assigned to robot {robot.name} "
                                          f"(it runs {f'v{now}' if now else 'no version'})")

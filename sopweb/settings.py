@@ -415,5 +415,7 @@ API_MAX_EPISODE_BYTES = env_number("API_MAX_EPISODE_BYTES", 8 * 1024 * 1024, min
 API_MAX_INFLATED_BYTES = env_number("API_MAX_INFLATED_BYTES", 64 * 1024 * 1024, min_value=1024)
 API_MAX_EPISODE_STEPS = env_number("API_MAX_EPISODE_STEPS", 2000, min_value=1)
 API_MAX_META_BYTES = env_number("API_MAX_META_BYTES", 8192, min_value=2)
+# An upload may name any version its robot was assigned during the episode, looking back at most this far.
+API_MAX_EPISODE_SECONDS = env_number("API_MAX_EPISODE_SECONDS", 3600, min_value=10)
 # Django reads a request body up to this size; the episode cap decides, with room for the multipart overhead.
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(2_621_440, API_MAX_EPISODE_BYTES + 65536)

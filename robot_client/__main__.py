@@ -1,0 +1,3 @@
+from robot_client.cli import main
+
+raise SystemExit(main())
