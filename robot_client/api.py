@@ -55,7 +55,8 @@ class Api:
         return self._call("GET", f"/api/v1/robots/{self.robot_id}/assignment").json()
 
     def heartbeat(self, status: str, **progress) -> dict:
-        return self._call("POST", f"/api/v1/robots/{self.robot_id}/heartbeat", json={"status": status, **progress}).json()
+        beat = {"status": status, **progress}
+        return self._call("POST", f"/api/v1/robots/{self.robot_id}/heartbeat", json=beat).json()
 
     def put_episode(self, key: str, params: dict, body: bytes) -> dict:
         return self._call("PUT", f"/api/v1/episodes/{key}", params=params, content=body,

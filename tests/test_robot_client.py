@@ -137,8 +137,8 @@ def test_episodes_buffered_while_the_web_server_is_down_arrive_exactly_once(remo
     wait_for(lambda: len(client.pending()) >= 3, 90, "episodes kept on the robot's disk while sopweb is away")
     buffered = set(client.pending())
     server.start()
-    wait_for(lambda: buffered <= set(str(u) for u in Episode.objects.filter(robot=robot).values_list("uuid", flat=True)),
-             90, "the buffered episodes to arrive")
+    uploaded = lambda: set(str(u) for u in Episode.objects.filter(robot=robot).values_list("uuid", flat=True))  # noqa
+    wait_for(lambda: buffered <= uploaded(), 90, "the buffered episodes to arrive")
     control.stop(robot, olivia)
     wait_for(lambda: not client.pending(), 60, "the outbox to drain")
     client.stop()
