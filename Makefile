@@ -34,7 +34,7 @@ system-deps:
 # The demo shows the fleet learning: every published version goes straight to the robots (SOP's continuous mode).
 demo: export ROLLOUT_MODE ?= continuous
 demo: venv system-deps
-	$(WITH_SERVICES) sh -c 'python manage.py ensure_database && python manage.py migrate --noinput && python manage.py prepare_demo && exec honcho start'
+	$(WITH_SERVICES) sh -c 'python manage.py ensure_database && python manage.py migrate --noinput && python manage.py prepare_demo && python manage.py demo_robot && exec honcho start'
 
 test: venv system-deps
 	lint-imports --no-cache

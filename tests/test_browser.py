@@ -137,3 +137,32 @@ def test_an_annotator_sees_no_operator_controls(browser_session, anna, fleet_wit
     assert response.status == 403
     assert page.locator("form[action*='/robots/']").count() == 0
     assert page.locator("#live-state").count() == 0  # no socket for a role that may not watch the fleet
+
+
+def test_an_operator_enrols_a_remote_robot_from_the_fleet_page_and_revokes_its_token(browser_session, olivia,
+                                                                                       fleet_with_history):
+    from gateway.models import RobotToken
+
+    session = browser_session(olivia)
+    page = session.page
+    page.goto(session.base_url + "/fleet/")
+    page.get_by_role("link", name="Enrol a remote robot").click()
+    page.fill("#id_name", "arm-remote-1")
+    page.select_option("#id_tasks", ["pick-place-v3"])
+    page.get_by_role("button", name="Enrol").click()
+    token = page.inner_text("#robot-token").strip()
+    assert token.startswith("sopr_")
+    session.screenshot("token-shown-once")
+    page.get_by_role("link", name="arm-remote-1's page").click()
+    row = page.locator(f'tr[data-token="{token.split("_")[1]}"]')
+    assert row.locator("td").nth(1).inner_text() == "active" and token not in page.content()
+    session.screenshot("remote-robot-page")
+    row.get_by_placeholder("reason").fill("test over")
+    row.get_by_role("button", name="Revoke").click()
+    page.wait_for_load_state("load")
+    assert page.locator(f'tr[data-token="{token.split("_")[1]}"] td').nth(1).inner_text() == "revoked"
+    assert RobotToken.objects.get().revoked_by == olivia
+    page.goto(session.base_url + "/fleet/")
+    assert page.locator(".tile .badge.remote").count() == 1
+    session.screenshot("fleet-with-remote-robot")
+    assert session.console_errors == []

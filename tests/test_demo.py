@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import http.cookiejar
+import json
 import os
 import re
 import signal
@@ -16,9 +17,9 @@ from tests.conftest import ROOT, free_port, wait_for
 pytestmark = pytest.mark.e2e  # the whole `make demo`, every process of the Procfile
 
 
-def log_in(base: str, username: str, password: str) -> tuple[str, str]:
+def log_in(base: str, username: str, password: str, opener=None) -> tuple[str, str]:
     """Log in through the real login form; returns (final URL, page) of the landing page."""
-    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    opener = opener or urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
     form = opener.open(f"{base}/login/", timeout=10).read().decode()
     token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form).group(1)
     body = urllib.parse.urlencode({"username": username, "password": password, "csrfmiddlewaretoken": token})
@@ -58,8 +59,20 @@ def test_make_demo_serves_every_role_and_ctrl_c_stops_everything(tmp_path):
             url, page = log_in(base, username, password)
             assert urllib.parse.urlsplit(url).path == landing, (username, url)
             assert f'class="who">{username}' in page
-        wait_for(lambda: all(f"{name}.1" in log.read_text() for name in ("actors", "learner", "worker", "background", "beat")),
-                 60, "every process in the Procfile to start")
+        processes = ("actors", "learner", "worker", "background", "beat", "robot")
+        wait_for(lambda: all(f"{name}.1" in log.read_text() for name in processes), 60,
+                 "every process in the Procfile to start")
+        # Beside the in-process robots, one robot runs its own episodes over the API; its tile says so.
+        operator = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        log_in(base, "operator", re.search(r"operator\s+password: (\S+)", printed).group(1), operator)
+        assert 'badge remote' in operator.open(f"{base}/fleet/", timeout=10).read().decode()
+
+        def remote_episodes():
+            snapshot = json.loads(operator.open(f"{base}/fleet/snapshot.json", timeout=10).read())
+            return any(r["kind"] == "remote" and r["outcomes"] for r in snapshot["robots"])
+
+        wait_for(remote_episodes, 120, "the remote robot's first episodes", interval=2)
+        assert "sopr_" not in log.read_text()  # the token is never printed or logged, by sopweb or the client
     finally:
         os.killpg(demo.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
         try:

@@ -20,7 +20,8 @@ class Command(BaseCommand):
         call_command("pretrain_base", "--if-none", "--deploy", stdout=self.stdout)
         for robot in Robot.objects.filter(retired=False):
             if robot.enabled:
-                schedule_episode(robot.pk)  # started in an earlier run: pick its chain of episodes up again
+                if robot.in_process:
+                    schedule_episode(robot.pk)  # started in an earlier run: pick its chain of episodes up again
             else:
                 control.start(robot, None, reason="demo start")
         self.stdout.write(f"{Robot.objects.filter(enabled=True).count()} robots started")
