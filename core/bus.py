@@ -15,14 +15,21 @@ EPISODES_CHANNEL = f"sopweb:{_DB}:episodes"  # training data changed: {"episode"
 ROBOTS_CHANNEL = f"sopweb:{_DB}:robots"  # to remote robots' sockets: {"robot", "event", ...} (gateway)
 LIVE_CHANNEL = f"sopweb:{_DB}:live"  # dashboards' deltas: {"event", "data"} (core.events -> fleet.consumers.LiveHub)
 
-_local = threading.local()
+_client: redis.Redis | None = None
+_client_lock = threading.Lock()
 
 
 def client() -> redis.Redis:
-    """A Redis client per thread (connections are not shared across the actor's prefetch thread)."""
-    if getattr(_local, "client", None) is None:
-        _local.client = redis.Redis.from_url(settings.REDIS_URL)
-    return _local.client
+    """This process's Redis client. It is thread-safe (each command borrows a connection from its pool, which a
+    forked child replaces with its own), so threads share it: the web process runs every request's work in a
+    thread of its own, and a client per thread would connect anew for each request. Pub/sub needs a connection
+    of its own: `client().pubsub()`."""
+    global _client
+    if _client is None:
+        with _client_lock:
+            if _client is None:
+                _client = redis.Redis.from_url(settings.REDIS_URL)
+    return _client
 
 
 def lease_key(robot_id: int) -> str:

@@ -35,12 +35,13 @@ class EpisodeRejected(ValueError):
 def ingest_episode(*, uuid: str | uuid_lib.UUID, task: str, seed: int, outcome: str, arrays: dict,
                    started_at: datetime, finished_at: datetime, robot_id: int | None = None,
                    policy_version_id: int | None = None, source: str = Episode.Source.ONLINE,
-                   meta: dict | None = None) -> tuple[Episode, bool]:
-    """Validate and store one episode. Returns (episode, created); created is False for a repeated UUID."""
+                   meta: dict | None = None, payload: bytes | None = None) -> tuple[Episode, bool]:
+    """Validate and store one episode. Returns (episode, created); created is False for a repeated UUID.
+    `payload`: the arrays as a .npz already (an upload that was read from it); stored as it is, not re-encoded."""
     key = _check_fields(uuid, task, seed, outcome, started_at, finished_at, robot_id, policy_version_id, source)
     episode = Episode(uuid=key, robot_id=robot_id, policy_version_id=policy_version_id, source=source, seed=seed,
                       outcome=outcome, meta=meta or {}, started_at=started_at, finished_at=finished_at)
-    payload, existing, task_row = None, None, _tasks.get(task)
+    existing, task_row = None, _tasks.get(task)
     for _ in range(3):
         fresh = task_row is None
         if fresh:

@@ -46,21 +46,18 @@ def accept(robot: Robot, key: str, params: dict, meta: dict, body: bytes) -> tup
         key = uuid_lib.UUID(key)
     except ValueError:
         raise ApiError(422, "invalid", f"{key!r} is not a UUID") from None
-    existing = Episode.objects.filter(uuid=key).only("pk", "robot_id").first()
-    if existing is not None:  # a retry: the same answer as the first time, without reading the payload again
-        if existing.robot_id != robot.pk:
-            raise ApiError(403, "forbidden", f"episode {key} belongs to another robot")
-        return existing, False
     version = _trusted_version(robot, params)
     arrays = _arrays(body)
     try:
         episode, created = ingest_episode(
             uuid=key, task=params["task"], seed=params["seed"], outcome=params["outcome"], arrays=arrays,
             started_at=params["started_at"], finished_at=params["finished_at"], robot_id=robot.pk,
-            policy_version_id=version.pk, source=Episode.Source.ONLINE, meta={**meta, "via": "api"})
+            policy_version_id=version.pk, source=Episode.Source.ONLINE, meta={**meta, "via": "api"}, payload=body)
     except EpisodeRejected as exc:
         raise ApiError(422, "rejected", str(exc)) from None
-    if created and episode.robot_id == robot.pk:
+    if episode.robot_id != robot.pk:  # a UUID stored before, by another robot
+        raise ApiError(403, "forbidden", f"episode {key} belongs to another robot")
+    if created:
         bus.client().delete(bus.takeover_key(robot.pk))  # a takeover lasts for the episode it reached
     return episode, created
 
@@ -70,8 +67,10 @@ def _trusted_version(robot: Robot, params: dict) -> PolicyVersion:
         raise ApiError(422, "untrusted", f"source {params['source']!r} is not the robot's to claim: a robot "
                                          "uploads online episodes (evaluation and offline demonstrations are "
                                          "recorded by the server)")
-    version = PolicyVersion.objects.filter(number=params["version"]).first()
-    # Assigned at some moment during the episode (its claimed start, at most API_MAX_EPISODE_SECONDS ago).
+    version = PolicyVersion.objects.filter(number=params["version"]).only("pk").first()
+    if version is not None and version.pk == robot.policy_version_id:
+        return version  # the version it runs now: most uploads
+    # Else assigned at some moment during the episode (its claimed start, at most API_MAX_EPISODE_SECONDS ago).
     since = max(params["started_at"], timezone.now() - timedelta(seconds=settings.API_MAX_EPISODE_SECONDS))
     if version is None or version.pk not in assigned_versions(robot, since=since):
         now = robot.policy_version.number if robot.policy_version_id else None

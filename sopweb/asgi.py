@@ -3,23 +3,45 @@ import os
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sopweb.settings")
+os.environ.setdefault("DATABASE_POOL", "1")  # the web process borrows connections from a pool (settings.py)
 # Django must be set up before the consumers (and the models they import) are imported.
 django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.core.handlers.asgi import ASGIHandler  # noqa: E402
+from django.test.utils import override_settings  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
 import fleet.routing  # noqa: E402
 import gateway.routing  # noqa: E402
+
+# The robot API gets a handler of its own with only the security middleware: under ASGI every synchronous
+# middleware costs two thread hops per request, and the people's stack (sessions, CSRF, authentication, messages,
+# login required) means nothing to a robot that authenticates with its token (bench/api_ingest.py).
+API_MIDDLEWARE = ["django.middleware.security.SecurityMiddleware"]
+
+
+class RobotApiHandler(ASGIHandler):
+    def load_middleware(self, is_async=False):
+        with override_settings(MIDDLEWARE=API_MIDDLEWARE):
+            super().load_middleware(is_async=is_async)
+
+
+robot_api_app = RobotApiHandler()
+
+
+async def http_app(scope, receive, send):
+    app = robot_api_app if scope["path"].startswith("/api/v1/") else django_asgi_app
+    await app(scope, receive, send)
 
 # People's sockets carry a session cookie, so their Origin must be ours; robots' sockets carry a token instead (no
 # cookie, so no cross-site request to forge) and robots send no Origin.
 people = AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(fleet.routing.websocket_urlpatterns)))
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": http_app,
         "websocket": URLRouter([*gateway.routing.websocket_urlpatterns, re_path(r"", people)]),
     }
 )

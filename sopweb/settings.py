@@ -74,6 +74,10 @@ def _service_url(name: str) -> str:
     return value
 
 
+def _pooled() -> bool:
+    return env_bool("DATABASE_POOL", False)
+
+
 def parse_database_url(url: str) -> dict:
     parts = urlsplit(url)
     if parts.scheme not in ("postgres", "postgresql"):
@@ -94,9 +98,14 @@ def parse_database_url(url: str) -> dict:
         "PASSWORD": unquote(parts.password or ""),
         "HOST": host,
         "PORT": str(port or ""),
-        "CONN_MAX_AGE": env_number("DATABASE_CONN_MAX_AGE", 60, min_value=0),
-        "CONN_HEALTH_CHECKS": True,
-        "OPTIONS": query,
+        # The web process (sopweb/asgi.py) pools: under ASGI, Django runs each request's database work in a thread
+        # of its own, so a persistent connection would be opened (~6 ms) for every request and never reused.
+        # Workers keep one persistent connection per process.
+        "CONN_MAX_AGE": 0 if _pooled() else env_number("DATABASE_CONN_MAX_AGE", 60, min_value=0),
+        "CONN_HEALTH_CHECKS": not _pooled(),
+        "OPTIONS": {**query, **({"pool": {"min_size": 1, "timeout": 10,
+                                          "max_size": env_number("DATABASE_POOL_SIZE", 8, min_value=1)}}
+                                if _pooled() else {})},
         "TEST": {"NAME": f"test_{name}"},
     }
 

@@ -1,0 +1,139 @@
+"""Episodes per second uploaded through the robot API (PUT /api/v1/episodes/{uuid} on one real daphne process, 8
+concurrent clients, each its own remote robot and token) against in-process `ingest_episode` of the same episodes,
+in the same run, interleaved. Goal: ratio >= 0.5.
+
+The episode is a real 500-step pick-place episode from the simulator (the gate makes the expert step in), the
+payload the robot client would upload. The API path pays what a remote robot costs the server: HTTP, the token,
+the rate limit, reading the upload strictly (its zip directory, then inflating it) and the trust checks; the
+in-process path starts from arrays in memory.
+
+    .venv/bin/python -m sopweb.embedded run -- .venv/bin/python bench/api_ingest.py [--episodes 200] [--reps 3]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import timedelta
+
+import _django
+
+_django.setup("_api_bench")
+
+import logging  # noqa: E402
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+from django.utils import timezone  # noqa: E402
+
+from fleet import control  # noqa: E402
+from fleet.ingest import ingest_episode  # noqa: E402
+from fleet.models import Episode, Robot, Task  # noqa: E402
+from fleet.sim import episode_data  # noqa: E402
+from fleet.sim.actor import run_episode  # noqa: E402
+from fleet.sim.envs import make_task  # noqa: E402
+from fleet.sim.gate import Gate, GateConfig  # noqa: E402
+from gateway import credentials  # noqa: E402
+from learner.models import PolicyVersion  # noqa: E402
+
+CLIENTS = 8
+
+
+def start_daphne() -> tuple[subprocess.Popen, str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, API_RATE_LIMIT="1000000", PYTHONUNBUFFERED="1")
+    log = open(_django.ROOT / "var" / "bench-api-daphne.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+                             "sopweb.asgi:application"], cwd=_django.ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return proc, f"http://127.0.0.1:{port}"
+        time.sleep(0.1)
+    sys.exit("daphne did not start (var/bench-api-daphne.log)")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--episodes", type=int, default=200)
+    parser.add_argument("--reps", type=int, default=3)
+    args = parser.parse_args()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request would cost the clients' CPU
+    Task.objects.create(env_name="pick-place-v3", title="Pick place", max_steps=500)
+    version = PolicyVersion.objects.create(number=1, algorithm="bc", checkpoint_path="policies/none",
+                                           checkpoint_sha256="0" * 64, state="deployed")
+    robots, tokens = [], []
+    for i in range(CLIENTS):
+        robot = control.add(f"bench-remote-{i}", list(Task.objects.all()), None, kind=Robot.Kind.REMOTE)
+        control.assign_version(robot, version, None, reason="benchmark")
+        robots.append(robot)
+        tokens.append(credentials.issue(robot, None)[1])
+    sim = make_task("pick-place-v3")
+    result = run_episode(sim, lambda obs: np.zeros(4, np.float32), 3,
+                         Gate(GateConfig(no_progress_steps=150, divergence=10.0, min_hold_steps=40)), realtime_factor=0)
+    arrays, payload = result.arrays, episode_data.encode(result.arrays)
+    print(f"episode: {result.steps} steps, {result.outcome}, payload {len(payload) / 1024:.0f} KiB")
+    server, url = start_daphne()
+
+    def params():
+        now = timezone.now()
+        return {"task": "pick-place-v3", "seed": 7, "outcome": result.outcome, "version": 1,
+                "started_at": (now - timedelta(seconds=6)).isoformat(), "finished_at": now.isoformat()}
+
+    def in_process(n):
+        now = timezone.now()
+        start = time.perf_counter()
+        for i in range(n):
+            ingest_episode(uuid=uuid.uuid4(), task="pick-place-v3", seed=7, outcome=result.outcome, arrays=arrays,
+                           started_at=now - timedelta(seconds=6), finished_at=now, robot_id=robots[i % CLIENTS].pk,
+                           policy_version_id=version.pk, source=Episode.Source.ONLINE)
+        return n / (time.perf_counter() - start)
+
+    def over_api(n):
+        failures = []
+
+        def client(k):
+            with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {tokens[k]}"}, timeout=60) as http:
+                for _ in range(k, n, CLIENTS):
+                    response = http.put(f"/api/v1/episodes/{uuid.uuid4()}", params=params(), content=payload)
+                    if response.status_code != 201:
+                        failures.append(response.text[:200])
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(CLIENTS)]
+        start = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - start
+        if failures:
+            sys.exit(f"{len(failures)} uploads failed, e.g. {failures[0]}")
+        return n / elapsed
+
+    try:
+        in_process(10), over_api(16)  # warm up connections, caches and the server's imports
+        ratios, apis, locals_ = [], [], []
+        for rep in range(args.reps):  # interleaved, so drift on a noisy machine hits both alike
+            local, api = in_process(args.episodes), over_api(args.episodes)
+            locals_.append(local), apis.append(api), ratios.append(api / local)
+            print(f"rep {rep + 1}: in-process {local:6.1f}/s   API, {CLIENTS} clients {api:6.1f}/s   "
+                  f"ratio {api / local:.3f}")
+        print(f"median: in-process {_django.median(locals_):.1f} episodes/s, API {_django.median(apis):.1f} "
+              f"episodes/s ({Episode.objects.count()} episodes stored)")
+        print(f"API/in-process ratio: {_django.median(ratios):.3f}")
+    finally:
+        server.terminate()
+        server.wait(20)
+
+
+if __name__ == "__main__":
+    main()
