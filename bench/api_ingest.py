@@ -62,6 +62,11 @@ def start_daphne() -> tuple[subprocess.Popen, str]:
     sys.exit("daphne did not start (var/bench-api-daphne.log)")
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--episodes", type=int, default=200)
@@ -123,10 +128,13 @@ def main():
         in_process(10), over_api(16)  # warm up connections, caches and the server's imports
         ratios, apis, locals_ = [], [], []
         for rep in range(args.reps):  # interleaved, so drift on a noisy machine hits both alike
-            local, api = in_process(args.episodes), over_api(args.episodes)
+            local = in_process(args.episodes)
+            cpu_before = _cpu_seconds(server.pid)
+            api = over_api(args.episodes)
+            server_ms = (_cpu_seconds(server.pid) - cpu_before) / args.episodes * 1000
             locals_.append(local), apis.append(api), ratios.append(api / local)
             print(f"rep {rep + 1}: in-process {local:6.1f}/s   API, {CLIENTS} clients {api:6.1f}/s   "
-                  f"ratio {api / local:.3f}")
+                  f"ratio {api / local:.3f}   (web process CPU {server_ms:.1f} ms per upload)")
         print(f"median: in-process {_django.median(locals_):.1f} episodes/s, API {_django.median(apis):.1f} "
               f"episodes/s ({Episode.objects.count()} episodes stored)")
         print(f"API/in-process ratio: {_django.median(ratios):.3f}")

@@ -152,6 +152,8 @@ def main():
     finally:
         for client in clients:
             client.stop.set()
+        for client in clients:
+            client.join(5)  # each closes its socket before the server goes
         server.terminate()
         server.wait(20)
 

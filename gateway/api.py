@@ -117,8 +117,19 @@ class EpisodeParams(Schema):
     version: int = Field(description="The policy version number the episode ran")
     started_at: datetime
     finished_at: datetime
-    source: str = "online"
+    source: str = Field("online", description="online, or evaluation with `item`")
+    item: int | None = Field(None, description="The evaluation item this episode ran (source=evaluation)")
     meta: str | None = Field(None, description="A JSON object of the robot's own notes (size-capped)")
+
+
+class NextOut(Schema):
+    kind: str = Field(description="online: run the assigned version on a task of its own choosing; evaluation: "
+                                  "run exactly this item (task, seed, version, the gate off)")
+    item: int | None
+    task: str | None
+    seed: int | None
+    version: VersionOut | None
+    gate: dict
 
 
 class EpisodeOut(Schema):
@@ -151,6 +162,12 @@ def heartbeat(request, robot_id: int, beat: HeartbeatIn):
     robot = _own(request, robot_id)
     assignment.heartbeat(robot, beat.dict())
     return assignment.of(robot)
+
+
+@api.post("/robots/{robot_id}/episodes/next", response=NextOut,
+          summary="At an episode's start: an evaluation item to run, or an online episode")
+def next_episode(request, robot_id: int):
+    return assignment.next_episode(_own(request, robot_id))
 
 
 @api.get("/robots/{robot_id}/checkpoints/{number}", summary="Download a checkpoint bundle (ETag, Range)",

@@ -20,6 +20,7 @@ from core.models import AuditEvent
 from fleet import control
 from fleet.models import Robot
 from gateway.errors import ApiError
+from governance.models import EvaluationItem
 from learner.checkpoints import CONFIG_FILE, WEIGHTS_FILE
 from learner.models import PolicyVersion
 
@@ -59,6 +60,27 @@ def _describe(robot: Robot, version: PolicyVersion) -> dict:
     config_size, size = bundle_sizes(version)
     return {"number": version.number, "sha256": version.checkpoint_sha256, "size": size, "config_size": config_size,
             "url": reverse("api-v1:checkpoint", kwargs={"robot_id": robot.pk, "number": version.number})}
+
+
+def next_episode(robot: Robot) -> dict:
+    """What the robot's next episode runs, asked at its start (the swap point): an evaluation item when the
+    governance has one pending on the robot's tasks (claimed now; the policy alone, on the item's seed, with the
+    item's version), else an online episode on its assigned version."""
+    from governance import evaluation as governance_evaluation
+
+    tasks = list(robot.tasks.filter(enabled=True).order_by("env_name"))
+    item = governance_evaluation.claim(robot, tasks) if tasks and robot.policy_version_id else None
+    if item is None:
+        return {"kind": "online", "item": None, "task": None, "seed": None, "version": None,
+                "gate": settings.FLEET_GATE}
+    return {"kind": "evaluation", "item": item.pk, "task": item.task.env_name, "seed": item.seed,
+            "version": _describe(robot, item.version), "gate": {**settings.FLEET_GATE, "enabled": False}}
+
+
+def evaluation_item(robot: Robot, item_id: int):
+    """The robot's unfinished evaluation item `item_id`, or None."""
+    return (EvaluationItem.objects.select_related("task", "version")
+            .filter(pk=item_id, robot=robot, episode=None).first())
 
 
 def heartbeat(robot: Robot, beat: dict) -> None:
@@ -118,7 +140,8 @@ def checkpoint_response(request, robot: Robot, number: int) -> HttpResponse:
     version = PolicyVersion.objects.filter(number=number).first()
     if version is None:
         raise ApiError(404, "not_found", f"there is no version {number}")
-    if version.pk not in assigned_versions(robot):
+    if version.pk not in assigned_versions(robot) and not EvaluationItem.objects.filter(
+            robot=robot, version=version, episode=None).exists():
         raise ApiError(403, "forbidden", f"v{number} is not assigned to robot {robot.name}")
     if version.checkpoint_removed_at is not None:
         raise ApiError(404, "not_found", f"retention removed the checkpoint of v{number}")

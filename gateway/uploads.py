@@ -15,6 +15,7 @@ from fleet.ingest import EpisodeRejected, ingest_episode
 from fleet.models import Episode, Robot
 from fleet.sim import episode_data
 from fleet.sim.gate import ANNOTATOR
+from gateway import assignment
 from gateway.assignment import assigned_versions
 from gateway.errors import ApiError
 from learner.models import PolicyVersion
@@ -46,27 +47,46 @@ def accept(robot: Robot, key: str, params: dict, meta: dict, body: bytes) -> tup
         key = uuid_lib.UUID(key)
     except ValueError:
         raise ApiError(422, "invalid", f"{key!r} is not a UUID") from None
-    version = _trusted_version(robot, params)
+    item = _trusted_item(robot, params) if params["source"] == Episode.Source.EVALUATION else None
+    version = item.version if item is not None else _trusted_version(robot, params)
     arrays = _arrays(body)
     try:
         episode, created = ingest_episode(
             uuid=key, task=params["task"], seed=params["seed"], outcome=params["outcome"], arrays=arrays,
             started_at=params["started_at"], finished_at=params["finished_at"], robot_id=robot.pk,
-            policy_version_id=version.pk, source=Episode.Source.ONLINE, meta={**meta, "via": "api"}, payload=body)
+            policy_version_id=version.pk, source=Episode.Source.EVALUATION if item else Episode.Source.ONLINE,
+            meta={**meta, "via": "api", **({"evaluation_item": item.pk} if item else {})}, payload=body)
     except EpisodeRejected as exc:
         raise ApiError(422, "rejected", str(exc)) from None
     if episode.robot_id != robot.pk:  # a UUID stored before, by another robot
         raise ApiError(403, "forbidden", f"episode {key} belongs to another robot")
+    if created and item is not None:
+        from governance import evaluation as governance_evaluation
+
+        governance_evaluation.record(item, episode)  # or released, when the policy did not run alone to the end
     if created:
         bus.client().delete(bus.takeover_key(robot.pk))  # a takeover lasts for the episode it reached
     return episode, created
 
 
+def _trusted_item(robot: Robot, params: dict):
+    """An evaluation episode is trusted only as the item the server handed this robot, run as it said."""
+    item = assignment.evaluation_item(robot, params["item"]) if params.get("item") is not None else None
+    if item is None:
+        raise ApiError(422, "untrusted", "an evaluation episode must name an unfinished evaluation item this robot "
+                                         "claimed (POST /api/v1/robots/{id}/episodes/next hands them out)")
+    wanted = (item.task.env_name, item.seed, item.version.number)
+    if (params["task"], params["seed"], params["version"]) != wanted:
+        raise ApiError(422, "untrusted", f"evaluation item {item.pk} is task {wanted[0]}, seed {wanted[1]}, "
+                                         f"v{wanted[2]}")
+    return item
+
+
 def _trusted_version(robot: Robot, params: dict) -> PolicyVersion:
     if params["source"] != Episode.Source.ONLINE:
         raise ApiError(422, "untrusted", f"source {params['source']!r} is not the robot's to claim: a robot "
-                                         "uploads online episodes (evaluation and offline demonstrations are "
-                                         "recorded by the server)")
+                                         "uploads online episodes, and evaluation episodes of items it was handed "
+                                         "(offline demonstrations are recorded by the server)")
     version = PolicyVersion.objects.filter(number=params["version"]).only("pk").first()
     if version is not None and version.pk == robot.policy_version_id:
         return version  # the version it runs now: most uploads

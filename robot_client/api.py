@@ -58,6 +58,9 @@ class Api:
         beat = {"status": status, **progress}
         return self._call("POST", f"/api/v1/robots/{self.robot_id}/heartbeat", json=beat).json()
 
+    def next_episode(self) -> dict:
+        return self._call("POST", f"/api/v1/robots/{self.robot_id}/episodes/next").json()
+
     def put_episode(self, key: str, params: dict, body: bytes) -> dict:
         return self._call("PUT", f"/api/v1/episodes/{key}", params=params, content=body,
                           headers={"Content-Type": "application/octet-stream"}).json()

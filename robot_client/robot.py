@@ -34,7 +34,7 @@ class Robot:
         self.assignment: dict | None = None
         self.changed = threading.Event()
         self.stopping = threading.Event()
-        self.policy: tuple[int, NumpyPolicy] | None = None
+        self.policies: dict[int, NumpyPolicy] = {}
         self.episodes = 0
         self._sims: dict = {}
 
@@ -88,12 +88,14 @@ class Robot:
     # --- policy ------------------------------------------------------------------------------------------------
 
     def _policy_for(self, version: dict) -> NumpyPolicy:
-        """The version's policy, downloaded and verified once; called only between episodes."""
-        if self.policy is None or self.policy[0] != version["number"]:
+        """The version's policy, downloaded and verified once (the last two are kept: an evaluation may alternate
+        a candidate with the robot's own version); called only between episodes."""
+        if version["number"] not in self.policies:
             bundle = self.api.download(version, self.state_dir / "checkpoints" / f"{version['sha256']}.bundle")
-            self.policy = (version["number"], NumpyPolicy.from_bundle(bundle, version["config_size"]))
-            log.info("running v%d from the next episode", version["number"])
-        return self.policy[1]
+            self.policies = {**{k: v for k, v in list(self.policies.items())[-1:]},
+                             version["number"]: NumpyPolicy.from_bundle(bundle, version["config_size"])}
+            log.info("holding v%d", version["number"])
+        return self.policies[version["number"]]
 
     def _sim(self, name: str):
         from fleet.sim.envs import make_task
@@ -135,6 +137,7 @@ class Robot:
         self.changed.wait(IDLE_POLL_SECONDS)
 
     def _next_plan(self):
+        """(version number, policy, task, seed, gate, evaluation item) for the next episode, or None to idle."""
         a = self.assignment
         if a is None:
             self.refresh()
@@ -145,23 +148,32 @@ class Robot:
         if not tasks:
             return None
         try:
+            work = self.api.next_episode()  # evaluation work first: a candidate waits for it
+        except (Unreachable, Refused):
+            work = {"kind": "online"}
+        try:
+            if work["kind"] == "evaluation" and work["task"] in {t["name"] for t in tasks}:
+                task = next(t for t in tasks if t["name"] == work["task"])
+                return (work["version"]["number"], self._policy_for(work["version"]), task, work["seed"],
+                        work["gate"], work["item"])
             policy = self._policy_for(a["version"])
         except (Unreachable, Refused) as exc:
-            log.warning("cannot fetch v%s: %s", a["version"]["number"], exc)
+            log.warning("cannot fetch the next episode's policy: %s", exc)
             time.sleep(1.0)
             self.refresh()
             return None
-        task = tasks[self.episodes % len(tasks)]
-        return a["version"]["number"], policy, task
+        from fleet.sim.envs import online_seed
 
-    def _run_episode(self, version: int, policy: NumpyPolicy, task: dict) -> None:
+        return a["version"]["number"], policy, tasks[self.episodes % len(tasks)], online_seed(), a["gate"], None
+
+    def _run_episode(self, version: int, policy: NumpyPolicy, task: dict, seed: int, gate_config: dict,
+                     item: int | None) -> None:
         from fleet.sim import episode_data
         from fleet.sim.actor import run_episode
-        from fleet.sim.envs import online_seed
         from fleet.sim.gate import Gate, GateConfig
 
-        gate = Gate(GateConfig.from_dict(self.assignment["gate"]))
-        sim, name, seed = self._sim(task["name"]), task["name"], online_seed()
+        gate = Gate(GateConfig.from_dict(gate_config))
+        sim, name = self._sim(task["name"]), task["name"]
         beat = {"last": 0.0, "polls": 0}
 
         def poll() -> str | None:
@@ -192,6 +204,7 @@ class Robot:
             return
         outcome = {"success": "success", "timeout": "timeout", "aborted": "aborted"}[result.outcome]
         params = {"task": name, "seed": seed, "outcome": outcome, "version": version,
+                  **({"source": "evaluation", "item": item} if item is not None else {}),
                   "started_at": started.isoformat(), "finished_at": datetime.now(timezone.utc).isoformat(),
                   "meta": json.dumps({"takeovers": result.takeovers, "realtime_factor": self.realtime_factor,
                                       "wall_seconds": round(result.wall_seconds, 3)})}

@@ -239,3 +239,40 @@ def test_the_robot_socket_pushes_commands_at_once_and_closes_on_revocation(daphn
         assert closed.value.rcvd.code == 4401
     with pytest.raises(InvalidStatus):  # a bad token in the header: the handshake itself is refused
         connect(url, additional_headers={"Authorization": "Bearer sopr_nope_nope"}).close()
+
+
+def test_a_remote_robot_runs_evaluation_items_it_is_handed_and_only_those(daphne_server, fleet, sam):
+    from governance import decisions
+    from governance.models import EvaluationItem
+
+    robot = fleet["a"]
+    candidate = publish_random_policy(2, TASK_NAMES, seed=2)
+    decisions.nominate(candidate, sam)  # its evaluation starts: items for the candidate and the deployed version
+    clean = make_arrays(60)
+    clean["intervention_source"][:] = 0
+    clean["intervention"][:] = False  # the policy alone: an evaluation result that counts
+    with api(daphne_server, fleet["a_token"]) as http:
+        work = http.post(f"/api/v1/robots/{robot.pk}/episodes/next").json()
+        assert work["kind"] == "evaluation" and work["gate"]["enabled"] is False
+        item = EvaluationItem.objects.get(pk=work["item"])
+        assert (item.robot_id, item.task.env_name, item.seed) == (robot.pk, work["task"], work["seed"])
+        bundle = http.get(work["version"]["url"])  # the item's version may be fetched, though not assigned
+        assert bundle.status_code == 200 and hashlib.sha256(bundle.content).hexdigest() == work["version"]["sha256"]
+        params = episode_params(work["version"]["number"], task=work["task"], seed=work["seed"],
+                                source="evaluation")
+        refused = http.put(f"/api/v1/episodes/{uuid.uuid4()}", params=params, content=episode_data.encode(clean))
+        assert refused.status_code == 422 and "evaluation item" in refused.json()["detail"]  # no item named
+        wrong = http.put(f"/api/v1/episodes/{uuid.uuid4()}", params={**params, "item": item.pk, "seed": 1},
+                         content=episode_data.encode(clean))
+        assert wrong.status_code == 422 and f"seed {item.seed}" in wrong.json()["detail"]
+        stored = http.put(f"/api/v1/episodes/{uuid.uuid4()}", params={**params, "item": item.pk},
+                          content=episode_data.encode(clean))
+        assert stored.status_code == 201, stored.text
+    episode = Episode.objects.get(pk=stored.json()["episode"])
+    assert episode.source == "evaluation" and episode.policy_version.number == work["version"]["number"]
+    item.refresh_from_db()
+    assert item.episode_id == episode.pk  # the result counts for the evaluation
+    with api(daphne_server, fleet["b_token"]) as other:  # robot B cannot report robot A's item
+        taken = other.put(f"/api/v1/episodes/{uuid.uuid4()}", params={**params, "item": item.pk},
+                          content=episode_data.encode(clean))
+        assert taken.status_code == 422
