@@ -170,7 +170,7 @@ def test_an_uploaded_episode_is_stored_once_and_the_server_decides_what_it_trust
         assert (stored.robot_id, stored.policy_version_id, stored.source) == (robot.pk, version.pk, "online")
         assert stored.meta["via"] == "api"
 
-        for params, words in [(episode_params(1, source="evaluation"), "source 'evaluation'"),
+        for params, words in [(episode_params(1, source="evaluation"), "must name an unfinished evaluation item"),
                               (episode_params(1, source="offline_demo"), "source 'offline_demo'"),
                               (episode_params(7), "version 7 is not assigned")]:
             refused = http.put(f"/api/v1/episodes/{uuid.uuid4()}", params=params, content=payload())
