@@ -87,7 +87,7 @@ def _trusted_version(robot: Robot, params: dict) -> PolicyVersion:
         raise ApiError(422, "untrusted", f"source {params['source']!r} is not the robot's to claim: a robot "
                                          "uploads online episodes, and evaluation episodes of items it was handed "
                                          "(offline demonstrations are recorded by the server)")
-    version = PolicyVersion.objects.filter(number=params["version"]).only("pk").first()
+    version = _version(params["version"])
     if version is not None and version.pk == robot.policy_version_id:
         return version  # the version it runs now: most uploads
     # Else assigned at some moment during the episode (its claimed start, at most API_MAX_EPISODE_SECONDS ago).
@@ -97,6 +97,20 @@ def _trusted_version(robot: Robot, params: dict) -> PolicyVersion:
         raise ApiError(422, "untrusted", f"version {params['version']} is not assigned to robot {robot.name} "
                                          f"(it runs {f'v{now}' if now else 'no version'})")
     return version
+
+
+_versions: dict[int, PolicyVersion] = {}  # number -> version (id only): a number names one version forever
+
+
+def _version(number: int) -> PolicyVersion | None:
+    if number not in _versions:
+        version = PolicyVersion.objects.filter(number=number).only("pk", "number").first()
+        if version is None:
+            return None
+        if len(_versions) > 10_000:
+            _versions.clear()
+        _versions[number] = version
+    return _versions[number]
 
 
 def _arrays(body: bytes) -> dict:
