@@ -44,12 +44,12 @@ from learner.models import PolicyVersion  # noqa: E402
 CLIENTS = 8
 
 
-def start_daphne() -> tuple[subprocess.Popen, str]:
+def start_daphne(index: int = 0) -> tuple[subprocess.Popen, str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = dict(os.environ, API_RATE_LIMIT="1000000", PYTHONUNBUFFERED="1")
-    log = open(_django.ROOT / "var" / "bench-api-daphne.log", "wb")
+    log = open(_django.ROOT / "var" / f"bench-api-daphne-{index}.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
                              "sopweb.asgi:application"], cwd=_django.ROOT, env=env, stdout=log,
                             stderr=subprocess.STDOUT)
@@ -71,6 +71,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--episodes", type=int, default=200)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--web-processes", type=int, default=1, help="daphne processes; clients spread over them")
     args = parser.parse_args()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request would cost the clients' CPU
     Task.objects.create(env_name="pick-place-v3", title="Pick place", max_steps=500)
@@ -87,7 +88,8 @@ def main():
                          Gate(GateConfig(no_progress_steps=150, divergence=10.0, min_hold_steps=40)), realtime_factor=0)
     arrays, payload = result.arrays, episode_data.encode(result.arrays)
     print(f"episode: {result.steps} steps, {result.outcome}, payload {len(payload) / 1024:.0f} KiB")
-    server, url = start_daphne()
+    servers = [start_daphne(i) for i in range(args.web_processes)]
+    urls = [url for _, url in servers]
 
     def params():
         now = timezone.now()
@@ -107,7 +109,7 @@ def main():
         failures = []
 
         def client(k):
-            with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {tokens[k]}"}, timeout=60) as http:
+            with httpx.Client(base_url=urls[k % len(urls)], headers={"Authorization": f"Bearer {tokens[k]}"}, timeout=60) as http:
                 for _ in range(k, n, CLIENTS):
                     response = http.put(f"/api/v1/episodes/{uuid.uuid4()}", params=params(), content=payload)
                     if response.status_code != 201:
@@ -129,18 +131,20 @@ def main():
         ratios, apis, locals_ = [], [], []
         for rep in range(args.reps):  # interleaved, so drift on a noisy machine hits both alike
             local = in_process(args.episodes)
-            cpu_before = _cpu_seconds(server.pid)
+            cpu_before = sum(_cpu_seconds(server.pid) for server, _ in servers)
             api = over_api(args.episodes)
-            server_ms = (_cpu_seconds(server.pid) - cpu_before) / args.episodes * 1000
+            server_ms = (sum(_cpu_seconds(server.pid) for server, _ in servers) - cpu_before) / args.episodes * 1000
             locals_.append(local), apis.append(api), ratios.append(api / local)
-            print(f"rep {rep + 1}: in-process {local:6.1f}/s   API, {CLIENTS} clients {api:6.1f}/s   "
+            print(f"rep {rep + 1}: in-process {local:6.1f}/s   API, {CLIENTS} clients, {len(servers)} web "
+                  f"process(es) {api:6.1f}/s   "
                   f"ratio {api / local:.3f}   (web process CPU {server_ms:.1f} ms per upload)")
         print(f"median: in-process {_django.median(locals_):.1f} episodes/s, API {_django.median(apis):.1f} "
               f"episodes/s ({Episode.objects.count()} episodes stored)")
         print(f"API/in-process ratio: {_django.median(ratios):.3f}")
     finally:
-        server.terminate()
-        server.wait(20)
+        for server, _ in servers:
+            server.terminate()
+            server.wait(20)
 
 
 if __name__ == "__main__":

@@ -90,8 +90,11 @@ def _trusted_version(robot: Robot, params: dict) -> PolicyVersion:
     version = _version(params["version"])
     if version is not None and version.pk == robot.policy_version_id:
         return version  # the version it runs now: most uploads
-    # Else assigned at some moment during the episode (its claimed start, at most API_MAX_EPISODE_SECONDS ago).
-    since = max(params["started_at"], timezone.now() - timedelta(seconds=settings.API_MAX_EPISODE_SECONDS))
+    # Else assigned at some moment during the episode (its claimed start, at most API_MAX_EPISODE_SECONDS ago) or
+    # shortly before it: a robot hears of a new assignment a moment after it is made, and may start one more
+    # episode on the version it holds.
+    since = max(params["started_at"] - timedelta(seconds=ASSIGNMENT_GRACE_SECONDS),
+                timezone.now() - timedelta(seconds=settings.API_MAX_EPISODE_SECONDS))
     if version is None or version.pk not in assigned_versions(robot, since=since):
         now = robot.policy_version.number if robot.policy_version_id else None
         raise ApiError(422, "untrusted", f"version {params['version']} is not assigned to robot {robot.name} "
@@ -99,6 +102,7 @@ def _trusted_version(robot: Robot, params: dict) -> PolicyVersion:
     return version
 
 
+ASSIGNMENT_GRACE_SECONDS = 60
 _versions: dict[int, PolicyVersion] = {}  # number -> version (id only): a number names one version forever
 
 

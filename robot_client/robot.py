@@ -127,6 +127,10 @@ class Robot:
                 continue
             self._run_episode(*plan)
         self.stopping.set()
+        try:
+            self.api.heartbeat("idle")  # the fleet tile stops showing the last episode's progress
+        except (Unreachable, Refused):
+            pass
 
     def _idle(self) -> None:
         try:

@@ -98,6 +98,9 @@ def test_who_may_call_what(daphne_server, fleet, olivia):
         assert response.headers["WWW-Authenticate"] == "Bearer"
     with api(daphne_server, "sopr_0123456789ab_not-the-secret") as forged:
         assert forged.get(f"/api/v1/robots/{a.pk}/assignment").status_code == 401
+    _, expired = credentials.issue(a, olivia, expires_at=timezone.now() - timedelta(seconds=1))
+    with api(daphne_server, expired) as late:
+        assert late.get(f"/api/v1/robots/{a.pk}/assignment").status_code == 401
     with api(daphne_server, fleet["a_token"]) as http:
         other = http.get(f"/api/v1/robots/{b.pk}/assignment")
         assert other.status_code == 403 and other.json()["error"] == "forbidden"
