@@ -8,6 +8,7 @@ the rate limit, reading the upload strictly (its zip directory, then inflating i
 in-process path starts from arrays in memory.
 
     .venv/bin/python -m sopweb.embedded run -- .venv/bin/python bench/api_ingest.py [--episodes 200] [--reps 3]
+        [--web-processes N]   (N daphne processes, the clients spread over them)
 """
 from __future__ import annotations
 

@@ -6,8 +6,10 @@ what the expert would have done, who acted, and the reward and success that foll
 from __future__ import annotations
 
 import io
+import re
 import struct
 import zipfile
+import zlib
 
 import numpy as np
 from isal import isal_zlib
@@ -158,6 +160,43 @@ def _npy_header(array: np.ndarray) -> bytes:
 _NPY_PREFIX = 10  # magic (6), version (2), header length (2)
 
 
+_HEADER_FIELDS = {
+    "descr": re.compile(r"'descr':\s*'([<>|=]?[a-zA-Z][0-9]*)'"),
+    "fortran_order": re.compile(r"'fortran_order':\s*(True|False)"),
+    "shape": re.compile(r"'shape':\s*\(\s*((?:\d+\s*,\s*)*\d*)\s*\)"),
+}
+_PLAIN_KINDS = set("biuf")  # bool, signed, unsigned, float: never objects, strings or structures
+
+
+def read_npy(raw: bytes) -> np.ndarray:
+    """One .npy member (format 1.0-3.0, NEP 1), parsed without `ast`: numpy's reader evaluates the header with
+    ast.literal_eval, which CPython 3.11 can fail with "AST constructor recursion depth mismatch" when threads
+    call it at once (the web process reads uploads in several threads). Only plain numeric and bool dtypes."""
+    if raw[:6] != b"\x93NUMPY" or len(raw) < 10:
+        raise ValueError("not a .npy array")
+    major = raw[6]
+    if major == 1:
+        (length,), start = struct.unpack_from("<H", raw, 8), 10
+    elif major in (2, 3):
+        (length,), start = struct.unpack_from("<I", raw, 8), 12
+    else:
+        raise ValueError(f".npy format version {major} is not supported")
+    header = raw[start:start + length].decode("latin1")
+    found = {name: pattern.search(header) for name, pattern in _HEADER_FIELDS.items()}
+    if not all(found.values()):
+        raise ValueError(f"unreadable .npy header {header[:80]!r}")
+    dtype = np.dtype(found["descr"].group(1))
+    if dtype.kind not in _PLAIN_KINDS or dtype.fields is not None:
+        raise ValueError(f"dtype {dtype} is not a plain numeric type")
+    shape = tuple(int(n) for n in found["shape"].group(1).replace(" ", "").split(",") if n)
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    data = memoryview(raw)[start + length:]
+    if len(data) != count * dtype.itemsize:
+        raise ValueError(f"the array's data is {len(data)} bytes; {shape} of {dtype} needs {count * dtype.itemsize}")
+    order = "F" if found["fortran_order"].group(1) == "True" else "C"
+    return np.frombuffer(data, dtype=dtype, count=count).reshape(shape, order=order)
+
+
 # Zip records (PKWARE APPNOTE 4.3.7, 4.3.12, 4.3.16). No zip64: validated arrays are a few MB at most. Every member is dated 1980-01-01, the zip epoch: a payload's bytes depend on its arrays only.
 _LOCAL = struct.Struct("<4sHHHHHIIIHH")
 _CENTRAL = struct.Struct("<4sHHHHHHIIIHHHHHII")
@@ -170,9 +209,13 @@ def decode(data: bytes, legacy: bool = True) -> dict[str, np.ndarray]:
     """Read a payload back (never unpickling anything). `legacy`: today's dtypes for payloads stored by an older
     version (stored payloads only; uploads must be of today's schema)."""
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            # Each member inflated in one call (CRC checked) and parsed from memory: np.load's lazy members read
+            # in small chunks, and its header parser is not safe in threads (read_npy).
+            arrays = {member.filename[:-4]: read_npy(archive.read(member)) for member in archive.infolist()
+                      if member.filename.endswith(".npy")}
+    except (ValueError, OSError, EOFError, RuntimeError, NotImplementedError, zipfile.BadZipFile, zlib.error,
+            struct.error) as exc:  # encrypted or unknown compression: RuntimeError, NotImplementedError
         raise EpisodeDataError(f"the episode payload is not a readable .npz: {exc}") from None
     # Payloads stored before the simulator state became float32 hold it as float64; readers get today's schema.
     for name in _WAS_FLOAT64.intersection(arrays) if legacy else ():
@@ -201,15 +244,7 @@ def decode_untrusted(data: bytes, max_bytes: int) -> dict[str, np.ndarray]:
         raise EpisodeDataError(f"the episode payload inflates to {inflated} bytes; the limit is {max_bytes}")
     if any(member.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) for member in members):
         raise EpisodeDataError("the episode payload uses a compression other than stored or deflate")
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            # Each member inflated in one call (CRC checked) and parsed from memory: np.load's lazy members read
-            # in small chunks, several times slower on the web process's hot path.
-            return {member.filename[:-4]: np.lib.format.read_array(io.BytesIO(archive.read(member)),
-                                                                   allow_pickle=False)
-                    for member in members}
-    except Exception as exc:  # zlib errors, bad CRCs, truncated members, pickles: anything unreadable is refused
-        raise EpisodeDataError(f"the episode payload is not a readable .npz: {exc}") from None
+    return decode(data, legacy=False)
 
 
 _WAS_FLOAT64 = {"qpos", "qvel", "mocap_pos", "mocap_quat"}
