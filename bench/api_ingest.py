@@ -133,12 +133,15 @@ def main():
         for rep in range(args.reps):  # interleaved, so drift on a noisy machine hits both alike
             local = in_process(args.episodes)
             cpu_before = sum(_cpu_seconds(server.pid) for server, _ in servers)
+            clients_before = time.process_time()
             api = over_api(args.episodes)
             server_ms = (sum(_cpu_seconds(server.pid) for server, _ in servers) - cpu_before) / args.episodes * 1000
+            client_ms = (time.process_time() - clients_before) / args.episodes * 1000
             locals_.append(local), apis.append(api), ratios.append(api / local)
             print(f"rep {rep + 1}: in-process {local:6.1f}/s   API, {CLIENTS} clients, {len(servers)} web "
                   f"process(es) {api:6.1f}/s   "
-                  f"ratio {api / local:.3f}   (web process CPU {server_ms:.1f} ms per upload)")
+                  f"ratio {api / local:.3f}   (CPU per upload: web {server_ms:.1f} ms, clients {client_ms:.1f} ms; "
+                  f"in-process {1000 / local:.1f} ms)")
         print(f"median: in-process {_django.median(locals_):.1f} episodes/s, API {_django.median(apis):.1f} "
               f"episodes/s ({Episode.objects.count()} episodes stored)")
         print(f"API/in-process ratio: {_django.median(ratios):.3f}")

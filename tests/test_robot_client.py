@@ -145,3 +145,37 @@ def test_episodes_buffered_while_the_web_server_is_down_arrive_exactly_once(remo
     stored = [str(u) for u in Episode.objects.filter(robot=robot).values_list("uuid", flat=True)]
     assert len(stored) == len(set(stored)) and set(stored) == client.recorded()
     assert client.proc.returncode == 0, client.log.read_text()[-2000:]
+
+
+def test_the_client_obeys_take_over_pause_and_resume(remote, start_daphne, robot_client, olivia):
+    from core import bus
+
+    robot, token = remote
+    server = start_daphne()
+    control.start(robot, olivia)
+    # A quarter of real time: 100-step episodes last 5 s, so a command reaches the episode it is meant for.
+    client = robot_client(server.address, token, realtime_factor=0.25)
+
+    def progress_step():
+        raw = bus.client().hget(bus.PROGRESS_KEY, robot.pk)
+        return json.loads(raw)["step"] if raw else 0
+
+    wait_for(lambda: progress_step() > 0, 60, "the client's first episode to report progress")
+    before = Episode.objects.filter(robot=robot).count()
+    control.take_over(robot, olivia)
+    wait_for(lambda: Episode.objects.filter(robot=robot).count() > before, 60, "the episode taken over")
+    taken = Episode.objects.filter(robot=robot).order_by("id").last()
+    assert taken.interventions.filter(source="operator").exists()  # the rest of it ran on the expert
+
+    wait_for(lambda: progress_step() > 0, 60, "the next episode")
+    control.pause(robot, olivia)
+    wait_for(lambda: Episode.objects.filter(robot=robot, outcome="aborted").exists(), 30, "the aborted episode")
+    paused_count = Episode.objects.filter(robot=robot).count()
+    beats = lambda: client.log.read_text().count("/heartbeat")  # noqa: E731
+    seen = beats()
+    wait_for(lambda: beats() >= seen + 2, 30, "the paused client's idle heartbeats")
+    assert Episode.objects.filter(robot=robot).count() == paused_count  # nothing runs while paused
+    control.resume(robot, olivia)
+    wait_for(lambda: Episode.objects.filter(robot=robot).count() > paused_count, 60, "episodes after resuming")
+    client.stop()
+    assert not (client.outbox / "rejected").exists()
