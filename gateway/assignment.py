@@ -7,6 +7,7 @@ gives works on both kinds of robot, and a robot that reconnects finds the state 
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 from django.conf import settings
@@ -24,6 +25,7 @@ from governance.models import EvaluationItem
 from learner.checkpoints import CONFIG_FILE, WEIGHTS_FILE
 from learner.models import PolicyVersion
 
+log = logging.getLogger(__name__)
 STATUSES = {"idle": Robot.Status.IDLE, "running": Robot.Status.RUNNING, "expert": Robot.Status.EXPERT}
 CONTROLS = {"policy", "expert", "operator"}
 
@@ -46,9 +48,14 @@ def commands(robot: Robot) -> list[str]:
 def of(robot: Robot) -> dict:
     robot.refresh_from_db(fields=["status", "enabled", "policy_version"])
     version = robot.policy_version
+    try:
+        described = None if version is None else _describe(robot, version)
+    except ApiError:  # its checkpoint is gone from storage: the robot idles, but still hears its commands
+        log.error("robot %s is assigned v%d, whose checkpoint is missing from storage", robot.name, version.number)
+        described = None
     return {
         "robot": {"id": robot.pk, "name": robot.name, "status": robot.status, "enabled": robot.enabled},
-        "version": None if version is None else _describe(robot, version),
+        "version": described,
         "tasks": [{"name": t.env_name, "max_steps": t.max_steps}
                   for t in robot.tasks.filter(enabled=True).order_by("env_name")],
         "commands": commands(robot),

@@ -279,3 +279,18 @@ def test_a_remote_robot_runs_evaluation_items_it_is_handed_and_only_those(daphne
         taken = other.put(f"/api/v1/episodes/{uuid.uuid4()}", params={**params, "item": item.pk},
                           content=episode_data.encode(clean))
         assert taken.status_code == 422
+
+
+def test_a_robot_whose_checkpoint_is_gone_still_hears_its_commands(daphne_server, fleet, olivia):
+    import shutil
+
+    from django.conf import settings
+
+    robot = fleet["a"]
+    shutil.rmtree(f"{settings.STORAGE_DIR}/{fleet['version'].checkpoint_path}")
+    control.start(robot, olivia)
+    control.pause(robot, olivia)
+    with api(daphne_server, fleet["a_token"]) as http:
+        assignment = http.get(f"/api/v1/robots/{robot.pk}/assignment")
+        assert assignment.status_code == 200 and assignment.json()["version"] is None
+        assert "pause" in assignment.json()["commands"]
