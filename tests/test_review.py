@@ -353,6 +353,9 @@ def test_replay_files_are_served_in_byte_ranges_for_seeking(client, anna, ready_
     assert client.get(url, HTTP_RANGE="bytes=1000-").content == data[1000:]
     assert client.get(url, HTTP_RANGE="bytes=-24").content == data[-24:]
     assert client.get(url, HTTP_RANGE=f"bytes={len(data)}-").status_code == 416
+    assert client.get(url, HTTP_RANGE=f"bytes={10 ** 30}-").status_code == 416  # huge: unsatisfiable, no error
+    assert client.get(url, HTTP_RANGE="bytes=-").status_code == 200  # malformed: ignored, the whole file
+    assert client.get(url, HTTP_RANGE="bytes=5-2").status_code == 416
     status = client.get(reverse("review-replay-status", args=[episode.pk])).json()
     assert status["status"] == "ready" and status["url"].startswith(url)
 
