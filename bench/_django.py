@@ -44,3 +44,35 @@ def percentile(values, q: float) -> float:
 
 def median(values) -> float:
     return statistics.median(values)
+
+
+def start_web(name: str, workers: int = 1, **env):
+    """The product's web process (sopweb/web.py: uvicorn) on a free port, its log in var/bench-<name>-web.log.
+    Returns (process, "host:port"); stop it with stop_web."""
+    import socket
+    import subprocess
+    import time
+
+    from sopweb.web import command
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = open(ROOT / "var" / f"bench-{name}-web.log", "wb")
+    proc = subprocess.Popen([sys.executable, *command("127.0.0.1", port, workers)], cwd=ROOT,
+                            env=dict(os.environ, **{k: str(v) for k, v in env.items()}), stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return proc, f"127.0.0.1:{port}"
+        time.sleep(0.1)
+    sys.exit(f"the web process did not start (var/bench-{name}-web.log)")
+
+
+def stop_web(proc) -> None:
+    import signal
+
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(30)

@@ -1,4 +1,4 @@
-"""Episodes per second uploaded through the robot API (PUT /api/v1/episodes/{uuid} on one real daphne process, 8
+"""Episodes per second uploaded through the robot API (PUT /api/v1/episodes/{uuid} on the real web process, 8
 concurrent clients, each its own remote robot and token) against in-process `ingest_episode` of the same episodes,
 in the same run, interleaved. Goal: ratio >= 0.5.
 
@@ -8,15 +8,13 @@ the rate limit, reading the upload strictly (its zip directory, then inflating i
 in-process path starts from arrays in memory.
 
     .venv/bin/python -m sopweb.embedded run -- .venv/bin/python bench/api_ingest.py [--episodes 200] [--reps 3]
-        [--web-processes N]   (N daphne processes, the clients spread over them)
+        [--workers N]   (the web process's workers; default 2, the Procfile's)
 """
 from __future__ import annotations
 
 import argparse
 import http.client
 import os
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -44,34 +42,29 @@ from learner.models import PolicyVersion  # noqa: E402
 CLIENTS = 8
 
 
-def start_daphne(index: int = 0) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = dict(os.environ, API_RATE_LIMIT="1000000", PYTHONUNBUFFERED="1")
-    log = open(_django.ROOT / "var" / f"bench-api-daphne-{index}.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-                             "sopweb.asgi:application"], cwd=_django.ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return proc, f"http://127.0.0.1:{port}"
-        time.sleep(0.1)
-    sys.exit("daphne did not start (var/bench-api-daphne.log)")
-
-
 def _cpu_seconds(pid: int) -> float:
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _web_cpu_seconds(pid: int) -> float:
+    """The web process and its workers (its session's processes)."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getsid(int(entry)) == pid:
+                    total += _cpu_seconds(int(entry))
+            except (OSError, ValueError):
+                continue
+    return total
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--episodes", type=int, default=200)
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--web-processes", type=int, default=1, help="daphne processes; clients spread over them")
+    parser.add_argument("--workers", type=int, default=2, help="the web process's workers (Procfile default: 2)")
     args = parser.parse_args()
 
     Task.objects.create(env_name="pick-place-v3", title="Pick place", max_steps=500)
@@ -88,8 +81,8 @@ def main():
                          Gate(GateConfig(no_progress_steps=150, divergence=10.0, min_hold_steps=40)), realtime_factor=0)
     arrays, payload = result.arrays, episode_data.encode(result.arrays)
     print(f"episode: {result.steps} steps, {result.outcome}, payload {len(payload) / 1024:.0f} KiB")
-    servers = [start_daphne(i) for i in range(args.web_processes)]
-    urls = [url for _, url in servers]
+    server, address = _django.start_web("api-ingest", args.workers, API_RATE_LIMIT=1_000_000)
+
 
     def params():
         now = timezone.now()
@@ -111,7 +104,7 @@ def main():
         def client(k):
             # http.client rather than httpx: the clients share this machine's cores with the server, and a robot's
             # own HTTP stack runs on the robot; the lighter client leaves the cores to what is measured.
-            host, port = urls[k % len(urls)].removeprefix("http://").split(":")
+            host, port = address.split(":")
             connection = http.client.HTTPConnection(host, int(port), timeout=60)
             headers = {"Authorization": f"Bearer {tokens[k]}", "Content-Type": "application/octet-stream"}
             for _ in range(k, n, CLIENTS):
@@ -139,23 +132,21 @@ def main():
         ratios, apis, locals_ = [], [], []
         for rep in range(args.reps):  # interleaved, so drift on a noisy machine hits both alike
             local = in_process(args.episodes)
-            cpu_before = sum(_cpu_seconds(server.pid) for server, _ in servers)
+            cpu_before = _web_cpu_seconds(server.pid)
             clients_before = time.process_time()
             api = over_api(args.episodes)
-            server_ms = (sum(_cpu_seconds(server.pid) for server, _ in servers) - cpu_before) / args.episodes * 1000
+            server_ms = (_web_cpu_seconds(server.pid) - cpu_before) / args.episodes * 1000
             client_ms = (time.process_time() - clients_before) / args.episodes * 1000
             locals_.append(local), apis.append(api), ratios.append(api / local)
-            print(f"rep {rep + 1}: in-process {local:6.1f}/s   API, {CLIENTS} clients, {len(servers)} web "
-                  f"process(es) {api:6.1f}/s   "
+            print(f"rep {rep + 1}: in-process {local:6.1f}/s   API, {CLIENTS} clients, {args.workers} web "
+                  f"worker(s) {api:6.1f}/s   "
                   f"ratio {api / local:.3f}   (CPU per upload: web {server_ms:.1f} ms, clients {client_ms:.1f} ms; "
                   f"in-process {1000 / local:.1f} ms)")
         print(f"median: in-process {_django.median(locals_):.1f} episodes/s, API {_django.median(apis):.1f} "
               f"episodes/s ({Episode.objects.count()} episodes stored)")
         print(f"API/in-process ratio: {_django.median(ratios):.3f}")
     finally:
-        for server, _ in servers:
-            server.terminate()
-            server.wait(20)
+        _django.stop_web(server)
 
 
 if __name__ == "__main__":

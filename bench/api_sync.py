@@ -4,7 +4,7 @@ checked), p99 over every (client, promotion) pair, at least 200. Goal: p99 <= 50
 
 The ratio line compares that p99 with a floor measured in the same run: the same 16 clients downloading and
 verifying the same bundles with no notification to wait for (what the sync costs beyond the bytes themselves).
-One real daphne process; the clients are threads of this process, each with its own socket and HTTP connection.
+The real web process (its Procfile default of 2 workers); the clients are threads of this process, each with its own socket and HTTP connection.
 
     .venv/bin/python -m sopweb.embedded run -- .venv/bin/python bench/api_sync.py [--clients 16] [--rounds 14]
 """
@@ -14,9 +14,6 @@ import argparse
 import hashlib
 import json
 import logging
-import os
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -38,23 +35,6 @@ from gateway import credentials  # noqa: E402
 from governance.decisions import deploy_to_fleet  # noqa: E402
 from learner.models import PolicyVersion  # noqa: E402
 from learner.policy import MLPPolicy, PolicyConfig, save_checkpoint  # noqa: E402
-
-
-def start_daphne() -> tuple[subprocess.Popen, str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    log = open(_django.ROOT / "var" / "bench-api-sync-daphne.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-                             "sopweb.asgi:application"], cwd=_django.ROOT,
-                            env=dict(os.environ, API_RATE_LIMIT="1000000"), stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return proc, f"127.0.0.1:{port}"
-        time.sleep(0.1)
-    sys.exit("daphne did not start (var/bench-api-sync-daphne.log)")
 
 
 def publish(number: int) -> PolicyVersion:
@@ -108,7 +88,7 @@ def main():
     for i in range(args.clients):
         robot = control.add(f"bench-sync-{i:02d}", [task], None, kind=Robot.Kind.REMOTE)
         tokens.append(credentials.issue(robot, None)[1])
-    server, address = start_daphne()
+    server, address = _django.start_web("api-sync", 2, API_RATE_LIMIT=1_000_000)
     clients = [Client(address, token) for token in tokens]
     try:
         for client in clients:
@@ -154,8 +134,7 @@ def main():
             client.stop.set()
         for client in clients:
             client.join(5)  # each closes its socket before the server goes
-        server.terminate()
-        server.wait(20)
+        _django.stop_web(server)
 
 
 if __name__ == "__main__":

@@ -129,16 +129,18 @@ def main():
 
     port = free_port()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(_django.ROOT / "bench"), str(_django.ROOT)]))
-    log = open(_django.ROOT / "var" / "bench-ws-daphne.log", "wb")
-    server = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-                               "_bare_asgi:application"], cwd=_django.ROOT, env=env, stdout=log,
-                              stderr=subprocess.STDOUT)
+    log = open(_django.ROOT / "var" / "bench-ws-web.log", "wb")
+    from sopweb.web import command
+
+    # The product's web server (one worker: every socket on one process, as the figure has always been taken).
+    server = subprocess.Popen([sys.executable, *command("127.0.0.1", port, 1, app="_bare_asgi:application")],
+                              cwd=_django.ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     clients = None
     try:
         deadline = time.monotonic() + 60
         while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
             if time.monotonic() > deadline or server.poll() is not None:
-                raise SystemExit("daphne did not start; see var/bench-ws-daphne.log")
+                raise SystemExit("the web process did not start; see var/bench-ws-web.log")
             time.sleep(0.1)
         clients = subprocess.Popen([sys.executable, "-c", CLIENTS, f"127.0.0.1:{port}", cookie, str(args.clients),
                                     str(args.events), str(30 + args.events * args.gap * 2)], stdout=subprocess.PIPE, text=True, env=env)

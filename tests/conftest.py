@@ -148,11 +148,12 @@ def celery_worker_process(start_worker):
     return start_worker()
 
 
-class DaphneProcess:
-    """The real ASGI stack: daphne serving sopweb.asgi on a free port (the same port again after `restart`)."""
+class WebProcess:
+    """The real web process (sopweb/web.py: uvicorn serving sopweb.asgi) on a free port, the same one again after
+    `stop` and `start`. One worker unless `workers` says otherwise."""
 
-    def __init__(self, log: Path, port: int | None = None, **env):
-        self.log, self.port, self.env = log, port or free_port(), env
+    def __init__(self, log: Path, port: int | None = None, workers: int = 1, **env):
+        self.log, self.port, self.workers, self.env = log, port or free_port(), workers, env
         self.start()
 
     @property
@@ -161,29 +162,40 @@ class DaphneProcess:
 
     def start(self) -> None:
         with open(self.log, "ab") as out:
+            from sopweb.web import command
+
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "sopweb.asgi:application"],
-                cwd=ROOT, env=process_env(**self.env), stdout=out, stderr=subprocess.STDOUT,
+                [sys.executable, *command("127.0.0.1", self.port, self.workers)],
+                cwd=ROOT, env=process_env(**self.env), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
 
         def listening():
             with socket.socket() as sock:
                 return sock.connect_ex(("127.0.0.1", self.port)) == 0 or self.proc.poll() is not None
 
-        wait_for(listening, 60, "daphne to listen")
+        wait_for(listening, 60, "the web process to listen")
         assert self.proc.poll() is None, self.log.read_text()
 
     def stop(self) -> None:
-        stop_process(self.proc)
+        """SIGTERM to the server and its workers (their own process group), as a process manager would."""
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
 
 
 @pytest.fixture
-def start_daphne(transactional_db, tmp_path):
-    """start_daphne(ENV=value...) -> a running DaphneProcess; every one is stopped after the test."""
+def start_web(transactional_db, tmp_path):
+    """start_web(workers=1, ENV=value...) -> a running WebProcess; every one is stopped after the test."""
     servers = []
 
-    def start(**env) -> DaphneProcess:
-        server = DaphneProcess(tmp_path / f"daphne-{len(servers)}.log", **env)
+    def start(**env) -> WebProcess:
+        server = WebProcess(tmp_path / f"web-{len(servers)}.log", **env)
         servers.append(server)
         return server
 
@@ -193,9 +205,9 @@ def start_daphne(transactional_db, tmp_path):
 
 
 @pytest.fixture
-def daphne_server(start_daphne):
-    """The real ASGI stack on a free port. Yields its address (host:port)."""
-    yield start_daphne().address
+def web_server(start_web):
+    """The real web process on a free port. Yields its address (host:port)."""
+    yield start_web().address
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -297,13 +309,13 @@ def chromium():
 
 
 @pytest.fixture
-def browser_session(chromium, daphne_server, request):
+def browser_session(chromium, web_server, request):
     """browser_session(user) -> a BrowserSession logged in as user on the real ASGI server. A screenshot of
     each page is saved at the end of the test under SCREENSHOTS (the CI log names the folder)."""
     sessions = []
 
     def open_session(user) -> BrowserSession:
-        session = BrowserSession(chromium, f"http://{daphne_server}", f"{request.node.name}-{user.username}")
+        session = BrowserSession(chromium, f"http://{web_server}", f"{request.node.name}-{user.username}")
         session.login(user)
         sessions.append(session)
         return session
@@ -316,7 +328,7 @@ def browser_session(chromium, daphne_server, request):
             session.context.close()
 
 
-PROCESS_FIXTURES = {"start_worker", "celery_worker_process", "daphne_server"}
+PROCESS_FIXTURES = {"start_worker", "celery_worker_process", "web_server"}
 
 
 def pytest_collection_modifyitems(items):

@@ -1,4 +1,4 @@
-"""The dashboard in a real headless Chromium against the real ASGI server (daphne), with live events on real Redis.
+"""The dashboard in a real headless Chromium against the real web process (uvicorn), with live events on real Redis.
 
 Each test leaves a screenshot under var/test-screenshots/ (the path is printed at the end of the run).
 """

@@ -1,4 +1,4 @@
-"""The robot gateway over HTTP against the real daphne: enrolment, tokens, assignment, checkpoints, uploads."""
+"""The robot gateway over HTTP against the real web process: enrolment, tokens, assignment, checkpoints, uploads."""
 from __future__ import annotations
 
 import hashlib
@@ -71,15 +71,15 @@ def test_an_operator_enrols_a_remote_robot_and_sees_its_token_once(client, olivi
     assert Robot.objects.count() == 1
 
 
-def test_rotation_and_revocation_are_audited_and_take_effect_at_once(daphne_server, fleet, olivia, client):
+def test_rotation_and_revocation_are_audited_and_take_effect_at_once(web_server, fleet, olivia, client):
     robot, old = fleet["a"], fleet["a_token"]
-    with api(daphne_server, old) as http:
+    with api(web_server, old) as http:
         assert http.get(f"/api/v1/robots/{robot.pk}/assignment").status_code == 200
         client.login(username="olivia", password=PASSWORD)
         response = client.post(f"/robots/{robot.pk}/tokens/rotate/", {"reason": "laptop lost"})
         new = response.context["token"]
         assert http.get(f"/api/v1/robots/{robot.pk}/assignment").status_code == 401  # the old one, at once
-    with api(daphne_server, new) as http:
+    with api(web_server, new) as http:
         assert http.get(f"/api/v1/robots/{robot.pk}/assignment").status_code == 200
         key = new.split("_")[1]
         client.post(f"/robots/{robot.pk}/tokens/{key}/revoke/", {"reason": "decommissioned"})
@@ -90,18 +90,18 @@ def test_rotation_and_revocation_are_audited_and_take_effect_at_once(daphne_serv
     assert verbs == ["robot.token_issue", "robot.token_revoke", "robot.token_issue", "robot.token_revoke"]
 
 
-def test_who_may_call_what(daphne_server, fleet, olivia):
+def test_who_may_call_what(web_server, fleet, olivia):
     a, b = fleet["a"], fleet["b"]
-    with api(daphne_server) as anonymous:
+    with api(web_server) as anonymous:
         response = anonymous.get(f"/api/v1/robots/{a.pk}/assignment")
         assert response.status_code == 401 and set(response.json()) == {"error", "detail"}
         assert response.headers["WWW-Authenticate"] == "Bearer"
-    with api(daphne_server, "sopr_0123456789ab_not-the-secret") as forged:
+    with api(web_server, "sopr_0123456789ab_not-the-secret") as forged:
         assert forged.get(f"/api/v1/robots/{a.pk}/assignment").status_code == 401
     _, expired = credentials.issue(a, olivia, expires_at=timezone.now() - timedelta(seconds=1))
-    with api(daphne_server, expired) as late:
+    with api(web_server, expired) as late:
         assert late.get(f"/api/v1/robots/{a.pk}/assignment").status_code == 401
-    with api(daphne_server, fleet["a_token"]) as http:
+    with api(web_server, fleet["a_token"]) as http:
         other = http.get(f"/api/v1/robots/{b.pk}/assignment")
         assert other.status_code == 403 and other.json()["error"] == "forbidden"
         assert http.get("/fleet/", follow_redirects=False).status_code == 302  # a token opens no web page
@@ -112,15 +112,15 @@ def test_who_may_call_what(daphne_server, fleet, olivia):
     browser = Client()
     browser.force_login(olivia)
     cookie = f"{settings.SESSION_COOKIE_NAME}={browser.cookies[settings.SESSION_COOKIE_NAME].value}"
-    with api(daphne_server, Cookie=cookie) as session:
+    with api(web_server, Cookie=cookie) as session:
         assert session.get("/fleet/").status_code == 200  # the session is good for the pages
         refused = session.get(f"/api/v1/robots/{a.pk}/assignment")
         assert refused.status_code == 401 and refused.json()["error"] == "unauthorized"
 
 
-def test_the_assignment_carries_version_tasks_and_the_operators_commands(daphne_server, fleet, olivia):
+def test_the_assignment_carries_version_tasks_and_the_operators_commands(web_server, fleet, olivia):
     robot = fleet["a"]
-    with api(daphne_server, fleet["a_token"]) as http:
+    with api(web_server, fleet["a_token"]) as http:
         first = http.get(f"/api/v1/robots/{robot.pk}/assignment").json()
         assert first["version"]["number"] == 1 and first["version"]["sha256"] == fleet["version"].checkpoint_sha256
         assert [t["name"] for t in first["tasks"]] == TASK_NAMES and first["commands"] == ["stop"]
@@ -141,9 +141,9 @@ def test_the_assignment_carries_version_tasks_and_the_operators_commands(daphne_
         assert refused.status_code == 422 and "status" in refused.json()["detail"]
 
 
-def test_a_checkpoint_downloads_whole_resumes_by_range_and_matches_its_sha256(daphne_server, fleet):
+def test_a_checkpoint_downloads_whole_resumes_by_range_and_matches_its_sha256(web_server, fleet):
     robot, version = fleet["a"], fleet["version"]
-    with api(daphne_server, fleet["a_token"]) as http:
+    with api(web_server, fleet["a_token"]) as http:
         described = http.get(f"/api/v1/robots/{robot.pk}/assignment").json()["version"]
         whole = http.get(described["url"])
         assert whole.status_code == 200 and len(whole.content) == described["size"]
@@ -161,10 +161,10 @@ def test_a_checkpoint_downloads_whole_resumes_by_range_and_matches_its_sha256(da
         assert http.get(f"/api/v1/robots/{robot.pk}/checkpoints/99").status_code == 404
 
 
-def test_an_uploaded_episode_is_stored_once_and_the_server_decides_what_it_trusts(daphne_server, fleet, olivia):
+def test_an_uploaded_episode_is_stored_once_and_the_server_decides_what_it_trusts(web_server, fleet, olivia):
     robot, version = fleet["a"], fleet["version"]
     key = str(uuid.uuid4())
-    with api(daphne_server, fleet["a_token"]) as http:
+    with api(web_server, fleet["a_token"]) as http:
         first = http.put(f"/api/v1/episodes/{key}", params=episode_params(1), content=payload())
         assert first.status_code == 201, first.text
         again = http.put(f"/api/v1/episodes/{key}", params=episode_params(1), content=payload())
@@ -183,13 +183,13 @@ def test_an_uploaded_episode_is_stored_once_and_the_server_decides_what_it_trust
         refused = http.put(f"/api/v1/episodes/{uuid.uuid4()}", params=episode_params(1),
                            content=episode_data.encode(annotated))
         assert refused.status_code == 422 and "annotator" in refused.json()["detail"]
-    with api(daphne_server, fleet["b_token"]) as other:  # robot B cannot claim robot A's episode
+    with api(web_server, fleet["b_token"]) as other:  # robot B cannot claim robot A's episode
         assert other.put(f"/api/v1/episodes/{key}", params=episode_params(1), content=payload()).status_code == 403
     assert Episode.objects.count() == 1
 
 
-def test_limits_answer_413_and_429(start_daphne, fleet):
-    server = start_daphne(API_MAX_EPISODE_BYTES=4096, API_RATE_LIMIT=5, API_RATE_WINDOW=60)
+def test_limits_answer_413_and_429(start_web, fleet):
+    server = start_web(API_MAX_EPISODE_BYTES=4096, API_RATE_LIMIT=5, API_RATE_WINDOW=60)
     robot = fleet["a"]
     with api(server.address, fleet["a_token"]) as http:
         big = http.put(f"/api/v1/episodes/{uuid.uuid4()}", params=episode_params(1), content=b"x" * 5000)
@@ -203,10 +203,10 @@ def test_limits_answer_413_and_429(start_daphne, fleet):
     assert Episode.objects.count() == 0
 
 
-def test_the_openapi_schema_validates_and_the_docs_are_served(daphne_server):
+def test_the_openapi_schema_validates_and_the_docs_are_served(web_server):
     from openapi_spec_validator import validate
 
-    with api(daphne_server) as http:
+    with api(web_server) as http:
         schema = http.get("/api/schema/").json()
         validate(schema)
         assert {"/api/v1/episodes/{episode_uuid}", "/api/v1/robots/{robot_id}/assignment"} <= set(schema["paths"])
@@ -214,11 +214,11 @@ def test_the_openapi_schema_validates_and_the_docs_are_served(daphne_server):
         assert docs.status_code == 200 and "cdn." not in docs.text  # served from our own static files
 
 
-def test_the_robot_socket_pushes_commands_at_once_and_closes_on_revocation(daphne_server, fleet, olivia):
+def test_the_robot_socket_pushes_commands_at_once_and_closes_on_revocation(web_server, fleet, olivia):
     from websockets.exceptions import ConnectionClosed, InvalidStatus
     from websockets.sync.client import connect
 
-    robot, url = fleet["a"], f"ws://{daphne_server}/ws/robot/"
+    robot, url = fleet["a"], f"ws://{web_server}/ws/robot/"
     with connect(url, additional_headers={"Authorization": f"Bearer {fleet['a_token']}"}) as socket:
         first = json.loads(socket.recv(timeout=10))
         assert first["event"] == "assignment" and first["data"]["version"]["number"] == 1
@@ -244,7 +244,7 @@ def test_the_robot_socket_pushes_commands_at_once_and_closes_on_revocation(daphn
         connect(url, additional_headers={"Authorization": "Bearer sopr_nope_nope"}).close()
 
 
-def test_a_remote_robot_runs_evaluation_items_it_is_handed_and_only_those(daphne_server, fleet, sam):
+def test_a_remote_robot_runs_evaluation_items_it_is_handed_and_only_those(web_server, fleet, sam):
     from governance import decisions
     from governance.models import EvaluationItem
 
@@ -254,7 +254,7 @@ def test_a_remote_robot_runs_evaluation_items_it_is_handed_and_only_those(daphne
     clean = make_arrays(60)
     clean["intervention_source"][:] = 0
     clean["intervention"][:] = False  # the policy alone: an evaluation result that counts
-    with api(daphne_server, fleet["a_token"]) as http:
+    with api(web_server, fleet["a_token"]) as http:
         work = http.post(f"/api/v1/robots/{robot.pk}/episodes/next").json()
         assert work["kind"] == "evaluation" and work["gate"]["enabled"] is False
         item = EvaluationItem.objects.get(pk=work["item"])
@@ -275,13 +275,13 @@ def test_a_remote_robot_runs_evaluation_items_it_is_handed_and_only_those(daphne
     assert episode.source == "evaluation" and episode.policy_version.number == work["version"]["number"]
     item.refresh_from_db()
     assert item.episode_id == episode.pk  # the result counts for the evaluation
-    with api(daphne_server, fleet["b_token"]) as other:  # robot B cannot report robot A's item
+    with api(web_server, fleet["b_token"]) as other:  # robot B cannot report robot A's item
         taken = other.put(f"/api/v1/episodes/{uuid.uuid4()}", params={**params, "item": item.pk},
                           content=episode_data.encode(clean))
         assert taken.status_code == 422
 
 
-def test_a_robot_whose_checkpoint_is_gone_still_hears_its_commands(daphne_server, fleet, olivia):
+def test_a_robot_whose_checkpoint_is_gone_still_hears_its_commands(web_server, fleet, olivia):
     import shutil
 
     from django.conf import settings
@@ -290,7 +290,7 @@ def test_a_robot_whose_checkpoint_is_gone_still_hears_its_commands(daphne_server
     shutil.rmtree(f"{settings.STORAGE_DIR}/{fleet['version'].checkpoint_path}")
     control.start(robot, olivia)
     control.pause(robot, olivia)
-    with api(daphne_server, fleet["a_token"]) as http:
+    with api(web_server, fleet["a_token"]) as http:
         assignment = http.get(f"/api/v1/robots/{robot.pk}/assignment")
         assert assignment.status_code == 200 and assignment.json()["version"] is None
         assert "pause" in assignment.json()["commands"]

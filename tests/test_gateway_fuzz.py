@@ -1,4 +1,4 @@
-"""Hundreds of malformed episode uploads over HTTP against the real daphne: each gets a 4xx with a clear message,
+"""Hundreds of malformed episode uploads over HTTP against the real web process: each gets a 4xx with a clear message,
 nothing is stored, no request errors on the server, and the server serves the next good upload."""
 from __future__ import annotations
 
@@ -150,14 +150,14 @@ def _lying_sizes(good: bytes) -> bytes:
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_two_hundred_malformed_uploads_are_refused_with_reasons_and_the_server_keeps_serving(
-        start_daphne, tasks, olivia):
+        start_web, tasks, olivia):
     from governance.decisions import deploy_to_fleet
     from tests.conftest import publish_random_policy
 
     version = publish_random_policy(1, TASK_NAMES)
     deploy_to_fleet(version, reason="base")
     robot, token = remote_robot("fuzzed", tasks, olivia)
-    server = start_daphne(API_RATE_LIMIT=100_000)
+    server = start_web(API_RATE_LIMIT=100_000)
     cases = corpus()
     assert len(cases) >= 200
     with api(server.address, token) as http:

@@ -88,11 +88,11 @@ def session_cookie(user) -> str:
 
 
 def test_a_robot_client_process_feeds_the_dashboard_and_the_learner_and_swaps_versions_between_episodes(
-        remote, start_daphne, start_worker, robot_client, olivia):
+        remote, start_web, start_worker, robot_client, olivia):
     from websockets.sync.client import connect
 
     robot, token = remote
-    server = start_daphne(**LEARNER_ENV)
+    server = start_web(**LEARNER_ENV)
     start_worker("learner", queues="learner,default", **LEARNER_ENV)
     dashboard = connect(f"ws://{server.address}/ws/fleet/", additional_headers={
         "Cookie": session_cookie(olivia), "Origin": f"http://{server.address}"})
@@ -126,10 +126,10 @@ def test_a_robot_client_process_feeds_the_dashboard_and_the_learner_and_swaps_ve
     assert all(e.meta["via"] == "api" and e.source == "online" for e in Episode.objects.filter(robot=robot))
 
 
-def test_episodes_buffered_while_the_web_server_is_down_arrive_exactly_once(remote, start_daphne, robot_client,
+def test_episodes_buffered_while_the_web_server_is_down_arrive_exactly_once(remote, start_web, robot_client,
                                                                              olivia):
     robot, token = remote
-    server = start_daphne()
+    server = start_web()
     control.start(robot, olivia)
     client = robot_client(server.address, token)
     wait_for(lambda: Episode.objects.filter(robot=robot).count() >= 2, 90, "the first uploads")
@@ -147,11 +147,11 @@ def test_episodes_buffered_while_the_web_server_is_down_arrive_exactly_once(remo
     assert client.proc.returncode == 0, client.log.read_text()[-2000:]
 
 
-def test_the_client_obeys_take_over_pause_and_resume(remote, start_daphne, robot_client, olivia):
+def test_the_client_obeys_take_over_pause_and_resume(remote, start_web, robot_client, olivia):
     from core import bus
 
     robot, token = remote
-    server = start_daphne()
+    server = start_web()
     control.start(robot, olivia)
     # A quarter of real time: 100-step episodes last 5 s, so a command reaches the episode it is meant for.
     client = robot_client(server.address, token, realtime_factor=0.25)

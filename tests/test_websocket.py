@@ -67,13 +67,13 @@ broadcast("robot.status", {"robot": 3, "status": "expert", "from": "another proc
 
 
 def test_the_real_asgi_stack_accepts_a_logged_in_operator_and_delivers_another_process_broadcast(
-        daphne_server, olivia):
+        web_server, olivia):
     cookie = session_cookie(olivia)
 
     async def scenario():
-        async with websockets.connect(f"ws://{daphne_server}/ws/fleet/", open_timeout=10,
+        async with websockets.connect(f"ws://{web_server}/ws/fleet/", open_timeout=10,
                                       additional_headers={"Cookie": cookie,
-                                                          "Origin": f"http://{daphne_server}"}) as ws:
+                                                          "Origin": f"http://{web_server}"}) as ws:
             # The process has subscribed once the handshake completed; now another process speaks.
             await asyncio.to_thread(subprocess.run, [sys.executable, "-c", BROADCAST_FROM_ANOTHER_PROCESS],
                                     cwd=ROOT, env=process_env(), check=True, timeout=60)
@@ -85,8 +85,8 @@ def test_the_real_asgi_stack_accepts_a_logged_in_operator_and_delivers_another_p
 
 
 @pytest.mark.parametrize("who", ["anonymous", "annotator", "forged", "foreign origin"])
-def test_the_real_asgi_stack_refuses_sockets_it_should_not_serve(daphne_server, anna, olivia, who):
-    headers = {"Origin": f"http://{daphne_server}"}
+def test_the_real_asgi_stack_refuses_sockets_it_should_not_serve(web_server, anna, olivia, who):
+    headers = {"Origin": f"http://{web_server}"}
     if who == "annotator":
         headers["Cookie"] = session_cookie(anna)
     elif who == "forged":
@@ -95,7 +95,7 @@ def test_the_real_asgi_stack_refuses_sockets_it_should_not_serve(daphne_server, 
         headers = {"Cookie": session_cookie(olivia), "Origin": "http://evil.example.com"}
 
     async def scenario():
-        async with websockets.connect(f"ws://{daphne_server}/ws/fleet/", open_timeout=10,
+        async with websockets.connect(f"ws://{web_server}/ws/fleet/", open_timeout=10,
                                       additional_headers=headers) as ws:
             await ws.recv()
 
@@ -209,14 +209,14 @@ async def test_changes_go_out_at_once_and_progress_is_read_once_a_second(olivia,
         r.delete(bus.PROGRESS_KEY)
 
 
-def test_an_idle_socket_stays_open(daphne_server, olivia):
+def test_an_idle_socket_stays_open(web_server, olivia):
     """Nothing to say for a while (longer than any Redis read timeout): the socket and its subscription stay."""
     cookie = session_cookie(olivia)
 
     async def scenario():
-        async with websockets.connect(f"ws://{daphne_server}/ws/fleet/", open_timeout=10,
+        async with websockets.connect(f"ws://{web_server}/ws/fleet/", open_timeout=10,
                                       additional_headers={"Cookie": cookie,
-                                                          "Origin": f"http://{daphne_server}"}) as ws:
+                                                          "Origin": f"http://{web_server}"}) as ws:
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(ws.recv(), timeout=12)  # idle, and still open afterwards
             await asyncio.to_thread(subprocess.run, [sys.executable, "-c", BROADCAST_FROM_ANOTHER_PROCESS],
@@ -226,15 +226,15 @@ def test_an_idle_socket_stays_open(daphne_server, olivia):
     assert asyncio.run(scenario())["events"][0]["data"]["from"] == "another process"
 
 
-def test_a_hundred_and_twenty_dashboards_connect_at_once(daphne_server, olivia):
+def test_a_hundred_and_twenty_dashboards_connect_at_once(web_server, olivia):
     """A burst of sockets (dashboards reconnecting after a restart) joins at once: all are accepted and hear the
     next event, and the process holds one subscription for all of them."""
     cookie = session_cookie(olivia)
-    headers = {"Cookie": cookie, "Origin": f"http://{daphne_server}"}
+    headers = {"Cookie": cookie, "Origin": f"http://{web_server}"}
 
     async def scenario():
         async def one():
-            async with websockets.connect(f"ws://{daphne_server}/ws/fleet/", open_timeout=30,
+            async with websockets.connect(f"ws://{web_server}/ws/fleet/", open_timeout=30,
                                           additional_headers=headers) as ws:
                 await barrier.wait()
                 return json.loads(await asyncio.wait_for(ws.recv(), timeout=20))
@@ -277,7 +277,7 @@ def hub_connections() -> int:
     return sum(c["name"] == HUB_CLIENT_NAME and int(c["db"]) == db for c in r.client_list())
 
 
-def test_a_lost_subscription_closes_the_sockets_and_they_can_come_back(daphne_server, olivia):
+def test_a_lost_subscription_closes_the_sockets_and_they_can_come_back(web_server, olivia):
     """Redis drops the web process's subscription (a restart, a network cut): its sockets are closed with 4503
     so that browsers reconnect and refetch snapshots, rather than sit on a socket that hears nothing; the next
     socket subscribes afresh and hears events again."""
@@ -285,12 +285,12 @@ def test_a_lost_subscription_closes_the_sockets_and_they_can_come_back(daphne_se
 
     from fleet.consumers import CLOSE_UNAVAILABLE, HUB_CLIENT_NAME
 
-    headers = {"Cookie": session_cookie(olivia), "Origin": f"http://{daphne_server}"}
+    headers = {"Cookie": session_cookie(olivia), "Origin": f"http://{web_server}"}
     r = redis.Redis.from_url(settings.REDIS_URL)
     db = r.connection_pool.connection_kwargs.get("db", 0)
 
     async def scenario():
-        url = f"ws://{daphne_server}/ws/fleet/"
+        url = f"ws://{web_server}/ws/fleet/"
         async with websockets.connect(url, open_timeout=10, additional_headers=headers) as first, \
                 websockets.connect(url, open_timeout=10, additional_headers=headers) as second:
             hubs = [c for c in r.client_list()
@@ -312,7 +312,7 @@ def test_a_lost_subscription_closes_the_sockets_and_they_can_come_back(daphne_se
     assert message["events"][0]["data"]["from"] == "another process"
 
 
-def test_sockets_joining_while_events_stream_in_are_served(daphne_server, olivia):
+def test_sockets_joining_while_events_stream_in_are_served(web_server, olivia):
     """Bursts of events published while dashboards join: an event that reaches the hub before a socket's
     handshake has finished must wait for it, not fail the send and take every socket down (4503). Ten rounds,
     each starting the process's subscription afresh."""
@@ -323,7 +323,7 @@ def test_sockets_joining_while_events_stream_in_are_served(daphne_server, olivia
 
     from core import bus
 
-    headers = {"Cookie": session_cookie(olivia), "Origin": f"http://{daphne_server}"}
+    headers = {"Cookie": session_cookie(olivia), "Origin": f"http://{web_server}"}
     stop = threading.Event()
 
     def publish():
@@ -339,7 +339,7 @@ def test_sockets_joining_while_events_stream_in_are_served(daphne_server, olivia
 
     async def round_():
         async def one():
-            async with websockets.connect(f"ws://{daphne_server}/ws/fleet/", open_timeout=10,
+            async with websockets.connect(f"ws://{web_server}/ws/fleet/", open_timeout=10,
                                           additional_headers=headers) as ws:
                 first = json.loads(await asyncio.wait_for(ws.recv(), timeout=10))
                 await asyncio.sleep(0.5)
