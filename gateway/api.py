@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
@@ -16,7 +15,7 @@ from ninja import NinjaAPI, Query, Schema
 from ninja.errors import AuthenticationError
 from ninja.errors import ValidationError as NinjaValidationError
 from ninja.security import HttpBearer
-from pydantic import Field
+from pydantic import AwareDatetime, Field
 
 from gateway import assignment, credentials, limits, uploads
 from gateway.errors import ApiError
@@ -111,12 +110,12 @@ class HeartbeatIn(Schema):
 
 
 class EpisodeParams(Schema):
-    task: str = Field(max_length=64)
+    task: str = Field(max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int
     outcome: str
     version: int = Field(description="The policy version number the episode ran")
-    started_at: datetime
-    finished_at: datetime
+    started_at: AwareDatetime = Field(description="With its time zone, e.g. 2026-12-02T10:00:00+00:00")
+    finished_at: AwareDatetime
     source: str = Field("online", description="online, or evaluation with `item`")
     item: int | None = Field(None, description="The evaluation item this episode ran (source=evaluation)")
     meta: str | None = Field(None, description="A JSON object of the robot's own notes (size-capped)")
@@ -197,10 +196,13 @@ def _meta(raw: str | None) -> dict:
     if len(raw.encode()) > settings.API_MAX_META_BYTES:
         raise ApiError(413, "too_large", f"meta is {len(raw.encode())} bytes; the limit is "
                                          f"{settings.API_MAX_META_BYTES}")
+    if "\\u0000" in raw or "\x00" in raw:
+        raise ApiError(422, "invalid", "meta must not contain NUL characters")
     try:
         value = json.loads(raw)
-    except ValueError:
-        raise ApiError(422, "invalid", "meta must be a JSON object") from None
+        json.dumps(value, ensure_ascii=False).encode("utf-8")  # a lone surrogate (\\ud800) cannot be stored
+    except (ValueError, RecursionError, UnicodeEncodeError):
+        raise ApiError(422, "invalid", "meta must be a JSON object of text PostgreSQL can store") from None
     if not isinstance(value, dict):
         raise ApiError(422, "invalid", "meta must be a JSON object")
     return value

@@ -64,6 +64,8 @@ def of(robot: Robot) -> dict:
 
 
 def _describe(robot: Robot, version: PolicyVersion) -> dict:
+    if version.checkpoint_removed_at is not None:
+        raise ApiError(404, "not_found", f"retention removed the checkpoint of v{version.number}")
     config_size, size = bundle_sizes(version)
     return {"number": version.number, "sha256": version.checkpoint_sha256, "size": size, "config_size": config_size,
             "url": reverse("api-v1:checkpoint", kwargs={"robot_id": robot.pk, "number": version.number})}

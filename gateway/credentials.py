@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from datetime import timedelta
 
@@ -21,6 +22,7 @@ from fleet.models import Robot
 from gateway.models import RobotToken
 
 PREFIX = "sopr_"
+KEY = re.compile(r"[0-9a-f]{12}")  # the public part issue() makes: anything else is not looked up
 LAST_USED_RESOLUTION = timedelta(seconds=60)  # last_used_at is written at most this often per token
 
 
@@ -73,7 +75,7 @@ def authenticate(presented: str) -> RobotToken | None:
     if not presented.startswith(PREFIX):
         return None
     key, _, secret = presented[len(PREFIX):].partition("_")
-    if not key or not secret or len(presented) > 200:
+    if not KEY.fullmatch(key) or not secret or len(presented) > 200:
         return None
     token = _token_with_robot(key)
     if token is None or not hmac.compare_digest(token.secret_sha256, _digest(secret)):

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
+from django.db import connection
 from django.http.request import RawPostDataException
 from django.utils import timezone
 
@@ -48,8 +49,18 @@ def accept(robot: Robot, key: str, params: dict, meta: dict, body: bytes) -> tup
         key = uuid_lib.UUID(key)
     except ValueError:
         raise ApiError(422, "invalid", f"{key!r} is not a UUID") from None
-    item = _trusted_item(robot, params) if params["source"] == Episode.Source.EVALUATION else None
-    version = item.version if item is not None else _trusted_version(robot, params)
+    _check_times(params)
+    try:
+        item = _trusted_item(robot, params) if params["source"] == Episode.Source.EVALUATION else None
+        version = item.version if item is not None else _trusted_version(robot, params)
+        _check_task(robot, params, item)
+    except ApiError:
+        # A retry of an episode stored before (its first answer was lost) gets the first answer, even when what
+        # was trusted then (the item, the assignment) has moved on since.
+        stored = Episode.objects.filter(uuid=key, robot=robot).first()
+        if stored is not None:
+            return stored, False
+        raise
     arrays = _arrays(body)
     try:
         episode, created = ingest_episode(
@@ -69,6 +80,19 @@ def accept(robot: Robot, key: str, params: dict, meta: dict, body: bytes) -> tup
         bus.client().delete(bus.takeover_key(robot.pk))  # a takeover lasts for the episode it reached
         control.end_progress(robot.pk)  # its tile shows the next episode's progress from its next heartbeat
     return episode, created
+
+
+def _check_times(params: dict) -> None:
+    now = timezone.now()
+    for name in ("started_at", "finished_at"):
+        if not now - timedelta(days=365) <= params[name] <= now + timedelta(hours=1):
+            raise ApiError(422, "invalid", f"{name} {params[name].isoformat()} is not within the last year")
+
+
+def _check_task(robot: Robot, params: dict, item) -> None:
+    """An online episode runs one of the robot's enabled tasks (an evaluation item names its own)."""
+    if item is None and not robot.tasks.filter(env_name=params["task"], enabled=True).exists():
+        raise ApiError(422, "untrusted", f"task {params['task']!r} is not one of robot {robot.name}'s tasks")
 
 
 def _trusted_item(robot: Robot, params: dict):
@@ -105,18 +129,20 @@ def _trusted_version(robot: Robot, params: dict) -> PolicyVersion:
 
 
 ASSIGNMENT_GRACE_SECONDS = 60
-_versions: dict[int, PolicyVersion] = {}  # number -> version (id only): a number names one version forever
+_versions: dict[tuple[str, int], PolicyVersion] = {}  # number -> version (id only): a number names one version forever
 
 
 def _version(number: int) -> PolicyVersion | None:
-    if number not in _versions:
+    key = (connection.settings_dict["NAME"], number)  # a number names one version forever, in one database
+    version = _versions.get(key)
+    if version is None:
         version = PolicyVersion.objects.filter(number=number).only("pk", "number").first()
         if version is None:
             return None
         if len(_versions) > 10_000:
             _versions.clear()
-        _versions[number] = version
-    return _versions[number]
+        _versions[key] = version
+    return version
 
 
 def _arrays(body: bytes) -> dict:

@@ -76,6 +76,8 @@ class Api:
         headers = {"Range": f"bytes={have}-", "If-Range": f'"{version["sha256"]}"'} if have else {}
         try:
             with self.http.stream("GET", version["url"], headers=headers) as response:
+                if response.status_code == 429 or response.status_code >= 500:
+                    raise Unreachable(f"downloading v{version['number']}: {response.status_code}")
                 if response.status_code >= 400 and response.status_code != 416:
                     raise Refused(response.status_code, "download", f"checkpoint v{version['number']}")
                 mode = "ab" if response.status_code == 206 else "wb"

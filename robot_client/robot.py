@@ -81,7 +81,11 @@ class Robot:
                     self.stopping.set()
                     return
                 log.info("robot socket down (%s); reconnecting", exc)
-            except Exception as exc:  # the handshake refused (e.g. 403): try again later, as with any outage
+            except Exception as exc:
+                if getattr(getattr(exc, "response", None), "status_code", None) in (401, 403):
+                    # The server refuses the token at the handshake (revoked, expired): polling tells the rest.
+                    log.error("the robot socket refused this robot's token; polling instead")
+                    return
                 log.info("robot socket refused (%s); retrying", exc)
             self.stopping.wait(2.0)
 
@@ -192,6 +196,9 @@ class Robot:
                                                   control=control))
                 except Unreachable:
                     pass  # the episode goes on; it is uploaded later
+                except Refused as exc:  # e.g. the token was revoked: finish here, keep the episode, then stop
+                    log.error("heartbeat refused: %s", exc)
+                    self.stopping.set()
             wanted = set(self.commands())
             if self.stopping.is_set() or {"abort", "pause"} & wanted:
                 return "abort"

@@ -117,6 +117,13 @@ def corpus() -> list[tuple[str, dict, bytes]]:
                          ("source", "annotator"), ("meta", "[1, 2]"), ("meta", "{not json"),
                          ("meta", '{"x": "' + "y" * 9000 + '"}')]:
         cases.append((f"{field}={str(value)[:20]}", {field: value}, good))
+    for field, value in [("meta", "[" * 5000), ("meta", '{"a": "\\u0000"}'), ("meta", '{"a": "\\ud800"}'),
+                         ("started_at", "2026-12-02T10:00:00"), ("started_at", "0001-01-01T00:00:00Z"),
+                         ("task", "shelf-place-v3\x00")]:
+        cases.append((f"{field}={value[:16]!r}", {field: value}, good))
+    cases.append(("a .npy header with an unknown dtype", {}, _patched_header(good, b"'<f4'", b"'q9' ")))
+    cases.append(("a .npy header with a 25-digit shape", {}, _huge_shape()))
+    cases.append(("a member that inflates past its declared size", {}, _lying_sizes(good)))
     now = timezone.now()
     cases.append(("finished before it started", {"started_at": now.isoformat(),
                                                   "finished_at": (now - timedelta(hours=1)).isoformat()}, good))
@@ -126,6 +133,39 @@ def corpus() -> list[tuple[str, dict, bytes]]:
               ("a zip of nothing", {}, npz({})), ("a zip with a directory entry", {}, _directory_zip()),
               ("a lying zip64 header", {}, _lying_sizes(good))]
     return cases
+
+
+def _patched_header(good: bytes, old: bytes, new: bytes) -> bytes:
+    """The first member rewritten with a different .npy header (stored, so the header bytes can be edited)."""
+    arrays = episode_data.decode(good)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, array in arrays.items():
+            raw = io.BytesIO()
+            np.save(raw, array)
+            data = raw.getvalue()
+            if name == "obs":
+                data = data.replace(old, new, 1)
+            archive.writestr(f"{name}.npy", data)
+    return buffer.getvalue()
+
+
+def _huge_shape() -> bytes:
+    arrays = episode_data.decode(episode_data.encode(GOOD))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, array in arrays.items():
+            raw = io.BytesIO()
+            np.save(raw, array)
+            data = raw.getvalue()
+            if name == "obs":
+                length = struct.unpack_from("<H", data, 8)[0]
+                header = data[10:10 + length].replace(b"(60, 39)", b"(9999999999999999999999999, 39)")
+                header = header.rstrip(b" \n")
+                header += b" " * (-(10 + len(header) + 1) % 64) + b"\n"
+                data = data[:8] + struct.pack("<H", len(header)) + header + data[10 + length:]
+            archive.writestr(f"{name}.npy", data)
+    return buffer.getvalue()
 
 
 def _directory_zip() -> bytes:

@@ -185,10 +185,16 @@ def read_npy(raw: bytes) -> np.ndarray:
     found = {name: pattern.search(header) for name, pattern in _HEADER_FIELDS.items()}
     if not all(found.values()):
         raise ValueError(f"unreadable .npy header {header[:80]!r}")
-    dtype = np.dtype(found["descr"].group(1))
+    try:
+        dtype = np.dtype(found["descr"].group(1))
+    except TypeError:
+        raise ValueError(f"unknown dtype {found['descr'].group(1)!r}") from None
     if dtype.kind not in _PLAIN_KINDS or dtype.fields is not None:
         raise ValueError(f"dtype {dtype} is not a plain numeric type")
-    shape = tuple(int(n) for n in found["shape"].group(1).replace(" ", "").split(",") if n)
+    dims = [n for n in found["shape"].group(1).replace(" ", "").split(",") if n]
+    if len(dims) > 4 or any(len(n) > 9 for n in dims):
+        raise ValueError(f"shape {found['shape'].group(0)[:60]} is out of range")
+    shape = tuple(int(n) for n in dims)
     count = int(np.prod(shape, dtype=np.int64)) if shape else 1
     data = memoryview(raw)[start + length:]
     if len(data) != count * dtype.itemsize:
@@ -205,6 +211,27 @@ _ZIP_STORED, _ZIP_DEFLATED = 0, 8
 _DOS_1980 = (0, 0x21)  # (time, date) in MS-DOS format
 
 
+def _member_bytes(data: bytes, archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> bytes:
+    """A member's bytes, inflated no further than the size its directory entry declares (zipfile's own reader
+    inflates up to 2 GiB of a lying member before it notices), its CRC checked."""
+    offset = member.header_offset
+    if data[offset:offset + 4] != b"PK\x03\x04":
+        raise ValueError(f"{member.filename}: no local header where the directory says")
+    name_length, extra_length = struct.unpack_from("<HH", data, offset + 26)
+    start = offset + 30 + name_length + extra_length
+    raw = data[start:start + member.compress_size]
+    if member.compress_type == zipfile.ZIP_STORED:
+        out = raw
+    elif member.compress_type == zipfile.ZIP_DEFLATED:
+        inflater = zlib.decompressobj(-15)
+        out = inflater.decompress(raw, member.file_size + 1)
+    else:
+        raise ValueError(f"{member.filename}: compression {member.compress_type} is not supported")
+    if len(out) != member.file_size or zlib.crc32(out) != member.CRC:
+        raise ValueError(f"{member.filename}: its size or CRC does not match the zip directory")
+    return out
+
+
 def decode(data: bytes, legacy: bool = True) -> dict[str, np.ndarray]:
     """Read a payload back (never unpickling anything). `legacy`: today's dtypes for payloads stored by an older
     version (stored payloads only; uploads must be of today's schema)."""
@@ -212,8 +239,8 @@ def decode(data: bytes, legacy: bool = True) -> dict[str, np.ndarray]:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             # Each member inflated in one call (CRC checked) and parsed from memory: np.load's lazy members read
             # in small chunks, and its header parser is not safe in threads (read_npy).
-            arrays = {member.filename[:-4]: read_npy(archive.read(member)) for member in archive.infolist()
-                      if member.filename.endswith(".npy")}
+            arrays = {member.filename[:-4]: read_npy(_member_bytes(data, archive, member))
+                      for member in archive.infolist() if member.filename.endswith(".npy")}
     except (ValueError, OSError, EOFError, RuntimeError, NotImplementedError, zipfile.BadZipFile, zlib.error,
             struct.error) as exc:  # encrypted or unknown compression: RuntimeError, NotImplementedError
         raise EpisodeDataError(f"the episode payload is not a readable .npz: {exc}") from None
@@ -226,8 +253,8 @@ def decode(data: bytes, legacy: bool = True) -> dict[str, np.ndarray]:
 
 def decode_untrusted(data: bytes, max_bytes: int) -> dict[str, np.ndarray]:
     """Read a payload that came from outside (a robot over the API): only the schema's .npy members, at most
-    `max_bytes` once inflated (judged from the zip directory before anything is inflated; zipfile never inflates a
-    member past the size its directory entry declares), never unpickling. Raises EpisodeDataError saying why."""
+    `max_bytes` once inflated (judged from the zip directory before anything is inflated, and no member is
+    inflated past its declared size), never unpickling. Raises EpisodeDataError saying why."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             members = archive.infolist()
