@@ -6,7 +6,6 @@ Every endpoint takes a robot's bearer token and acts for that robot only. Errors
 from __future__ import annotations
 
 import json
-import logging
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
@@ -19,8 +18,6 @@ from pydantic import AwareDatetime, Field
 
 from gateway import assignment, credentials, limits, uploads
 from gateway.errors import ApiError
-
-log = logging.getLogger(__name__)
 
 
 class RobotBearer(HttpBearer):
@@ -146,8 +143,7 @@ def _own(request, robot_id: int):
 
 @api.get("/whoami", response=RobotOut, summary="The robot this token belongs to")
 def whoami(request):
-    robot = request.robot
-    return {"id": robot.pk, "name": robot.name, "status": robot.status, "enabled": robot.enabled}
+    return assignment.summary(request.robot)
 
 
 @api.get("/robots/{robot_id}/assignment", response=AssignmentOut, summary="What the robot must run now")

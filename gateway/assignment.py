@@ -45,16 +45,21 @@ def commands(robot: Robot) -> list[str]:
     return wanted
 
 
+def summary(robot: Robot) -> dict:
+    return {"id": robot.pk, "name": robot.name, "status": robot.status, "enabled": robot.enabled}
+
+
 def of(robot: Robot) -> dict:
-    robot.refresh_from_db(fields=["status", "enabled", "policy_version"])
+    """The whole assignment, read afresh (a socket holds its robot from connect time on) in one query."""
+    robot = Robot.objects.select_related("policy_version").get(pk=robot.pk)
     version = robot.policy_version
     try:
         described = None if version is None else _describe(robot, version)
-    except ApiError:  # its checkpoint is gone from storage: the robot idles, but still hears its commands
-        log.error("robot %s is assigned v%d, whose checkpoint is missing from storage", robot.name, version.number)
+    except ApiError as exc:  # its checkpoint is gone: the robot idles, but still hears its commands
+        log.error("robot %s is assigned v%d, which cannot be served: %s", robot.name, version.number, exc.detail)
         described = None
     return {
-        "robot": {"id": robot.pk, "name": robot.name, "status": robot.status, "enabled": robot.enabled},
+        "robot": summary(robot),
         "version": described,
         "tasks": [{"name": t.env_name, "max_steps": t.max_steps}
                   for t in robot.tasks.filter(enabled=True).order_by("env_name")],
@@ -143,6 +148,9 @@ def bundle_sizes(version: PolicyVersion) -> tuple[int, int]:
     return sizes
 
 
+_verified: set[str] = set()  # checkpoint hashes this process has checked against their files
+
+
 def checkpoint_response(request, robot: Robot, number: int) -> HttpResponse:
     """The checkpoint bundle of a version the robot is assigned: config.json then the weights, whose SHA-256 is the
     version's checkpoint_sha256. ETag is that hash; Range requests resume a broken download."""
@@ -154,13 +162,17 @@ def checkpoint_response(request, robot: Robot, number: int) -> HttpResponse:
         raise ApiError(403, "forbidden", f"v{number} is not assigned to robot {robot.name}")
     if version.checkpoint_removed_at is not None:
         raise ApiError(404, "not_found", f"retention removed the checkpoint of v{number}")
+    if request.headers.get("If-None-Match") == f'"{version.checkpoint_sha256}"':
+        return ranged_response(request, b"", "application/octet-stream", etag=version.checkpoint_sha256)  # 304
     config, weights = _bundle_paths(version)
     try:
         data = config.read_bytes() + weights.read_bytes()
     except FileNotFoundError:
         raise ApiError(404, "not_found", f"the checkpoint of v{number} is gone from storage") from None
-    if hashlib.sha256(data).hexdigest() != version.checkpoint_sha256:
-        raise ApiError(409, "corrupt", f"the stored checkpoint of v{number} does not match its sha256")
+    if version.checkpoint_sha256 not in _verified:  # checkpoints never change: hashed once per process
+        if hashlib.sha256(data).hexdigest() != version.checkpoint_sha256:
+            raise ApiError(409, "corrupt", f"the stored checkpoint of v{number} does not match its sha256")
+        _verified.add(version.checkpoint_sha256)
     response = ranged_response(request, data, "application/octet-stream", etag=version.checkpoint_sha256)
     response["X-Checkpoint-Config-Size"] = str(bundle_sizes(version)[0])
     return response

@@ -129,7 +129,7 @@ def _trusted_version(robot: Robot, params: dict) -> PolicyVersion:
 
 
 ASSIGNMENT_GRACE_SECONDS = 60
-_versions: dict[tuple[str, int], PolicyVersion] = {}  # number -> version (id only): a number names one version forever
+_versions: dict[tuple[str, int], PolicyVersion] = {}  # (database, number) -> version (its id only)
 
 
 def _version(number: int) -> PolicyVersion | None:

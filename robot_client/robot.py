@@ -213,7 +213,7 @@ class Robot:
                              doubt=(lambda obs: policy.doubt(obs, name)) if len(policy.members) > 1 else None)
         if result.steps == 0:
             return
-        outcome = {"success": "success", "timeout": "timeout", "aborted": "aborted"}[result.outcome]
+        outcome = result.outcome  # success, timeout or aborted: the API's own words
         params = {"task": name, "seed": seed, "outcome": outcome, "version": version,
                   **({"source": "evaluation", "item": item} if item is not None else {}),
                   "started_at": started.isoformat(), "finished_at": datetime.now(timezone.utc).isoformat(),

@@ -92,6 +92,20 @@ def stop_process(proc: subprocess.Popen, timeout: float = 15) -> None:
             proc.wait()
 
 
+def stop_group(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """SIGTERM to a process started in its own session and its children (a worker pool, web workers), as a
+    process manager would; SIGKILL after `timeout` seconds."""
+    import signal
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 class WorkerProcess:
     """A real Celery worker (its own process group) against the test database and the test Redis."""
 
@@ -115,14 +129,7 @@ class WorkerProcess:
         self.proc.wait()
 
     def stop(self) -> None:
-        import signal
-
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_group(self.proc)
 
 
 @pytest.fixture
@@ -177,16 +184,7 @@ class WebProcess:
         assert self.proc.poll() is None, self.log.read_text()
 
     def stop(self) -> None:
-        """SIGTERM to the server and its workers (their own process group), as a process manager would."""
-        import signal
-
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_group(self.proc)
 
 
 @pytest.fixture
@@ -352,3 +350,12 @@ def tasks(db):
     from tests.factories import make_tasks
 
     return make_tasks()
+
+
+def session_cookie(user) -> str:
+    """A Cookie header value holding a logged-in session of `user`, for sockets and HTTP clients of the real server."""
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user)
+    return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"

@@ -18,7 +18,7 @@ from fleet.sim import episode_data
 from gateway import credentials
 from gateway.models import RobotToken
 from governance.decisions import deploy_to_fleet
-from tests.conftest import PASSWORD, publish_random_policy
+from tests.conftest import PASSWORD, publish_random_policy, session_cookie
 from tests.factories import TASK_NAMES, make_arrays
 
 
@@ -106,13 +106,7 @@ def test_who_may_call_what(web_server, fleet, olivia):
         assert other.status_code == 403 and other.json()["error"] == "forbidden"
         assert http.get("/fleet/", follow_redirects=False).status_code == 302  # a token opens no web page
     # A person's session does not open the API.
-    from django.conf import settings
-    from django.test import Client
-
-    browser = Client()
-    browser.force_login(olivia)
-    cookie = f"{settings.SESSION_COOKIE_NAME}={browser.cookies[settings.SESSION_COOKIE_NAME].value}"
-    with api(web_server, Cookie=cookie) as session:
+    with api(web_server, Cookie=session_cookie(olivia)) as session:
         assert session.get("/fleet/").status_code == 200  # the session is good for the pages
         refused = session.get(f"/api/v1/robots/{a.pk}/assignment")
         assert refused.status_code == 401 and refused.json()["error"] == "unauthorized"

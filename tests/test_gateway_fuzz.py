@@ -121,8 +121,10 @@ def corpus() -> list[tuple[str, dict, bytes]]:
                          ("started_at", "2026-12-02T10:00:00"), ("started_at", "0001-01-01T00:00:00Z"),
                          ("task", "shelf-place-v3\x00")]:
         cases.append((f"{field}={value[:16]!r}", {field: value}, good))
-    cases.append(("a .npy header with an unknown dtype", {}, _patched_header(good, b"'<f4'", b"'q9' ")))
-    cases.append(("a .npy header with a 25-digit shape", {}, _huge_shape()))
+    cases.append(("a .npy header with an unknown dtype", {},
+                  _with_obs_header(lambda header: header.replace(b"'<f4'", b"'q9'"))))
+    cases.append(("a .npy header with a 25-digit shape", {},
+                  _with_obs_header(lambda header: header.replace(b"(60, 39)", b"(9999999999999999999999999, 39)"))))
     cases.append(("a member that inflates past its declared size", {}, _lying_sizes(good)))
     now = timezone.now()
     cases.append(("finished before it started", {"started_at": now.isoformat(),
@@ -135,33 +137,18 @@ def corpus() -> list[tuple[str, dict, bytes]]:
     return cases
 
 
-def _patched_header(good: bytes, old: bytes, new: bytes) -> bytes:
-    """The first member rewritten with a different .npy header (stored, so the header bytes can be edited)."""
-    arrays = episode_data.decode(good)
+def _with_obs_header(edit) -> bytes:
+    """GOOD written by numpy with the obs member's .npy header text passed through `edit` (stored members, so the
+    header can be rewritten; its length field and padding follow the new text)."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
-        for name, array in arrays.items():
-            raw = io.BytesIO()
-            np.save(raw, array)
-            data = raw.getvalue()
-            if name == "obs":
-                data = data.replace(old, new, 1)
-            archive.writestr(f"{name}.npy", data)
-    return buffer.getvalue()
-
-
-def _huge_shape() -> bytes:
-    arrays = episode_data.decode(episode_data.encode(GOOD))
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, array in arrays.items():
+        for name, array in GOOD.items():
             raw = io.BytesIO()
             np.save(raw, array)
             data = raw.getvalue()
             if name == "obs":
                 length = struct.unpack_from("<H", data, 8)[0]
-                header = data[10:10 + length].replace(b"(60, 39)", b"(9999999999999999999999999, 39)")
-                header = header.rstrip(b" \n")
+                header = edit(data[10:10 + length]).rstrip(b" \n")
                 header += b" " * (-(10 + len(header) + 1) % 64) + b"\n"
                 data = data[:8] + struct.pack("<H", len(header)) + header + data[10 + length:]
             archive.writestr(f"{name}.npy", data)

@@ -11,15 +11,13 @@ import subprocess
 import sys
 
 import pytest
-from django.conf import settings
 from django.core.management import call_command
-from django.test import Client
 
 from fleet import control
 from fleet.models import Episode, Robot, Task
 from gateway import credentials
 from learner.models import PolicyVersion
-from tests.conftest import ROOT, process_env, wait_for
+from tests.conftest import ROOT, process_env, session_cookie, wait_for
 
 LEARNER_ENV = {"LEARNER_PUBLISH_EVERY": 40, "ROLLOUT_MODE": "continuous", "LEARNER_SLICE_SECONDS": 20,
                "LEARNER_BATCH_SIZE": 64}
@@ -79,12 +77,6 @@ def robot_client(tmp_path):
     yield start
     for client in clients:
         client.stop()
-
-
-def session_cookie(user) -> str:
-    client = Client()
-    client.force_login(user)
-    return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
 
 
 def test_a_robot_client_process_feeds_the_dashboard_and_the_learner_and_swaps_versions_between_episodes(

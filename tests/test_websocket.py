@@ -12,11 +12,10 @@ from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
-from django.test import Client
 
 from core.events import broadcast
 from fleet.consumers import CLOSE_FORBIDDEN, CLOSE_UNAUTHENTICATED, FleetConsumer
-from tests.conftest import ROOT, process_env, wait_for
+from tests.conftest import ROOT, process_env, session_cookie, wait_for
 
 
 async def communicate(user):
@@ -51,12 +50,6 @@ async def test_an_operator_joins_and_receives_broadcasts(olivia):
         }
     finally:
         await communicator.disconnect()
-
-
-def session_cookie(user) -> str:
-    client = Client()
-    client.force_login(user)
-    return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
 
 
 BROADCAST_FROM_ANOTHER_PROCESS = """
