@@ -128,7 +128,9 @@ def main():
         return n / elapsed
 
     try:
-        in_process(10), over_api(16)  # warm up connections, caches and the server's imports
+        # Warm up connections, caches, the server's imports and every worker's threads: the first requests a
+        # worker serves cost it several times the steady state's CPU.
+        in_process(50), over_api(40 * args.workers)
         ratios, apis, locals_ = [], [], []
         for rep in range(args.reps):  # interleaved, so drift on a noisy machine hits both alike
             local = in_process(args.episodes)

@@ -18,7 +18,7 @@ from django.utils import timezone
 from core import bus
 from core.audit import IllegalTransition
 from core.models import AuditEvent
-from fleet.models import Robot
+from fleet.models import Robot, Task
 from gateway.models import RobotToken
 
 PREFIX = "sopr_"
@@ -98,12 +98,16 @@ def _token_with_robot(key: str) -> RobotToken | None:
     """The token and its robot in one prepared statement: every API request makes this lookup, and compiling
     the ORM query cost more than running it (bench/api_ingest.py)."""
     columns = [f"t.{name}" for name in _TOKEN_FIELDS] + [f"r.{name}" for name in _ROBOT_FIELDS]
+    through, task = Robot.tasks.through._meta.db_table, Task._meta.db_table
+    enabled_tasks = (f"ARRAY(SELECT k.env_name FROM {through} m JOIN {task} k ON k.id = m.task_id "
+                     f"WHERE m.robot_id = r.id AND k.enabled)")
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {', '.join(columns)} FROM {RobotToken._meta.db_table} t "
+        cursor.execute(f"SELECT {', '.join(columns)}, {enabled_tasks} FROM {RobotToken._meta.db_table} t "
                        f"JOIN {Robot._meta.db_table} r ON r.id = t.robot_id WHERE t.key = %s", [key])
         row = cursor.fetchone()
     if row is None:
         return None
     token = RobotToken.from_db(connection.alias, _TOKEN_FIELDS, row[:len(_TOKEN_FIELDS)])
-    token.robot = Robot.from_db(connection.alias, _ROBOT_FIELDS, row[len(_TOKEN_FIELDS):])
+    token.robot = Robot.from_db(connection.alias, _ROBOT_FIELDS, row[len(_TOKEN_FIELDS):-1])
+    token.robot.enabled_task_names = frozenset(row[-1])  # what uploads check their task against
     return token

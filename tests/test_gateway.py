@@ -13,7 +13,7 @@ from django.utils import timezone
 from core import bus
 from core.models import AuditEvent
 from fleet import control
-from fleet.models import Episode, Robot
+from fleet.models import Episode, Robot, Task
 from fleet.sim import episode_data
 from gateway import credentials
 from gateway.models import RobotToken
@@ -172,6 +172,14 @@ def test_an_uploaded_episode_is_stored_once_and_the_server_decides_what_it_trust
                               (episode_params(7), "version 7 is not assigned")]:
             refused = http.put(f"/api/v1/episodes/{uuid.uuid4()}", params=params, content=payload())
             assert refused.status_code == 422 and words in refused.json()["detail"], refused.text
+        shelf = Task.objects.filter(env_name="shelf-place-v3")
+        for change, undo in [(lambda: robot.tasks.remove(*shelf), lambda: robot.tasks.add(*shelf)),
+                             (lambda: shelf.update(enabled=False), lambda: shelf.update(enabled=True))]:
+            change()  # the robot's tasks are read with its token, on every request
+            refused = http.put(f"/api/v1/episodes/{uuid.uuid4()}", params=episode_params(1, task="shelf-place-v3"),
+                               content=payload())
+            assert refused.status_code == 422 and "task 'shelf-place-v3' is not one of" in refused.json()["detail"]
+            undo()
         annotated = make_arrays(60)
         annotated["intervention_source"][5:9] = 3  # ANNOTATOR
         refused = http.put(f"/api/v1/episodes/{uuid.uuid4()}", params=episode_params(1),
