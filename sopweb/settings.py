@@ -251,8 +251,11 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "filters": {"client_errors_on_one_line": {"()": "core.logs.ClientErrorsOnOneLine"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    # A refused request is one line; a server error keeps its traceback (core.logs).
+    "loggers": {name: {"filters": ["client_errors_on_one_line"]} for name in ("django.request", "django.security")},
 }
 
 # --- Redis: live events, Celery broker -----------------------------------------------------------

@@ -211,3 +211,25 @@ def test_the_episode_page_carries_its_time_series(client, anna, oscar):
     assert client.get(reverse("episode", args=[episode.pk])).status_code == 403
     client.force_login(anna)
     assert client.get(reverse("episode", args=[999999])).status_code == 404
+
+
+def test_a_refused_request_is_one_log_line_and_a_server_error_keeps_its_traceback(client, anna, caplog):
+    import logging
+    import sys
+
+    from core.logs import ClientErrorsOnOneLine
+
+    client.force_login(anna)
+    with caplog.at_level(logging.WARNING, logger="django.request"):
+        assert client.get(reverse("audit")).status_code == 403  # PermissionDenied, raised in the view
+        assert client.get(reverse("robot-command", args=[999_999, "pause"])).status_code in (403, 404, 405)
+    refusals = [record for record in caplog.records if record.name == "django.request"]
+    assert refusals and all(record.exc_info is None for record in refusals)
+    assert all("\n" not in logging.Formatter().format(record) for record in refusals)
+    try:
+        raise RuntimeError("a fault")
+    except RuntimeError:
+        fault = logging.LogRecord("django.request", logging.ERROR, __file__, 1, "Internal Server Error", None,
+                                  sys.exc_info())
+    fault.status_code = 500
+    assert ClientErrorsOnOneLine().filter(fault) and fault.exc_info is not None
