@@ -18,6 +18,7 @@ from core.events import broadcast
 from core.models import AuditEvent
 from fleet.ingest import load_arrays
 from fleet.models import Episode
+from fleet.sim.episode_data import EpisodeDataError
 from learner.models import PolicyVersion, TrainingMetric, TrainingRun, publish_version
 from learner.signals import version_published
 from review.models import EpisodeLabel
@@ -151,7 +152,7 @@ def sync_labels(trainer, cursor: EpisodeCursor, labels: LabelSync) -> int:
     removed = trainer.buffer.remove_episodes(changed)
     episodes = Episode.objects.filter(pk__in=changed).select_related("task", "policy_version", "label")
     for episode in episodes:
-        _add(trainer, episode, load_arrays(episode), cursor, labels)
+        _add(trainer, episode, None, cursor, labels)
     log.info("labels changed for %d folded episode(s): %d frames taken out, folded again under their labels",
              len(changed), removed)
     return len(changed)
@@ -168,23 +169,49 @@ def _label(episode: Episode) -> EpisodeLabel | None:
         return None
 
 
-def _add(trainer, episode: Episode, arrays: dict, cursor: EpisodeCursor, labels: LabelSync) -> None:
-    """Fold one episode in as its label says: as recorded, not at all (excluded), or relabelled."""
-    label = _label(episode)
-    training = label.training_arrays(arrays) if label is not None else arrays
-    if training is not None:
-        version = episode.policy_version.number if episode.policy_version else 0
-        trainer.add_episode(episode.task.env_name, _source(episode), training, version, episode.task.max_steps,
-                            episode_id=episode.pk)
+# What folding one episode can raise about that episode alone (an unreadable payload, a label that does not fit
+# it): the episode is skipped and reported, and the learner goes on. Anything else (the database, the lease) stops
+# the slice as before.
+UNFOLDABLE = (EpisodeDataError, ValueError, TypeError, KeyError, IndexError)
+
+
+def _training_arrays(episode: Episode, label: EpisodeLabel | None, arrays: dict | None) -> dict | None:
+    """What the episode teaches under its label (None: nothing). Raises one of UNFOLDABLE."""
+    arrays = load_arrays(episode) if arrays is None else arrays
+    return label.training_arrays(arrays) if label is not None else arrays
+
+
+def _add(trainer, episode: Episode, arrays: dict | None, cursor: EpisodeCursor, labels: LabelSync) -> None:
+    """Fold one episode in as its label says: as recorded, not at all (excluded), or relabelled; an episode that
+    cannot be folded is skipped and reported (_skip)."""
+    label = _label(episode)  # noted even when skipped: the label is what the buffer reflects, not asked again
+    try:
+        training = _training_arrays(episode, label, arrays)
+        if training is not None:
+            version = episode.policy_version.number if episode.policy_version else 0
+            trainer.add_episode(episode.task.env_name, _source(episode), training, version,
+                                episode.task.max_steps, episode_id=episode.pk)
+    except UNFOLDABLE as exc:
+        _skip(episode, exc)
     labels.note(episode.pk, label)
     cursor.mark(episode.pk)
+
+
+def _skip(episode: Episode, exc: Exception) -> None:
+    """Report an episode the learner cannot fold: a warning in its log, and once per episode and reason an audit
+    row on the episode (the audit page and the episode's history show it)."""
+    reason = f"{type(exc).__name__}: {exc}"[:500]
+    log.warning("episode %s skipped: it cannot be folded into the buffer (%s)", episode.pk, reason)
+    if not AuditEvent.objects.filter(verb="learner.skip_episode", object_type=episode._meta.label_lower,
+                                     object_id=str(episode.pk), reason=reason).exists():
+        AuditEvent.record(None, "learner.skip_episode", episode, reason=reason)
 
 
 def _fold(trainer, cursor: EpisodeCursor, labels: LabelSync, limit: int = FOLD_BATCH) -> int:
     """Add new online episodes and demonstrations (never evaluation episodes) to the buffer."""
     rows = cursor.new_episodes(limit)
     for episode in rows:
-        _add(trainer, episode, load_arrays(episode), cursor, labels)
+        _add(trainer, episode, None, cursor, labels)
     return len(rows)
 
 
@@ -194,13 +221,19 @@ def _pretrain_then_fold(trainer, cursor: EpisodeCursor, labels: LabelSync, lease
     history = []
     while rows := cursor.new_episodes(FOLD_BATCH):
         for episode in rows:
-            history.append((episode, load_arrays(episode)))
+            try:
+                history.append((episode, load_arrays(episode)))
+            except UNFOLDABLE as exc:
+                _skip(episode, exc)
+                labels.note(episode.pk, _label(episode))
             cursor.mark(episode.pk)
         _renew(lease)
     fitted = []
     for episode, arrays in history:
-        label = _label(episode)
-        training = label.training_arrays(arrays) if label is not None else arrays
+        try:
+            training = _training_arrays(episode, _label(episode), arrays)
+        except UNFOLDABLE:
+            continue  # reported when it is folded below
         if training is not None:
             fitted.append((episode.task.env_name, _source(episode), training, episode.task.max_steps))
     trainer.algorithm.pretrain(fitted)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import IntegrityError, models, transaction
+from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from core import bus
@@ -86,7 +87,17 @@ class EpisodeLabel(models.Model):
     class Meta:
         db_table = "fleet_episodelabel"  # moved from fleet with its table (review/migrations/0002)
         indexes = [models.Index(fields=["failure_mode"])]
-        permissions = [("label_episode", "Can label episodes")]
+        permissions = [("label_episode", "Can label episodes"),
+                       ("label_any_episode", "Can label episodes outside the review queue")]
+        # What the learner relies on, whichever way a row is written (the form, the admin, SQL): a known
+        # disposition, and a relabel names the step where the failure began.
+        constraints = [
+            models.CheckConstraint(condition=Q(disposition__in=["keep", "exclude", "relabel"]),
+                                   name="label_disposition_known"),
+            models.CheckConstraint(condition=~Q(disposition="relabel") | Q(failure_step__isnull=False),
+                                   name="label_relabel_has_failure_step"),
+            models.CheckConstraint(condition=~Q(failure_mode=""), name="label_failure_mode_set"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.failure_mode} on episode {self.episode_id}"
@@ -150,6 +161,34 @@ class FailureMode(models.Model):
         return list(cls.objects.filter(task=task, active=True))
 
 
+REVIEWED_SOURCES = [Episode.Source.ONLINE, Episode.Source.EVALUATION]
+FAILED = [Episode.Outcome.FAILURE, Episode.Outcome.TIMEOUT]
+
+
+def reviewable_episodes() -> QuerySet:
+    """The episodes annotators may open and label: robots' failed or timed-out episodes, any with an open flag
+    (an operator asked), and any labelled before (to revise it). Never demonstrations (the expert's own), and a
+    success only when flagged: a label can take an episode out of training, so who may label what is the
+    server's decision, not the page's."""
+    open_flags = EpisodeFlag.objects.filter(episode=OuterRef("pk"), status=EpisodeFlag.Status.OPEN)
+    return (Episode.objects.filter(source__in=REVIEWED_SOURCES)
+            .annotate(flagged=Exists(open_flags), labelled=Exists(EpisodeLabel.objects.filter(episode=OuterRef("pk"))))
+            .filter(Q(outcome__in=FAILED) | Q(flagged=True) | Q(labelled=True)))
+
+
+class NotReviewable(Exception):
+    """The episode is not one the user may label (outside the review queue, without label_any_episode)."""
+
+
+def check_reviewable(episode: Episode, user) -> None:
+    if user.has_perm("review.label_any_episode"):
+        return
+    if not reviewable_episodes().filter(pk=episode.pk).exists():
+        raise NotReviewable(f"episode {episode.pk} is not in the review queue (only failed, timed-out, flagged or "
+                            f"labelled robot episodes are; a {episode.get_source_display()} "
+                            f"{episode.get_outcome_display()} is not); a supervisor can label it")
+
+
 class ClaimHeld(Exception):
     """Someone else is labelling this episode."""
 
@@ -181,6 +220,7 @@ class ReviewClaim(models.Model):
         Each path is one statement that must touch exactly one row: a renewal, a take-over of an expired claim
         (two annotators racing for it queue on the row, and the second finds it live again), or an insert that
         the unique episode lets only one of two racers commit."""
+        check_reviewable(episode, user)
         now = timezone.now()
         expires = now + claim_ttl()
         with transaction.atomic():
@@ -205,6 +245,29 @@ class ReviewClaim(models.Model):
         cls.objects.filter(episode=episode, annotator=user).delete()
 
     @classmethod
+    def _held(cls, episode: Episode, user) -> ReviewClaim:
+        """The user's claim on the episode, locked for the transaction; ClaimLost without one. A lapsed claim that
+        nobody took over is still this annotator's: whoever takes it over must update this row, and waits."""
+        claim = cls.objects.select_for_update(no_key=True).filter(episode=episode, annotator=user).first()
+        if claim is None:
+            raise ClaimLost(f"you do not hold episode {episode.pk} (your claim lapsed and someone else took it, "
+                            "or you never opened it); nothing was saved")
+        return claim
+
+    @classmethod
+    def dismiss_flags(cls, episode: Episode, user, reason: str) -> int:
+        """Dismiss the episode's open flags, audited; only while holding its claim, as labelling does. Returns how
+        many were dismissed; the claim is released."""
+        with transaction.atomic():
+            claim = cls._held(episode, user)
+            dismissed = 0
+            for flag in episode.flags.select_for_update().filter(status=EpisodeFlag.Status.OPEN):
+                flag.resolve(user, EpisodeFlag.Status.DISMISSED, reason=reason)
+                dismissed += 1
+            claim.delete()
+        return dismissed
+
+    @classmethod
     def submit_label(cls, episode: Episode, user, *, failure_mode: str, failure_step: int | None, notes: str,
                      disposition: str) -> EpisodeLabel:
         """Store the annotator's label, audited; only while holding a live claim on the episode.
@@ -213,12 +276,7 @@ class ReviewClaim(models.Model):
         episode are resolved as labelled; the claim is released; the learner is nudged after commit."""
         _check_label(episode, failure_mode, failure_step, disposition)
         with transaction.atomic():
-            # A lapsed claim that nobody took over is still this annotator's: whoever takes it over must update
-            # this row, and waits for this lock.
-            claim = cls.objects.select_for_update(no_key=True).filter(episode=episode, annotator=user).first()
-            if claim is None:
-                raise ClaimLost(f"you do not hold episode {episode.pk} (your claim lapsed and someone else took it, "
-                                "or you never opened it); nothing was saved")
+            claim = cls._held(episode, user)
             previous = EpisodeLabel.objects.filter(episode=episode).values(
                 "failure_mode", "failure_step", "disposition", "annotator_id").first()
             label, _ = EpisodeLabel.objects.update_or_create(episode=episode, defaults={

@@ -12,15 +12,13 @@ from django.db.models import Exists, F, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from fleet.models import Episode
-from review.models import ClaimHeld, EpisodeFlag, EpisodeLabel, ReviewClaim
+from review.models import ClaimHeld, EpisodeFlag, NotReviewable, ReviewClaim, reviewable_episodes
 
 ORDERS = {
     "version": ("Newest policy versions first", [F("policy_version__number").desc(nulls_last=True), "-finished_at"]),
     "newest": ("Newest episodes first", ["-finished_at"]),
     "oldest": ("Oldest episodes first", ["finished_at"]),
 }
-REVIEWED_SOURCES = [Episode.Source.ONLINE, Episode.Source.EVALUATION]
-FAILED = [Episode.Outcome.FAILURE, Episode.Outcome.TIMEOUT]
 
 
 @dataclass(frozen=True)
@@ -34,14 +32,10 @@ class QueueFilter:
 
 
 def queue(f: QueueFilter = QueueFilter()) -> QuerySet:
-    open_flags = EpisodeFlag.objects.filter(episode=OuterRef("pk"), status=EpisodeFlag.Status.OPEN)
     live_claim = ReviewClaim.objects.filter(episode=OuterRef("pk"), expires_at__gt=timezone.now())
-    rows = (Episode.objects.filter(source__in=REVIEWED_SOURCES)
-            .annotate(flagged=Exists(open_flags),
-                      labelled=Exists(EpisodeLabel.objects.filter(episode=OuterRef("pk"))),
-                      claimed_by=Subquery(live_claim.values("annotator__username")[:1]))
-            # A success whose flag was dismissed leaves the queue; one that was labelled stays with the labelled.
-            .filter(Q(outcome__in=FAILED) | Q(flagged=True) | Q(labelled=True))
+    # A success whose flag was dismissed leaves the queue; one that was labelled stays with the labelled.
+    rows = (reviewable_episodes()
+            .annotate(claimed_by=Subquery(live_claim.values("annotator__username")[:1]))
             .select_related("task", "robot", "policy_version", "label"))
     if f.task:
         rows = rows.filter(task_id=f.task)
@@ -71,7 +65,7 @@ def claim_next(user, f: QueueFilter, skip=()) -> Episode | None:
         for episode in batch:
             try:
                 ReviewClaim.claim(episode, user)
-            except ClaimHeld:
+            except (ClaimHeld, NotReviewable):  # taken, or its flag dismissed, meanwhile
                 continue
             return episode
     return None

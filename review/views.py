@@ -9,6 +9,7 @@ from pathlib import Path
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count
 from django.http import FileResponse, Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -20,7 +21,7 @@ from core.http import bad_form_response, ranged_file_response
 from fleet.forms import FlagForm
 from fleet.models import Episode
 from review.forms import DismissForm, ExportForm, LabelForm, QueueFilterForm
-from review.models import ClaimHeld, ClaimLost, EpisodeFlag, EpisodeLabel, ReplayVideo, ReviewClaim
+from review.models import ClaimHeld, ClaimLost, EpisodeFlag, EpisodeLabel, NotReviewable, ReplayVideo, ReviewClaim
 from review.queue import claim_next, queue, upcoming
 
 QUEUE_ROWS = 100
@@ -97,6 +98,8 @@ def review_episode(request, pk: int, form: LabelForm | None = None, status: int 
         ReviewClaim.claim(episode, request.user)
     except ClaimHeld as exc:
         held_by = str(exc)
+    except NotReviewable as exc:
+        raise PermissionDenied(str(exc)) from None
     label = EpisodeLabel.objects.filter(episode=episode).select_related("annotator").first()
     if form is None:
         initial = {"disposition": EpisodeLabel.Disposition.KEEP}
@@ -166,6 +169,8 @@ def renew_claim(request, pk: int):
         claim = ReviewClaim.claim(episode, request.user)
     except ClaimHeld as exc:
         return JsonResponse({"error": str(exc)}, status=409)
+    except NotReviewable as exc:
+        return JsonResponse({"error": str(exc)}, status=403)
     return JsonResponse({"expires_at": claim.expires_at.isoformat()})
 
 
@@ -176,14 +181,11 @@ def dismiss_flags(request, pk: int):
     form = DismissForm(request.POST)
     if not form.is_valid():
         return bad_form_response(form)
-    dismissed = 0
-    for flag in episode.flags.filter(status=EpisodeFlag.Status.OPEN):
-        try:
-            flag.resolve(request.user, EpisodeFlag.Status.DISMISSED, reason=form.cleaned_data["reason"])
-            dismissed += 1
-        except IllegalTransition:
-            pass  # resolved by someone else meanwhile
-    ReviewClaim.release(episode, request.user)
+    try:
+        dismissed = ReviewClaim.dismiss_flags(episode, request.user, form.cleaned_data["reason"])
+    except ClaimLost as exc:
+        messages.error(request, str(exc)[:1].upper() + str(exc)[1:])
+        return redirect(_with_query(reverse("review-queue"), _queue_query(request)))
     messages.success(request, f"Dismissed {dismissed} flag(s) on episode {episode.pk}.")
     return _open_next(request, _queue_query(request), skip=[pk])
 

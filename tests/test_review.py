@@ -508,3 +508,58 @@ def test_old_replays_are_evicted_unless_someone_is_reviewing_them(task, anna, se
     # Opening the evicted episode later renders it again.
     video = ReplayVideo.request(videos["old"].episode_id)
     assert video.status == ReplayVideo.Status.QUEUED
+
+
+# --- who may label what ----------------------------------------------------------------------------------
+
+def test_an_annotator_cannot_open_or_label_episodes_outside_the_queue(client, task, anna, bea):
+    from django.contrib.auth.models import Permission
+
+    succeeded = synthetic(seed=2)
+    succeeded["success"][-1] = True
+    success = ingest(task, succeeded, outcome="success")
+    demo = ingest(task, synthetic(seed=3), source="offline_demo", outcome="timeout")
+    failed = ingest(task, synthetic(seed=4))
+    client.force_login(anna)
+    for episode in (success, demo):
+        page = client.get(reverse("review-episode", args=[episode.pk]))
+        assert page.status_code == 403 and "not in the review queue" in page.content.decode()
+        assert client.post(reverse("review-claim", args=[episode.pk])).status_code == 403
+        assert label(client, episode).status_code in (302, 403)
+        with pytest.raises(Exception, match="not in the review queue"):
+            ReviewClaim.claim(episode, anna)
+    assert not EpisodeLabel.objects.exists() and not ReviewClaim.objects.exists()
+    assert client.get(reverse("review-episode", args=[failed.pk])).status_code == 200  # in the queue
+
+    # A supervisor's explicit grant opens any episode to that one user.
+    bea.user_permissions.add(Permission.objects.get(codename="label_any_episode"))
+    client.force_login(bea)
+    assert client.get(reverse("review-episode", args=[success.pk])).status_code == 200
+    assert label(client, success).status_code == 302
+    assert EpisodeLabel.objects.get().episode == success
+
+
+def test_dismissing_flags_needs_the_claim_like_labelling(client, task, olivia, anna, bea):
+    flagged = ingest(task, synthetic(seed=5))
+    flag = EpisodeFlag.raise_flag(flagged, olivia, "odd grasp")
+    ReviewClaim.claim(flagged, bea)  # bea is labelling it
+    client.force_login(anna)
+    response = client.post(reverse("review-dismiss", args=[flagged.pk]), {"reason": "looks fine"})
+    assert response.status_code == 302 and response["Location"].startswith(reverse("review-queue"))
+    flag.refresh_from_db()
+    assert flag.status == EpisodeFlag.Status.OPEN and not AuditEvent.objects.filter(verb="flag.dismissed").exists()
+    with pytest.raises(ClaimLost):
+        ReviewClaim.dismiss_flags(flagged, anna, "looks fine")
+    assert ReviewClaim.dismiss_flags(flagged, bea, "looks fine") == 1  # the holder may, once
+    assert not ReviewClaim.objects.exists()
+
+
+def test_the_database_refuses_labels_the_learner_could_not_use(task, anna):
+    from django.db import IntegrityError, transaction
+
+    episode = ingest(task, synthetic())
+    for fields in [{"disposition": "relabel", "failure_step": None}, {"disposition": "burn"},
+                   {"failure_mode": ""}]:
+        with pytest.raises(IntegrityError), transaction.atomic():
+            EpisodeLabel.objects.create(episode=episode, annotator=anna, **{"failure_mode": "other", **fields})
+    assert not EpisodeLabel.objects.exists()

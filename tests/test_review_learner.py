@@ -142,3 +142,25 @@ def test_the_recorded_expert_action_is_the_scripted_expert_on_the_recorded_state
     again = np.stack([np.clip(expert.expert_action(obs), -1, 1) for obs in arrays["obs"]])
     np.testing.assert_allclose(again, arrays["expert_action"], atol=1e-6)
     assert not arrays["intervention"].any()  # a policy-only episode: every step is there to be relabelled
+
+
+def test_an_episode_the_learner_cannot_fold_is_skipped_and_reported_once(task, anna, caplog):
+    from core.models import AuditEvent
+    from review.models import EpisodeLabel
+
+    trainer = make_trainer()
+    bad = ingest(task, synthetic(seed=1, gate=slice(10, 20)))
+    good = ingest(task, synthetic(seed=2, gate=slice(5, 15)))
+    labelled(bad, anna, "relabel", step=20)
+    # A failure step past the episode's end, as a write outside the form could leave it (no constraint can see
+    # the episode's length): folding it raises, and must not stop the learner.
+    EpisodeLabel.objects.filter(episode=bad).update(failure_step=10_000)
+    cursor, labels = fold_all(trainer)
+    assert len(frames(trainer, bad.pk)["obs"]) == 0 and len(frames(trainer, good.pk)["obs"]) == 10
+    skipped = AuditEvent.objects.get(verb="learner.skip_episode")
+    assert skipped.object_id == str(bad.pk) and "10000" in skipped.reason
+    assert f"episode {bad.pk} skipped" in caplog.text
+    assert sync_labels(trainer, cursor, labels) == 0  # not retried at every poll
+    labelled(bad, anna, "relabel", step=25)  # the label mended: it is folded
+    assert sync_labels(trainer, cursor, labels) == 1 and len(frames(trainer, bad.pk)["obs"]) == 10 + 15
+    assert AuditEvent.objects.filter(verb="learner.skip_episode").count() == 1
