@@ -1,5 +1,6 @@
 from django.contrib import admin
 
+from core.admin import ViewOnlyAdmin
 from fleet.models import Episode, InterventionSegment, Robot, Task
 
 
@@ -11,13 +12,13 @@ class TaskAdmin(admin.ModelAdmin):
 
 
 @admin.register(Robot)
-class RobotAdmin(admin.ModelAdmin):
-    list_display = ["name", "kind", "status", "policy_version", "last_heartbeat"]
-    list_filter = ["kind", "status"]
+class RobotAdmin(ViewOnlyAdmin):
+    """Robots are added, started, stopped, paused, given versions and removed through fleet.control (audited):
+    the fleet page and enrolment do that; the admin shows them."""
+
+    list_display = ["name", "kind", "status", "enabled", "policy_version", "last_heartbeat"]
+    list_filter = ["kind", "status", "enabled"]
     search_fields = ["name"]
-    filter_horizontal = ["tasks"]
-    # Status and version change only through audited transitions (pause/resume views, rollouts).
-    readonly_fields = ["status", "policy_version", "last_heartbeat", "created_at"]
 
 
 class InterventionInline(admin.TabularInline):

@@ -1,10 +1,13 @@
 from django.contrib import admin
 
+from core.admin import ViewOnlyAdmin
 from governance.models import Rollout
 
 
 @admin.register(Rollout)
-class RolloutAdmin(admin.ModelAdmin):
+class RolloutAdmin(ViewOnlyAdmin):
+    """Rollouts start and end through governance.decisions (audited)."""
+
     list_display = ["version", "stage", "status", "requested_by", "approved_by", "created_at", "ended_at"]
     list_filter = ["stage", "status"]
     readonly_fields = ["status", "ended_at"]

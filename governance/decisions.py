@@ -13,7 +13,6 @@ import math
 
 from django.conf import settings
 from django.db import transaction
-from django.utils import timezone
 
 from core.audit import IllegalTransition
 from core.events import broadcast_on_commit
@@ -77,8 +76,8 @@ def deploy_to_fleet(version: PolicyVersion, actor=None, reason: str = "", verb: 
             previous.advance("supersede", actor, reason=f"replaced by {version}")
         for own in Rollout.objects.filter(status=Rollout.Status.ACTIVE, version=version):
             own.end(Rollout.Status.PROMOTED, actor, reason=reason)
-        Rollout.objects.filter(status=Rollout.Status.ACTIVE).exclude(version=version).update(
-            status=Rollout.Status.SUPERSEDED, ended_at=timezone.now())
+        for other in Rollout.objects.filter(status=Rollout.Status.ACTIVE).exclude(version=version):
+            other.end(Rollout.Status.SUPERSEDED, actor, reason=f"replaced by {version}")  # audited, each
         robots = list(Robot.objects.filter(retired=False))
         rollout = Rollout.objects.create(version=version, stage=Rollout.Stage.FLEET, requested_by=actor,
                                          approved_by=actor, reason=reason)

@@ -58,7 +58,7 @@ def rollouts(request):
                             "progress": evaluation.progress() if evaluation else None})
     history = (AuditEvent.objects.filter(object_type="learner.policyversion", verb__in=[
         f"version.{verb}" for verb in PolicyVersion.TRANSITIONS if verb not in ("supersede",)])
-        .select_related("actor")[:25])
+        [:25])
     return render(request, "governance/rollouts.html", {
         "deployed": decisions.deployed_version(),
         "canary": canary, "analysis": canary_analysis(canary) if canary else None,

@@ -1,5 +1,6 @@
 from django.contrib import admin
 
+from core.admin import ViewOnlyAdmin
 from fleet.admin import EpisodeAdmin
 from fleet.models import Episode
 from review.models import EpisodeFlag, EpisodeLabel, FailureMode, ReplayVideo, ReviewClaim
@@ -16,7 +17,9 @@ class FailureModeAdmin(admin.ModelAdmin):
 
 
 @admin.register(ReviewClaim)
-class ReviewClaimAdmin(admin.ModelAdmin):
+class ReviewClaimAdmin(ViewOnlyAdmin):
+    """Claims are taken, renewed and released by the labelling page (review.models.ReviewClaim)."""
+
     list_display = ["episode", "annotator", "claimed_at", "expires_at"]
     raw_id_fields = ["episode"]
 
@@ -35,7 +38,11 @@ class FlagInline(admin.TabularInline):
     model = EpisodeFlag
     fk_name = "episode"
     extra = 0
-    readonly_fields = ["status", "resolved_by", "resolved_at"]
+    readonly_fields = ["reason", "raised_by", "status", "resolved_by", "resolved_at", "created_at"]
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):  # raised on the episode page (audited)
+        return False
 
 
 admin.site.unregister(Episode)
@@ -49,14 +56,18 @@ class EpisodeWithFlagsAdmin(EpisodeAdmin):
 
 
 @admin.register(EpisodeLabel)
-class EpisodeLabelAdmin(admin.ModelAdmin):
+class EpisodeLabelAdmin(ViewOnlyAdmin):
+    """Labels are written by the annotator holding the claim (ReviewClaim.submit_label, audited)."""
+
     list_display = ["episode", "failure_mode", "failure_step", "disposition", "annotator", "updated_at"]
     list_filter = ["failure_mode", "disposition"]
     raw_id_fields = ["episode"]
 
 
 @admin.register(EpisodeFlag)
-class EpisodeFlagAdmin(admin.ModelAdmin):
+class EpisodeFlagAdmin(ViewOnlyAdmin):
+    """Flags are raised on the episode page and resolved by labelling or dismissal (audited)."""
+
     list_display = ["episode", "reason", "status", "raised_by", "created_at"]
     list_filter = ["status"]
     raw_id_fields = ["episode"]

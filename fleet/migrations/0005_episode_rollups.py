@@ -3,7 +3,6 @@
 import django.db.models.deletion
 from django.db import migrations, models
 
-
 ROLLUP_SQL = """
 CREATE FUNCTION sopweb_rollup_add(finished timestamptz, task bigint, robot bigint, version bigint, src text,
                                   d_episodes integer, d_successes integer, d_steps bigint, d_success_steps bigint,
