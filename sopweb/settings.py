@@ -198,7 +198,31 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
 ]
+
+# Content-Security-Policy (django-csp): pages run only this site's own scripts — no inline script, no eval, no
+# other origin — so an injected <script> or event-handler attribute does nothing. The templates keep data in
+# <script type="application/json"> (json_script), which is not executed, and carry no inline style; but Plotly
+# writes style attributes into the SVG it builds, so style-src allows inline styles (which cannot run script).
+# Websockets and fetches go to this origin ('self' covers ws: and wss: of it); replay videos and images too; no
+# page may be framed (frame-ancestors, with X-Frame-Options).
+_SELF, _NONE = "'self'", "'none'"
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [_NONE],
+        "script-src": [_SELF],
+        "style-src": [_SELF, "'unsafe-inline'"],
+        "img-src": [_SELF, "data:"],
+        "font-src": [_SELF],
+        "connect-src": [_SELF],
+        "media-src": [_SELF],
+        "form-action": [_SELF],
+        "base-uri": [_NONE],
+        "frame-ancestors": [_NONE],
+        "object-src": [_NONE],
+    },
+}
 
 ROOT_URLCONF = "sopweb.urls"
 ASGI_APPLICATION = "sopweb.asgi.application"

@@ -72,7 +72,7 @@ def test_an_episode_from_another_process_appears_live(browser_session, olivia, f
     tile.locator(f'a[href="/episodes/{episode_id}/"].mark-success').wait_for(timeout=10000)
     for chart, before in points_before.items():
         page.wait_for_function(
-            f"document.getElementById('{chart}').data.reduce((n, t) => n + t.x.length, 0) > {before}", timeout=10000)
+            f"() => document.getElementById('{chart}').data.reduce((n, t) => n + t.x.length, 0) > {before}", timeout=10000)
     assert page.evaluate("window.notReloaded") is True  # extended in place, not reloaded
     assert tile.locator(".mark").count() == marks_before + 1
     assert page.inner_text('[data-kpi="interventions_per_hour"]') == "2"  # the new episode's gate + operator

@@ -26,15 +26,15 @@ def test_an_annotator_labels_an_episode_from_the_keyboard_and_the_next_one_opens
 
     page.goto(session.base_url + "/review/")
     # autofocus lands at the browser's next rendering step, not at "load": wait for it, then only the keyboard
-    page.wait_for_function("document.activeElement && document.activeElement.id === 'start-labelling'")
+    page.wait_for_function("() => document.activeElement && document.activeElement.id === 'start-labelling'")
     page.keyboard.press("Enter")  # the "label the next episode" button has the focus
     page.wait_for_url(f"**/review/episodes/{newer.pk}/")
 
     # The replay renders (progress polled), then plays: the element reports a duration and advancing time.
-    page.wait_for_function(f"{VIDEO}.readyState >= 2 && {VIDEO}.duration > 0", timeout=120_000)
+    page.wait_for_function(f"() => {VIDEO}.readyState >= 2 && {VIDEO}.duration > 0", timeout=120_000)
     assert page.evaluate(f"{VIDEO}.duration") == pytest.approx(160 / 80, abs=0.05)
     page.keyboard.press(" ")
-    page.wait_for_function(f"{VIDEO}.currentTime > 0.3", timeout=10_000)
+    page.wait_for_function(f"() => {VIDEO}.currentTime > 0.3", timeout=10_000)
     # Playing moved the shared cursor, on the page and on the charts.
     assert int(page.inner_text("#cursor-step")) > 0
     assert page.evaluate("document.getElementById('chart-actions').layout.shapes.some(s => s.type === 'line')")
@@ -44,10 +44,10 @@ def test_an_annotator_labels_an_episode_from_the_keyboard_and_the_next_one_opens
     page.evaluate(f"{VIDEO}.pause()")
     box = page.locator("#chart-reward .nsewdrag").first.bounding_box()
     page.mouse.click(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
-    page.wait_for_function("Number(document.getElementById('cursor-step').textContent) > 40")
+    page.wait_for_function("() => Number(document.getElementById('cursor-step').textContent) > 40")
     step = int(page.inner_text("#cursor-step"))
     assert 40 < step < 120
-    page.wait_for_function(f"Math.abs({VIDEO}.currentTime - ({step} + 0.5) / 80) < 0.02")
+    page.wait_for_function(f"() => Math.abs({VIDEO}.currentTime - ({step} + 0.5) / 80) < 0.02")
     page.keyboard.press("ArrowRight")
     page.keyboard.press("ArrowRight")
     assert int(page.inner_text("#cursor-step")) == step + 2
@@ -80,7 +80,7 @@ def test_a_replay_that_cannot_render_shows_why_and_a_retry_button(browser_sessio
     retry.wait_for(state="visible", timeout=60_000)
     assert "recorded data is corrupt" in page.inner_text("#replay-message")
     retry.click()  # rendered again: the payload is still corrupt, so the same clear error comes back
-    page.wait_for_function("document.getElementById('replay').dataset.status === 'failed' && "
+    page.wait_for_function("() => document.getElementById('replay').dataset.status === 'failed' && "
                            "!document.getElementById('replay-retry').disabled", timeout=60_000)
     assert "recorded data is corrupt" in page.inner_text("#replay-message")
     assert session.console_errors == []

@@ -233,3 +233,14 @@ def test_a_refused_request_is_one_log_line_and_a_server_error_keeps_its_tracebac
                                   sys.exc_info())
     fault.status_code = 500
     assert ClientErrorsOnOneLine().filter(fault) and fault.exc_info is not None
+
+
+def test_every_page_carries_a_content_security_policy_that_runs_only_our_own_scripts(client, sam):
+    client.force_login(sam)
+    for page in PAGES:
+        response = client.get(reverse(page), follow=True)
+        policy = dict(part.strip().split(" ", 1) for part in response["Content-Security-Policy"].split(";")
+                      if part.strip())
+        assert policy["script-src"] == "'self'", page  # no inline script, no eval, no other origin
+        assert policy["default-src"] == "'none'" and policy["frame-ancestors"] == "'none'", page
+        assert "'self'" in policy["connect-src"] and "'self'" in policy["media-src"], page
