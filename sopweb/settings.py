@@ -290,6 +290,11 @@ REDIS_URL = parse_redis_url(_service_url("REDIS_URL"))
 # once and fans out to its own sockets (core.events, fleet.consumers.LiveHub).
 
 CELERY_BROKER_URL = REDIS_URL
+if urlsplit(REDIS_URL).scheme == "rediss" and "ssl_cert_reqs" not in REDIS_URL:
+    import ssl
+
+    # TLS to Redis (rediss://): Celery's Redis transport wants the certificate policy said; verify by default.
+    CELERY_BROKER_USE_SSL = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"

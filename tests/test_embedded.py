@@ -149,3 +149,24 @@ def test_the_child_exit_code_is_passed_through(var):
                             cwd=ROOT, env=dict(env, SOPWEB_VAR_DIR=str(var)), timeout=120)
     assert result.returncode == 3
     assert services_running(var) == (False, False)
+
+
+def test_the_embedded_redis_refuses_clients_without_its_password(var):
+    from urllib.parse import urlsplit
+
+    launcher = Launcher(var, "one")
+    url = launcher.urls()["redis"]
+    parts = urlsplit(url)
+    assert parts.password and len(parts.password) >= 32
+    password_file = var / "redis" / "password"
+    assert password_file.read_text() == parts.password and password_file.stat().st_mode & 0o077 == 0
+    assert (var / "run" / "services.json").stat().st_mode & 0o077 == 0
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(host=parts.hostname, port=parts.port, socket_timeout=5).ping()
+    with pytest.raises((redis.AuthenticationError, redis.ResponseError)):
+        redis.Redis(host=parts.hostname, port=parts.port, password="guess", socket_timeout=5).ping()
+    assert redis.Redis.from_url(url).ping()
+    status = subprocess.run([sys.executable, "-m", "sopweb.embedded", "status"], cwd=ROOT, capture_output=True,
+                            text=True, env=dict(os.environ, SOPWEB_VAR_DIR=str(var)))
+    assert parts.password not in status.stdout + status.stderr and ":***@127.0.0.1" in status.stdout
+    assert launcher.release() == 0
