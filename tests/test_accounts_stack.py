@@ -1,7 +1,10 @@
 """Accounts on the real stack: the web command's demo rule, login lockouts through the real server (both login
-pages, addresses from a trusted proxy)."""
+pages, addresses from a trusted proxy), and dashboard sockets closed when their session ends or loses its
+permission."""
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import subprocess
 import sys
@@ -9,12 +12,15 @@ from datetime import timedelta
 
 import httpx
 import pytest
+import websockets
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.contrib.auth.models import User
+from django.contrib.sessions.models import Session
 from django.utils import timezone
 from django.utils.crypto import get_random_string
 
 from accounts.models import DemoAccount
+from core.events import broadcast
 from tests.conftest import PASSWORD, ROOT, free_port, make_user, process_env
 
 pytestmark = pytest.mark.e2e
@@ -119,3 +125,106 @@ def test_a_client_that_is_not_a_trusted_proxy_cannot_choose_its_address(start_we
     assert attempt(server, "/login/", "olivia", "wrong", "203.0.113.21").status_code == 200
     assert locked(attempt(server, "/login/", "anna", "wrong", "203.0.113.22"), 5)
     assert locked(attempt(server, "/login/", "anna", PASSWORD, "203.0.113.23"), 5)
+
+
+# --- dashboard sockets ----------------------------------------------------------------------------------------------
+
+
+class Person:
+    """A browser of `user` on the real server: logged in through the form, its session cookie, its CSRF token."""
+
+    def __init__(self, server, user):
+        self.server = server
+        self.http = httpx.Client(base_url=f"http://{server.address}", timeout=30)
+        response = self.http.post("/login/", data={"username": user.username, "password": PASSWORD,
+                                                   "csrfmiddlewaretoken": csrf_token(self.http, "/login/")})
+        assert logged_in(response), response.text
+
+    def post(self, path: str, **data) -> httpx.Response:
+        token = csrf_token(self.http, "/accounts/password/")  # any page with a form carries the token
+        return self.http.post(path, data={"csrfmiddlewaretoken": token, **data})
+
+    def socket(self):
+        cookie = "; ".join(f"{name}={value}" for name, value in self.http.cookies.items())
+        return websockets.connect(f"ws://{self.server.address}/ws/fleet/", open_timeout=10,
+                                  additional_headers={"Cookie": cookie, "Origin": f"http://{self.server.address}"})
+
+
+async def close_code(ws, timeout: float) -> int | None:
+    """Read (and drop) whatever arrives until the server closes the socket; its close code."""
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                await ws.recv()
+    except websockets.ConnectionClosed as closed:
+        return closed.rcvd.code if closed.rcvd else None
+
+
+def test_logout_deactivation_and_a_password_change_close_sockets_at_once(start_web, olivia, sam):
+    """The periodic re-check is an hour away here: what closes the sockets is the session message over Redis."""
+    oscar = make_user("oscar", "operators")
+    server_password(olivia, sam, oscar)
+    server = start_web(WS_PERMISSION_RECHECK_SECONDS=3600)
+    olivia_browser, olivia_laptop, supervisor, oscar_browser = (
+        Person(server, olivia), Person(server, olivia), Person(server, sam), Person(server, oscar))
+
+    async def scenario():
+        async with olivia_browser.socket() as a, olivia_laptop.socket() as b, supervisor.socket() as s, \
+                oscar_browser.socket() as o:
+            # Logging out closes that session's socket only.
+            assert (await asyncio.to_thread(olivia_browser.post, "/logout/")).status_code == 302
+            assert await close_code(a, 10) == 4401
+            # A supervisor deactivates olivia: her other session's socket closes.
+            response = await asyncio.to_thread(supervisor.post, f"/accounts/users/{olivia.pk}/deactivate/",
+                                               reason="left")
+            assert response.status_code == 302
+            assert await close_code(b, 10) == 4401
+            # oscar changes his password: his sockets close (his pages reload with the session the change kept).
+            new = "a-much-longer-passphrase-7"
+            response = await asyncio.to_thread(oscar_browser.post, "/accounts/password/", old_password=PASSWORD,
+                                               new_password1=new, new_password2=new)
+            assert response.status_code == 302
+            assert await close_code(o, 10) == 4401
+            # The supervisor's socket never closed: it still hears the fleet.
+            await asyncio.to_thread(broadcast, "robot.status", {"robot": 5, "status": "paused"})
+            while True:
+                events = json.loads(await asyncio.wait_for(s.recv(), 10))["events"]
+                if {"event": "robot.status", "data": {"robot": 5, "status": "paused"}} in events:
+                    break
+
+    asyncio.run(scenario())
+
+
+def test_a_demoted_user_and_an_expired_session_are_closed_at_the_next_recheck(start_web, olivia, sam):
+    server_password(olivia, sam)
+    server = start_web(WS_PERMISSION_RECHECK_SECONDS=1)
+    olivia_browser, supervisor = Person(server, olivia), Person(server, sam)
+    session_key = supervisor.http.cookies["sessionid"]
+
+    def demote():
+        User.objects.get(pk=olivia.pk).groups.clear()
+
+    def expire():  # as if SESSION_IDLE_TIMEOUT had passed without a request
+        Session.objects.filter(session_key=session_key).update(expire_date=timezone.now() - timedelta(seconds=1))
+
+    async def scenario():
+        async with olivia_browser.socket() as o, supervisor.socket() as s:
+            await asyncio.to_thread(demote)
+            assert await close_code(o, 15) == 4403
+            await asyncio.to_thread(expire)
+            assert await close_code(s, 15) == 4401
+
+    asyncio.run(scenario())
+
+
+def test_a_deactivated_users_open_dashboard_goes_to_the_login_page(browser_session, olivia, sam):
+    from accounts.services import deactivate
+
+    session = browser_session(olivia)
+    page = session.page
+    page.goto(session.base_url + "/fleet/")
+    page.wait_for_selector("#live-state.on", timeout=15000)  # the socket is open
+    deactivate(olivia, sam, reason="left")
+    # The socket closes with 4401 and live.js reloads the page, which now asks for a login.
+    page.wait_for_url("**/login/?next=/fleet/", timeout=15000)
+    assert "Log in" in page.content() and not session.console_errors
