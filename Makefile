@@ -33,6 +33,9 @@ system-deps:
 
 # The demo shows the fleet learning: every published version goes straight to the robots (SOP's continuous mode).
 demo: export ROLLOUT_MODE ?= continuous
+# Demo mode: seed_demo may create the demo accounts (known, printed passwords) and the web process serves only on a
+# loopback address (accounts/demo.py).
+demo: export SOPWEB_DEMO = 1
 demo: venv system-deps
 	$(WITH_SERVICES) sh -c 'python manage.py ensure_database && python manage.py migrate --noinput && python manage.py prepare_demo && python manage.py demo_robot && exec honcho start'
 

@@ -14,6 +14,10 @@ VERSIONS_CHANNEL = f"sopweb:{_DB}:versions"  # a robot's assigned version change
 EPISODES_CHANNEL = f"sopweb:{_DB}:episodes"  # training data changed: {"episode", "task", ...} (learner nudge)
 ROBOTS_CHANNEL = f"sopweb:{_DB}:robots"  # to remote robots' sockets: {"robot", "event", ...} (gateway)
 LIVE_CHANNEL = f"sopweb:{_DB}:live"  # dashboards' deltas: {"event", "data"} (core.events -> fleet.consumers.LiveHub)
+# A person's session ended (logout, deactivation, password change): {"session": tag} or {"user": id}; every web
+# process closes the matching dashboard sockets (accounts.sessions -> fleet.consumers.LiveHub). A tag is a hash of
+# the session key, never the key itself.
+SESSIONS_CHANNEL = f"sopweb:{_DB}:sessions"
 
 _client: redis.Redis | None = None
 _client_lock = threading.Lock()

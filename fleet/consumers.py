@@ -5,18 +5,24 @@ import time
 import weakref
 
 import redis.asyncio
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
+from accounts import sessions
 from core import bus
 
 log = logging.getLogger(__name__)
 
 # Close codes in the application range (4000-4999), mirroring HTTP's 401, 403 and 503. After 4503 (this process
-# lost, or cannot get, its subscription to live events) browsers reconnect and resynchronise.
+# lost, or cannot get, its subscription to live events) browsers reconnect and resynchronise; after 4401 (the
+# session ended: logout, deactivation, idle timeout, password change) the page reloads and asks for a login; after
+# 4403 (the permission was removed) it stays offline.
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_UNAVAILABLE = 4503
+PERMISSION = "fleet.view_robot"  # what a dashboard socket needs, at connect and at every re-check
+CLOSE_CODES = {sessions.UNAUTHENTICATED: CLOSE_UNAUTHENTICATED, sessions.FORBIDDEN: CLOSE_FORBIDDEN}
 
 # Telemetry that only says "the latest value is ...": within one batch a newer one replaces an older one for the
 # same key, and it never triggers a message of its own before PROGRESS_PERIOD has passed since the last one.
@@ -36,6 +42,10 @@ class LiveHub:
     Progress (bus.PROGRESS_KEY) is read once a second and only what changed since the last read is handed on:
     one HGETALL a second per process, however many dashboards it serves. A socket that joins meanwhile hears
     each robot's next change (a running robot's step changes every second); its page rendered the hash itself.
+
+    People's sessions: the same subscription hears bus.SESSIONS_CHANNEL (accounts.sessions), and a session that
+    ended closes its sockets with 4401 at once. Every WS_PERMISSION_RECHECK_SECONDS each socket's session and
+    permission are checked again against the database (an expired session: 4401; a permission removed: 4403).
     """
 
     def __init__(self):
@@ -76,6 +86,7 @@ class LiveHub:
         in which case every socket is closed so its browser reconnects to a fresh subscription."""
         client = redis.asyncio.Redis.from_url(settings.REDIS_URL, client_name=HUB_CLIENT_NAME)
         poller = asyncio.create_task(self.poll_progress(client))
+        rechecker = asyncio.create_task(self.recheck_sockets())
         try:
             await self.listen(client, subscribed)
             raise redis.ConnectionError("the live channel's subscription ended")
@@ -91,17 +102,24 @@ class LiveHub:
                     await self.close(socket)
         finally:
             poller.cancel()
+            rechecker.cancel()
             await client.aclose()
 
     async def listen(self, client: redis.asyncio.Redis, subscribed: asyncio.Future) -> None:
         pubsub = client.pubsub()
+        channels = {bus.LIVE_CHANNEL.encode(), bus.SESSIONS_CHANNEL.encode()}
+        confirmed: set[bytes] = set()
         try:
-            await pubsub.subscribe(bus.LIVE_CHANNEL)
+            await pubsub.subscribe(*channels)
             async for message in pubsub.listen():
                 if message["type"] == "subscribe":  # Redis confirmed: nothing published from now on is missed
                     if subscribed.done():  # redis-py reconnected and subscribed again: deltas may be lost
                         raise redis.ConnectionError("the live channel's connection was re-established")
-                    subscribed.set_result(None)
+                    confirmed.add(message["channel"])
+                    if confirmed == channels:
+                        subscribed.set_result(None)
+                elif message["type"] == "message" and message["channel"] == bus.SESSIONS_CHANNEL.encode():
+                    await self.session_ended(message["data"])
                 elif message["type"] == "message":
                     item = _event(message["data"])
                     if item is None:
@@ -125,6 +143,43 @@ class LiveHub:
                 continue
             if fresh:
                 await self.deliver([{"event": "robot.progress", "data": fresh[robot]} for robot in sorted(fresh)])
+
+    async def session_ended(self, raw: bytes) -> None:
+        """A session (or every session of a user) ended: close its sockets now, before any further delta."""
+        try:
+            ended = json.loads(raw)
+            tag, user = ended.get("session"), ended.get("user")
+        except (ValueError, AttributeError):
+            log.error("dropped a malformed session message: %r", raw[:200])
+            return
+        for socket in list(self.sockets):
+            if (tag is not None and socket.session_tag == tag) or (user is not None and socket.user_id == user):
+                await self.end(socket, CLOSE_UNAUTHENTICATED)
+
+    async def recheck_sockets(self) -> None:
+        """Every WS_PERMISSION_RECHECK_SECONDS, ask the database whether each socket's session still logs its user
+        in with the permission (once per session, however many sockets share it)."""
+        while True:
+            await asyncio.sleep(settings.WS_PERMISSION_RECHECK_SECONDS)
+            verdicts: dict[tuple, str | None] = {}
+            for socket in list(self.sockets):
+                key = (socket.session_key, socket.user_id)
+                try:
+                    if key not in verdicts:
+                        verdicts[key] = await database_sync_to_async(sessions.socket_verdict)(*key, PERMISSION)
+                except Exception:  # the database away for a moment: the next round decides
+                    log.warning("could not re-check a dashboard socket's session", exc_info=True)
+                    continue
+                if verdicts[key] is not None and socket in self.sockets:
+                    await self.end(socket, CLOSE_CODES[verdicts[key]])
+
+    async def end(self, socket: "FleetConsumer", code: int) -> None:
+        self.sockets.discard(socket)  # it hears nothing more; its disconnect leaves the hub as usual
+        socket.stop_sending()
+        try:
+            await socket.close(code=code)
+        except Exception:
+            log.warning("could not close a dashboard socket", exc_info=True)
 
     async def deliver(self, items: list[dict]) -> None:
         for socket in list(self.sockets):
@@ -175,9 +230,16 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
         if user is None or not user.is_authenticated:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
-        if not await user.ahas_perm("fleet.view_robot"):
+        if not await user.ahas_perm(PERMISSION):
             await self.close(code=CLOSE_FORBIDDEN)
             return
+        # Who this socket serves, for the hub's session messages and re-checks. A scope without a session (an
+        # in-process test's) is judged by its user alone.
+        session = self.scope.get("session")
+        self.session_key = session.session_key if session is not None else None
+        self.session_tag = sessions.session_tag(self.session_key) if self.session_key else None
+        self.user_id = user.pk
+        self.ended = False
         self.rate = settings.DASHBOARD_PUSH_RATE
         self.tokens = self.burst = max(1.0, self.rate)
         self.refilled = self.last_sent = asyncio.get_running_loop().time()
@@ -194,6 +256,8 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
         except Exception:  # Redis unreachable: refuse rather than accept a socket that would never hear anything
             await self.close(code=CLOSE_UNAVAILABLE)
             return
+        if self.ended:  # its session ended while it joined: the hub has closed it
+            return
         await self.accept()
         self.accepted = True
         if self.pending:  # what arrived between the subscription and the handshake's end
@@ -203,13 +267,21 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
         hub = getattr(self, "hub", None)
         if hub is not None:
             hub.leave(self)
+        self.stop_sending()
+
+    def stop_sending(self) -> None:
+        """Nothing more goes out: pending deltas and timed flushes are dropped (the socket is closing)."""
+        self.ended = True
         if getattr(self, "timer", None) is not None:
             self.timer.cancel()
+            self.timer = None
         for task in list(getattr(self, "flushes", ())):
             task.cancel()
 
     async def deliver(self, items: list[dict]) -> None:
         """Deltas from the hub (core.events, or robots' progress), in order."""
+        if self.ended:
+            return
         for item in items:
             self.add(item)
         if self.accepted:

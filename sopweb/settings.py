@@ -5,6 +5,7 @@ See README.md ("Configuration") for every variable.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -176,9 +177,11 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "axes",  # login throttling (django-axes): per account and per client address
     # Layered bottom to top (.importlinter): each imports only those above it in this list (actors and gateway
     # are siblings at the top).
     "core",
+    "accounts",
     "fleet",
     "review",
     "learner",
@@ -195,10 +198,14 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Before LoginRequiredMiddleware: a session idle too long is logged out, then the page asks for a login.
+    "accounts.middleware.IdleTimeoutMiddleware",
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
+    # Last: turns a login refused by axes into the "locked, try again in N minutes" page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 # Content-Security-Policy (django-csp): pages run only this site's own scripts — no inline script, no eval, no
@@ -259,6 +266,39 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
+
+# --- accounts: demo mode, login throttling, idle sessions (accounts/) ---------------------------------
+
+# Demo mode (`make demo` sets it): seed_demo creates accounts with known, printed passwords, and the web command
+# serves only on a loopback address. Without it, the web command refuses to start while a demo account is active
+# (accounts.demo.web_start_problem).
+DEMO_MODE = env_bool("SOPWEB_DEMO", False)
+
+# django-axes: the first backend refuses a locked-out login before the password is checked. A login is locked
+# after LOGIN_FAILURE_LIMIT failures for one username, or LOGIN_FAILURE_LIMIT failures from one client address,
+# within LOGIN_LOCKOUT_MINUTES; the lock lasts LOGIN_LOCKOUT_MINUTES from the latest failure (a further attempt
+# during the lock starts it again). Attempts live in PostgreSQL, so every web process sees them.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+LOGIN_FAILURE_LIMIT = env_number("LOGIN_FAILURE_LIMIT", 5, min_value=1, max_value=1000)
+LOGIN_LOCKOUT_MINUTES = env_number("LOGIN_LOCKOUT_MINUTES", 15.0, kind=float, min_value=0.1, max_value=7 * 24 * 60)
+AXES_FAILURE_LIMIT = LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = timedelta(minutes=LOGIN_LOCKOUT_MINUTES)
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = False  # else a valid login of one's own would clear an address's failures between guesses
+# The client address is REMOTE_ADDR, which uvicorn takes from X-Forwarded-For only when the peer is one of
+# FORWARDED_ALLOW_IPS (sopweb/web.py): the trusted proxies are configured once, for the whole web process.
+AXES_CLIENT_IP_CALLABLE = "accounts.throttle.client_address"
+AXES_LOCKOUT_CALLABLE = "accounts.throttle.lockout_response"
+AXES_VERBOSE = False  # no banner in every process's log; failures and lockouts are still logged (without passwords)
+
+# A session unused for this many seconds is logged out (sliding expiry: accounts.middleware; a dashboard's socket is
+# not a use). The robot API (/api/v1/) has no sessions at all.
+SESSION_IDLE_TIMEOUT = env_number("SESSION_IDLE_TIMEOUT", 8 * 3600, min_value=60, max_value=90 * 24 * 3600)
+SESSION_COOKIE_AGE = SESSION_IDLE_TIMEOUT
+# Dashboard sockets re-check their session and permission this often (a session that ends by logout or
+# deactivation closes its sockets at once, over Redis: accounts.sessions).
+WS_PERMISSION_RECHECK_SECONDS = env_number("WS_PERMISSION_RECHECK_SECONDS", 60.0, kind=float, min_value=0.5,
+                                           max_value=3600.0)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env_str("TIME_ZONE", "UTC")

@@ -8,6 +8,7 @@ from review.views import episode_flag
 urlpatterns = [
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("accounts/", include("accounts.urls")),
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls()),
     path("api/schema/", api.schema, name="api-schema"),

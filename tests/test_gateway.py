@@ -18,7 +18,7 @@ from fleet.sim import episode_data
 from gateway import credentials
 from gateway.models import RobotToken
 from governance.decisions import deploy_to_fleet
-from tests.conftest import PASSWORD, publish_random_policy, session_cookie
+from tests.conftest import publish_random_policy, session_cookie
 from tests.factories import TASK_NAMES, make_arrays
 
 
@@ -54,7 +54,7 @@ def fleet(tasks, olivia):
 
 
 def test_an_operator_enrols_a_remote_robot_and_sees_its_token_once(client, olivia, tasks):
-    client.login(username="olivia", password=PASSWORD)
+    client.force_login(olivia)
     response = client.post("/robots/enrol/", {"name": "arm-7", "tasks": TASK_NAMES})
     assert response.status_code == 200 and response["Cache-Control"] == "no-store"
     token = response.context["token"]
@@ -75,7 +75,7 @@ def test_rotation_and_revocation_are_audited_and_take_effect_at_once(web_server,
     robot, old = fleet["a"], fleet["a_token"]
     with api(web_server, old) as http:
         assert http.get(f"/api/v1/robots/{robot.pk}/assignment").status_code == 200
-        client.login(username="olivia", password=PASSWORD)
+        client.force_login(olivia)
         response = client.post(f"/robots/{robot.pk}/tokens/rotate/", {"reason": "laptop lost"})
         new = response.context["token"]
         assert http.get(f"/api/v1/robots/{robot.pk}/assignment").status_code == 401  # the old one, at once

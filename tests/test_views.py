@@ -12,17 +12,17 @@ from core.models import AuditEvent
 from fleet.models import Episode, Robot, Task
 
 PAGES = ["home", "fleet", "episodes", "breakdown", "learner", "versions", "audit", "rollouts", "review-queue",
-         "review-flags"]
+         "review-flags", "users"]
 # persona -> page -> expected status for a GET (302 on "home" is the redirect to the role's landing page)
 EXPECTED = {
     "olivia": {"home": 302, "fleet": 200, "episodes": 200, "breakdown": 200, "learner": 200, "versions": 200,
-               "audit": 403, "rollouts": 200, "review-queue": 403, "review-flags": 200},
+               "audit": 403, "rollouts": 200, "review-queue": 403, "review-flags": 200, "users": 403},
     "sam": {"home": 302, "fleet": 200, "episodes": 200, "breakdown": 200, "learner": 200, "versions": 200,
-            "audit": 200, "rollouts": 200, "review-queue": 403, "review-flags": 200},
+            "audit": 200, "rollouts": 200, "review-queue": 403, "review-flags": 200, "users": 200},
     "anna": {"home": 302, "fleet": 403, "episodes": 200, "breakdown": 200, "learner": 403, "versions": 403,
-             "audit": 403, "rollouts": 403, "review-queue": 200, "review-flags": 403},
+             "audit": 403, "rollouts": 403, "review-queue": 200, "review-flags": 403, "users": 403},
     "oscar": {"home": 403, "fleet": 403, "episodes": 403, "breakdown": 403, "learner": 403, "versions": 403,
-              "audit": 403, "rollouts": 403, "review-queue": 403, "review-flags": 403},
+              "audit": 403, "rollouts": 403, "review-queue": 403, "review-flags": 403, "users": 403},
 }
 
 
@@ -145,7 +145,8 @@ def test_bad_episode_filters_get_a_clear_400(client, anna, query):
     assert response.context["form"].errors
 
 
-def test_every_demo_role_can_log_in(client, db):
+def test_every_demo_role_can_log_in(client, db, settings):
+    settings.DEMO_MODE = True  # seed_demo runs only in demo mode (tests/test_accounts.py)
     call_command("seed_demo", robots=2, stdout=open("/dev/null", "w"))
     for username in ["operator", "supervisor", "annotator", "admin"]:
         response = client.post(reverse("login"), {"username": username, "password": f"{username}-demo"})

@@ -46,7 +46,10 @@
     };
     socket.onclose = function (event) {
       setBadge(false);
-      if (event.code === 4401 || event.code === 4403) return;  // not allowed: retrying will not help
+      // The session ended (logout, deactivation, idle timeout, a password change): the page reloads, and shows
+      // the login page if the session is gone. Refused at the handshake, or forbidden: retrying will not help.
+      if (event.code === 4401 && wasConnected) { location.reload(); return; }
+      if (event.code === 4401 || event.code === 4403) return;
       setTimeout(connect, delay);
       delay = Math.min(delay * 2, 30000);
     };

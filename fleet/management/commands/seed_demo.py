@@ -1,25 +1,18 @@
-"""Seed a demo installation: the default tasks, simulated robots, and one user per role."""
+"""Seed a demo installation: the default tasks, simulated robots, and one user per role. Demo mode only
+(SOPWEB_DEMO=1, which `make demo` sets): the users' passwords are known and printed (accounts/demo.py)."""
 from __future__ import annotations
 
 import os
 
 from django.conf import settings
 from django.contrib.auth.models import Group, User
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
+from accounts.demo import DEMO_USERS, DemoModeRequired, demo_password, require_demo_mode
+from accounts.models import DemoAccount
 from fleet import control
 from fleet.models import Robot, Task
-
-# username -> (group, is superuser, is staff). Passwords: "<username>-demo" unless SOPWEB_DEMO_PASSWORD is set.
-# The supervisor is staff: they edit the failure-mode taxonomy in the admin (their group's permissions decide
-# what else the admin shows them).
-DEMO_USERS = {
-    "operator": ("operators", False, False),
-    "supervisor": ("supervisors", False, True),
-    "annotator": ("annotators", False, False),
-    "admin": (None, True, True),
-}
 
 
 def task_title(env_name: str) -> str:
@@ -27,7 +20,7 @@ def task_title(env_name: str) -> str:
 
 
 class Command(BaseCommand):
-    help = "Create the default tasks, demo robots and a demo user for every role (idempotent)."
+    help = "Demo mode only: create the default tasks, demo robots and a demo user for every role (idempotent)."
 
     def add_arguments(self, parser):
         parser.add_argument("--robots", type=int, default=4, help="simulated robots to create (default 4)")
@@ -37,6 +30,10 @@ class Command(BaseCommand):
 
     @transaction.atomic
     def handle(self, *args, robots: int, url: str, quiet: bool = False, **options):
+        try:
+            require_demo_mode("seed_demo")
+        except DemoModeRequired as exc:
+            raise CommandError(str(exc)) from None
         if robots < 0:
             self.stderr.write("--robots must be 0 or more")
             raise SystemExit(2)
@@ -48,10 +45,9 @@ class Command(BaseCommand):
             if not Robot.objects.filter(name=f"sim-{i:02d}").exists():
                 control.add(f"sim-{i:02d}", tasks)  # on the deployed version, if the fleet has one
 
-        shared_password = os.environ.get("SOPWEB_DEMO_PASSWORD")
         logins = []
         for username, (group, superuser, staff) in DEMO_USERS.items():
-            password = shared_password or f"{username}-demo"
+            password = demo_password(username)
             user, created = User.objects.get_or_create(username=username)
             if created:
                 user.set_password(password)
@@ -59,12 +55,22 @@ class Command(BaseCommand):
                 user.save()
                 if group:
                     user.groups.add(Group.objects.get(name=group))
-            logins.append((username, group or "superuser", password))
+            DemoAccount.objects.get_or_create(user=user)  # the web command refuses it outside demo mode
+            if quiet:
+                continue
+            if not user.is_active:
+                shown = "(deactivated)"
+            elif created or user.check_password(password):
+                shown = f"password: {password}"
+            else:
+                shown = "(its password was changed)"
+            logins.append((username, group or "superuser", shown))
 
         if quiet:
             return
         self.stdout.write(self.style.SUCCESS(f"\nsopweb is starting at {url}\n"))
-        self.stdout.write("Demo logins (demo passwords: change them before anything real):")
-        for username, role, password in logins:
-            self.stdout.write(f"  {role:<12} {username:<11} password: {password}")
+        self.stdout.write("Demo logins (demo mode, this machine only; demo passwords: change them before "
+                          "anything real):")
+        for username, role, shown in logins:
+            self.stdout.write(f"  {role:<12} {username:<11} {shown}")
         self.stdout.write("")
