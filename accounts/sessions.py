@@ -41,10 +41,8 @@ def announce_session_end(*, session: str | None = None, user: int | None = None)
     message = json.dumps({"session": session_tag(session)} if session is not None else {"user": user})
 
     def publish():
-        try:
-            bus.client().publish(bus.SESSIONS_CHANNEL, message)
-        except Exception:
-            log.warning("could not announce a session's end; its sockets close at their next re-check", exc_info=True)
+        # Redis away: logged once per outage (core.outages); the sockets close at their next re-check instead.
+        bus.degrade(bus.client().publish, bus.SESSIONS_CHANNEL, message)
 
     transaction.on_commit(publish)
 

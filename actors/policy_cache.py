@@ -15,6 +15,7 @@ from pathlib import Path
 from django.conf import settings
 
 from core import bus
+from core.outages import Outage
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +52,30 @@ class PolicyCache:
         self._prefetcher.start()
 
     def _listen(self) -> None:
+        """Subscribe and prefetch what is announced, for the life of the process. A Redis that stops answering
+        (the client's socket timeout, or its health check on the idle connection) or goes away is waited for with
+        back-off and jitter, and logged once per outage; nudges published meanwhile are lost, and the robots load
+        their versions at their next episode instead."""
+        outage = Outage("Redis (policy prefetch)")
         while True:
+            pubsub = None
             try:
                 pubsub = bus.client().pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(bus.VERSIONS_CHANNEL)
-                for message in pubsub.listen():
-                    self._prefetch(json.loads(message["data"]))
-            except Exception:  # a Redis restart must not kill prefetching for the life of the worker
-                log.exception("policy prefetch listener failed; reconnecting")
-                time.sleep(1.0)
+                while True:
+                    message = pubsub.get_message(timeout=1.0)
+                    outage.ok(log)
+                    if message is not None:
+                        self._prefetch(json.loads(message["data"]))
+            except Exception as exc:  # a Redis restart must not kill prefetching for the life of the worker
+                outage.failed(exc, log)
+                time.sleep(outage.delay())
+            finally:
+                if pubsub is not None:
+                    try:
+                        pubsub.close()
+                    except Exception:
+                        pass
 
     def _prefetch(self, message: dict) -> None:
         try:

@@ -4,7 +4,9 @@ The simulation itself is Django-free (fleet/sim/); this module binds it to the d
 """
 from __future__ import annotations
 
+import itertools
 import logging
+import random
 import time
 import uuid
 from dataclasses import dataclass
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.utils import timezone
 
+from actors import outbox
 from core import bus
 from fleet import control
 from fleet.ingest import ingest_episode
@@ -44,25 +47,36 @@ def _prepare_process() -> None:
         _torch_ready = True
 
 
-def _ingest_with_retry(attempts: int = 4, **episode) -> Episode:
-    """Ingestion is idempotent by UUID, so a transient database error (a failover, a deadlock victim) is retried
-    rather than losing the episode the robot just spent seconds on."""
-    from django.db import OperationalError, connection
+def _ingest_durably(evaluation_item: int | None = None, **episode) -> Episode | None:
+    """Store the episode the robot just spent seconds on, whatever the database does meanwhile: ingestion is
+    idempotent by UUID, so a transient failure (a restart, a failover, a deadlock victim) is retried with back-off
+    for FLEET_INGEST_RETRY_SECONDS, and an episode the database still refuses to take is kept on disk
+    (actors.outbox) and stored later. None when it was kept."""
+    from django.db import connection
 
-    for attempt in range(attempts):
+    deadline = time.monotonic() + settings.FLEET_INGEST_RETRY_SECONDS
+    for attempt in itertools.count():
         try:
-            return ingest_episode(**episode)[0]
-        except OperationalError:
-            if attempt == attempts - 1:
-                raise
-            log.warning("ingesting episode %s failed (attempt %d); retrying", episode["uuid"], attempt + 1)
+            episode_row = ingest_episode(**episode)[0]
+        except outbox.UNAVAILABLE as exc:
+            outbox.database_outage.failed(exc, log)
             connection.close()  # a broken connection must not be reused
-            time.sleep(0.2 * 2 ** attempt)
+            wait = min(5.0, 0.2 * 2 ** attempt) * random.uniform(0.5, 1.0)  # back-off with jitter
+            if time.monotonic() + wait > deadline:
+                outbox.keep(episode, evaluation_item)
+                return None
+            time.sleep(wait)
+            continue
+        outbox.database_outage.ok(log)
+        return episode_row
+    raise AssertionError("unreachable")
 
 
 def run_robot_episode(robot_id: int) -> str:
     """Run the robot's next episode if it should run one. Returns what happened, for logs and tests."""
-    bus.client().delete(bus.scheduled_key(robot_id))
+    bus.degrade(bus.client().delete, bus.scheduled_key(robot_id))
+    if outbox.pending():
+        outbox.drain()  # episodes kept while the database was away go first
     robot = Robot.objects.filter(pk=robot_id).first()
     if robot is None:
         return "gone"
@@ -71,14 +85,23 @@ def run_robot_episode(robot_id: int) -> str:
     if not robot.in_process:
         return "remote"  # it runs its own episodes and reports them over the API
     lease = bus.Lease(bus.lease_key(robot_id), uuid.uuid4().hex, settings.FLEET_LEASE_SECONDS)
-    if not lease.acquire():
+    acquired = bus.degrade(lease.acquire)
+    if acquired is None:
+        return "no lease"  # Redis is away: no new episode; the sweep starts the robot again once it answers
+    if not acquired:
         return "busy"  # another episode of this robot is in flight
     try:
         outcome = _run_leased(robot, lease)
     finally:
-        lease.release()
-    robot.refresh_from_db(fields=["enabled", "status"])
-    if robot.enabled and robot.status != Robot.Status.PAUSED and outcome not in ("idle", "aborted"):
+        bus.degrade(lease.release)  # or it expires by itself
+    try:
+        robot.refresh_from_db(fields=["enabled", "status"])
+    except outbox.UNAVAILABLE:
+        from django.db import connection
+
+        connection.close()
+        return outcome  # the database is away: the sweep starts the robot again once it answers
+    if robot.enabled and robot.status != Robot.Status.PAUSED and outcome not in ("idle", "aborted", "kept"):
         control.schedule_episode(robot_id)
     return outcome
 
@@ -130,15 +153,21 @@ def _plan(robot: Robot) -> _Plan | str:
     if evaluation is not None:
         return _Plan(version, policy, evaluation, evaluation.task, evaluation.seed, Episode.Source.EVALUATION,
                      GateConfig.from_dict({**settings.FLEET_GATE, "enabled": False}))
-    mark_ready(robot.pk, version.pk)
-    task_row = tasks[bus.client().incr(bus.episode_counter_key(robot.pk)) % len(tasks)]
+    bus.degrade(mark_ready, robot.pk, version.pk)
+    turn = bus.degrade(bus.client().incr, bus.episode_counter_key(robot.pk), default=random.randrange(len(tasks)))
+    task_row = tasks[turn % len(tasks)]
     return _Plan(version, policy, None, task_row, online_seed(), Episode.Source.ONLINE,
                  GateConfig.from_dict(settings.FLEET_GATE))
 
 
 class _Monitor:
     """The episode's `poll`: every POLL_EVERY steps it reads the operator's commands (abort, takeover) and, about
-    once a second of wall time, renews the lease, heartbeats and reports progress for the dashboards."""
+    once a second of wall time, renews the lease, heartbeats and reports progress for the dashboards.
+
+    None of that may cost the episode: with Redis away the robot hears no commands and reports no progress, and
+    its lease is neither renewed nor lost (nobody can take it meanwhile; `Lease.renew` takes it back afterwards
+    if it expired); with PostgreSQL away it skips its heartbeats. Either way it finishes the episode, which is
+    then stored (or kept on disk until it can be)."""
 
     def __init__(self, robot: Robot, lease: bus.Lease, gate, progress: dict):
         self.robot, self.lease, self.gate, self.progress = robot, lease, gate, progress
@@ -146,15 +175,15 @@ class _Monitor:
 
     def __call__(self) -> str | None:
         self.polls += 1
-        takeover, abort = bus.client().mget(bus.takeover_key(self.robot.pk), bus.abort_key(self.robot.pk))
+        takeover, abort = bus.degrade(bus.client().mget, bus.takeover_key(self.robot.pk),
+                                      bus.abort_key(self.robot.pk), default=(None, None))
         now = time.monotonic()
         if now - self.last_beat > 1.0:
             self.last_beat = now
-            if not self.lease.renew():
-                return "abort"  # our claim expired (e.g. the worker stalled): another actor may own the robot
+            if bus.degrade(self.lease.renew, default=True) is False:
+                return "abort"  # another actor holds the robot now (this worker stalled past the lease)
             gate = self.gate
-            control.heartbeat(self.robot, Robot.Status.EXPERT if gate.in_control or gate.operator
-                              else Robot.Status.RUNNING)
+            self.heartbeat(Robot.Status.EXPERT if gate.in_control or gate.operator else Robot.Status.RUNNING)
             self.progress.update(step=(self.polls - 1) * POLL_EVERY,
                                  control="operator" if gate.operator else "expert" if gate.in_control else "policy")
             control.report_progress(self.progress)
@@ -163,6 +192,19 @@ class _Monitor:
         if takeover:
             return "takeover"
         return None
+
+    def heartbeat(self, status: str) -> None:
+        from django.db import connection
+
+        if not outbox.database_outage.due():
+            return
+        try:
+            control.heartbeat(self.robot, status)
+        except outbox.UNAVAILABLE as exc:
+            outbox.database_outage.failed(exc, log)
+            connection.close()
+        else:
+            outbox.database_outage.ok(log)
 
 
 def _run_leased(robot: Robot, lease: bus.Lease) -> str:
@@ -200,16 +242,19 @@ def _store(robot: Robot, plan: _Plan, result, started_at) -> str:
     """Ingest the finished episode (an evaluation's is recorded against its item) and end a takeover."""
     outcome = {"success": Episode.Outcome.SUCCESS, "timeout": Episode.Outcome.TIMEOUT,
                "aborted": Episode.Outcome.ABORTED}[result.outcome]
-    episode = _ingest_with_retry(
-        uuid=uuid.uuid4(), task=plan.task.env_name, seed=plan.seed, outcome=outcome, arrays=result.arrays,
+    episode = _ingest_durably(
+        evaluation_item=plan.evaluation.pk if plan.evaluation is not None else None, uuid=uuid.uuid4(), task=plan.task.env_name, seed=plan.seed, outcome=outcome, arrays=result.arrays,
         started_at=started_at, finished_at=timezone.now(), robot_id=robot.pk, policy_version_id=plan.version.pk,
         source=plan.source,
         meta={"gate": plan.gate_config.as_dict(), "takeovers": result.takeovers,
               "takeover_doubts": result.takeover_doubts,
               "realtime_factor": settings.FLEET_REALTIME_FACTOR, "wall_seconds": round(result.wall_seconds, 3)},
     )
+    if episode is None:
+        return "kept"  # on disk until the database takes it (actors.outbox); its evaluation item is recorded then
+    log.info("stored episode %s of robot %s: %s, %d steps", episode.uuid, robot.name, outcome, episode.steps)
     if plan.evaluation is not None:  # a worker that dies before this leaves the item to be claimed again later
         governance_evaluation.record(plan.evaluation, episode)
     # A takeover lasts for the episode it reached (or, asked while the robot was between episodes, the next one).
-    bus.client().delete(bus.takeover_key(robot.pk))
+    bus.degrade(bus.client().delete, bus.takeover_key(robot.pk))
     return outcome

@@ -18,3 +18,12 @@ def run_episode(robot_id: int) -> str:
     from actors.runner import run_robot_episode
 
     return run_robot_episode(robot_id)
+
+
+@shared_task(name="actors.drain_outbox", soft_time_limit=120, time_limit=150)
+def drain_outbox() -> int:
+    """Beat's pass over episodes kept on disk while the database was away (each episode run drains them too, but
+    a fleet whose robots are all stopped runs none)."""
+    from actors import outbox
+
+    return outbox.drain()

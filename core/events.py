@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 
-import redis
 from django.db import transaction
 
 from core import bus
@@ -24,16 +23,17 @@ log = logging.getLogger(__name__)
 def broadcast(event: str, data: dict, *, nudge: tuple[str, dict] | None = None) -> None:
     """Send `{"event": event, "data": data}` to every dashboard now. `nudge` (channel, message) goes first in the
     same round trip: a worker waiting for this change (the learner for training data, actors for a version)
-    hears of it before the dashboards do. A Redis failure loses the messages, not the change that caused them,
-    so it is logged and not raised."""
-    try:
+    hears of it before the dashboards do. A Redis failure loses the messages, not the change that caused them:
+    it is logged once per outage (core.outages) and not raised; pages resynchronise when their socket comes back,
+    and the learner and actors poll what a lost nudge would have told them."""
+    def send():
         with bus.client().pipeline(transaction=False) as pipe:
             if nudge is not None:
                 pipe.publish(nudge[0], json.dumps(nudge[1]))
             pipe.publish(bus.LIVE_CHANNEL, json.dumps({"event": event, "data": data}))
             pipe.execute()
-    except redis.RedisError:
-        log.exception("could not broadcast %s", event)
+
+    bus.degrade(send)
 
 
 def broadcast_on_commit(event: str, data: dict, *, nudge: tuple[str, dict] | None = None) -> None:

@@ -11,6 +11,7 @@ from django.conf import settings
 
 from accounts import sessions
 from core import bus
+from core.outages import Outage
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,8 @@ CLOSE_CODES = {sessions.UNAUTHENTICATED: CLOSE_UNAUTHENTICATED, sessions.FORBIDD
 # same key, and it never triggers a message of its own before PROGRESS_PERIOD has passed since the last one.
 LATEST_ONLY = {"robot.progress": "robot"}
 PROGRESS_PERIOD = 1.0
+HEARTBEAT = {"events": [{"event": "live.heartbeat", "data": {}}]}
+outage = Outage("Redis (live events)")  # the hubs' subscriptions and progress reads, logged once per outage
 
 
 class LiveHub:
@@ -70,7 +73,8 @@ class LiveHub:
             self.subscribed = asyncio.get_running_loop().create_future()
             self.task = asyncio.create_task(self.run(self.subscribed))
         try:
-            await asyncio.shield(self.subscribed)
+            # A Redis that accepts the connection but never answers (stopped, partitioned) must not hold the handshake.
+            await asyncio.wait_for(asyncio.shield(self.subscribed), timeout=settings.REDIS_SOCKET_TIMEOUT)
         except BaseException:
             self.leave(socket)
             raise
@@ -93,7 +97,7 @@ class LiveHub:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.exception("lost the live channel's subscription")
+            outage.failed(exc, log)  # browsers reconnect with back-off; one line per outage, not per attempt
             if not subscribed.done():
                 subscribed.set_exception(exc)
             if self.task is asyncio.current_task():  # not already replaced by a newer subscription
@@ -118,6 +122,7 @@ class LiveHub:
                     confirmed.add(message["channel"])
                     if confirmed == channels:
                         subscribed.set_result(None)
+                        outage.ok(log)
                 elif message["type"] == "message" and message["channel"] == bus.SESSIONS_CHANNEL.encode():
                     await self.session_ended(message["data"])
                 elif message["type"] == "message":
@@ -130,19 +135,39 @@ class LiveHub:
             await pubsub.aclose()
 
     async def poll_progress(self, client: redis.asyncio.Redis) -> None:
+        """Once a second: what changed in the robots' progress, and a heartbeat while Redis answers. A read that
+        fails or stalls (bounded by REDIS_SOCKET_TIMEOUT) sends nothing, so pages fall silent and say so."""
         seen: dict[bytes, bytes] = {}
         while True:
             await asyncio.sleep(PROGRESS_PERIOD)
             try:
-                raw = await client.hgetall(bus.PROGRESS_KEY)
+                raw = await asyncio.wait_for(client.hgetall(bus.PROGRESS_KEY), timeout=settings.REDIS_SOCKET_TIMEOUT)
                 changed = {field: value for field, value in raw.items() if seen.get(field) != value}
                 seen = raw
                 fresh = bus.fresh_progress(changed, time.time())
-            except Exception:  # Redis away for a moment, or an unreadable entry: the tiles wait for the next round
-                log.warning("could not read robots' progress", exc_info=True)
+                outage.ok(log)
+            except Exception as exc:  # Redis away, or an unreadable entry: the tiles wait for the next round
+                outage.failed(exc, log)
                 continue
             if fresh:
                 await self.deliver([{"event": "robot.progress", "data": fresh[robot]} for robot in sorted(fresh)])
+            await self.heartbeat()
+
+    async def heartbeat(self) -> None:
+        """While Redis answers, every socket hears something at least every DASHBOARD_HEARTBEAT_SECONDS (a
+        "live.heartbeat" when nothing else went out): a page that has heard nothing for a few periods says
+        "reconnecting" and, once words flow again, resynchronises (static/js/live.js)."""
+        period = settings.DASHBOARD_HEARTBEAT_SECONDS
+        if not period:
+            return
+        now = asyncio.get_running_loop().time()
+        for socket in list(self.sockets):
+            if socket.accepted and not socket.ended and now - socket.last_sent >= period:
+                socket.last_sent = now
+                try:
+                    await socket.send_json(HEARTBEAT)
+                except Exception:
+                    log.warning("could not send a heartbeat to a dashboard socket", exc_info=True)
 
     async def session_ended(self, raw: bytes) -> None:
         """A session (or every session of a user) ended: close its sockets now, before any further delta."""

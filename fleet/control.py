@@ -9,6 +9,7 @@ the episode task directly.
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import django.dispatch
@@ -20,6 +21,8 @@ from core import bus
 from core.events import broadcast_on_commit
 from core.models import AuditEvent
 from fleet.models import Robot
+
+log = logging.getLogger(__name__)
 
 # The actors' episode task (actors/tasks.py), queued by name: the fleet schedules episodes, the actor layer above
 # it runs them. Routed to the `actors` queue (settings.CELERY_TASK_ROUTES).
@@ -44,17 +47,25 @@ def _nudge_remote(robot: Robot) -> None:
 
 
 def _after_commit(action, *args) -> None:
-    transaction.on_commit(lambda: action(*args))
+    """After commit, the move's effect outside the database. The move itself is the record: if Redis or the broker
+    is away, the failure is logged and the request still succeeds (a robot that missed its nudge reads its state
+    when it next polls; the sweep queues a started robot's lost episode)."""
+    transaction.on_commit(lambda: action(*args), robust=True)
 
 
 def schedule_episode(robot_id: int) -> bool:
     """Queue the robot's next episode unless one is already queued (at most one chain of episodes per robot).
     Only for robots whose episodes run in sopweb's actors; callers check `Robot.in_process`."""
     marker_ttl = int(settings.FLEET_LEASE_SECONDS * 2000)
-    if bus.client().set(bus.scheduled_key(robot_id), "1", nx=True, px=marker_ttl):
+    if not bus.degrade(bus.client().set, bus.scheduled_key(robot_id), "1", nx=True, px=marker_ttl, default=False):
+        return False  # queued already, or Redis is away: the sweep queues it once Redis answers
+    try:
         current_app.send_task(RUN_EPISODE_TASK, args=[robot_id])
-        return True
-    return False
+    except Exception as exc:  # the broker is away (kombu's OperationalError, a Redis error): the sweep retries
+        bus.degrade(bus.client().delete, bus.scheduled_key(robot_id))
+        bus.redis_outage.failed(exc)
+        return False
+    return True
 
 
 def _schedule(robot: Robot) -> None:
@@ -66,11 +77,11 @@ def _schedule(robot: Robot) -> None:
 def report_progress(progress: dict) -> None:
     """A running episode's step and who controls it, for the dashboards (they poll bus.PROGRESS_KEY). Written about
     once a second by the actor or by a remote robot's heartbeat; `progress["robot"]` is the robot's id."""
-    bus.client().hset(bus.PROGRESS_KEY, progress["robot"], json.dumps(dict(progress, at=time.time())))
+    bus.degrade(bus.client().hset, bus.PROGRESS_KEY, progress["robot"], json.dumps(dict(progress, at=time.time())))
 
 
 def end_progress(robot_id: int) -> None:
-    bus.client().hdel(bus.PROGRESS_KEY, robot_id)
+    bus.degrade(bus.client().hdel, bus.PROGRESS_KEY, robot_id)
 
 
 def _abort(robot_id: int) -> None:

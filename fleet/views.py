@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+from datetime import datetime
+from datetime import timezone as dt_timezone
+
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.db.models import Exists, OuterRef, Q
@@ -9,6 +13,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
+from core import bus
 from core.audit import IllegalTransition
 from core.http import bad_form_response
 from core.models import AuditEvent
@@ -45,8 +50,13 @@ def navigation(request):
         ("accounts.manage_users", "Users", "users"),
     ]
     nav = [{"label": label, "url": reverse(name), "name": name} for perm, label, name in items if user.has_perm(perm)]
-    # Pages of users who may watch the fleet open the live socket (static/js/live.js); others never try.
-    return {"nav_items": nav, "live_socket": "/ws/fleet/" if user.has_perm("fleet.view_robot") else ""}
+    # Pages of users who may watch the fleet open the live socket (static/js/live.js); others never try. With
+    # Redis unreachable, those pages say so in a banner and render from PostgreSQL alone.
+    if not user.has_perm("fleet.view_robot"):
+        return {"nav_items": nav, "live_socket": ""}
+    since = bus.unreachable_since()
+    return {"nav_items": nav, "live_socket": "/ws/fleet/", "live_heartbeat_seconds": settings.DASHBOARD_HEARTBEAT_SECONDS,
+            "live_unavailable_since": datetime.fromtimestamp(since, tz=dt_timezone.utc) if since else None}
 
 
 def home(request):

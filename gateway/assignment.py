@@ -37,7 +37,8 @@ def commands(robot: Robot) -> list[str]:
         wanted.append("stop")  # finish the running episode, then run no more
     if robot.status == Robot.Status.PAUSED:
         wanted.append("pause")
-    takeover, abort = bus.client().mget(bus.takeover_key(robot.pk), bus.abort_key(robot.pk))
+    takeover, abort = bus.degrade(bus.client().mget, bus.takeover_key(robot.pk), bus.abort_key(robot.pk),
+                                  default=(None, None))
     if abort:
         wanted.append("abort")  # drop the running episode now
     if takeover:

@@ -20,6 +20,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
 from core import bus
+from core.outages import Outage
 from gateway import assignment, credentials
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,9 @@ CLOSE_UNAUTHENTICATED = 4401
 CLOSE_UNAVAILABLE = 4503
 AUTH_SECONDS = 5.0
 _hubs: dict = {}
+
+
+outage = Outage("Redis (robots' channel)")
 
 
 class RobotHub:
@@ -49,7 +53,8 @@ class RobotHub:
         if self.task is None:
             self.subscribed = asyncio.get_running_loop().create_future()
             self.task = asyncio.create_task(self.run(self.subscribed))
-        await asyncio.shield(self.subscribed)
+        # A Redis that accepts connections but never answers must not hold the handshake for ever.
+        await asyncio.wait_for(asyncio.shield(self.subscribed), timeout=settings.REDIS_SOCKET_TIMEOUT)
 
     def leave(self, socket: RobotConsumer) -> None:
         group = self.sockets.get(socket.robot_id, set())
@@ -69,12 +74,13 @@ class RobotHub:
                 if message["type"] == "subscribe":
                     if not subscribed.done():
                         subscribed.set_result(None)
+                        outage.ok(log)
                 elif message["type"] == "message":
                     await self.deliver(message["data"])
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.exception("lost the robots' channel")
+            outage.failed(exc, log)  # robots reconnect with back-off: one line per outage, not per attempt
             if not subscribed.done():
                 subscribed.set_exception(exc)
             if self.task is asyncio.current_task():

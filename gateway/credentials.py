@@ -57,7 +57,7 @@ def revoke(token: RobotToken, actor, reason: str = "") -> None:
         locked.save(update_fields=["revoked_at", "revoked_by"])
         AuditEvent.record(actor, "robot.token_revoke", locked.robot, reason=reason, details={"key": locked.key})
         robot_id, key = locked.robot_id, locked.key
-        transaction.on_commit(lambda: bus.tell_robot(robot_id, {"event": "revoked", "token": key}))
+        transaction.on_commit(lambda: bus.degrade(bus.tell_robot, robot_id, {"event": "revoked", "token": key}))
     token.revoked_at = locked.revoked_at
 
 

@@ -77,7 +77,7 @@ def accept(robot: Robot, key: str, params: dict, meta: dict, body: bytes) -> tup
 
         governance_evaluation.record(item, episode)  # or released, when the policy did not run alone to the end
     if created:
-        bus.client().delete(bus.takeover_key(robot.pk))  # a takeover lasts for the episode it reached
+        bus.degrade(bus.client().delete, bus.takeover_key(robot.pk))  # a takeover lasts for the episode it reached
         control.end_progress(robot.pk)  # its tile shows the next episode's progress from its next heartbeat
     return episode, created
 

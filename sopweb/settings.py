@@ -325,6 +325,9 @@ LOGGING = {
 # --- Redis: live events, Celery broker -----------------------------------------------------------
 
 REDIS_URL = parse_redis_url(_service_url("REDIS_URL"))
+# A Redis command (or connection attempt) that has no answer after this many seconds fails, and the caller degrades
+# around it (core.bus): a stalled Redis must not hold a robot's episode, a page or a learner for ever.
+REDIS_SOCKET_TIMEOUT = env_number("REDIS_SOCKET_TIMEOUT", 5.0, kind=float, min_value=0.1, max_value=300.0)
 
 # No channel layer: dashboards' deltas travel on one Redis pub/sub channel that each web process subscribes to
 # once and fans out to its own sockets (core.events, fleet.consumers.LiveHub).
@@ -361,6 +364,10 @@ STORAGE_DIR = Path(env_str("SOPWEB_STORAGE_DIR", str(VAR_DIR / "storage"))).reso
 # Dashboards: a browser gets at most this many websocket messages per second (a token bucket holding one second's
 # worth); each message carries every change since the previous one. Progress telemetry waits up to a second.
 DASHBOARD_PUSH_RATE = env_number("DASHBOARD_PUSH_RATE", 8.0, kind=float, min_value=0.5, max_value=100.0)
+# While Redis answers, a dashboard socket hears something at least this often (0: never): a page that hears nothing
+# for three periods shows "reconnecting" (static/js/live.js assumes the default).
+DASHBOARD_HEARTBEAT_SECONDS = env_number("DASHBOARD_HEARTBEAT_SECONDS", 2.0, kind=float, min_value=0.0,
+                                         max_value=60.0)
 
 FLEET_TASKS = env_list(
     "FLEET_TASKS", ["shelf-place-v3", "box-close-v3", "pick-place-v3", "peg-insert-side-v3"]
@@ -375,6 +382,10 @@ FLEET_SWEEP_INTERVAL = env_number("FLEET_SWEEP_INTERVAL", 10.0, kind=float, min_
 FLEET_REALTIME_FACTOR = env_number("FLEET_REALTIME_FACTOR", 1.0, kind=float, min_value=0.0)
 # An actor's claim on its robot expires this long after its last renewal (a killed worker's robot is freed).
 FLEET_LEASE_SECONDS = env_number("FLEET_LEASE_SECONDS", 20.0, kind=float, min_value=1.0)
+# A finished episode the database does not take (it is restarting, failing over) is retried with back-off for this
+# long, then kept on the actor's disk under FLEET_OUTBOX_DIR and stored when the database answers (actors.outbox).
+FLEET_INGEST_RETRY_SECONDS = env_number("FLEET_INGEST_RETRY_SECONDS", 20.0, kind=float, min_value=0.0, max_value=90.0)
+FLEET_OUTBOX_DIR = Path(env_str("FLEET_OUTBOX_DIR", str(VAR_DIR / "outbox" / "episodes"))).resolve()
 # The HG-DAgger expert gate, as JSON overrides of fleet.sim.gate.GateConfig, e.g. {"no_progress_steps": 20}.
 def _gate_config() -> dict:
     import json
@@ -402,6 +413,12 @@ LEARNER_BATCH_SIZE = env_number("LEARNER_BATCH_SIZE", learner_defaults.BATCH_SIZ
 LEARNER_LR = env_number("LEARNER_LR", learner_defaults.LR, kind=float, min_value=1e-7, max_value=1.0)
 # The learner task trains for this long, saves its state and re-queues itself (Celery time limits apply per slice).
 LEARNER_SLICE_SECONDS = env_number("LEARNER_SLICE_SECONDS", 240.0, kind=float, min_value=5.0, max_value=3000.0)
+# A killed learner resumes within about LEARNER_LEASE_SECONDS + LEARNER_WATCHDOG_SECONDS (plus rebuilding its
+# buffer): its lease (renewed by a thread every quarter of it) expires, and beat's watchdog queues a slice. It loses
+# at most LEARNER_SAVE_SECONDS of training: state is saved that often, and before every published version.
+LEARNER_LEASE_SECONDS = env_number("LEARNER_LEASE_SECONDS", 10.0, kind=float, min_value=2.0, max_value=600.0)
+LEARNER_WATCHDOG_SECONDS = env_number("LEARNER_WATCHDOG_SECONDS", 5.0, kind=float, min_value=1.0, max_value=600.0)
+LEARNER_SAVE_SECONDS = env_number("LEARNER_SAVE_SECONDS", 30.0, kind=float, min_value=1.0, max_value=3600.0)
 # manual: versions wait for a supervisor; rules: the GOVERNANCE_* rules below act too; continuous: every published
 # version goes straight to the whole fleet (SOP's own mode, used by the learning experiments and the demo).
 ROLLOUT_MODE = env_str("ROLLOUT_MODE", "manual")
@@ -450,7 +467,8 @@ CHECKPOINT_PRUNE_INTERVAL = env_number("CHECKPOINT_PRUNE_INTERVAL", 600.0, kind=
 
 CELERY_BEAT_SCHEDULE = {
     "sweep-robots": {"task": "fleet.sweep_robots", "schedule": FLEET_SWEEP_INTERVAL},
-    "keep-learner-running": {"task": "learner.ensure_running", "schedule": 30.0},
+    "drain-episode-outbox": {"task": "actors.drain_outbox", "schedule": 30.0},
+    "keep-learner-running": {"task": "learner.ensure_running", "schedule": LEARNER_WATCHDOG_SECONDS},
     "prune-checkpoints": {"task": "learner.prune_checkpoints", "schedule": CHECKPOINT_PRUNE_INTERVAL},
     "render-replays-ahead": {"task": "review.render_ahead", "schedule": 30.0},
     "evict-old-replays": {"task": "review.evict_replays", "schedule": 3600.0},

@@ -62,8 +62,9 @@ def database_url() -> str:
 def process_env(**extra) -> dict:
     """Environment for a product process that must see what this test writes."""
     env = {key: value for key, value in os.environ.items() if key != "DJANGO_ALLOW_ASYNC_UNSAFE"}
-    return dict(env, DATABASE_URL=database_url(), REDIS_URL=settings.REDIS_URL, PYTHONUNBUFFERED="1",
-                **{key: str(value) for key, value in extra.items()})
+    env = dict(env, DATABASE_URL=database_url(), REDIS_URL=settings.REDIS_URL, PYTHONUNBUFFERED="1")
+    env.update({key: str(value) for key, value in extra.items()})
+    return env
 
 
 def free_port() -> int:
@@ -109,9 +110,13 @@ def stop_group(proc: subprocess.Popen, timeout: float = 20) -> None:
 class WorkerProcess:
     """A real Celery worker (its own process group) against the test database and the test Redis."""
 
-    def __init__(self, log: Path, queues: str = "default,actors,learner", concurrency: int = 1, **env):
+    def __init__(self, log: Path, queues: str = "default,actors,learner", concurrency: int = 1,
+                 prefork: bool = False, **env):
+        """One process (`--pool solo`) for concurrency 1 unless `prefork`: then a parent and its pool children, as
+        in production, where the parent replaces a child that dies."""
         self.log = log
-        pool = ["--pool", "solo"] if concurrency == 1 else ["--pool", "prefork", "--concurrency", str(concurrency)]
+        pool = ["--pool", "solo"] if concurrency == 1 and not prefork else \
+            ["--pool", "prefork", "--concurrency", str(concurrency)]
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "celery", "-A", "sopweb", "worker", "-Q", queues, *pool, "--without-mingle",

@@ -19,3 +19,9 @@ if "SOPWEB_STORAGE_DIR" not in os.environ:
     import tempfile
 
     os.environ["SOPWEB_STORAGE_DIR"] = tempfile.mkdtemp(prefix="sopweb-test-storage-")
+# Episodes an actor keeps on disk while the database is away (actors.outbox): the tests' own, never a demo's.
+if "FLEET_OUTBOX_DIR" not in os.environ:
+    os.environ["FLEET_OUTBOX_DIR"] = os.path.join(os.environ["SOPWEB_STORAGE_DIR"], "outbox")
+# Dashboard sockets' heartbeats would interleave with the events most tests count: on only where a test asks
+# (DASHBOARD_HEARTBEAT_SECONDS in its settings or its processes' environment).
+os.environ.setdefault("DASHBOARD_HEARTBEAT_SECONDS", "0")

@@ -17,7 +17,7 @@ from core.models import AuditEvent
 from fleet.models import Robot
 from governance.decisions import approve_canary, deploy_to_fleet
 from governance.models import Rollout
-from review.models import EpisodeFlag, EpisodeLabel, ReviewClaim
+from review.models import EpisodeFlag, ReviewClaim
 from tests.reviewing import ingest, synthetic
 from tests.test_governance import awaiting, make_version
 

@@ -170,3 +170,57 @@ def test_the_embedded_redis_refuses_clients_without_its_password(var):
                             text=True, env=dict(os.environ, SOPWEB_VAR_DIR=str(var)))
     assert parts.password not in status.stdout + status.stderr and ":***@127.0.0.1" in status.stdout
     assert launcher.release() == 0
+
+
+def embedded_status(var: Path) -> tuple[int, dict]:
+    result = subprocess.run([sys.executable, "-m", "sopweb.embedded", "status"], cwd=ROOT, capture_output=True,
+                            text=True, env=dict(os.environ, SOPWEB_VAR_DIR=str(var)), timeout=60)
+    return result.returncode, json.loads(result.stdout)["health"]
+
+
+def test_the_launcher_starts_a_crashed_server_again_and_status_tells_the_truth(var):
+    """SIGKILL the embedded Redis, then the embedded PostgreSQL: the launcher that runs the command starts each
+    again on the same address and data, and the clients' URLs keep working. A stopped (SIGSTOP) Redis runs but
+    does not answer: `status` says so and exits 1; it is left alone, not restarted."""
+    launcher = Launcher(var, "one")
+    urls = launcher.urls()
+    r = redis.Redis.from_url(urls["redis"], socket_timeout=2)
+    r.set("kept", "yes")
+    r.save()
+    assert embedded_status(var) == (0, {"postgres": "up", "redis": "up"})
+
+    redis_pid = int((var / "redis" / "redis.pid").read_text())
+    os.kill(redis_pid, signal.SIGKILL)
+
+    def redis_back():
+        try:
+            return redis.Redis.from_url(urls["redis"], socket_timeout=1).get("kept") == b"yes"
+        except redis.RedisError:
+            return False
+
+    wait_for(redis_back, 30, "the launcher to start Redis again on its old port")
+    assert int((var / "redis" / "redis.pid").read_text()) != redis_pid
+
+    pg_pid = int((var / "postgres" / "postmaster.pid").read_text().split()[0])
+    os.kill(pg_pid, signal.SIGKILL)
+
+    def postgres_back():
+        try:
+            with psycopg.connect(urls["db"], connect_timeout=2) as conn:
+                return conn.execute("select 1").fetchone() == (1,)
+        except psycopg.Error:
+            return False
+
+    wait_for(postgres_back, 90, "the launcher to start PostgreSQL again")
+    assert embedded_status(var) == (0, {"postgres": "up", "redis": "up"})
+
+    stalled = int((var / "redis" / "redis.pid").read_text())
+    os.kill(stalled, signal.SIGSTOP)
+    try:
+        code, health = embedded_status(var)
+        assert code == 1 and health == {"postgres": "up", "redis": "not answering"}
+    finally:
+        os.kill(stalled, signal.SIGCONT)
+    assert int((var / "redis" / "redis.pid").read_text()) == stalled  # left alone
+    assert launcher.release() == 0
+    assert services_running(var) == (False, False)

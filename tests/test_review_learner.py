@@ -116,6 +116,8 @@ def test_a_relabelled_segment_enters_recaps_buffer_as_positive_expert_frames(tas
     from learner.loop import _pretrain_then_fold
 
     class Lease:
+        lost = False
+
         def renew(self):
             return True
 
