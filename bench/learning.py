@@ -113,7 +113,7 @@ def one_run(spec: dict, run_number: int, fresh: bool = False) -> dict:
     log_dir = _django.ROOT / "var" / "learning"
     log_dir.mkdir(parents=True, exist_ok=True)
     processes = [Process.worker(name, env, log_dir, concurrency=spec["robots"] if name == "actors" else None)
-                 for name in ("actors", "learner", "default", "background")]
+                 for name in ("actors", "learner", "default", "control", "background")]
     processes.append(Process.beat(env, log_dir))  # the whole system, with its sweeps and the learner's watchdog
     wall_start = time.monotonic()
     try:

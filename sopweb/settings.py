@@ -342,8 +342,15 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_BACKEND = None  # progress goes to rows and live events, never to results
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
+# Queues, each served by its own worker process (Procfile): `actors` (robots' episodes), `learner` (training),
+# `control` (what keeps the fleet safe: governance checks with their automatic rollbacks, finishing evaluations,
+# the offline sweep, the learner's watchdog), `background` (bulk work at low CPU priority: replay renders, dataset
+# exports) and `default` (the rest: render-ahead, retention, eviction). A flood of bulk or default work never
+# delays a control task: none of it can occupy the control worker.
+CONTROL_TASKS = ["governance.check", "governance.finish_evaluations", "fleet.sweep_robots", "learner.ensure_running"]
 CELERY_TASK_ROUTES = {"actors.*": {"queue": "actors"}, "learner.train": {"queue": "learner"},
-                      "review.render_replay": {"queue": "background"}}
+                      "review.render_replay": {"queue": "background"},
+                      **{name: {"queue": "control"} for name in CONTROL_TASKS}}
 CELERY_TASK_SOFT_TIME_LIMIT = env_number("CELERY_TASK_SOFT_TIME_LIMIT", 300, min_value=1)
 CELERY_TASK_TIME_LIMIT = env_number("CELERY_TASK_TIME_LIMIT", 360, min_value=1)
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
