@@ -25,6 +25,7 @@ def test_tasks_are_routed_by_name():
     assert router.route({}, "actors.run_episode")["queue"].name == "actors"
     assert router.route({}, "learner.train")["queue"].name == "learner"
     assert router.route({}, "review.render_replay")["queue"].name == "background"
+    assert router.route({}, "review.export_dataset")["queue"].name == "background"
     assert router.route({}, "review.render_ahead")["queue"].name == "default"
     assert router.route({}, "learner.prune_checkpoints")["queue"].name == "default"
 
