@@ -16,9 +16,9 @@ import _django
 from fleet import control
 
 # name -> (queues, concurrency): the Procfile's workers, for four robots (`default` does only beat's light work
-# now that renders run on `background`, so one process).
+# now that renders run on `background` and governance, sweeps and the watchdog on `control`, so one process).
 PROCESSES = {"actors": ("actors", 4), "learner": ("learner", 1), "default": ("default", 1),
-             "background": ("background", 1)}
+             "control": ("control", 1), "background": ("background", 1)}
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 

@@ -27,7 +27,7 @@ from django.utils import timezone  # noqa: E402
 from fleet.models import Episode, Robot  # noqa: E402
 from learner.models import TrainingMetric, TrainingRun  # noqa: E402
 from review.models import ReplayVideo  # noqa: E402
-from fleet import control
+from fleet import control  # noqa: E402
 
 
 def keep_one_render_going() -> None:
@@ -80,7 +80,7 @@ def main():
         wait_until(lambda: TrainingMetric.objects.exists(), 120, "the learner's first metrics")
         alone_before, _ = phase("alone", args.alone, [learner])
 
-        load = [Process.worker(name, env, log_dir) for name in ("actors", "default", "background")]
+        load = [Process.worker(name, env, log_dir) for name in ("actors", "default", "control", "background")]
         load.append(Process.beat(env, log_dir))
         for robot in Robot.objects.all():
             control.start(robot, None, reason="learner under load")

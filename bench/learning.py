@@ -38,7 +38,7 @@ from fleet.models import Episode, Robot  # noqa: E402
 from learner.evaluation import TaskScore, evaluate  # noqa: E402
 from learner.models import PolicyVersion, TrainingRun  # noqa: E402
 from sopweb.settings import FLEET_TASKS  # noqa: E402
-from fleet import control
+from fleet import control  # noqa: E402
 
 RESULTS = _django.ROOT / "bench" / "results" / "learning"
 TUNING = ("LEARNER_", "FLEET_", "BACKGROUND_", "REVIEW_RENDER", "GOVERNANCE_", "ACTOR_", "ROLLOUT_")
@@ -113,7 +113,7 @@ def one_run(spec: dict, run_number: int, fresh: bool = False) -> dict:
     log_dir = _django.ROOT / "var" / "learning"
     log_dir.mkdir(parents=True, exist_ok=True)
     processes = [Process.worker(name, env, log_dir, concurrency=spec["robots"] if name == "actors" else None)
-                 for name in ("actors", "learner", "default", "background")]
+                 for name in ("actors", "learner", "default", "control", "background")]
     processes.append(Process.beat(env, log_dir))  # the whole system, with its sweeps and the learner's watchdog
     wall_start = time.monotonic()
     try:

@@ -152,9 +152,10 @@ def tell_robot(robot_id: int, message: dict) -> None:
     client().publish(ROBOTS_CHANNEL, json.dumps({"robot": robot_id, **message}))
 
 
-def rate_key(robot_id: int, window: int) -> str:
-    """Requests of a remote robot in one rate-limit window (gateway.limits)."""
-    return f"sopweb:robot:{robot_id}:rate:{window}"
+def rate_limit_key(scope: str, who: int | str, window: int) -> str:
+    """Hits of one client in one rate-limit window (core.ratelimit): scope "robot" (a remote robot's API requests),
+    "render" and "export" (a person's replay renders and exports)."""
+    return f"sopweb:rate:{scope}:{who}:{window}"
 
 
 class Lease:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from django.http import FileResponse, HttpResponse, HttpResponseBadRequest
+from django.http import FileResponse, HttpResponse, HttpResponseBadRequest, JsonResponse
+from django.shortcuts import render
 
 
 def bad_form_response(form) -> HttpResponseBadRequest:
@@ -13,6 +14,22 @@ def bad_form_response(form) -> HttpResponseBadRequest:
     return HttpResponseBadRequest("; ".join(
         f"{field}: {' '.join(errors)}" if field != "__all__" else " ".join(errors)
         for field, errors in form.errors.items()))
+
+
+def retry_later_json(message: str, retry_after: int, status: int = 429) -> JsonResponse:
+    """A refused request to a JSON endpoint: 429 (this client asked too often) or 503 (the server is full), with
+    `Retry-After` and `{"error": message, "retry_after": seconds}`."""
+    response = JsonResponse({"error": message, "retry_after": retry_after}, status=status)
+    response["Retry-After"] = str(retry_after)
+    return response
+
+
+def retry_later_page(request, message: str, retry_after: int, status: int = 429, *, link=None) -> HttpResponse:
+    """The same for a page (templates/retry_later.html); `link` is an optional (url, text) to offer instead."""
+    response = render(request, "retry_later.html", {"message": message, "retry_after": retry_after,
+                                                    "link": link, "status": status}, status=status)
+    response["Retry-After"] = str(retry_after)
+    return response
 
 
 RANGE = re.compile(r"^bytes=(\d{0,1000})-(\d{0,1000})$")  # longer: not a range (int() refuses > 4300 digits)

@@ -10,7 +10,8 @@ ROLES = {
         "fleet.view_robot", "fleet.view_task", "fleet.view_episode", "governance.view_rollout",
         "learner.view_policyversion", "core.view_auditevent", "governance.approve_rollout", "review.flag_episode",
         "review.view_episodelabel", "review.view_failuremode", "review.add_failuremode",
-        "review.change_failuremode", "review.delete_failuremode", "accounts.manage_users",
+        "review.change_failuremode", "review.delete_failuremode", "review.download_any_export",
+        "accounts.manage_users",
     ],
     "annotators": [
         "fleet.view_task", "fleet.view_episode", "review.view_episodelabel", "review.label_episode",

@@ -13,9 +13,9 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from core import bus
+from core import bus, ratelimit
 from core.audit import IllegalTransition
-from core.http import bad_form_response
+from core.http import bad_form_response, retry_later_page
 from core.models import AuditEvent
 from fleet import control
 from fleet.forms import (
@@ -231,7 +231,7 @@ AUDIT_ROWS_SHOWN = 200
 @permission_required("core.view_auditevent", raise_exception=True)
 def audit(request):
     """Every decision: who, when, why and the figures shown at the time (details); filterable; ?format=csv exports
-    every matching row."""
+    every matching row, streamed (it counts against the person's export rate, as dataset exports do)."""
     query = request.GET.copy()
     export = query.pop("format", [""])[-1] == "csv"
     form = AuditFilterForm(query or None)
@@ -254,6 +254,12 @@ def audit(request):
     if filters.get("until"):
         events = events.filter(created_at__lte=filters["until"])
     if export:
+        try:
+            ratelimit.hit("export", request.user.pk, limit=settings.EXPORT_RATE_LIMIT,
+                          window=settings.EXPORT_RATE_WINDOW, what="exports")
+        except ratelimit.RateLimited as exc:
+            return retry_later_page(request, f"you asked for {exc}", exc.retry_after,
+                                    link=(reverse("audit"), "The audit log"))
         return _audit_csv(events)
     rows = list(events[:AUDIT_ROWS_SHOWN + 1])
     return render(request, "fleet/audit.html", {

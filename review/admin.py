@@ -3,7 +3,7 @@ from django.contrib import admin
 from core.admin import ViewOnlyAdmin
 from fleet.admin import EpisodeAdmin
 from fleet.models import Episode
-from review.models import EpisodeFlag, EpisodeLabel, FailureMode, ReplayVideo, ReviewClaim
+from review.models import DatasetExport, EpisodeFlag, EpisodeLabel, FailureMode, ReplayVideo, ReviewClaim
 
 
 @admin.register(FailureMode)
@@ -72,3 +72,11 @@ class EpisodeFlagAdmin(ViewOnlyAdmin):
     list_filter = ["status"]
     raw_id_fields = ["episode"]
     readonly_fields = ["status", "resolved_by", "resolved_at"]
+
+
+@admin.register(DatasetExport)
+class DatasetExportAdmin(ViewOnlyAdmin):
+    """Exports are requested on the export page and built by their job; the row is who exported what, and when."""
+
+    list_display = ["pk", "requested_by", "task", "status", "episodes", "size", "created_at", "finished_at"]
+    list_filter = ["status"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -97,9 +98,10 @@ def _stats(columns: dict) -> dict:
     return stats
 
 
-def export_dataset(labels, out_dir: Path) -> dict:
+def export_dataset(labels, out_dir: Path, progress: Callable[[int], None] | None = None) -> dict:
     """Write the labelled episodes (EpisodeLabel rows, in the given order) as a dataset under `out_dir`, which
-    must not exist yet. An excluded episode, if asked for, is written as recorded. Returns the info.json dict."""
+    must not exist yet. An excluded episode, if asked for, is written as recorded. `progress`, if given, is told
+    how many episodes are written after each one. Returns the info.json dict."""
     import pyarrow.parquet as pq
 
     out_dir = Path(out_dir)
@@ -132,6 +134,8 @@ def export_dataset(labels, out_dir: Path) -> dict:
         })
         stats_lines.append({"episode_index": episode_index, "stats": _stats(columns)})
         total_frames += episode.steps
+        if progress is not None:
+            progress(episode_index + 1)
     info = {
         "codebase_version": CODEBASE_VERSION, "robot_type": "sawyer", "total_episodes": len(episodes),
         "total_frames": total_frames, "total_tasks": len(tasks), "total_videos": 0,

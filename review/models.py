@@ -1,10 +1,12 @@
-"""Episode review: the failure-mode taxonomy, annotators' claims on episodes, and rendered replay videos.
+"""Episode review: the failure-mode taxonomy, annotators' claims on episodes, rendered replay videos and dataset
+export jobs.
 
 The label itself is fleet.EpisodeLabel (the learner reads it); it is written only by ReviewClaim.submit_label, by
 the annotator who holds the episode's claim, so two annotators never label the same episode at once.
 """
 from __future__ import annotations
 
+import shutil
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from django.db import IntegrityError, models, transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
-from core import bus
+from core import bus, locks
 from core.audit import IllegalTransition, apply_transition
 from core.events import broadcast_on_commit
 from core.models import AuditEvent
@@ -312,6 +314,18 @@ def _check_label(episode: Episode, failure_mode: str, failure_step: int | None, 
         raise ValueError("relabelling needs the step where the failure began: set it from the timeline")
 
 
+class RenderQueueFull(Exception):
+    """As many renders as the cap allows are queued or rendering; nothing new was queued (503, try again later)."""
+
+    retry_after = 30
+
+
+# A queued or rendering replay untouched this long lost its message or its worker: it no longer counts against the
+# render cap, and asking for it again queues it as a new render. A capped queue keeps a render waiting far less
+# (20 renders of about a minute and a half each under the demo's load).
+RENDER_ABANDONED_AFTER = timedelta(hours=1)
+
+
 class ReplayVideo(models.Model):
     """An episode's rendered replay: the job's state and progress while it renders, the cached file after."""
 
@@ -354,24 +368,66 @@ class ReplayVideo(models.Model):
         transaction.on_commit(lambda: render_replay.delay(episode_id))
 
     @classmethod
-    def request(cls, episode_id: int) -> ReplayVideo:
-        """Make sure the episode's replay is rendered or on its way; a failed one waits for `retry`."""
+    def in_flight(cls) -> QuerySet:
+        """The renders queued or rendering now (abandoned ones aside): what the render cap counts."""
+        return cls.objects.filter(status__in=[cls.Status.QUEUED, cls.Status.RENDERING],
+                                  heartbeat_at__gte=timezone.now() - RENDER_ABANDONED_AFTER)
+
+    @classmethod
+    def check_room(cls, cap: int | None) -> None:
+        """RenderQueueFull while `cap` renders are in flight (None: no cap). Inside a transaction it holds the
+        render admission lock until the end, so two requests cannot both take the last place."""
+        if cap is None:
+            return
+        locks.hold(locks.RENDERS)
+        in_flight = cls.in_flight().count()
+        if in_flight >= cap:
+            raise RenderQueueFull(f"{in_flight} replays are already queued or rendering (at most {cap} at once), so "
+                                  f"no new render was queued; try again in a minute")
+
+    def _adds_render(self, now) -> bool:
+        """Whether queueing this replay again adds a render to the queue: its file is gone, or it was abandoned.
+        Re-sending a stale job's message adds nothing: the job is already counted."""
+        if self.status == self.Status.READY:
+            return not self.file.exists()
+        return self.status in (self.Status.QUEUED, self.Status.RENDERING) and (
+            self.heartbeat_at < now - RENDER_ABANDONED_AFTER)
+
+    @classmethod
+    def adds_render(cls, episode_id: int) -> bool:
+        """Whether asking for this replay now would add a render to the queue; asking for one that is rendered, on
+        its way or failed adds nothing."""
+        video = cls.objects.filter(pk=episode_id).first()
+        return video is None or video._adds_render(timezone.now())
+
+    @classmethod
+    def request(cls, episode_id: int, *, cap: int | None = None) -> ReplayVideo:
+        """Make sure the episode's replay is rendered or on its way; a failed one waits for `retry`. With `cap`, a
+        request that would add a render while `cap` renders are in flight raises RenderQueueFull and queues
+        nothing; one that is rendered or on its way is answered as usual."""
         now = timezone.now()
         stale = now - timedelta(seconds=settings.REVIEW_RENDER_STALE_SECONDS)
-        video, created = cls.objects.get_or_create(episode_id=episode_id)
-        if created:
-            cls._enqueue(episode_id)
-            return video
-        requeue = None
-        if video.status == cls.Status.READY and not video.file.exists():  # storage was cleaned
-            requeue = models.Q(status=cls.Status.READY)
-        elif video.status in (cls.Status.QUEUED, cls.Status.RENDERING) and video.heartbeat_at < stale:
-            # The message was lost or the worker died mid-render: queue it again (the task claims it once).
-            requeue = models.Q(status__in=[cls.Status.QUEUED, cls.Status.RENDERING], heartbeat_at__lt=stale)
-        if requeue is not None and cls.objects.filter(requeue, pk=episode_id).update(
-                status=cls.Status.QUEUED, progress=0.0, heartbeat_at=now):
-            cls._enqueue(episode_id)
-            video.refresh_from_db()
+        with transaction.atomic():
+            video = cls.objects.filter(pk=episode_id).first()
+            if video is None:
+                cls.check_room(cap)
+                video, created = cls.objects.get_or_create(episode_id=episode_id)
+                if created:
+                    cls._enqueue(episode_id)
+                    return video
+            requeue = None
+            if video.status == cls.Status.READY and not video.file.exists():  # storage was cleaned
+                requeue = models.Q(status=cls.Status.READY)
+            elif video.status in (cls.Status.QUEUED, cls.Status.RENDERING) and video.heartbeat_at < stale:
+                # The message was lost or the worker died mid-render: queue it again (the task claims it once).
+                requeue = models.Q(status__in=[cls.Status.QUEUED, cls.Status.RENDERING], heartbeat_at__lt=stale)
+            if requeue is not None:
+                if video._adds_render(now):
+                    cls.check_room(cap)
+                if cls.objects.filter(requeue, pk=episode_id).update(status=cls.Status.QUEUED, progress=0.0,
+                                                                     heartbeat_at=now):
+                    cls._enqueue(episode_id)
+                    video.refresh_from_db()
         return video
 
     @classmethod
@@ -390,12 +446,14 @@ class ReplayVideo(models.Model):
                 evicted += 1
         return evicted
 
-    def retry(self, actor) -> AuditEvent:
-        """Queue a failed render again (the retry button)."""
-        event = apply_transition(self, verb="replay.retry", field="status", allowed_from={self.Status.FAILED},
-                                 to=self.Status.QUEUED, actor=actor, reason=self.error[:500], error="",
-                                 progress=0.0, heartbeat_at=timezone.now())
-        self._enqueue(self.episode_id)
+    def retry(self, actor, *, cap: int | None = None) -> AuditEvent:
+        """Queue a failed render again (the retry button); RenderQueueFull while `cap` renders are in flight."""
+        with transaction.atomic():
+            self.check_room(cap)
+            event = apply_transition(self, verb="replay.retry", field="status", allowed_from={self.Status.FAILED},
+                                     to=self.Status.QUEUED, actor=actor, reason=self.error[:500], error="",
+                                     progress=0.0, heartbeat_at=timezone.now())
+            self._enqueue(self.episode_id)
         return event
 
     # The worker's side: conditional updates that must touch exactly one row, so a duplicate message or a
@@ -423,3 +481,149 @@ class ReplayVideo(models.Model):
                              finished_at=timezone.now(), heartbeat_at=timezone.now())
         except IllegalTransition:
             pass  # re-queued meanwhile by a stale check: that job's outcome counts
+
+
+class ExportLimitReached(Exception):
+    """The person already has as many exports queued or running as they may; nothing was queued (429)."""
+
+    retry_after = 60
+
+    def __init__(self, message: str, running: DatasetExport):
+        super().__init__(message)
+        self.running = running
+
+
+# A running export reports progress every few episodes (well under a second apart); one silent this long lost its
+# worker. A queued one untouched for RENDER_ABANDONED_AFTER lost its message (it waits behind renders at most).
+EXPORT_SILENT_AFTER = timedelta(minutes=5)
+
+
+class DatasetExport(models.Model):
+    """A person's export of labelled episodes as a LeRobot dataset (review.export), built by a Celery job on the
+    `background` queue: its state and progress while it runs, then the zip in storage, downloadable by its owner
+    and supervisors for REVIEW_EXPORT_KEEP_DAYS. The row stays after the file is deleted (expired): who exported
+    which training data, and when."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "queued"
+        RUNNING = "running", "running"
+        READY = "ready", "ready"
+        FAILED = "failed", "failed"
+        EXPIRED = "expired", "expired"
+
+    ACTIVE = [Status.QUEUED, Status.RUNNING]
+
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT,
+                                     related_name="dataset_exports")
+    task = models.ForeignKey(Task, null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+                             help_text="Only this task's episodes; empty for every task.")
+    dispositions = models.JSONField(default=list, help_text="The label dispositions exported.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    progress = models.FloatField(default=0.0, help_text="Share of the job done, 0 to 1.")
+    episodes = models.PositiveIntegerField(default=0, help_text="Matching episodes when requested; exported ones "
+                                                                "once ready.")
+    path = models.CharField(max_length=300, blank=True, help_text="The zip, relative to SOPWEB_STORAGE_DIR.")
+    size = models.BigIntegerField(null=True, blank=True, help_text="The zip's bytes.")
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Touched when queued and at every progress step: a job whose worker died stops touching it.
+    heartbeat_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["requested_by", "status"])]
+        permissions = [("download_any_export", "Can see and download other people's dataset exports")]
+
+    def __str__(self) -> str:
+        return f"dataset export {self.pk} by {self.requested_by}"
+
+    @property
+    def file(self) -> Path:
+        return Path(settings.STORAGE_DIR) / self.path
+
+    @property
+    def filename(self) -> str:
+        return f"sopweb-labelled-episodes-{self.pk}.zip"
+
+    def as_json(self) -> dict:
+        return {"id": self.pk, "status": self.status, "progress": round(self.progress, 3), "episodes": self.episodes,
+                "size": self.size, "error": self.error,
+                "finished_at": self.finished_at.isoformat() if self.finished_at else None}
+
+    @classmethod
+    def check_room(cls, user, limit: int) -> None:
+        """ExportLimitReached while the user has `limit` exports queued or running (after failing those whose worker
+        died). Inside a transaction it holds the user's export lock until the end, so two requests cannot both
+        take the last place."""
+        locks.hold(locks.exports_of(user.pk))
+        cls.fail_stale(requested_by=user)
+        active = list(cls.objects.filter(requested_by=user, status__in=cls.ACTIVE).order_by("created_at")[:limit])
+        if len(active) >= limit:
+            raise ExportLimitReached(f"you already have {len(active)} export{'s' if len(active) > 1 else ''} queued "
+                                     f"or running (at most {limit} at once); wait for it to finish", active[0])
+
+    @classmethod
+    def create_for(cls, user, *, task: Task | None, dispositions: list[str], episodes: int,
+                   limit: int) -> DatasetExport:
+        """A new queued export of the user's, within their limit (ExportLimitReached otherwise)."""
+        with transaction.atomic():
+            cls.check_room(user, limit)
+            return cls.objects.create(requested_by=user, task=task, dispositions=list(dispositions),
+                                      episodes=episodes)
+
+    @classmethod
+    def fail_stale(cls, **filters) -> int:
+        """Fail the exports (among `filters`) whose worker died or whose message was lost. Returns how many."""
+        now = timezone.now()
+        rows = cls.objects.filter(**filters)
+        silent = rows.filter(status=cls.Status.RUNNING, heartbeat_at__lt=now - EXPORT_SILENT_AFTER).update(
+            status=cls.Status.FAILED, finished_at=now,
+            error=f"the export stopped: its worker made no progress for {EXPORT_SILENT_AFTER.seconds // 60} minutes")
+        lost = rows.filter(status=cls.Status.QUEUED, heartbeat_at__lt=now - RENDER_ABANDONED_AFTER).update(
+            status=cls.Status.FAILED, finished_at=now,
+            error=f"no worker started the export within {RENDER_ABANDONED_AFTER.seconds // 60} minutes")
+        return silent + lost
+
+    @classmethod
+    def expire(cls, older_than: timedelta) -> int:
+        """Delete the zips of exports finished longer ago than `older_than` (their rows stay, expired), and the
+        half-built folders of jobs that are no longer running. Returns how many exports expired."""
+        expired = 0
+        for export in cls.objects.filter(status=cls.Status.READY, finished_at__lt=timezone.now() - older_than):
+            if cls.objects.filter(pk=export.pk, status=cls.Status.READY).update(status=cls.Status.EXPIRED, path=""):
+                if export.path:
+                    export.file.unlink(missing_ok=True)
+                expired += 1
+        folder = Path(settings.STORAGE_DIR) / "exports"
+        running = set(cls.objects.filter(status=cls.Status.RUNNING).values_list("pk", flat=True))
+        for partial in folder.glob("export-*.partial"):
+            number = partial.name.removeprefix("export-").removesuffix(".partial")
+            if number.isdigit() and int(number) not in running:
+                shutil.rmtree(partial, ignore_errors=True)
+        return expired
+
+    # The worker's side: conditional updates that must touch exactly one row, so a duplicate message, or a job
+    # failed meanwhile as stale, never writes over another outcome.
+
+    def start(self) -> bool:
+        now = timezone.now()
+        return bool(DatasetExport.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(
+            status=self.Status.RUNNING, progress=0.0, started_at=now, heartbeat_at=now))
+
+    def report_progress(self, share: float) -> bool:
+        """False once the job is no longer running (failed meanwhile): the worker stops."""
+        return bool(DatasetExport.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(
+            progress=share, heartbeat_at=timezone.now()))
+
+    def finish(self, path: str, size: int, episodes: int) -> bool:
+        now = timezone.now()
+        return bool(DatasetExport.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(
+            status=self.Status.READY, progress=1.0, path=path, size=size, episodes=episodes, error="",
+            finished_at=now, heartbeat_at=now))
+
+    def fail(self, message: str) -> bool:
+        now = timezone.now()
+        return bool(DatasetExport.objects.filter(pk=self.pk, status__in=self.ACTIVE).update(
+            status=self.Status.FAILED, error=message, finished_at=now, heartbeat_at=now))

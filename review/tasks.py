@@ -1,8 +1,11 @@
-"""Celery tasks of episode review: rendering replays (on the `background` queue, whose worker runs at low CPU
-priority), ahead of annotators and on demand; render-ahead and eviction are beat's, on `default`."""
+"""Celery tasks of episode review: rendering replays and building dataset exports (on the `background` queue, whose
+worker runs at low CPU priority); render-ahead and eviction are beat's, on `default`."""
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+from pathlib import Path
 
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
@@ -73,24 +76,98 @@ def render_replay(episode_id: int) -> str:
 
 @shared_task(name="review.render_ahead", soft_time_limit=20, time_limit=30)
 def render_ahead() -> int:
-    """Beat: queue renders for the next unclaimed episodes of the review queue, so they are ready when opened."""
-    from review.models import ReplayVideo
+    """Beat: queue renders for the next unclaimed episodes of the review queue, so they are ready when opened
+    (while the render queue is less than half full: review.jobs)."""
+    from review.jobs import render_ahead as request_ahead
     from review.queue import upcoming
 
-    ids = upcoming(count=settings.REVIEW_RENDER_AHEAD)
-    for episode_id in ids:
-        ReplayVideo.request(episode_id)
-    return len(ids)
+    return request_ahead(upcoming(count=settings.REVIEW_RENDER_AHEAD))
 
 
-@shared_task(name="review.evict_replays", soft_time_limit=120, time_limit=180)
-def evict_replays() -> int:
-    """Beat: replays are a cache; those rendered more than REVIEW_REPLAY_KEEP_DAYS ago go (review.models)."""
+@shared_task(name="review.evict_old_files", soft_time_limit=120, time_limit=180)
+def evict_old_files() -> dict:
+    """Beat, hourly: replays are a cache and exports a hand-over. Replays rendered more than REVIEW_REPLAY_KEEP_DAYS
+    ago go (unless under review); export zips finished more than REVIEW_EXPORT_KEEP_DAYS ago go (their rows stay,
+    expired); exports whose worker died are failed, and their half-built folders removed."""
     from datetime import timedelta
 
-    from review.models import ReplayVideo
+    from review.models import DatasetExport, ReplayVideo
 
-    evicted = ReplayVideo.evict(timedelta(days=settings.REVIEW_REPLAY_KEEP_DAYS))
-    if evicted:
-        log.info("evicted %d old replays", evicted)
-    return evicted
+    replays = ReplayVideo.evict(timedelta(days=settings.REVIEW_REPLAY_KEEP_DAYS))
+    stopped = DatasetExport.fail_stale()
+    exports = DatasetExport.expire(timedelta(days=settings.REVIEW_EXPORT_KEEP_DAYS))
+    if replays or stopped or exports:
+        log.info("evicted %d old replays and %d old exports; %d dead exports failed", replays, exports, stopped)
+    return {"replays": replays, "exports": exports, "stopped": stopped}
+
+
+class ExportError(Exception):
+    """The export cannot be built as asked (its message is shown on the export's page)."""
+
+
+class ExportStopped(Exception):
+    """The export was failed meanwhile (its worker was taken for dead): this job's result counts for nothing."""
+
+
+@shared_task(name="review.export_dataset", soft_time_limit=settings.REVIEW_EXPORT_TIME_LIMIT,
+             time_limit=settings.REVIEW_EXPORT_TIME_LIMIT + 30)
+def export_dataset(export_id: int) -> str:
+    """Build one dataset export's zip in storage (idempotent: only a queued job is started, once)."""
+    from review.models import DatasetExport
+
+    export = DatasetExport.objects.filter(pk=export_id).select_related("task").first()
+    if export is None or not export.start():
+        return "nothing to export"
+    work = Path(settings.STORAGE_DIR) / "exports" / f"export-{export.pk}.partial"
+    try:
+        relative, size, episodes = _build_export(export, work)
+    except ExportStopped:
+        return "stopped"
+    except ExportError as exc:
+        export.fail(str(exc))
+        return "failed"
+    except SoftTimeLimitExceeded:
+        export.fail(f"the export took longer than {settings.REVIEW_EXPORT_TIME_LIMIT} s; export fewer episodes "
+                    "(filter by task), or use `manage.py export_dataset` on the server")
+        return "failed"
+    except Exception as exc:  # noqa: BLE001 — the person must see something better than an endless progress bar
+        log.exception("dataset export %s failed", export.pk)
+        export.fail(f"the export failed unexpectedly ({type(exc).__name__}: {exc})")
+        return "failed"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if not export.finish(relative, size, episodes):  # failed meanwhile: the zip is nobody's
+        (Path(settings.STORAGE_DIR) / relative).unlink(missing_ok=True)
+        return "stopped"
+    log.info("exported %d episodes (%d bytes) for export %s", episodes, size, export.pk)
+    return "exported"
+
+
+def _build_export(export, work: Path) -> tuple[str, int, int]:
+    """The dataset (review.export) in `work`, zipped into storage: (relative path, bytes, episodes)."""
+    from review.export import export_dataset as write_dataset
+    from review.export import labels_to_export
+
+    labels = labels_to_export(export.task, export.dispositions)
+    total = labels.count()  # again: labels may have changed since the request
+    if total == 0:
+        raise ExportError("no labelled episode matches any more: nothing to export")
+    if total > settings.REVIEW_EXPORT_MAX_EPISODES:
+        raise ExportError(f"{total} episodes match, more than an export job takes "
+                          f"({settings.REVIEW_EXPORT_MAX_EPISODES}); use `manage.py export_dataset` on the server")
+    every = max(1, total // 50)  # ~50 progress writes; they are also the job's heartbeat
+
+    def progress(done: int) -> None:
+        if (done % every == 0 or done == total) and not export.report_progress(0.95 * done / total):
+            raise ExportStopped()
+
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    name = "sopweb-labelled-episodes"
+    write_dataset(labels, work / name, progress)
+    if not export.report_progress(0.95):  # zipping comes last
+        raise ExportStopped()
+    archive = shutil.make_archive(str(work / name), "zip", root_dir=work, base_dir=name)
+    relative = f"exports/export-{export.pk}.zip"
+    os.replace(archive, Path(settings.STORAGE_DIR) / relative)
+    return relative, os.path.getsize(Path(settings.STORAGE_DIR) / relative), total

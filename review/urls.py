@@ -15,4 +15,7 @@ urlpatterns = [
     path("episodes/<int:pk>/replay.mp4", views.replay_file, name="review-replay-file"),
     path("flags/", views.my_flags, name="review-flags"),
     path("export/", views.export, name="review-export"),
+    path("exports/<int:pk>/", views.export_job, name="review-export-job"),
+    path("exports/<int:pk>.json", views.export_status, name="review-export-status"),
+    path("exports/<int:pk>/download/", views.export_download, name="review-export-download"),
 ]

@@ -1,10 +1,6 @@
 """Review pages: the annotators' queue and labelling page, replay videos, operators' flags and how they were
-resolved (raising one is fleet's `episode-flag`, on the episode page), dataset export."""
+resolved (raising one is fleet's `episode-flag`, on the episode page), dataset exports (Celery jobs)."""
 from __future__ import annotations
-
-import shutil
-import tempfile
-from pathlib import Path
 
 from django.conf import settings
 from django.contrib import messages
@@ -17,11 +13,25 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from core.audit import IllegalTransition
-from core.http import bad_form_response, ranged_file_response
+from core.http import bad_form_response, ranged_file_response, retry_later_json, retry_later_page
+from core.ratelimit import RateLimited
 from fleet.forms import FlagForm
 from fleet.models import Episode
+from review import jobs
+from review.export import labels_to_export
 from review.forms import DismissForm, ExportForm, LabelForm, QueueFilterForm
-from review.models import ClaimHeld, ClaimLost, EpisodeFlag, EpisodeLabel, NotReviewable, ReplayVideo, ReviewClaim
+from review.models import (
+    ClaimHeld,
+    ClaimLost,
+    DatasetExport,
+    EpisodeFlag,
+    EpisodeLabel,
+    ExportLimitReached,
+    NotReviewable,
+    RenderQueueFull,
+    ReplayVideo,
+    ReviewClaim,
+)
 from review.queue import claim_next, queue, upcoming
 
 QUEUE_ROWS = 100
@@ -61,9 +71,11 @@ def _open_next(request, query: str, skip=()):
     if episode is None:
         messages.info(request, "Nothing left to label with these filters.")
         return redirect(_with_query(reverse("review-queue"), query))
-    ReplayVideo.request(episode.pk)
-    for episode_id in upcoming(form.to_filter(), settings.REVIEW_RENDER_AHEAD):
-        ReplayVideo.request(episode_id)  # rendered ahead: ready by the time the annotator gets there
+    try:
+        jobs.request_replay(request.user, episode.pk)
+    except (RateLimited, RenderQueueFull):
+        pass  # the episode's page says so, and its replay panel keeps asking
+    jobs.render_ahead(upcoming(form.to_filter(), settings.REVIEW_RENDER_AHEAD))  # ready when the annotator gets there
     return redirect(_with_query(reverse("review-episode", args=[episode.pk]), query))
 
 
@@ -111,11 +123,16 @@ def review_episode(request, pk: int, form: LabelForm | None = None, status: int 
         series, payload_error = episode_series(episode, load_arrays(episode)), ""
     except EpisodeDataError as exc:
         series, payload_error = None, str(exc)
-    video = ReplayVideo.request(episode.pk)
+    video, replay_refused = None, ""
+    try:
+        video = jobs.request_replay(request.user, episode.pk)
+    except (RateLimited, RenderQueueFull) as exc:
+        replay_refused = _refusal(exc)
     query = _queue_query(request)
     flags = list(episode.flags.select_related("raised_by", "resolved_by"))
     return render(request, "review/episode.html", {
         "episode": episode, "form": form, "label": label, "held_by": held_by, "video": video,
+        "replay_refused": replay_refused,
         "series": series, "payload_error": payload_error, "query": query, "shortcuts": SHORTCUTS,
         "flags": flags, "open_flags": any(flag.status == EpisodeFlag.Status.OPEN for flag in flags),
         "modes": form.modes, "claim_seconds": settings.REVIEW_CLAIM_SECONDS,
@@ -192,11 +209,24 @@ def dismiss_flags(request, pk: int):
 
 # --- replays --------------------------------------------------------------------------------------------
 
+def _refusal(exc: RateLimited | RenderQueueFull) -> str:
+    return f"you asked for {exc}" if isinstance(exc, RateLimited) else str(exc)
+
+
+def _refused_json(exc: RateLimited | RenderQueueFull) -> JsonResponse:
+    """429 for a person past their render rate, 503 while the render queue is full: both with Retry-After."""
+    return retry_later_json(_refusal(exc), exc.retry_after, 429 if isinstance(exc, RateLimited) else 503)
+
+
 @permission_required("fleet.view_episode", raise_exception=True)
 def replay_status(request, pk: int):
-    """Polled by the page while a replay renders (annotators have no live socket)."""
+    """Polled by the page while a replay renders (annotators have no live socket). Asking for a replay nobody
+    rendered queues it, within the person's render rate and the render cap (review.jobs)."""
     episode = _episode(pk)
-    video = ReplayVideo.request(episode.pk)
+    try:
+        video = jobs.request_replay(request.user, episode.pk)
+    except (RateLimited, RenderQueueFull) as exc:
+        return _refused_json(exc)
     data = video.as_json()
     if video.status == ReplayVideo.Status.READY:
         data["url"] = reverse("review-replay-file", args=[episode.pk]) + f"?v={video.finished_at.timestamp():.0f}"
@@ -208,7 +238,9 @@ def replay_status(request, pk: int):
 def replay_retry(request, pk: int):
     video = get_object_or_404(ReplayVideo, pk=pk)
     try:
-        video.retry(request.user)
+        jobs.retry_replay(request.user, video)
+    except (RateLimited, RenderQueueFull) as exc:
+        return _refused_json(exc)
     except IllegalTransition as exc:
         return JsonResponse({"error": str(exc), **video.as_json()}, status=409)
     return JsonResponse(video.as_json())
@@ -259,32 +291,91 @@ def my_flags(request):
 
 # --- export ----------------------------------------------------------------------------------------------
 
-@permission_required("review.view_episodelabel", raise_exception=True)
-def export(request):
-    """GET: the form; POST: the labelled episodes as a LeRobot dataset in a zip (built here, then streamed)."""
-    from review.export import export_dataset, labels_to_export
+EXPORTS_LISTED = 20
 
-    form = ExportForm(request.POST or None)
+
+def _export_page(request, form: ExportForm, status: int = 200):
     counts = dict.fromkeys(EpisodeLabel.Disposition.values, 0)
     counts.update(EpisodeLabel.objects.values_list("disposition").annotate(n=Count("pk")).order_by())
+    exports = DatasetExport.objects.select_related("requested_by", "task")
+    everyone = request.user.has_perm("review.download_any_export")
+    if not everyone:
+        exports = exports.filter(requested_by=request.user)
+    return render(request, "review/export.html", {
+        "form": form, "counts": counts, "exports": exports[:EXPORTS_LISTED], "everyone": everyone,
+        "keep_days": settings.REVIEW_EXPORT_KEEP_DAYS}, status=status)
+
+
+@permission_required("review.view_episodelabel", raise_exception=True)
+def export(request):
+    """GET: the form and the person's exports; POST: queue an export job (review.jobs), then show its page. The job
+    builds a LeRobot dataset of the labelled episodes as a zip on the `background` queue."""
+    form = ExportForm(request.POST or None)
     if request.method != "POST":
-        return render(request, "review/export.html", {"form": form, "counts": counts})
+        return _export_page(request, form)
     if not form.is_valid():
-        return render(request, "review/export.html", {"form": form, "counts": counts}, status=400)
-    labels = labels_to_export(form.cleaned_data["task"], form.cleaned_data["disposition"])
-    total = labels.count()
+        return _export_page(request, form, status=400)
+    task, dispositions = form.cleaned_data["task"], form.cleaned_data["disposition"]
+    total = labels_to_export(task, dispositions).count()
     if total == 0:
         form.add_error(None, "No labelled episode matches: nothing to export.")
-        return render(request, "review/export.html", {"form": form, "counts": counts}, status=400)
+        return _export_page(request, form, status=400)
     if total > settings.REVIEW_EXPORT_MAX_EPISODES:
-        form.add_error(None, f"{total} episodes is more than a download builds "
-                             f"({settings.REVIEW_EXPORT_MAX_EPISODES}); use `manage.py export_dataset`.")
-        return render(request, "review/export.html", {"form": form, "counts": counts}, status=400)
-    work = Path(settings.STORAGE_DIR) / "exports"
-    work.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=work) as tmp:
-        name = "sopweb-labelled-episodes"
-        export_dataset(labels, Path(tmp) / name)
-        archive = shutil.make_archive(str(Path(tmp) / name), "zip", root_dir=tmp, base_dir=name)
-        handle = open(archive, "rb")  # still readable once the folder is removed below
-    return FileResponse(handle, as_attachment=True, filename=f"{name}.zip", content_type="application/zip")
+        form.add_error(None, f"{total} episodes is more than an export job takes "
+                             f"({settings.REVIEW_EXPORT_MAX_EPISODES}); filter by task, or use "
+                             "`manage.py export_dataset` on the server.")
+        return _export_page(request, form, status=400)
+    try:
+        job = jobs.request_export(request.user, task=task, dispositions=dispositions, episodes=total)
+    except ExportLimitReached as exc:
+        return retry_later_page(request, str(exc), exc.retry_after,
+                                link=(reverse("review-export-job", args=[exc.running.pk]), "Your export in progress"))
+    except RateLimited as exc:
+        return retry_later_page(request, f"you asked for {exc}", exc.retry_after,
+                                link=(reverse("review-export"), "Your exports"))
+    return redirect("review-export-job", pk=job.pk)
+
+
+def _get_export_for_user(user, pk: int, *, fail_if_stale: bool = False) -> DatasetExport:
+    """The export if it is the user's own, or the user may see everyone's (supervisors); 404 otherwise, so nobody
+    learns that someone else's export exists. `fail_if_stale`: a job whose worker died shows as failed, not stuck."""
+    exports = DatasetExport.objects.select_related("requested_by", "task")
+    if not user.has_perm("review.download_any_export"):
+        exports = exports.filter(requested_by=user)
+    export = get_object_or_404(exports, pk=pk)
+    if fail_if_stale and export.status in DatasetExport.ACTIVE and DatasetExport.fail_stale(pk=pk):
+        export.refresh_from_db()
+    return export
+
+
+def _export_json(export: DatasetExport) -> dict:
+    data = export.as_json()
+    if export.status == DatasetExport.Status.READY:
+        data["download_url"] = reverse("review-export-download", args=[export.pk])
+    return data
+
+
+@permission_required("review.view_episodelabel", raise_exception=True)
+def export_job(request, pk: int):
+    """One export's progress (static/js/export_job.js polls export_status) and, once ready, its download link."""
+    export = _get_export_for_user(request.user, pk, fail_if_stale=True)
+    return render(request, "review/export_job.html", {"export": export, "state": _export_json(export),
+                                                      "keep_days": settings.REVIEW_EXPORT_KEEP_DAYS})
+
+
+@permission_required("review.view_episodelabel", raise_exception=True)
+def export_status(request, pk: int):
+    return JsonResponse(_export_json(_get_export_for_user(request.user, pk, fail_if_stale=True)))
+
+
+@permission_required("review.view_episodelabel", raise_exception=True)
+def export_download(request, pk: int):
+    """The export's zip, streamed, for its owner and supervisors only."""
+    export = _get_export_for_user(request.user, pk)
+    if export.status != DatasetExport.Status.READY:
+        raise Http404(f"export {export.pk} is {export.get_status_display()}: there is nothing to download")
+    try:
+        handle = open(export.file, "rb")
+    except FileNotFoundError:
+        raise Http404(f"export {export.pk}'s file is gone from storage; export again") from None
+    return FileResponse(handle, as_attachment=True, filename=export.filename, content_type="application/zip")

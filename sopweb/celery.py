@@ -1,5 +1,6 @@
-"""The Celery app: queues `actors` (simulated robots), `learner` (training, concurrency 1), `default`, and
-`background` (replay rendering, at low CPU priority)."""
+"""The Celery app: queues `actors` (simulated robots), `learner` (training, concurrency 1), `control` (governance
+checks, the offline sweep, the learner's watchdog: never behind bulk work), `default`, and `background` (replay
+rendering and dataset exports, at low CPU priority). Routes are in settings (CELERY_TASK_ROUTES)."""
 import os
 
 from celery import Celery
@@ -23,9 +24,9 @@ BACKGROUND_QUEUES = {"background"}
 
 @celeryd_after_setup.connect
 def lower_background_priority(sender, instance, **kwargs):
-    """A worker that serves only bulk queues (replay rendering) runs at BACKGROUND_NICE, pool children included
-    (they fork after this): on a machine shared with robots and the learner it takes only CPU nobody else wants.
-    A worker that also serves other queues keeps its priority, so governance and sweeps are never slowed."""
+    """A worker that serves only bulk queues (replay rendering, exports) runs at BACKGROUND_NICE, pool children
+    included (they fork after this): on a machine shared with robots and the learner it takes only CPU nobody else
+    wants. A worker that also serves other queues keeps its priority, so governance and sweeps are never slowed."""
     from django.conf import settings
 
     queues = set(instance.app.amqp.queues.consume_from or ())

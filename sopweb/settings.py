@@ -345,8 +345,16 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_BACKEND = None  # progress goes to rows and live events, never to results
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
+# Queues, each served by its own worker process (Procfile): `actors` (robots' episodes), `learner` (training),
+# `control` (what keeps the fleet safe: governance checks with their automatic rollbacks, finishing evaluations,
+# the offline sweep, the learner's watchdog), `background` (bulk work at low CPU priority: replay renders, dataset
+# exports) and `default` (the rest: render-ahead, retention, eviction). A flood of bulk or default work never
+# delays a control task: none of it can occupy the control worker.
+CONTROL_TASKS = ["governance.check", "governance.finish_evaluations", "fleet.sweep_robots", "learner.ensure_running"]
 CELERY_TASK_ROUTES = {"actors.*": {"queue": "actors"}, "learner.train": {"queue": "learner"},
-                      "review.render_replay": {"queue": "background"}}
+                      "review.render_replay": {"queue": "background"},
+                      "review.export_dataset": {"queue": "background"},
+                      **{name: {"queue": "control"} for name in CONTROL_TASKS}}
 CELERY_TASK_SOFT_TIME_LIMIT = env_number("CELERY_TASK_SOFT_TIME_LIMIT", 300, min_value=1)
 CELERY_TASK_TIME_LIMIT = env_number("CELERY_TASK_TIME_LIMIT", 360, min_value=1)
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -454,8 +462,24 @@ REVIEW_RENDER_THREADS = env_number("REVIEW_RENDER_THREADS", 1, min_value=1, max_
 REVIEW_RENDER_TIME_LIMIT = env_number("REVIEW_RENDER_TIME_LIMIT", 300, min_value=10)
 # A queued or rendering replay that has not moved for this long is queued again (its worker died).
 REVIEW_RENDER_STALE_SECONDS = env_number("REVIEW_RENDER_STALE_SECONDS", 120.0, kind=float, min_value=10.0)
-# Larger exports go through `manage.py export_dataset` rather than a request.
+# Renders people cause (opening an episode, replay.json, retry) per user per window; past it, 429 (core.ratelimit).
+# Polling a replay that is rendered or on its way costs nothing.
+REVIEW_RENDER_RATE_LIMIT = env_number("REVIEW_RENDER_RATE_LIMIT", 60, min_value=1)
+REVIEW_RENDER_RATE_WINDOW = env_number("REVIEW_RENDER_RATE_WINDOW", 600.0, kind=float, min_value=1.0,
+                                       max_value=86400.0)
+# At most this many renders queued or rendering at once, system-wide: a request for another is answered 503 and
+# queues nothing. Render-ahead fills at most half of it, so people's own requests always have room.
+REVIEW_RENDER_QUEUE_MAX = env_number("REVIEW_RENDER_QUEUE_MAX", 20, min_value=1, max_value=10000)
+# Dataset exports are Celery jobs on `background` (review.DatasetExport): at most this many episodes per job
+# (larger sets go through `manage.py export_dataset`), this many queued or running per user, this long each, and
+# the zip is kept this many days.
 REVIEW_EXPORT_MAX_EPISODES = env_number("REVIEW_EXPORT_MAX_EPISODES", 2000, min_value=1)
+REVIEW_EXPORTS_PER_USER = env_number("REVIEW_EXPORTS_PER_USER", 1, min_value=1, max_value=100)
+REVIEW_EXPORT_TIME_LIMIT = env_number("REVIEW_EXPORT_TIME_LIMIT", 1800, min_value=10)
+REVIEW_EXPORT_KEEP_DAYS = env_number("REVIEW_EXPORT_KEEP_DAYS", 7.0, kind=float, min_value=0.01)
+# Exports a person may start per window (dataset export jobs and audit CSV downloads together); past it, 429.
+EXPORT_RATE_LIMIT = env_number("EXPORT_RATE_LIMIT", 10, min_value=1)
+EXPORT_RATE_WINDOW = env_number("EXPORT_RATE_WINDOW", 3600.0, kind=float, min_value=1.0, max_value=7 * 86400.0)
 
 # Checkpoint retention (learner.retention): the newest CHECKPOINT_KEEP_LAST versions keep their files whatever their
 # state, and so do the CHECKPOINT_KEEP_FLEET versions the fleet ran before the deployed one (successive roll-back
@@ -471,7 +495,7 @@ CELERY_BEAT_SCHEDULE = {
     "keep-learner-running": {"task": "learner.ensure_running", "schedule": LEARNER_WATCHDOG_SECONDS},
     "prune-checkpoints": {"task": "learner.prune_checkpoints", "schedule": CHECKPOINT_PRUNE_INTERVAL},
     "render-replays-ahead": {"task": "review.render_ahead", "schedule": 30.0},
-    "evict-old-replays": {"task": "review.evict_replays", "schedule": 3600.0},
+    "evict-old-files": {"task": "review.evict_old_files", "schedule": 3600.0},
 }
 
 # --- rollout governance (governance/) ----------------------------------------------------------------

@@ -110,8 +110,8 @@ def stop_group(proc: subprocess.Popen, timeout: float = 20) -> None:
 class WorkerProcess:
     """A real Celery worker (its own process group) against the test database and the test Redis."""
 
-    def __init__(self, log: Path, queues: str = "default,actors,learner", concurrency: int = 1,
-                 prefork: bool = False, **env):
+    def __init__(self, log: Path, queues: str = "default,control,actors,learner", concurrency: int = 1,
+                 include: str | None = None, prefork: bool = False, **env):
         """One process (`--pool solo`) for concurrency 1 unless `prefork`: then a parent and its pool children, as
         in production, where the parent replaces a child that dies."""
         self.log = log
@@ -119,7 +119,8 @@ class WorkerProcess:
             ["--pool", "prefork", "--concurrency", str(concurrency)]
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "sopweb", "worker", "-Q", queues, *pool, "--without-mingle",
+                [sys.executable, "-m", "celery", "-A", "sopweb", "worker", "-Q", queues, *pool,
+                 *(["--include", include] if include else []), "--without-mingle",
                  "--without-gossip", "-n", f"test-{log.stem}-{os.getpid()}@%h", "--loglevel", "INFO"],
                 cwd=ROOT, env=process_env(**env), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
@@ -139,7 +140,8 @@ class WorkerProcess:
 
 @pytest.fixture
 def start_worker(transactional_db, tmp_path):
-    """Start real workers: start_worker(queues=..., concurrency=..., ENV=value...). Stopped after the test."""
+    """Start real workers: start_worker(queues=..., concurrency=..., include="module,...", ENV=value...); `include`
+    names extra task modules the worker imports (tests' own probes). Stopped after the test."""
     workers = []
 
     def start(name: str = "worker", **kwargs) -> WorkerProcess:

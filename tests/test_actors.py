@@ -107,7 +107,7 @@ def test_a_killed_worker_leaves_no_partial_episode_and_the_robot_runs_again(star
     victim.kill()  # SIGKILL mid-episode
     assert not Episode.objects.exists()
 
-    start_worker("rescuer", queues="actors,default", FLEET_LEASE_SECONDS=2, **FAST)
+    start_worker("rescuer", queues="actors,control", FLEET_LEASE_SECONDS=2, **FAST)
 
     def recovered():
         sweep_robots.delay()  # what beat does every FLEET_SWEEP_INTERVAL seconds

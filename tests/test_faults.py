@@ -179,7 +179,7 @@ def test_a_stalled_then_killed_redis_loses_no_episode_and_everything_comes_back(
            "FLEET_LEASE_SECONDS": 5, "REDIS_SOCKET_TIMEOUT": 2, "DASHBOARD_HEARTBEAT_SECONDS": 1}
     robots = fleet_of(3, tasks)
     actors = start_worker("actors", queues="actors", concurrency=3, **env)
-    start_worker("control", queues="default", **env)
+    start_worker("control", queues="control", **env)
     start_beat(**env)
     web = start_web(**env)
     wait_for(lambda: every_robot_ran_since(robots, 0), 90, "every robot's first episode")
@@ -241,7 +241,7 @@ def test_a_postgresql_outage_keeps_finished_episodes_until_they_are_stored(
            "FLEET_LEASE_SECONDS": 5, "FLEET_INGEST_RETRY_SECONDS": 2}
     robots = fleet_of(3, tasks)
     actors = start_worker("actors", queues="actors", concurrency=3, **env)
-    start_worker("control", queues="default", **env)
+    start_worker("control", queues="control", **env)
     start_beat(**env)
     wait_for(lambda: every_robot_ran_since(robots, 0), 90, "every robot's first episode")
     outbox = Path(settings.FLEET_OUTBOX_DIR)
@@ -345,7 +345,7 @@ def test_a_killed_learner_resumes_within_30_seconds_from_its_saved_state(
     call_command("pretrain_base", "--demos-per-task", "2", "--steps", "20", "--deploy", stdout=io.StringIO())
     start_worker("actors", queues="actors", **env)
     learner = start_worker("learner", queues="learner", prefork=True, **env)
-    start_worker("control", queues="default", **env)
+    start_worker("control", queues="control", **env)
     start_beat(**env)
     control.start(robot, olivia)
     call_command("learner", "start", stdout=io.StringIO())

@@ -51,7 +51,7 @@ def test_a_candidate_is_evaluated_canaried_promoted_and_rolled_back_by_the_fleet
     v1 = publish_random_policy(1, names, seed=1)
     deploy_to_fleet(v1, reason="base")
     v2 = publish_random_policy(2, names, seed=2)
-    start_worker("fleet", queues="actors,default", concurrency=3, FLEET_REALTIME_FACTOR=0)
+    start_worker("fleet", queues="actors,default,control", concurrency=3, FLEET_REALTIME_FACTOR=0)
     for robot in robots:
         control.start(robot, olivia)
     client.force_login(sam)
@@ -156,7 +156,7 @@ def test_a_worse_canary_is_rolled_back_without_a_human_and_every_dashboard_shows
     governance_env = {"GOVERNANCE_CHECK_SECONDS": 1, "GOVERNANCE_CANARY_MIN_EPISODES": 6,
                       "GOVERNANCE_CANARY_MARGIN": 0.3}
     start_worker("actors", queues="actors", concurrency=2, FLEET_REALTIME_FACTOR=0)
-    start_worker("default", queues="default", **governance_env)
+    start_worker("control", queues="control,default", **governance_env)
     beat(**governance_env)
     started = time.monotonic()
     for robot in robots:

@@ -41,7 +41,7 @@ def test_the_learner_publishes_versions_that_actors_then_run(start_worker, fleet
     robot = fleet_with_base
     bus.client().delete(LEASE_KEY)
     start_worker("actors", queues="actors", FLEET_REALTIME_FACTOR=0, **LEARNER_ENV)
-    start_worker("learner", queues="learner,default", LEARNER_ALGORITHM=algorithm, **LEARNER_ENV)
+    start_worker("learner", queues="learner,default,control", LEARNER_ALGORITHM=algorithm, **LEARNER_ENV)
     control.start(robot, olivia)
     wait_for(lambda: Episode.objects.filter(robot=robot).exists(), 60, "a base-policy rollout (RECAP's value data)")
     call_command("learner", "start", "--as", "olivia", "--algorithm", algorithm, stdout=io.StringIO())

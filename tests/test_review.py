@@ -451,9 +451,9 @@ def test_labelled_episodes_export_as_a_lerobot_dataset_that_reads_back(task, ann
     assert stats[1]["stats"]["action"]["count"] == [40]
 
 
-def test_the_export_download_is_a_zip_of_the_dataset(client, task, anna, olivia):
-    import io
-    import zipfile
+def test_the_export_form_queues_a_job_for_matching_labels_only(client, task, anna, olivia,
+                                                                django_capture_on_commit_callbacks):
+    from review.models import DatasetExport
 
     episode = ingest(task, synthetic(steps=25))
     ReviewClaim.claim(episode, anna)
@@ -462,12 +462,17 @@ def test_the_export_download_is_a_zip_of_the_dataset(client, task, anna, olivia)
     assert client.post(reverse("review-export"), {"disposition": ["keep"]}).status_code == 403
     client.force_login(anna)
     assert client.get(reverse("review-export")).status_code == 200
-    response = client.post(reverse("review-export"), {"disposition": ["keep", "relabel"]})
-    assert response.status_code == 200 and response["Content-Type"] == "application/zip"
-    names = zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content))).namelist()
-    assert "sopweb-labelled-episodes/meta/info.json" in names
-    assert "sopweb-labelled-episodes/data/chunk-000/episode_000000.parquet" in names
     assert client.post(reverse("review-export"), {"disposition": ["exclude"]}).status_code == 400  # none match
+    assert not DatasetExport.objects.exists()
+    with django_capture_on_commit_callbacks() as queued:
+        response = client.post(reverse("review-export"), {"disposition": ["keep", "relabel"], "task": task.env_name})
+    export = DatasetExport.objects.get()
+    assert response.status_code == 302 and response["Location"] == reverse("review-export-job", args=[export.pk])
+    assert (export.requested_by, export.task, export.dispositions, export.episodes, export.status) == (
+        anna, task, ["keep", "relabel"], 1, DatasetExport.Status.QUEUED)
+    assert len(queued) == 1  # the job is sent once the row is committed
+    page = client.get(response["Location"]).content.decode()
+    assert "Waiting for a worker" in page and 'id="export-state"' in page and "js/export_job.js" in page
 
 
 def test_the_export_command_writes_the_dataset(task, anna, tmp_path):
@@ -487,7 +492,7 @@ def test_the_export_command_writes_the_dataset(task, anna, tmp_path):
 def test_old_replays_are_evicted_unless_someone_is_reviewing_them(task, anna, settings):
     from pathlib import Path
 
-    from review.tasks import evict_replays
+    from review.tasks import evict_old_files
 
     now = timezone.now()
     videos = {}
@@ -501,7 +506,7 @@ def test_old_replays_are_evicted_unless_someone_is_reviewing_them(task, anna, se
                                                   finished_at=now - timedelta(days=age_days))
     ReviewClaim.claim(videos["old-claimed"].episode, anna)
     settings.REVIEW_REPLAY_KEEP_DAYS = 14
-    assert evict_replays() == 1
+    assert evict_old_files()["replays"] == 1
     assert set(ReplayVideo.objects.values_list("pk", flat=True)) == {
         videos[name].pk for name in ("fresh", "old-claimed", "old-rendering")}
     assert not videos["old"].file.exists() and videos["fresh"].file.exists()

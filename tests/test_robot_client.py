@@ -85,7 +85,7 @@ def test_a_robot_client_process_feeds_the_dashboard_and_the_learner_and_swaps_ve
 
     robot, token = remote
     server = start_web(**LEARNER_ENV)
-    start_worker("learner", queues="learner,default", **LEARNER_ENV)
+    start_worker("learner", queues="learner,default,control", **LEARNER_ENV)
     dashboard = connect(f"ws://{server.address}/ws/fleet/", additional_headers={
         "Cookie": session_cookie(olivia), "Origin": f"http://{server.address}"})
     client = robot_client(server.address, token)

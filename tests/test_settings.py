@@ -46,6 +46,10 @@ def run_setup(tmp_path, code=SETUP, **env):
     ("LEARNER_DEVICE", "tpu", "expected auto, cpu or cuda"),
     ("CELERY_TASK_TIME_LIMIT", "10", "must exceed CELERY_TASK_SOFT_TIME_LIMIT"),
     ("SECRET_KEY_FILE", "/nonexistent/secret", "No such file"),
+    ("REVIEW_RENDER_QUEUE_MAX", "0", "in [1, 10000]"),
+    ("REVIEW_RENDER_RATE_LIMIT", "lots", "expected an integer"),
+    ("EXPORT_RATE_WINDOW", "0", "in [1.0, 604800.0]"),
+    ("REVIEW_EXPORTS_PER_USER", "0", "in [1, 100]"),
 ])
 def test_a_bad_value_stops_start_up_naming_the_variable(tmp_path, name, value, message):
     result = run_setup(tmp_path, **{name: value})

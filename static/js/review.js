@@ -74,10 +74,27 @@
     }
   }
 
+  // 429 (this person asked for too many renders) or 503 (the render queue is full): nothing was queued; say why
+  // and ask again once the server's Retry-After has passed.
+  function refused(response) {
+    return response.status === 429 || response.status === 503;
+  }
+
+  function showRefusal(response, body) {
+    progress.hidden = true;
+    retry.hidden = true;
+    message.className = "error";
+    message.textContent = body.error.charAt(0).toUpperCase() + body.error.slice(1) + ".";
+    setTimeout(poll, 1000 * (Number(response.headers.get("Retry-After")) || 30));
+  }
+
   function poll() {
     fetch(root.dataset.statusUrl, {credentials: "same-origin"})
-      .then((response) => response.json())
-      .then((state) => {
+      .then((response) => response.json().then((state) => {
+        if (refused(response)) {
+          showRefusal(response, state);
+          return;
+        }
         showState(state);
         if (state.status === "ready") {
           fps = state.fps;
@@ -87,16 +104,20 @@
         } else if (state.status !== "failed") {
           setTimeout(poll, 700);
         }
-      })
+      }))
       .catch(() => setTimeout(poll, 3000));
   }
   retry.addEventListener("click", () => {
     retry.disabled = true;
-    post(root.dataset.retryUrl).then((response) => response.json()).then((state) => {
+    post(root.dataset.retryUrl).then((response) => response.json().then((state) => {
       retry.disabled = false;
+      if (refused(response)) {
+        showRefusal(response, state);
+        return;
+      }
       showState(state);
       poll();
-    });
+    }));
   });
   poll();
 
