@@ -59,7 +59,8 @@ def unreachable_since() -> float | None:
     answers. Pings at most every HEALTH_PERIOD seconds, with a short timeout, so a page that asks is never held
     up for long: pages render from PostgreSQL and show a banner instead of live data while this is set."""
     now = time.monotonic()
-    if now - _health["checked"] >= HEALTH_PERIOD:
+    # In an outage it is asked again sooner: the banner should leave soon after Redis is back.
+    if now - _health["checked"] >= (HEALTH_PERIOD if redis_outage.since is None else HEALTH_PERIOD / 4):
         _health["checked"] = now
         try:
             _ping_client().ping()

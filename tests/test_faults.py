@@ -394,3 +394,46 @@ def test_a_killed_learner_resumes_within_30_seconds_from_its_saved_state(
     control.stop(robot, olivia)
     call_command("learner", "stop", stdout=io.StringIO())
     print(f"learner resumed {resumed_after:.1f} s after SIGKILL; {lost} steps lost")
+
+
+def test_a_page_says_reconnecting_while_redis_is_stalled_and_shows_a_banner(chromium, start_web, own_redis, olivia,
+                                                                            tasks, request):
+    """What an operator sees: the fleet page's badge turns from "live" to "reconnecting" when the heartbeats stop,
+    a page opened meanwhile renders from PostgreSQL with a banner saying since when Redis is unreachable, and both
+    come back by themselves."""
+    from tests.conftest import BrowserSession
+
+    version = publish_random_policy(1, TASK_NAMES)
+    robot = Robot.objects.create(name="sim-watched", policy_version=version)
+    robot.tasks.set(tasks)
+    web = start_web(DASHBOARD_HEARTBEAT_SECONDS=1, REDIS_SOCKET_TIMEOUT=2)
+    session = BrowserSession(chromium, f"http://{web.address}", request.node.name)
+    page = session.page
+    try:
+        session.login(olivia)
+        page.goto(f"http://{web.address}/fleet/")
+        page.wait_for_selector("#live-state.on")
+        own_redis.signal(signal.SIGSTOP)
+        try:
+            page.wait_for_function("() => document.getElementById('live-state').textContent === 'reconnecting'",
+                                   timeout=15_000)
+            session.screenshot("stalled")
+            page.goto(f"http://{web.address}/fleet/")
+            banner = page.locator("#live-unavailable")
+            assert "Live updates unavailable: Redis unreachable since" in banner.inner_text()
+            assert page.locator("article.tile[data-robot]").count() == 1  # the fleet, from PostgreSQL
+            session.screenshot("banner")
+        finally:
+            own_redis.signal(signal.SIGCONT)
+        page.wait_for_function("() => document.getElementById('live-state').textContent === 'live'", timeout=30_000)
+
+        def banner_gone():  # each web process asks Redis again at most every half second during an outage
+            page.goto(f"http://{web.address}/fleet/")
+            return page.locator("#live-unavailable").count() == 0
+
+        wait_for(banner_gone, 10, "the banner to leave once Redis answers", interval=0.5)
+        page.wait_for_selector("#live-state.on")
+        assert session.console_errors == [] or all("WebSocket" in e for e in session.console_errors)
+    finally:
+        session.screenshot("end")
+        session.context.close()
