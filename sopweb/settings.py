@@ -302,6 +302,8 @@ WS_PERMISSION_RECHECK_SECONDS = env_number("WS_PERMISSION_RECHECK_SECONDS", 60.0
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env_str("TIME_ZONE", "UTC")
+# One date format on every page (ISO-like, absolute): sopweb/formats/en/formats.py.
+FORMAT_MODULE_PATH = ["sopweb.formats"]
 USE_I18N = False
 USE_TZ = True
 
