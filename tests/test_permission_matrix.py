@@ -204,7 +204,7 @@ EXPECTED: dict[str, Rule] = {
     "review-claim": action(ANNOTATORS, post=200, args={"pk": Of("episode")}),
     "review-dismiss": action(ANNOTATORS, {"reason": "nothing wrong"}, args={"pk": Of("episode")}),
     "review-replay-status": page(EPISODE_READERS, args={"pk": Of("episode")}),
-    "review-replay-retry": action(EPISODE_READERS, post=200, args={"pk": Fresh(failed_replay)}),
+    "review-replay-retry": action(ANNOTATORS, post=200, args={"pk": Fresh(failed_replay)}),  # a write: reviewers
     "review-replay-file": page(EPISODE_READERS, args={"pk": Of("episode")}),
     "review-flags": page(FLEET_WATCHERS),
     # 400 is the export's own answer (no relabelled episode to export): the permission let the request through
