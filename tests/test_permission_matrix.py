@@ -292,7 +292,7 @@ ADMIN_SITE = {
     "admin:autocomplete": ("/admin/autocomplete/", site(403)),  # names no model field to complete
     "admin:jsi18n": ("/admin/jsi18n/", site(200)),
     "admin:view_on_site": (None, site(404)),  # no model has a public URL (get_absolute_url)
-    "admin:app_list": (None, None),  # an app's index: shown to staff who may see one of its models, else 404
+    "admin:app_list": (None, None),  # one per app (app_index)
     CATCH_ALL: ("/admin/no-such-page/", site(404)),
 }
 
@@ -317,11 +317,7 @@ def admin_target(route: Route) -> tuple[str, str] | None:
 def admin_cases(route: Route, world: World) -> list[tuple[str, Rule]]:
     label, view = admin_target(route)
     if view == "admin:app_list":
-        apps = sorted({label.split(".")[0] for label in ADMIN_MODELS})
-        return [(reverse(view, args=[app]), site(*(200 if any(getattr(rule, who) for label, rule in
-                                                              ADMIN_MODELS.items() if label.startswith(f"{app}."))
-                                                    else 404 for who in ("supervisor", "superuser"))))
-                for app in apps]
+        return [(reverse(view, args=[app]), app_index(app)) for app in sorted({m.split(".")[0] for m in ADMIN_MODELS})]
     if view == "admin:view_on_site":
         task = world.tasks[0]
         return [(reverse(view, args=[ContentType.objects.get_for_model(task).pk, task.pk]), ADMIN_SITE[view][1])]
@@ -334,6 +330,12 @@ def admin_cases(route: Route, world: World) -> list[tuple[str, Rule]]:
     needs = ADMIN_EXTRA_VIEWS[view][1] if view in ADMIN_EXTRA_VIEWS else ADMIN_MODEL_VIEWS[view]
     rule = ADMIN_MODELS[label]
     return [(path, staff(*(200 if getattr(rule, who) & needs else 403 for who in ("supervisor", "superuser"))))]
+
+
+def app_index(app: str) -> Rule:
+    """An app's admin index: shown to staff who may see one of its models, 404 to the others."""
+    models = [rule for label, rule in ADMIN_MODELS.items() if label.startswith(f"{app}.")]
+    return site(*(200 if any(getattr(rule, who) for rule in models) else 404 for who in ("supervisor", "superuser")))
 
 
 # --- the routes ----------------------------------------------------------------------------------------------------
@@ -657,7 +659,7 @@ async def knock(path: str, headers: list) -> int | str:
         connected, code = await communicator.connect(timeout=10)
         if not connected:
             return code
-        if await communicator.receive_nothing(timeout=0.5):
+        if await communicator.receive_nothing(timeout=1):
             return OPEN
         message = await communicator.receive_output()
         return message.get("code", 1000) if message["type"] == "websocket.close" else OPEN
