@@ -13,7 +13,7 @@ to add. Each URL is then requested by each persona with the methods its entry na
   admin's login, and staff get what their model permissions allow (ADMIN_MODELS);
 - PUBLIC: everyone gets the same answer.
 
-Each URL (the admin: each model) gets a fresh world. Within it, refusals are tried before the requests that are let
+Each URL (the admin: each model) starts from the same world (`shared_world`). Within it, refusals are tried before the requests that are let
 through, so an allowed POST cannot change what a later case sees, and a refused POST or PUT must change nothing
 (`footprint`). An action that uses up its object takes a fresh one for each request (`Fresh`).
 """
@@ -34,6 +34,7 @@ from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_K
 from django.contrib.auth.models import User
 from django.contrib.contenttypes.models import ContentType
 from django.contrib.sessions.models import Session
+from django.db import transaction
 from django.shortcuts import resolve_url
 from django.test import Client
 from django.test.client import ClientHandler
@@ -53,7 +54,7 @@ from learner.models import PolicyVersion
 from review.models import EpisodeFlag, EpisodeLabel, ReplayVideo, ReviewClaim
 from sopweb.asgi import API_MIDDLEWARE, application
 from tests.conftest import make_user, publish_random_policy, session_cookie
-from tests.factories import TASK_NAMES
+from tests.factories import TASK_NAMES, make_tasks
 from tests.reviewing import ingest, synthetic
 
 # --- personas --------------------------------------------------------------------------------------------------
@@ -457,10 +458,28 @@ class World:
         return row
 
 
+@pytest.fixture(scope="class")
+def shared_world(django_db_setup, django_db_blocker):
+    """One world for the whole matrix, built once inside a transaction that is rolled back afterwards. Each test runs
+    in a savepoint within it (pytest-django's `db`), so each starts from this world as it was built: what Django's
+    setUpTestData does. Building it for each test took a third of the matrix's time."""
+    with django_db_blocker.unblock(), transaction.atomic(), override_settings(PASSWORD_HASHERS=FAST_HASHER):
+        yield build_world()
+        transaction.set_rollback(True)
+
+
 @pytest.fixture
-def world(db, tasks) -> World:
+def world(shared_world, db) -> World:
+    return shared_world
+
+
+FAST_HASHER = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # as tests.conftest's (function-scoped) fixture
+
+
+def build_world() -> World:
     from axes.models import AccessAttempt, AccessFailureLog, AccessLog
 
+    tasks = make_tasks()
     people = {OUTSIDER: make_user("oscar"), OPERATOR: make_user("olivia", "operators"),
               SUPERVISOR: make_user("sam", "supervisors"), ANNOTATOR: make_user("anna", "annotators"),
               STAFF: make_user("stella", "supervisors"), SUPERUSER: User.objects.create_superuser("root")}
@@ -589,19 +608,24 @@ def footprint() -> tuple:
     )
 
 
-@pytest.mark.parametrize("name", GROUPS)
-def test_each_persona_gets_what_the_matrix_declares(name, world):
-    admin_group = GROUPS[name][0].namespace == "admin"
-    personas = ADMIN_PERSONAS if admin_group else PERSONAS
-    visitors = {persona: Visitor(world.people.get(persona), world.tokens.get(persona)) for persona in personas}
-    wrong = []
-    for route in GROUPS[name]:
-        cases = cases_for(route, world)
-        if cases is None:
-            pytest.fail(f"{route.key} has no declared expectation: see test_every_route_has_a_declared_expectation")
-        for path, rule in cases:
-            wrong += try_everyone(path, rule, personas, visitors, world)
-    assert not wrong, "\n".join(wrong)
+class TestEveryRoute:
+    """A class for its world: built once for all of them (shared_world), torn down before the socket tests, whose
+    transactions must not wait on it."""
+
+    @pytest.mark.parametrize("name", GROUPS)
+    def test_each_persona_gets_what_the_matrix_declares(self, name, world):
+        admin_group = GROUPS[name][0].namespace == "admin"
+        personas = ADMIN_PERSONAS if admin_group else PERSONAS
+        visitors = {persona: Visitor(world.people.get(persona), world.tokens.get(persona)) for persona in personas}
+        wrong = []
+        for route in GROUPS[name]:
+            cases = cases_for(route, world)
+            if cases is None:
+                pytest.fail(f"{route.key} has no declared expectation: see "
+                            f"test_every_route_has_a_declared_expectation")
+            for path, rule in cases:
+                wrong += try_everyone(path, rule, personas, visitors, world)
+        assert not wrong, "\n".join(wrong)
 
 
 def try_everyone(path: Callable[[], str], rule: Rule, personas, visitors, world) -> list[str]:
