@@ -234,8 +234,10 @@ def replay_status(request, pk: int):
 
 
 @require_POST
-@permission_required("fleet.view_episode", raise_exception=True)
+@permission_required("review.label_episode", raise_exception=True)
 def replay_retry(request, pk: int):
+    """The labelling page's retry button: a state change (audited) that queues a render, so it takes the reviewers'
+    permission, not the one to read episodes."""
     video = get_object_or_404(ReplayVideo, pk=pk)
     try:
         jobs.retry_replay(request.user, video)
