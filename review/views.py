@@ -40,6 +40,8 @@ SKIPPED_KEPT = 200  # episodes an annotator skipped this session are not offered
 SHORTCUTS = [
     ("Space", "play / pause the replay"),
     ("← / →", "one step back / forward (Shift: ten steps)"),
+    ("Home / End", "the first / last step"),
+    ("[ / ]", "play slower / faster (0.25× to 2×)"),
     ("F", "the failure began at the cursor's step"),
     ("1 – 9", "failure mode"),
     ("K / X / R", "keep as is / exclude from training / relabel with expert corrections"),

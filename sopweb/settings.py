@@ -477,6 +477,10 @@ for _name in ("REVIEW_VIDEO_WIDTH", "REVIEW_VIDEO_HEIGHT"):
     if globals()[_name] % 16:
         raise _bad(_name, str(globals()[_name]), "video sizes are multiples of 16 (H.264 macroblocks)")
 REVIEW_VIDEO_CAMERA = env_str("REVIEW_VIDEO_CAMERA", "corner")
+# A replay draws every REVIEW_VIDEO_STRIDE-th control step (2: 40 fps at the robot's 80 Hz, still its own pace) and,
+# with REVIEW_VIDEO_ANTIALIAS, 4x multisampling, which costs three times the frame in software rendering.
+REVIEW_VIDEO_STRIDE = env_number("REVIEW_VIDEO_STRIDE", 2, min_value=1, max_value=8)
+REVIEW_VIDEO_ANTIALIAS = env_bool("REVIEW_VIDEO_ANTIALIAS", False)
 # Replays render on the `background` queue, whose worker runs at this niceness (0-19) so that bulk work never takes
 # CPU from robots, ingestion or the learner, with this many render threads (OSMesa's llvmpipe and x264).
 BACKGROUND_NICE = env_number("BACKGROUND_NICE", 10, min_value=0, max_value=19)
