@@ -82,10 +82,10 @@ def labelled(task, annotator, count: int, disposition: str = "keep") -> list:
 # --- replay renders --------------------------------------------------------------------------------------
 
 def test_a_viewer_past_the_render_rate_gets_429_with_retry_after_and_nothing_is_queued(
-        client, task, olivia, sam, settings, django_capture_on_commit_callbacks):
+        client, task, anna, sam, settings, django_capture_on_commit_callbacks):
     settings.REVIEW_RENDER_RATE_LIMIT = 3
     episodes = [ingest(task, synthetic(seed=i)) for i in range(5)]
-    client.force_login(olivia)  # an operator: any viewer of episodes may ask for replays
+    client.force_login(anna)  # any viewer of episodes may ask for replays; reviewers may also retry one
     for episode in episodes[:3]:
         assert replay_status(client, episode).json()["status"] == "queued"
 
@@ -104,11 +104,11 @@ def test_a_viewer_past_the_render_rate_gets_429_with_retry_after_and_nothing_is_
     assert ReplayVideo.objects.count() == 4
 
 
-def test_a_failed_render_retried_past_the_rate_is_refused_and_stays_failed(client, task, olivia, settings):
+def test_a_failed_render_retried_past_the_rate_is_refused_and_stays_failed(client, task, anna, settings):
     settings.REVIEW_RENDER_RATE_LIMIT = 1
     first, failed = ingest(task, synthetic(seed=1)), ingest(task, synthetic(seed=2))
     ReplayVideo.objects.create(episode=failed, status=ReplayVideo.Status.FAILED, error="boom")
-    client.force_login(olivia)
+    client.force_login(anna)
     assert replay_status(client, first).status_code == 200
     refused = client.post(reverse("review-replay-retry", args=[failed.pk]))
     assert refused.status_code == 429 and "Retry-After" in refused
@@ -134,7 +134,7 @@ def test_the_render_cap_refuses_new_renders_and_still_answers_queued_and_rendere
     rendered, first, second, third, failed = (ingest(task, synthetic(seed=i)) for i in range(5))
     ready(rendered)
     ReplayVideo.objects.create(episode=failed, status=ReplayVideo.Status.FAILED, error="boom")
-    client.force_login(olivia)
+    client.force_login(anna)
     assert replay_status(client, first).json()["status"] == "queued"
     assert replay_status(client, second).json()["status"] == "queued"
 
