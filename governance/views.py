@@ -120,6 +120,7 @@ def version(request, number: int):
     return render(request, "governance/version.html", {
         "version": row, "evaluation": evaluation, "figures": comparison(evaluation) if evaluation else None,
         "deployed": deployed, "replaced": replaced, "online": online, "spans": _spans(online),
+        "rolled_out": replaced is not None or row.rollouts.exists(),
         "rollout_mode": rules.summary(control),
         "frozen_refused": [word for word in open_decisions if word in FROZEN_OUT] if control.frozen else [],
         "canary": canary, "analysis": canary_analysis(canary) if canary and row.state == State.CANARY else None,

@@ -10,8 +10,9 @@
     // Plotly 2+ takes titles as {text}: a bare string is ignored (the charts were drawn without any).
     const layout = (id, y, extra) => Object.assign({
       title: {text: document.getElementById(id).dataset.title || "", font: {size: 14}},
-      margin: {t: 40, r: 10, b: 45, l: 60}, height: 280,
-      xaxis: {title: {text: "learner step"}}, yaxis: {title: {text: y}}, legend: {orientation: "h", y: -0.25},
+      margin: {t: 40, r: 10, b: 80, l: 60}, height: 320,
+      xaxis: {title: {text: "learner step"}}, yaxis: {title: {text: y}},
+      legend: {orientation: "h", x: 0, y: -0.3, yanchor: "top"},  // below the axis title, not over it
     }, extra || {});
     const config = {displayModeBar: false, responsive: true};
     Plotly.newPlot("chart-loss", [{x: steps, y: curves.map((p) => p.loss), name: "loss", mode: "lines"}],
