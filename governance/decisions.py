@@ -298,8 +298,8 @@ def redeploy(version: PolicyVersion, actor, reason: str = "") -> PolicyVersion:
             raise IllegalTransition(
                 f"cannot redeploy {version}: retention removed its checkpoint on "
                 f"{version.checkpoint_removed_at:%Y-%m-%d %H:%M} UTC, so it can no longer run. Only the last "
-                f"{settings.CHECKPOINT_KEEP_FLEET} versions the fleet ran and the newest {settings.CHECKPOINT_KEEP_LAST} "
-                "keep theirs (CHECKPOINT_KEEP_FLEET, CHECKPOINT_KEEP_LAST)")
+                f"{settings.CHECKPOINT_KEEP_FLEET} versions the fleet ran and the newest "
+                f"{settings.CHECKPOINT_KEEP_LAST} keep theirs (CHECKPOINT_KEEP_FLEET, CHECKPOINT_KEEP_LAST)")
         if version.state != State.SUPERSEDED:
             raise IllegalTransition(f"cannot redeploy {version}: it is {version.get_state_display()} now (it may just "
                                     "have been decided by someone else); only a superseded version can be redeployed")

@@ -163,7 +163,8 @@ def decide(request, number: int, decision: str):
     except IllegalTransition as exc:
         _refused(request, exc)
     else:
-        messages.success(request, f"{row} {decisions.WORDS[verb]}" + (" and deployments frozen." if and_freeze else "."))
+        done = f"{row} {decisions.WORDS[verb]}"
+        messages.success(request, done + (" and deployments frozen." if and_freeze else "."))
     return redirect("rollout-version", number=row.number)
 
 

@@ -250,7 +250,7 @@ def test_redeploying_is_allowed_while_frozen(superseded, sam):
     assert fleet_versions() == {1}
 
 
-# --- the pages ---------------------------------------------------------------------------------------------------------
+# --- the pages -----------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("persona", ["olivia", "anna", "oscar", "anonymous"])
