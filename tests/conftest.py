@@ -226,6 +226,17 @@ def clean_test_redis():
 
 
 @pytest.fixture(autouse=True)
+def fresh_rollout_mode():
+    """Each test reads the rollout mode afresh: governance.mode keeps a copy per process for a couple of seconds,
+    which would outlive the test's rolled-back row."""
+    from governance import mode
+
+    mode.forget()
+    yield
+    mode.forget()
+
+
+@pytest.fixture(autouse=True)
 def fast_password_hashing(settings):
     """PBKDF2's deliberate slowness is not what these tests are about."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
