@@ -24,7 +24,8 @@ def task(db):
 
 @pytest.fixture
 def robot(task):
-    robot = Robot.objects.create(name="sim-01", status=Robot.Status.RUNNING, last_heartbeat=timezone.now())
+    robot = Robot.objects.create(name="sim-01", status=Robot.Status.RUNNING, enabled=True,
+                                 last_heartbeat=timezone.now())
     robot.tasks.set([task])
     return robot
 
@@ -47,7 +48,7 @@ def test_only_operators_may_use_any_control(client, request, robot, persona):
     for url, data in endpoints(robot):
         assert client.post(url, data).status_code == 403, url
     robot.refresh_from_db()
-    assert (robot.status, robot.enabled) == (Robot.Status.RUNNING, False)
+    assert (robot.status, robot.enabled) == (Robot.Status.RUNNING, True)
     assert Robot.objects.count() == 1 and not AuditEvent.objects.exists()
 
 
@@ -59,6 +60,7 @@ def test_anonymous_controls_are_sent_to_log_in(client, robot):
 
 
 def test_an_operator_starts_and_stops_a_robot(client, olivia, robot, django_capture_on_commit_callbacks):
+    Robot.objects.filter(pk=robot.pk).update(enabled=False)
     client.force_login(olivia)
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         client.post(reverse("robot-command", args=[robot.pk, "start"]))
@@ -71,6 +73,7 @@ def test_an_operator_starts_and_stops_a_robot(client, olivia, robot, django_capt
 
 
 def test_starting_twice_is_refused_with_a_message(client, olivia, robot):
+    Robot.objects.filter(pk=robot.pk).update(enabled=False)
     client.force_login(olivia)
     client.post(reverse("robot-command", args=[robot.pk, "start"]))
     response = client.post(reverse("robot-command", args=[robot.pk, "start"]), follow=True)
@@ -112,6 +115,7 @@ def test_add_then_remove_robots(client, olivia, task, robot):
     now = timezone.now()
     Episode.objects.create(robot=robot, task=task, seed=1, outcome="timeout", steps=1, total_return=0,
                            started_at=now, finished_at=now)
+    Robot.objects.filter(pk=robot.pk).update(enabled=False)  # only a stopped robot is removed
     client.post(reverse("robot-command", args=[robot.pk, "remove"]))
     robot.refresh_from_db()
     assert robot.retired  # ran episodes: retired, history kept
@@ -146,6 +150,7 @@ def test_bad_robot_additions_change_nothing(client, olivia, robot, data):
 def test_the_fleet_command_manages_robots(task, olivia):
     out = io.StringIO()
     call_command("fleet", "add", "sim-a", "sim-b", "--tasks", "pick-place-v3", stdout=out)
+    call_command("fleet", "start", "sim-a", "sim-b", stdout=out)
     call_command("fleet", "--as", "olivia", "pause", "--all", "--reason", "maintenance", stdout=out)
     call_command("fleet", "list", stdout=out)
     assert "sim-a" in out.getvalue() and "paused" in out.getvalue()
@@ -167,3 +172,4 @@ def test_generate_demos_stores_successful_expert_episodes_once(task):
     assert demos.count() == 2  # cached: nothing regenerated
     with pytest.raises(CommandError):
         call_command("generate_demos", "--tasks", "make-coffee-v3")
+
