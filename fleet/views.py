@@ -218,8 +218,11 @@ def episode(request, pk: int):
 
     row = get_object_or_404(Episode.objects.select_related("task", "robot", "policy_version"), pk=pk)
     series = episode_series(row, load_arrays(row))
+    flags = list(row.flags.select_related("raised_by", "resolved_by"))
+    # One open flag per person and episode (review's constraint): theirs is shown instead of the form.
+    mine = next((f for f in flags if f.raised_by_id == request.user.pk and f.status == "open"), None)
     return render(request, "fleet/episode.html", {
-        "episode": row, "series": series, "flags": row.flags.select_related("raised_by", "resolved_by"),
+        "episode": row, "series": series, "flags": flags, "my_open_flag": mine,
         "segments": series["segments"], "can_flag": request.user.has_perm("review.flag_episode"),
         "flag_form": FlagForm(),
     })
