@@ -153,7 +153,7 @@ def test_an_operator_enrols_a_remote_robot_from_the_fleet_page_and_revokes_its_t
     token = page.inner_text("#robot-token").strip()
     assert token.startswith("sopr_")
     session.screenshot("token-shown-once")
-    page.get_by_role("link", name="arm-remote-1's page").click()
+    page.get_by_role("link", name="arm-remote-1's credentials").click()
     row = page.locator(f'tr[data-token="{token.split("_")[1]}"]')
     assert row.locator("td").nth(1).inner_text() == "active" and token not in page.content()
     session.screenshot("remote-robot-page")

@@ -173,3 +173,90 @@ def test_generate_demos_stores_successful_expert_episodes_once(task):
     with pytest.raises(CommandError):
         call_command("generate_demos", "--tasks", "make-coffee-v3")
 
+
+# --- what a tile shows and offers, and every command's reason ------------------------------------------------
+
+def post_json(client, robot, command, **data):
+    return client.post(reverse("robot-command", args=[robot.pk, command]), data, HTTP_ACCEPT="application/json")
+
+
+def test_a_command_answers_with_the_new_state_and_dashboards_hear_it(client, olivia, robot, monkeypatch):
+    heard = []
+    monkeypatch.setattr(control, "broadcast_on_commit", lambda event, data, **kw: heard.append((event, data)))
+    client.force_login(olivia)
+    response = post_json(client, robot, "takeover", reason="it is about to drop the box")
+    assert response.status_code == 200
+    state = response.json()["robot"]
+    assert (state["state"], state["label"]) == ("operator", "operator in control")
+    assert state["commands"] == ["stop", "pause"]  # no second takeover
+    assert heard == [("robot.status", {**state, "verb": "robot.takeover"})]
+    assert AuditEvent.objects.get(verb="robot.takeover").reason == "it is about to drop the box"
+
+
+def test_a_refused_command_says_why_and_answers_with_the_state_as_it_is(client, olivia, robot):
+    Robot.objects.filter(pk=robot.pk).update(enabled=False)  # stopped meanwhile, by someone else
+    client.force_login(olivia)
+    response = post_json(client, robot, "takeover")
+    assert response.status_code == 409
+    assert response.json()["error"] == "Cannot take over robot sim-01: it is stopped; start it first"
+    assert response.json()["robot"]["state"] == "stopped"
+    assert response.json()["robot"]["commands"] == ["start", "remove"]
+    assert not AuditEvent.objects.exists()
+
+
+def test_a_plain_form_post_returns_to_the_page_it_came_from(client, olivia, robot):
+    client.force_login(olivia)
+    page = reverse("robot-detail", args=[robot.pk])
+    response = client.post(reverse("robot-command", args=[robot.pk, "pause"]), {"next": page})
+    assert response["Location"] == page
+    response = client.post(reverse("robot-command", args=[robot.pk, "resume"]), {"next": "https://evil.example/"})
+    assert response["Location"] == reverse("fleet")  # never off the site
+
+
+def test_the_fleet_page_renders_only_the_buttons_each_state_allows(client, olivia, robot, task):
+    stopped = Robot.objects.create(name="sim-02")
+    client.force_login(olivia)
+    html = client.get(reverse("fleet")).content.decode()
+    tiles = {r.pk: html.split(f'data-robot="{r.pk}"')[1].split("</article>")[0] for r in (robot, stopped)}
+
+    def offered(tile):
+        return [part.split('"')[0] for part in tile.split('data-command="')[1:]
+                if " hidden>" not in part.split(">")[0] + ">"]
+
+    assert offered(tiles[robot.pk]) == ["stop", "pause", "takeover"]
+    assert offered(tiles[stopped.pk]) == ["start", "remove"]
+    assert 'class="status state-policy" data-field="status">policy in control<' in tiles[robot.pk]
+    assert 'class="status state-stopped" data-field="status">stopped<' in tiles[stopped.pk]
+    assert 'name="reason"' in tiles[robot.pk]
+
+
+def test_every_operator_action_on_the_page_keeps_its_reason(client, olivia, robot, task):
+    client.force_login(olivia)
+    client.post(reverse("robot-add"), {"name": "sim-02", "tasks": ["pick-place-v3"], "reason": "spare arm"})
+    client.post(reverse("robot-tasks", args=[robot.pk]), {"tasks": ["pick-place-v3"], "reason": "one task only"})
+    client.post(reverse("fleet-command", args=["start"]), {"reason": "shift begins"})
+    client.post(reverse("fleet-command", args=["stop"]), {})
+    reasons = dict(AuditEvent.objects.values_list("verb", "reason").order_by("id"))
+    assert reasons["robot.add"] == "spare arm" and reasons["robot.set_tasks"] == "one task only"
+    assert reasons["robot.start"] == "shift begins"
+    assert reasons["robot.stop"] == "whole fleet"  # said nothing: the scope is the reason
+
+
+def test_the_fleet_command_takes_over_and_every_action_keeps_its_reason(task, olivia):
+    out, err = io.StringIO(), io.StringIO()
+    call_command("fleet", "--as", "olivia", "add", "sim-c", "--tasks", "pick-place-v3", "--reason", "new arm",
+                 stdout=out)
+    call_command("fleet", "--as", "olivia", "start", "sim-c", "--reason", "calibrated", stdout=out)
+    robot = Robot.objects.get(name="sim-c")
+    control.heartbeat(robot, Robot.Status.RUNNING)
+    call_command("fleet", "--as", "olivia", "takeover", "sim-c", "--reason", "watch this grasp", stdout=out)
+    assert "takeover: sim-c (operator in control)" in out.getvalue()
+    with pytest.raises(CommandError, match="1 of 1 robot"):  # refused: an operator has it already
+        call_command("fleet", "--as", "olivia", "takeover", "sim-c", stdout=out, stderr=err)
+    assert "an operator is in control of it already" in err.getvalue()
+    call_command("fleet", "--as", "olivia", "stop", "sim-c", "--reason", "end of shift", stdout=out)
+    call_command("fleet", "--as", "olivia", "remove", "sim-c", "--reason", "sent for repair", stdout=out)
+    rows = list(AuditEvent.objects.filter(actor=olivia).order_by("id").values_list("verb", "reason"))
+    assert rows == [("robot.add", "new arm"), ("robot.start", "calibrated"), ("robot.takeover", "watch this grasp"),
+                    ("robot.stop", "end of shift"), ("robot.remove", "sent for repair")]
+
