@@ -119,6 +119,17 @@ def start(robot: Robot, actor, reason: str = "") -> AuditEvent:
     return event
 
 
+def start_if_never_commanded(robot: Robot, reason: str) -> bool:
+    """Start a robot that nobody has ever started or stopped: a demo's first start-up. A robot with a history keeps
+    what it was last told, so a restart never starts a robot a person stopped. True if it was started."""
+    told = AuditEvent.objects.filter(object_type=Robot._meta.label_lower, object_id=str(robot.pk),
+                                     verb__in=["robot.start", "robot.stop"])
+    if robot.enabled or robot.retired or told.exists():
+        return False
+    start(robot, None, reason=reason)
+    return True
+
+
 def stop(robot: Robot, actor, reason: str = "") -> AuditEvent:
     """Finish the running episode, then run no more."""
     event = robot.set_enabled(False, actor, reason)

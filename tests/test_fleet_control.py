@@ -260,3 +260,17 @@ def test_the_fleet_command_takes_over_and_every_action_keeps_its_reason(task, ol
     assert rows == [("robot.add", "new arm"), ("robot.start", "calibrated"), ("robot.takeover", "watch this grasp"),
                     ("robot.stop", "end of shift"), ("robot.remove", "sent for repair")]
 
+
+def test_a_restart_of_the_demo_keeps_robots_an_operator_stopped_stopped(task, olivia):
+    from fleet.management.commands.prepare_demo import start_robots
+
+    robots = [control.add(name, [task]) for name in ("sim-01x", "sim-02x", "sim-03x")]
+    assert start_robots().startswith("3 robots started; first start: sim-01x, sim-02x, sim-03x")
+    control.stop(robots[1], olivia, reason="gripper worn")
+    control.stop(robots[2], None, reason="stopped from the shell")  # `fleet stop` without --as: still a decision
+    for _ in range(2):  # a restart, and another
+        line = start_robots()
+        assert line == "1 robots started; left stopped, as someone left them: sim-02x, sim-03x"
+    assert [r.enabled for r in Robot.objects.filter(pk__in=[r.pk for r in robots]).order_by("name")] == [
+        True, False, False]
+    assert AuditEvent.objects.filter(verb="robot.start").count() == 3  # each started once, at the first start-up
