@@ -179,8 +179,12 @@ class Robot(models.Model):
             raise IllegalTransition(refusal)
         return locked
 
+    # What live_state() is computed from: a broadcast must read them fresh, never from an object an actor loaded at
+    # its episode's start (the robot may have been stopped since).
+    STATE_FIELDS = ("status", "status_changed_at", "enabled", "retired", "last_heartbeat")
+
     def _take_state(self, other: Robot) -> None:
-        for name in ("status", "status_changed_at", "enabled", "retired", "last_heartbeat"):
+        for name in self.STATE_FIELDS:
             setattr(self, name, getattr(other, name))
 
     def remove(self, actor, reason: str = "") -> None:
@@ -247,11 +251,10 @@ class Robot(models.Model):
     def end_takeover(self) -> bool:
         """The episode the takeover reached has ended: back to the policy (telemetry, not a decision: the takeover
         is audited, its end is the episode's operator segment). False if the robot was not under a takeover."""
-        now = timezone.now()
         ended = Robot.objects.filter(pk=self.pk, status=self.Status.OPERATOR).update(
-            status=self.Status.RUNNING, status_changed_at=now)
+            status=self.Status.RUNNING, status_changed_at=timezone.now())
         if ended:
-            self.status, self.status_changed_at = self.Status.RUNNING, now
+            self.refresh_from_db(fields=self.STATE_FIELDS)
         return bool(ended)
 
     def mark_offline(self, silent_since, reason: str = "heartbeat timeout") -> AuditEvent:
@@ -259,11 +262,13 @@ class Robot(models.Model):
         taken over since."""
         silent = (models.Q(last_heartbeat__lt=silent_since) | models.Q(last_heartbeat=None)) & (
             models.Q(status_changed_at__lt=silent_since) | models.Q(status_changed_at=None))
-        return apply_transition(
+        event = apply_transition(
             self, verb="robot.offline", field="status", to=self.Status.OFFLINE, reason=reason,
             allowed_from={*self.REPORTABLE, self.Status.STARTING}, condition=silent,
             status_changed_at=timezone.now(),
         )
+        self.refresh_from_db(fields=self.STATE_FIELDS)
+        return event
 
     def heartbeat(self, status: str) -> tuple[bool, str | None]:
         """The robot reports it is alive and what it is doing. Returns (alive, left): alive is False if the robot is
@@ -298,7 +303,7 @@ class Robot(models.Model):
             else:
                 Robot.objects.filter(pk=self.pk).update(status=status, last_heartbeat=now, status_changed_at=now)
                 alive, moved = True, True
-        locked.refresh_from_db(fields=["status", "status_changed_at", "last_heartbeat"])
+        locked.refresh_from_db(fields=self.STATE_FIELDS)
         self._take_state(locked)
         return alive, (left if moved else None)
 

@@ -109,6 +109,16 @@ def test_a_takeover_holds_against_reports_until_its_episode_ends(robot, olivia):
     assert list(audit_rows(robot).values_list("verb", flat=True)) == ["robot.takeover"]  # its end is telemetry
 
 
+def test_the_end_of_a_takeover_announces_the_state_as_it_is_now(robot, olivia, monkeypatch):
+    control.take_over(robot, olivia)
+    loaded = Robot.objects.get(pk=robot.pk)  # as the actor loaded it at its episode's start
+    control.stop(robot, olivia, reason="end of shift")
+    heard = []
+    monkeypatch.setattr(control, "broadcast_on_commit", lambda event, data, **kw: heard.append(data))
+    control.end_takeover(loaded)
+    assert (heard[-1]["state"], heard[-1]["verb"]) == ("stopped", "robot.takeover_end")
+
+
 def test_a_takeover_no_episode_took_up_lapses(robot, olivia):
     control.take_over(robot, olivia)
     Robot.objects.filter(pk=robot.pk).update(
