@@ -185,6 +185,7 @@ EXPECTED: dict[str, Rule] = {
     # remote robots' pages (gateway)
     "robot-enrol": form(OPERATORS, post=200, data={"name": "arm-9", "tasks": TASK_NAMES}),  # 200: the token, once
     "robot-detail": page(FLEET_WATCHERS, args={"pk": Of("robot")}),
+    "robot-credentials": page(FLEET_WATCHERS, args={"pk": Of("robot")}),  # a remote robot's tokens (no secret)
     "robot-token-rotate": action(OPERATORS, {"reason": "laptop lost"}, post=200, args={"pk": Of("robot")}),
     "robot-token-revoke": action(OPERATORS, {"reason": "decommissioned"},
                                  args={"pk": Of("robot"), "key": Of("token", "key")}),
