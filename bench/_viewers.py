@@ -148,8 +148,8 @@ async def main() -> None:
     loop = asyncio.get_running_loop()
     stdin = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
-    for viewer in viewers.viewers:  # as a browser does: the page, then its socket
-        await viewers.get(viewer, PAGES[0])
+    # As a browser does: the page, then its socket (fifty people opening the page at once).
+    await asyncio.gather(*(viewers.get(viewer, PAGES[0]) for viewer in viewers.viewers))
     watchers = [asyncio.create_task(viewers.watch(v)) for v in viewers.viewers]
     try:
         await asyncio.wait_for(asyncio.gather(*(v.connected.wait() for v in viewers.viewers)), 120)

@@ -110,6 +110,7 @@ from learner.policy import MLPPolicy, PolicyConfig  # noqa: E402
 from learner.signals import version_published  # noqa: E402
 
 LOG_DIR = _django.ROOT / "var" / "soak"
+REDIS = "redis"  # its key among the memory samples
 WORKERS = ("actors", "default", "background")
 PROBLEM = re.compile(r"\b(ERROR|CRITICAL)\b|^Traceback ")
 STORED = re.compile(r"Task actors\.run_episode\[[^]]+\] succeeded in [0-9.]+s: '(?:" + "|".join(STORED_OUTCOMES)
@@ -172,8 +173,10 @@ class System:
         self.viewers.stdin.write(line + "\n")
         self.viewers.stdin.flush()
 
-    def rss(self) -> dict[str, int]:
-        return {name: tree_rss(pid) for name, pid in self.pids.items()}
+    def memory(self) -> dict[str, int]:
+        """Resident bytes per process tree, and Redis's own used memory (a queue or keys piling up show there)."""
+        return {**{name: tree_rss(pid) for name, pid in self.pids.items()},
+                REDIS: bus.client().info("memory")["used_memory"]}
 
     def stop(self) -> None:
         self.log_ends = {name: path.stat().st_size for name, path in self.logs.items() if path.exists()}
@@ -231,14 +234,14 @@ def run(system: System, robots: list[Robot], seconds: float) -> tuple[list[tuple
     samples: list[tuple[float, dict]] = []
     next_report = 60.0
     while (elapsed := time.monotonic() - started) < seconds:
-        samples.append((elapsed, system.rss()))
+        samples.append((elapsed, system.memory()))
         if elapsed >= next_report:
             next_report += 60
             print(f"{elapsed / 60:5.1f} min: {Episode.objects.count():,} episodes, RSS "
-                  f"{sum(samples[-1][1].values()) / 2**20:,.0f} MiB")
+                  f"{(sum(samples[-1][1].values()) - samples[-1][1][REDIS]) / 2**20:,.0f} MiB")
             connection.close()
         time.sleep(min(SAMPLE_SECONDS, max(0.0, seconds - (time.monotonic() - started))))
-    samples.append((time.monotonic() - started, system.rss()))
+    samples.append((time.monotonic() - started, system.memory()))
     times = {"ran": time.monotonic() - started, "stopping_at": timezone.now()}
 
     system.tell_viewers("drain")
@@ -351,12 +354,14 @@ def report_memory(samples: list[tuple[float, dict]], minutes: float) -> None:
                 f"{BASELINE_MINUTE:g}: caches still fill, so the figure is noisy)")
     before = {name: rss_near(samples, baseline_at, name) for name in samples[0][1]}
     after = {name: rss_near(samples, end, name) for name in samples[0][1]}
+    redis = before.pop(REDIS), after.pop(REDIS)
     print(f"resident memory (RSS, process trees; medians of the samples within 15 s), baseline at {when}, end at "
           f"{end / 60:.1f} min:")
     for name in before:
         print(f"  {name:<10} {before[name] / 2**20:8,.0f} -> {after[name] / 2**20:8,.0f} MiB  "
               f"({growth(before[name], after[name]):+.1f} %)")
     print(f"  {'sum':<10} {sum(before.values()) / 2**20:8,.0f} -> {sum(after.values()) / 2**20:8,.0f} MiB")
+    print(f"  (the Redis server's used memory, all its databases, not in the sum: {redis[0] / 2**20:,.1f} -> {redis[1] / 2**20:,.1f} MiB)")
     print(f"memory growth: {growth(sum(before.values()), sum(after.values())):.1f} %")
 
 
