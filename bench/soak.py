@@ -45,10 +45,13 @@ one robot) count as stored more than once.
 
 Memory: the resident set (RSS) of each process tree — the web process with its uvicorn workers, each Celery
 worker with its pool processes, beat — leaving out the ffmpeg encoders a render starts and ends, every
-SAMPLE_SECONDS. Growth = (RSS at the end - RSS at the baseline) / RSS at the baseline, for the sum (the last line)
-and per process; each point is the median of the samples within 15 s of it. The baseline is minute 5, or 40 % of
-the run if that is earlier (quick mode: 48 s into 2 minutes, while caches still fill — a noisy figure, and the
-output says so). The bench prints its figures and exits 0 when it ran; tests/test_soak.py asserts the goals.
+SAMPLE_SECONDS (all kept in var/soak/memory.json). Growth = (RSS at the end - RSS at the baseline) / RSS at the
+baseline, for the sum (the last line) and per process; each point is the median of the samples within 15 s of it.
+The sum is nine tenths actor processes (each counts the torch and MuJoCo pages it shares with its siblings), so a
+leak in the web process or a small worker shows in its own line long before it moves the sum. The baseline is
+minute 5, or 40 % of the run if that is earlier (quick mode: 48 s into 2 minutes, which may still hold warm-up: a
+noisy figure, and the output says so). The bench prints its figures and exits 0 when it ran (non-zero when it
+could not: viewers that could not connect, robots that never ran); tests/test_soak.py asserts the goals.
 """
 from __future__ import annotations
 
@@ -271,7 +274,10 @@ def main():
               f"{', '.join(system.pids)}")
         samples, times = run(system, robots, minutes * 60)
         system.tell_viewers(f"stop {Episode.objects.count()}")
-        watched = json.loads(system.viewers.stdout.readline())
+        summary = system.viewers.stdout.readline()
+        if not summary:
+            raise SystemExit("the viewers ended without their counts (var/soak/viewers.log)")
+        watched = json.loads(summary)
     finally:
         system.stop()
     robot_ids = [robot.pk for robot in robots]
@@ -280,6 +286,7 @@ def main():
     report_episodes(system, robot_ids, times["ran"])
     report_errors(system, robot_ids, watched, times["stopping_at"])
     report_memory(samples, minutes)
+    (LOG_DIR / "memory.json").write_text(json.dumps(samples))  # every sample, for a plot of a leak's slope
 
 
 def report_episodes(system: System, robot_ids: list[int], ran: float) -> None:
@@ -350,8 +357,9 @@ def report_memory(samples: list[tuple[float, dict]], minutes: float) -> None:
     if baseline_at == BASELINE_MINUTE * 60:
         when = f"minute {BASELINE_MINUTE:g}"
     else:
-        when = (f"{baseline_at:.0f} s ({BASELINE_SHARE:.0%} of a {minutes:g}-minute run instead of minute "
-                f"{BASELINE_MINUTE:g}: caches still fill, so the figure is noisy)")
+        when = (f"{baseline_at:.0f} s, {BASELINE_SHARE:.0%} of a {minutes:g}-minute run (minute {BASELINE_MINUTE:g} "
+                f"from {BASELINE_MINUTE / BASELINE_SHARE:g} minutes on; an early baseline may still hold warm-up, "
+                f"so the figure is noisy)")
     before = {name: rss_near(samples, baseline_at, name) for name in samples[0][1]}
     after = {name: rss_near(samples, end, name) for name in samples[0][1]}
     redis = before.pop(REDIS), after.pop(REDIS)
