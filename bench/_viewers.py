@@ -52,6 +52,7 @@ class Viewers:
         self.watching = False  # between "watch" and "drain": the robots run, so every socket hears something
         self.failures: dict[str, list[str]] = {"connect": [], "silence": [], "http": []}
         self.http_ok = 0
+        self.resyncs: set[asyncio.Task] = set()
         self.http = httpx.AsyncClient(base_url=f"http://{address}", timeout=HTTP_TIMEOUT)
 
     async def watch(self, viewer: Viewer) -> None:
@@ -63,7 +64,9 @@ class Viewers:
                 async with websockets.connect(f"ws://{self.address}/ws/fleet/", additional_headers=headers,
                                               open_timeout=HTTP_TIMEOUT, ping_interval=None, max_size=None) as ws:
                     if viewer.connected.is_set():  # a reconnection: the page refetches what it may have missed
-                        asyncio.create_task(self.get(viewer, "/fleet/snapshot.json"))
+                        resync = asyncio.create_task(self.get(viewer, "/fleet/snapshot.json"))
+                        self.resyncs.add(resync)  # the loop holds tasks only weakly
+                        resync.add_done_callback(self.resyncs.discard)
                     viewer.connected.set()
                     delay = 1.0
                     async for raw in ws:
