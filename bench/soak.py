@@ -5,11 +5,11 @@ and worker processes between minute 5 and the end (goal <= 10 %; the last line, 
     .venv/bin/python -m sopweb.embedded run -- .venv/bin/python bench/soak.py [--minutes 30 | --quick]
         [--robots 16] [--viewers 50]
 
-What runs, on a private database (`<name>_soak`) and a private Redis database (REDIS_DB, flushed at the start):
-the web process as deployed (`python -m sopweb.web`'s uvicorn, WEB_CONCURRENCY workers, default 2), the
-Procfile's `actors` worker with one pool process per robot (ACTOR_CONCURRENCY set to the fleet's size, as a
-deployment does: fewer would leave robots queued and silent), its `default` and `background` workers, and beat
-with its sweeps, render-ahead and governance checks. Not the learner: it has soaks of its own
+What runs, on a private database (`<name>_soak`), a private Redis database (REDIS_DB) and a private episode
+outbox (var/soak/outbox), the last two emptied at the start: the web process as deployed (`python -m sopweb.web`'s
+uvicorn, WEB_CONCURRENCY workers, default 2), the Procfile's `actors` worker with one pool process per robot
+(ACTOR_CONCURRENCY set to the fleet's size, as a deployment does: fewer would leave robots queued and silent),
+its `default`, `control` and `background` workers, and beat with its sweeps, render-ahead and governance checks. Not the learner: it has soaks of its own
 (bench/learning.py, bench/learner_under_load.py), its buffer grows by design until it is full, and on two cores it
 would take the CPU the robots need. The robots run an untrained policy deployed to the fleet (the expert gate
 takes over where it flounders): this is about the plumbing, not about learning. They run at
@@ -38,8 +38,9 @@ counted without the database, by the actors themselves: each online episode an a
 robot's Redis counter (bus.episode_counter_key, which picks its next task) before it runs. Once the stopped robots
 hold no lease and have no episode queued, every started episode has ended, so started - stored, per robot, is what
 was lost (an episode aborted before its first step stores nothing and would count as lost too: nothing here
-aborts one). A second count comes from the actors' logs: Celery's line for each `actors.run_episode` that returned
-an outcome it had stored ('success', 'timeout' or 'aborted'). Exactly once: more stored than started, a repeated
+aborts one; an episode kept on the actor's disk because the database was away is not in PostgreSQL either, and
+is counted and named apart). A second count comes from the actors' logs: the line an actor writes for each
+episode it stored ("stored episode <uuid> of robot ..."), compared UUID by UUID with the rows. Exactly once: more stored than started, a repeated
 UUID (the schema forbids it; counted anyway), or two episodes of one robot overlapping in time (two actors running
 one robot) count as stored more than once.
 
@@ -60,6 +61,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -73,21 +75,23 @@ QUICK_MINUTES = 2.0
 BASELINE_MINUTE = 5.0
 BASELINE_SHARE = 0.4  # of a run shorter than BASELINE_MINUTE / BASELINE_SHARE minutes
 WARM_UP_LIMIT = 300.0  # seconds for every robot to run: a robot that never does is a failure, not a figure
-STORED_OUTCOMES = ("success", "timeout", "aborted")  # what actors.run_episode returns after storing an episode
+ROOT = Path(__file__).resolve().parent.parent
+OUTBOX = ROOT / "var" / "soak" / "outbox"
 
 
-def private_redis() -> None:
-    """Point this process and every process it starts at the soak's own Redis database."""
+def private_services() -> None:
+    """Point this process and every process it starts at the soak's own Redis database and episode outbox."""
     from sopweb import embedded
 
     url = os.environ.get("REDIS_URL") or embedded.read_state().get("REDIS_URL")
     if not url:
         sys.exit("no Redis: run under `python -m sopweb.embedded run --` or set REDIS_URL")
     os.environ["REDIS_URL"] = urlunsplit(urlsplit(url)._replace(path=f"/{REDIS_DB}"))
+    os.environ["FLEET_OUTBOX_DIR"] = str(OUTBOX)
 
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-private_redis()
+sys.path.insert(0, str(ROOT))
+private_services()
 
 import _django  # noqa: E402
 
@@ -103,6 +107,7 @@ from django.db.models import Count  # noqa: E402
 from django.test import Client  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
+from actors import outbox  # noqa: E402
 from core import bus  # noqa: E402
 from core.models import AuditEvent  # noqa: E402
 from fleet import control  # noqa: E402
@@ -112,12 +117,11 @@ from learner.models import publish_version  # noqa: E402
 from learner.policy import MLPPolicy, PolicyConfig  # noqa: E402
 from learner.signals import version_published  # noqa: E402
 
-LOG_DIR = _django.ROOT / "var" / "soak"
+LOG_DIR = OUTBOX.parent
 REDIS = "redis"  # its key among the memory samples
-WORKERS = ("actors", "default", "background")
+WORKERS = ("actors", "default", "control", "background")
 PROBLEM = re.compile(r"\b(ERROR|CRITICAL)\b|^Traceback ")
-STORED = re.compile(r"Task actors\.run_episode\[[^]]+\] succeeded in [0-9.]+s: '(?:" + "|".join(STORED_OUTCOMES)
-                    + ")'")
+STORED = re.compile(r"stored episode ([0-9a-f-]{36}) of robot ")  # actors.runner's line for each stored episode
 
 
 def seed_fleet(robots: int, viewers: int) -> tuple[list[Robot], list[str]]:
@@ -266,6 +270,7 @@ def main():
     minutes = QUICK_MINUTES if args.quick else args.minutes
 
     bus.client().flushdb()
+    shutil.rmtree(OUTBOX, ignore_errors=True)
     robots, cookies = seed_fleet(args.robots, args.viewers)
     system = System(args.robots)
     try:
@@ -298,17 +303,20 @@ def report_episodes(system: System, robot_ids: list[int], ran: float) -> None:
     extra = sum(max(0, stored.get(pk, 0) - started[pk]) for pk in robot_ids)
     total = sum(stored.values())
     with open(system.logs["actors"], "rb") as log:
-        logged = len(STORED.findall(log.read(system.log_ends["actors"]).decode(errors="replace")))
-    uuids = episodes.values("uuid").distinct().count()
+        logged = set(STORED.findall(log.read(system.log_ends["actors"]).decode(errors="replace")))
+    rows = {str(key) for key in episodes.values_list("uuid", flat=True)}
+    absent = len(logged - rows)
+    kept = len(outbox.pending())
+    uuids = len(rows)
     overlaps = overlapping(robot_ids)
     steps = sum(episodes.values_list("steps", flat=True))
     wall = sum(float(meta.get("wall_seconds", 0)) for meta in episodes.values_list("meta", flat=True))
     print(f"episodes: {total:,} stored ({total / ran * 60:,.0f}/min over the measured run), {steps:,} robot steps; "
           f"pace {steps * CONTROL_DT / wall if wall else 0:.2f} x real time while an episode runs")
-    print(f"robot-side count: {sum(started.values()):,} started (the actors' Redis counters), {logged:,} stored by "
-          f"the actors' own account (their log); in PostgreSQL {total:,}")
-    print(f"lost episodes: {max(lost, logged - total, 0)} (started but not in PostgreSQL: {lost}; logged as "
-          f"stored but not in PostgreSQL: {max(0, logged - total)})")
+    print(f"robot-side count: {sum(started.values()):,} started (the actors' Redis counters), {len(logged):,} "
+          f"stored by the actors' own account (their log); in PostgreSQL {total:,}")
+    print(f"lost episodes: {max(lost, absent)} (started but not in PostgreSQL: {lost}, of which kept on an "
+          f"actor's disk for want of the database: {kept}; logged as stored but not in PostgreSQL: {absent})")
     print(f"episodes stored more than once: {extra + (total - uuids) + overlaps} (more stored than started: "
           f"{extra}; repeated UUIDs: {total - uuids}; overlapping the same robot's previous episode: {overlaps})")
 
