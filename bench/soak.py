@@ -31,7 +31,9 @@ Errors, each kind counted and printed (the goal is 0 of every kind):
   died, a request that failed with a 5xx;
 - robots and episodes that failed for the infrastructure's sake: an `aborted` episode (nobody pauses a robot
   here, so its actor lost its lease: it stalled for FLEET_LEASE_SECONDS), a robot the sweep marked offline
-  (silent for FLEET_HEARTBEAT_TIMEOUT) before the robots were stopped, a robot that stored no episode at all.
+  (silent for FLEET_HEARTBEAT_TIMEOUT) while the clock ran, a robot that stored no episode at all. A robot marked
+  offline during the warm-up (started, but its actor process has not reached its first episode after
+  FLEET_HEARTBEAT_TIMEOUT) is printed, not counted: it comes back with its first episode.
 
 Lost episodes: every episode a robot finished must be in PostgreSQL exactly once. What the robots finished is
 counted without the database, by the actors themselves: each online episode an actor starts increments the
@@ -236,7 +238,7 @@ def run(system: System, robots: list[Robot], seconds: float) -> tuple[list[tuple
     wait_until(lambda: Robot.objects.filter(pk__in=robot_ids, last_heartbeat__isnull=False).count() == len(robots),
                WARM_UP_LIMIT, "every robot to run")
     system.tell_viewers("watch")
-    started = time.monotonic()
+    started, clock_at = time.monotonic(), timezone.now()
     print(f"every robot runs after {started - warming:.0f} s (the actor processes' warm-up); the clock starts")
     samples: list[tuple[float, dict]] = []
     next_report = 60.0
@@ -249,7 +251,7 @@ def run(system: System, robots: list[Robot], seconds: float) -> tuple[list[tuple
             connection.close()
         time.sleep(min(SAMPLE_SECONDS, max(0.0, seconds - (time.monotonic() - started))))
     samples.append((time.monotonic() - started, system.memory()))
-    times = {"ran": time.monotonic() - started, "stopping_at": timezone.now()}
+    times = {"ran": time.monotonic() - started, "clock_at": clock_at, "stopping_at": timezone.now()}
 
     system.tell_viewers("drain")
     for robot in robots:
@@ -289,7 +291,7 @@ def main():
     print(f"{args.robots} robots at real-time factor 1 and {args.viewers} viewers for {times['ran'] / 60:.1f} min "
           f"(then {times['drained']:.0f} s for the robots' last episodes)")
     report_episodes(system, robot_ids, times["ran"])
-    report_errors(system, robot_ids, watched, times["stopping_at"])
+    report_errors(system, robot_ids, watched, times["clock_at"], times["stopping_at"])
     report_memory(samples, minutes)
     (LOG_DIR / "memory.json").write_text(json.dumps(samples))  # every sample, for a plot of a leak's slope
 
@@ -331,19 +333,20 @@ def overlapping(robot_ids: list[int]) -> int:
     return count
 
 
-def report_errors(system: System, robot_ids: list[int], watched: dict, stopping_at) -> None:
+def report_errors(system: System, robot_ids: list[int], watched: dict, clock_at, stopping_at) -> None:
     episodes = Episode.objects.filter(robot_id__in=robot_ids)
     heard = {int(pk): n for pk, n in watched["heard"].items()}
     ids = set(episodes.values_list("id", flat=True))
     missed = sum(watched["steady"] - heard.get(pk, 0) for pk in ids) + len(set(heard) - ids) + watched["repeated"]
     problems = system.log_problems()
+    offline = AuditEvent.objects.filter(verb="robot.offline")
     errors = {
         "sockets dropped": len(watched["drops"]), "handshakes failed": len(watched["connect"]),
         "sockets silent": len(watched["silence"]), "HTTP failures": len(watched["http"]),
         "live events missed": missed,
         "log lines (ERROR, CRITICAL, Traceback)": sum(len(lines) for lines in problems.values()),
         "episodes aborted (lease lost)": episodes.filter(outcome=Episode.Outcome.ABORTED).count(),
-        "robots marked offline": AuditEvent.objects.filter(verb="robot.offline", created_at__lt=stopping_at).count(),
+        "robots marked offline": offline.filter(created_at__gte=clock_at, created_at__lt=stopping_at).count(),
         "robots that stored no episode": len(set(robot_ids) - set(episodes.values_list("robot_id", flat=True))),
     }
     print(f"viewers: {watched['messages']:,} socket messages, {watched['http_ok']:,} pages and snapshots fetched "
@@ -355,6 +358,9 @@ def report_errors(system: System, robot_ids: list[int], watched: dict, stopping_
     for name, lines in problems.items():
         for line in lines[:5]:
             print(f"  {name} log: {line}")
+    if warming := offline.filter(created_at__lt=clock_at).count():
+        print(f"  robots marked offline while the actor processes warmed up (not counted: they had not answered "
+              f"yet, and came back with their first episode): {warming}")
     print("errors by kind: " + ", ".join(f"{kind} {n}" for kind, n in errors.items()))
     print(f"errors: {sum(errors.values())}")
 
