@@ -5,56 +5,56 @@ and worker processes between minute 5 and the end (goal <= 10 %; the last line, 
     .venv/bin/python -m sopweb.embedded run -- .venv/bin/python bench/soak.py [--minutes 30 | --quick]
         [--robots 16] [--viewers 50]
 
-What runs, on a private database (`<name>_soak`), a private Redis database (REDIS_DB) and a private episode
-outbox (var/soak/outbox), the last two emptied at the start: the web process as deployed (`python -m sopweb.web`'s
-uvicorn, WEB_CONCURRENCY workers, default 2), the Procfile's `actors` worker with one pool process per robot
-(ACTOR_CONCURRENCY set to the fleet's size, as a deployment does: fewer would leave robots queued and silent),
-its `default`, `control` and `background` workers, and beat with its sweeps, render-ahead and governance checks. Not the learner: it has soaks of its own
-(bench/learning.py, bench/learner_under_load.py), its buffer grows by design until it is full, and on two cores it
-would take the CPU the robots need. The robots run an untrained policy deployed to the fleet (the expert gate
-takes over where it flounders): this is about the plumbing, not about learning. They run at
-FLEET_REALTIME_FACTOR=1; the achieved pace is printed. The viewers (bench/_viewers.py, a process of their own)
-each hold a logged-in session of their own, load the fleet page, open its socket and read every message, and
-fetch the page or its snapshot every 30 s, as 50 people with the page open would.
+What runs, on a private database (`<name>_soak`), a private Redis database (REDIS_DB) and a private episode outbox
+(var/soak/outbox), the last two emptied at the start: the web process as deployed (`python -m sopweb.web`'s uvicorn,
+WEB_CONCURRENCY workers, default 2), the Procfile's `actors` worker with one pool process per robot
+(ACTOR_CONCURRENCY set to the fleet's size, as a deployment does: fewer would leave robots queued and silent), its
+`default`, `control` and `background` workers, and beat with its sweeps, render-ahead and governance checks. Not the
+learner: it has soaks of its own (bench/learning.py, bench/learner_under_load.py), its buffer grows by design until
+it is full, and on two cores it would take the CPU the robots need. The robots run an untrained policy deployed to
+the fleet (the expert gate takes over where it flounders): this is about the plumbing, not about learning. They run
+at FLEET_REALTIME_FACTOR=1; the achieved pace is printed. The viewers (bench/_viewers.py, a process of their own)
+each hold a logged-in session of their own, load the fleet page, open its socket and read every message, and fetch
+the page or its snapshot every 30 s, as 50 people with the page open would.
 
-The clock starts once every robot runs: each fresh actor process first imports torch and Meta-World (about
-2.5 s of CPU each, half a minute for sixteen on two cores, longer on a loaded machine). The warm-up counts for
-errors and episodes like the rest, except that a quiet socket is suspect only once the clock runs. At the end the
-robots are stopped, each finishes its running episode, and the processes are stopped after that.
+The clock starts once every robot runs: each fresh actor process first imports torch and Meta-World (about 2.5 s of
+CPU each, half a minute for sixteen on two cores, longer on a loaded machine). The warm-up counts for errors and
+episodes like the rest, except that a quiet socket or a robot marked offline counts only once the clock runs. At
+the end the robots are stopped, each finishes its running episode, and the processes are stopped after that.
 
 Errors, each kind counted and printed (the goal is 0 of every kind):
 - dashboards: sockets the server closed or that broke, failed handshakes, sockets silent for 15 s while the robots
   ran, HTTP answers other than 200 (or none), and live events missed: every episode stored while a socket was open
   must reach it once (counted over the sockets that never dropped; bench/_viewers.py);
-- processes: ERROR, CRITICAL and Traceback lines in the logs of the web process, every worker and beat
-  (var/soak/), up to the moment they are stopped: a task that raised or hit its time limit, a pool process that
-  died, a request that failed with a 5xx;
-- robots and episodes that failed for the infrastructure's sake: an `aborted` episode (nobody pauses a robot
-  here, so its actor lost its lease: it stalled for FLEET_LEASE_SECONDS), a robot the sweep marked offline
-  (silent for FLEET_HEARTBEAT_TIMEOUT) while the clock ran, a robot that stored no episode at all. A robot marked
-  offline during the warm-up (started, but its actor process has not reached its first episode after
-  FLEET_HEARTBEAT_TIMEOUT) is printed, not counted: it comes back with its first episode.
+- processes: ERROR, CRITICAL and Traceback lines in the logs of the web process, every worker and beat (var/soak/),
+  up to the moment they are stopped: a task that raised or hit its time limit, a pool process that died, a request
+  that failed with a 5xx;
+- robots and episodes that failed for the infrastructure's sake: an `aborted` episode (nobody pauses a robot here,
+  so its actor lost its lease: it stalled for FLEET_LEASE_SECONDS), a robot the sweep marked offline (silent for
+  FLEET_HEARTBEAT_TIMEOUT) while the clock ran, a robot that stored no episode at all. A robot marked offline during
+  the warm-up (started, but its actor process has not reached its first episode after FLEET_HEARTBEAT_TIMEOUT) is
+  printed, not counted: it comes back with its first episode.
 
 Lost episodes: every episode a robot finished must be in PostgreSQL exactly once. What the robots finished is
-counted without the database, by the actors themselves: each online episode an actor starts increments the
-robot's Redis counter (bus.episode_counter_key, which picks its next task) before it runs. Once the stopped robots
-hold no lease and have no episode queued, every started episode has ended, so started - stored, per robot, is what
-was lost (an episode aborted before its first step stores nothing and would count as lost too: nothing here
-aborts one; an episode kept on the actor's disk because the database was away is not in PostgreSQL either, and
-is counted and named apart). A second count comes from the actors' logs: the line an actor writes for each
-episode it stored ("stored episode <uuid> of robot ..."), compared UUID by UUID with the rows. Exactly once: more stored than started, a repeated
-UUID (the schema forbids it; counted anyway), or two episodes of one robot overlapping in time (two actors running
-one robot) count as stored more than once.
+counted without the database, by the actors themselves: each online episode an actor starts increments the robot's
+Redis counter (bus.episode_counter_key, which picks its next task) before it runs. Once the stopped robots hold no
+lease and have no episode queued, every started episode has ended, so started - stored, per robot, is what was lost
+(an episode aborted before its first step stores nothing and would count as lost too: nothing here aborts one; an
+episode kept on the actor's disk because the database was away is not in PostgreSQL either, and is counted and named
+apart). A second count comes from the actors' logs: the line an actor writes for each episode it stored ("stored
+episode <uuid> of robot ..."), compared UUID by UUID with the rows. Exactly once: more stored than started, a
+repeated UUID (the schema forbids it; counted anyway), or two episodes of one robot overlapping in time (two actors
+running one robot) count as stored more than once.
 
-Memory: the resident set (RSS) of each process tree — the web process with its uvicorn workers, each Celery
-worker with its pool processes, beat — leaving out the ffmpeg encoders a render starts and ends, every
-SAMPLE_SECONDS (all kept in var/soak/memory.json). Growth = (RSS at the end - RSS at the baseline) / RSS at the
-baseline, for the sum (the last line) and per process; each point is the median of the samples within 15 s of it.
-The sum is nine tenths actor processes (each counts the torch and MuJoCo pages it shares with its siblings), so a
-leak in the web process or a small worker shows in its own line long before it moves the sum. The baseline is
-minute 5, or 40 % of the run if that is earlier (quick mode: 48 s into 2 minutes, which may still hold warm-up: a
-noisy figure, and the output says so). The bench prints its figures and exits 0 when it ran (non-zero when it
-could not: viewers that could not connect, robots that never ran); tests/test_soak.py asserts the goals.
+Memory: the resident set (RSS) of each process tree — the web process with its uvicorn workers, each Celery worker
+with its pool processes, beat — leaving out the ffmpeg encoders a render starts and ends, every SAMPLE_SECONDS (all
+kept in var/soak/memory.json). Growth = (RSS at the end - RSS at the baseline) / RSS at the baseline, for the sum
+(the last line) and per process; each point is the median of the samples within 15 s of it. The sum is nine tenths
+actor processes (each counts the torch and MuJoCo pages it shares with its siblings), so a leak in the web process
+or a small worker shows in its own line long before it moves the sum. The baseline is minute 5, or 40 % of the run
+if that is earlier (quick mode: 48 s into 2 minutes, which may still hold warm-up: a noisy figure, and the output
+says so). The bench prints its figures and exits 0 when it ran (non-zero when it could not: viewers that could not
+connect, robots that never ran); tests/test_soak.py asserts the goals.
 """
 from __future__ import annotations
 
@@ -383,7 +383,8 @@ def report_memory(samples: list[tuple[float, dict]], minutes: float) -> None:
         print(f"  {name:<10} {before[name] / 2**20:8,.0f} -> {after[name] / 2**20:8,.0f} MiB  "
               f"({growth(before[name], after[name]):+.1f} %)")
     print(f"  {'sum':<10} {sum(before.values()) / 2**20:8,.0f} -> {sum(after.values()) / 2**20:8,.0f} MiB")
-    print(f"  (the Redis server's used memory, all its databases, not in the sum: {redis[0] / 2**20:,.1f} -> {redis[1] / 2**20:,.1f} MiB)")
+    print(f"  (the Redis server's used memory, all its databases, not in the sum: {redis[0] / 2**20:,.1f} -> "
+          f"{redis[1] / 2**20:,.1f} MiB)")
     print(f"memory growth: {growth(sum(before.values()), sum(after.values())):.1f} %")
 
 
