@@ -12,7 +12,6 @@ from fleet import control
 from fleet.ingest import load_arrays
 from fleet.models import Episode, InterventionSegment, Robot
 from fleet.sim import episode_data
-from fleet.tasks import sweep_robots
 from tests.conftest import publish_random_policy, wait_for
 from tests.factories import TASK_NAMES
 
@@ -98,29 +97,6 @@ def test_an_operator_takeover_reaches_the_running_episode(start_worker, tasks, o
     segments = list(episode.interventions.values_list("start_step", "end_step", "source"))
     assert len(segments) == 1 and segments[0][1:] == (episode.steps, "operator")
     assert 0 < segments[0][0] < episode.steps
-
-
-def test_a_killed_worker_leaves_no_partial_episode_and_the_robot_runs_again(start_worker, tasks, olivia):
-    version = publish_random_policy(1, TASK_NAMES)
-    robot = make_robot("sim-crash", [tasks[0]], version)
-    victim = start_worker("victim", queues="actors", FLEET_REALTIME_FACTOR=1.0, FLEET_LEASE_SECONDS=2)
-    control.start(robot, olivia)
-    wait_for(lambda: Robot.objects.get(pk=robot.pk).status == Robot.Status.RUNNING, 60, "the episode to start")
-    time.sleep(0.5)
-    victim.kill()  # SIGKILL mid-episode
-    assert not Episode.objects.exists()
-
-    start_worker("rescuer", queues="actors,control", FLEET_LEASE_SECONDS=2, **FAST)
-
-    def recovered():
-        sweep_robots.delay()  # what beat does every FLEET_SWEEP_INTERVAL seconds
-        time.sleep(0.5)
-        return episodes_of(robot).exists()
-
-    wait_for(recovered, 60, "the robot's next episode after the lease expired")
-    control.stop(robot, olivia)
-    for episode in episodes_of(robot):
-        assert episode_data.validate(load_arrays(episode), 120) == episode.steps
 
 
 def test_a_paused_robot_aborts_its_episode_and_runs_no_more(start_worker, tasks, olivia):

@@ -24,7 +24,6 @@ import httpx
 import psycopg
 import pytest
 import websockets.sync.client
-from django.conf import settings
 from django.db import connection
 
 from core import bus
@@ -58,8 +57,11 @@ def start_beat(tmp_path, own_redis):
 
 
 def fleet_of(count: int, tasks) -> list[Robot]:
-    """Started robots on a random policy that nobody runs yet: beat's sweep queues their first episodes."""
-    version = publish_random_policy(1, TASK_NAMES)
+    """Started robots that nobody runs yet, on the newest version (a random policy if there is none): beat's sweep
+    queues their first episodes."""
+    from learner.models import PolicyVersion
+
+    version = PolicyVersion.objects.order_by("-number").first() or publish_random_policy(1, TASK_NAMES)
     robots = []
     for i in range(count):
         robot = Robot.objects.create(name=f"sim-fault-{i}", policy_version=version, enabled=True)
@@ -111,6 +113,37 @@ class Viewer(threading.Thread):
 
     def heard_since(self, moment: float) -> bool:
         return self.heartbeats_between(moment, float("inf")) > 0
+
+
+def test_a_killed_actor_leaves_no_partial_episode_and_the_robot_runs_again(start_worker, tasks, olivia):
+    """SIGKILL an actor worker mid-episode: nothing half-written, and once the episode's lease lapses the sweep
+    runs the robot again on another worker."""
+    from fleet import control
+    from fleet.ingest import load_arrays
+    from fleet.sim import episode_data
+    from fleet.tasks import sweep_robots
+
+    version = publish_random_policy(1, TASK_NAMES)
+    robot = Robot.objects.create(name="sim-crash", policy_version=version)
+    robot.tasks.set([tasks[0]])
+    victim = start_worker("victim", queues="actors", FLEET_REALTIME_FACTOR=1.0, FLEET_LEASE_SECONDS=2)
+    control.start(robot, olivia)
+    wait_for(lambda: Robot.objects.get(pk=robot.pk).status == Robot.Status.RUNNING, 60, "the episode to start")
+    time.sleep(0.5)
+    victim.kill()  # SIGKILL mid-episode
+    assert not Episode.objects.exists()
+
+    start_worker("rescuer", queues="actors,control", FLEET_LEASE_SECONDS=2, FLEET_REALTIME_FACTOR=0)
+
+    def recovered():
+        sweep_robots.delay()  # what beat does every FLEET_SWEEP_INTERVAL seconds
+        time.sleep(0.5)
+        return Episode.objects.filter(robot=robot).exists()
+
+    wait_for(recovered, 60, "the robot's next episode after the lease expired")
+    control.stop(robot, olivia)
+    for episode in Episode.objects.filter(robot=robot):
+        assert episode_data.validate(load_arrays(episode), 120) == episode.steps
 
 
 def test_a_stalled_then_killed_redis_loses_no_episode_and_everything_comes_back(
@@ -176,14 +209,29 @@ def test_a_stalled_then_killed_redis_loses_no_episode_and_everything_comes_back(
 
 
 def test_a_postgresql_outage_keeps_finished_episodes_until_they_are_stored(
-        start_worker, start_web, start_beat, own_redis, tasks, tmp_path):
+        start_worker, start_web, start_beat, own_redis, tasks, tmp_path, settings):
+    """15 s in which PostgreSQL refuses every product process. Actors keep the episodes they finish on disk and
+    store them afterwards (none lost, none twice); every robot runs again; the learner trains again."""
+    import io
+
+    from django.core.management import call_command
+
+    from learner.models import TrainingMetric
+
     env = {"REDIS_URL": own_redis.url, "FLEET_REALTIME_FACTOR": 0.25, "FLEET_SWEEP_INTERVAL": 1,
-           "FLEET_LEASE_SECONDS": 5, "FLEET_INGEST_RETRY_SECONDS": 2}
+           "FLEET_LEASE_SECONDS": 5, "FLEET_INGEST_RETRY_SECONDS": 2, "LEARNER_BATCH_SIZE": 64,
+           "LEARNER_PUBLISH_EVERY": 100_000}
+    settings.LEARNER_BATCH_SIZE, settings.LEARNER_PUBLISH_EVERY = 64, 100_000
+    call_command("generate_demos", "--per-task", "1", stdout=io.StringIO())
+    call_command("pretrain_base", "--demos-per-task", "1", "--steps", "20", stdout=io.StringIO())
     robots = fleet_of(3, tasks)
     actors = start_worker("actors", queues="actors", concurrency=3, **env)
     start_worker("control", queues="control", **env)
+    start_worker("learner", queues="learner", **env)
     start_beat(**env)
+    call_command("learner", "start", stdout=io.StringIO())
     wait_for(lambda: every_robot_ran_since(robots, 0), 90, "every robot's first episode")
+    wait_for(lambda: TrainingMetric.objects.exists(), 90, "the learner's first metrics")
     outbox = Path(settings.FLEET_OUTBOX_DIR)
     name = connection.settings_dict["NAME"]
     with connection.cursor() as cursor:
@@ -204,6 +252,11 @@ def test_a_postgresql_outage_keeps_finished_episodes_until_they_are_stored(
     back = time.time()
     wait_for(lambda: not any(outbox.glob("*.json")), 90, "the kept episodes to be stored")
     wait_for(lambda: every_robot_ran_since(robots, back), 90, "every robot running again after the outage")
+    from datetime import datetime, timezone
+
+    wait_for(lambda: TrainingMetric.objects.filter(created_at__gt=datetime.fromtimestamp(back, tz=timezone.utc))
+             .exists(), 90, "the learner training again after the outage")
+    call_command("learner", "stop", stdout=io.StringIO())
 
     for robot in robots:
         Robot.objects.filter(pk=robot.pk).update(enabled=False)
