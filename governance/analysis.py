@@ -4,19 +4,19 @@ the same figures are rendered on the pages and stored with every decision in its
 from __future__ import annotations
 
 from django.conf import settings
-from django.db.models import Count, Q
+from django.db.models import Count, Q, Sum
 
 from core.stats import Rate
-from fleet.models import Episode
+from fleet.models import ASSISTED_SUCCESS, AUTONOMOUS_SUCCESS, Episode
 from governance.models import Evaluation, EvaluationItem
 
-SUCCESS = Q(outcome=Episode.Outcome.SUCCESS)
-UNAIDED_SUCCESS = SUCCESS & Q(intervention_steps=0)
 
-
-def _side(successes: int, episodes: int, **extra) -> dict:
+def _side(successes: int, episodes: int, assisted: int, **extra) -> dict:
+    """One side of a comparison: autonomous success (`successes`) with its Wilson interval, which decisions are
+    made on, and assisted success beside it."""
     side = Rate(successes, episodes).as_dict()
-    return {**side, "low": round(side["low"], 4), "high": round(side["high"], 4), **extra}
+    return {**side, "low": round(side["low"], 4), "high": round(side["high"], 4), "assisted_successes": assisted,
+            "assisted_rate": assisted / episodes if episodes else None, **extra}
 
 
 def separation(candidate: dict, deployed: dict | None) -> str:
@@ -31,11 +31,15 @@ def separation(candidate: dict, deployed: dict | None) -> str:
 
 
 def evaluation_side(version, task, seeds) -> dict:
-    """The version's evaluation episodes on this task and these seeds: success, interval, mean steps to success."""
-    rows = list(EvaluationItem.objects.filter(version=version, task=task, seed__in=list(seeds), episode__isnull=False)
-                .values_list("episode__outcome", "episode__steps"))
-    steps = [n for outcome, n in rows if outcome == Episode.Outcome.SUCCESS]
-    return _side(len(steps), len(rows), mean_steps=round(sum(steps) / len(steps), 1) if steps else None)
+    """The version's evaluation episodes on this task and these seeds: autonomous success and its interval,
+    assisted success (an operator may take over an evaluation episode; the gate is off), mean steps to an
+    autonomous success."""
+    items = EvaluationItem.objects.filter(version=version, task=task, seed__in=list(seeds), episode__isnull=False)
+    counts = Episode.objects.filter(pk__in=items.values("episode")).aggregate(
+        n=Count("id"), s=Count("id", filter=AUTONOMOUS_SUCCESS), a=Count("id", filter=ASSISTED_SUCCESS),
+        steps=Sum("steps", filter=AUTONOMOUS_SUCCESS))
+    return _side(counts["s"], counts["n"], counts["a"],
+                 mean_steps=round(counts["steps"] / counts["s"], 1) if counts["s"] else None)
 
 
 def online_intervention(version, tasks) -> dict:
@@ -54,17 +58,17 @@ def comparison(evaluation: Evaluation) -> dict:
     if baseline is not None:
         online[baseline.pk] = online_intervention(baseline, tasks)
     rows = []
-    totals = {"candidate": [0, 0], "deployed": [0, 0]}
+    totals = {"candidate": [0, 0, 0], "deployed": [0, 0, 0]}
     for task in tasks:
         none = {"online_episodes": 0, "intervention_rate": None}
         cand = {**evaluation_side(candidate, task, evaluation.seeds), **online[candidate.pk].get(task.env_name, none)}
         dep = None
         if baseline is not None:
             dep = {**evaluation_side(baseline, task, evaluation.seeds), **online[baseline.pk].get(task.env_name, none)}
-            totals["deployed"][0] += dep["successes"]
-            totals["deployed"][1] += dep["episodes"]
-        totals["candidate"][0] += cand["successes"]
-        totals["candidate"][1] += cand["episodes"]
+            for k, name in enumerate(("successes", "episodes", "assisted_successes")):
+                totals["deployed"][k] += dep[name]
+        for k, name in enumerate(("successes", "episodes", "assisted_successes")):
+            totals["candidate"][k] += cand[name]
         rows.append({"task": task.env_name, "candidate": cand, "deployed": dep, "separation": separation(cand, dep)})
     overall = {"candidate": _side(*totals["candidate"])}
     if baseline is not None:
@@ -78,8 +82,8 @@ def comparison(evaluation: Evaluation) -> dict:
 def canary_analysis(rollout) -> dict:
     """The canary's online episodes against the deployed version's, since the canary started, on the tasks both ran.
 
-    Success here is success without help (no intervention in the episode): with the expert gate on, plain success
-    mostly measures the expert. Verdict: "waiting" (too few episodes), "worse" (the deployed version's rate exceeds
+    Success here is autonomous success (no intervention in the episode), as everywhere: with the expert gate on,
+    success with help mostly measures the expert; assisted success is reported beside it. Verdict: "waiting" (too few episodes), "worse" (the deployed version's rate exceeds
     the canary's by more than GOVERNANCE_CANARY_MARGIN) or "ready" (not worse after enough episodes).
     """
     from learner.models import PolicyVersion
@@ -91,26 +95,26 @@ def canary_analysis(rollout) -> dict:
 
     def per_task(queryset):
         counts = (queryset.filter(source=Episode.Source.ONLINE, started_at__gte=since).values("task__env_name")
-                  .annotate(n=Count("id"), s=Count("id", filter=UNAIDED_SUCCESS),
+                  .annotate(n=Count("id"), s=Count("id", filter=AUTONOMOUS_SUCCESS),
+                            a=Count("id", filter=ASSISTED_SUCCESS),
                             helped=Count("id", filter=Q(intervention_steps__gt=0))))
         return {row["task__env_name"]: row for row in counts}
 
     cand = per_task(Episode.objects.filter(policy_version=candidate, robot__in=canary_robots))
     dep = per_task(Episode.objects.filter(policy_version=deployed)) if deployed else {}
     shared = sorted(set(cand) & set(dep))
-    rows, totals = [], {"candidate": [0, 0, 0], "deployed": [0, 0, 0]}
+    rows, totals = [], {"candidate": [0, 0, 0, 0], "deployed": [0, 0, 0, 0]}
     for task in shared:
         c, d = cand[task], dep[task]
         for name, row in (("candidate", c), ("deployed", d)):
-            totals[name][0] += row["s"]
-            totals[name][1] += row["n"]
-            totals[name][2] += row["helped"]
-        c_side, d_side = _side(c["s"], c["n"]), _side(d["s"], d["n"])
+            for k, count in enumerate(("s", "n", "a", "helped")):
+                totals[name][k] += row[count]
+        c_side, d_side = _side(c["s"], c["n"], c["a"]), _side(d["s"], d["n"], d["a"])
         rows.append({"task": task, "candidate": c_side, "deployed": d_side, "separation": separation(c_side, d_side)})
 
     def overall(name):
-        s, n, helped = totals[name]
-        return _side(s, n, intervention_rate=helped / n if n else None)
+        s, n, assisted, helped = totals[name]
+        return _side(s, n, assisted, intervention_rate=helped / n if n else None)
 
     c_all, d_all = overall("candidate"), overall("deployed")
     margin, minimum = settings.GOVERNANCE_CANARY_MARGIN, settings.GOVERNANCE_CANARY_MIN_EPISODES
