@@ -392,3 +392,34 @@ def test_a_past_custom_range_is_fixed_and_in_whole_buckets(busy_fleet):
     assert window.end == dashboard.ceil_to(until.replace(second=0, microsecond=0), timedelta(minutes=5))
     series = dashboard.fleet_series(window, [])
     assert series["x"][-1] == window.end.isoformat()
+
+
+def test_the_fleet_page_takes_a_window_and_refuses_a_bad_one_clearly(client, olivia, busy_fleet):
+    client.force_login(olivia)
+    response = client.get(reverse("fleet") + "?window=7d")
+    assert response.status_code == 200
+    assert response.context["snapshot"]["window"]["label"] == "last 7 days"
+    assert response.context["snapshot"]["window"]["span_label"] == "6 h"
+    html = response.content.decode()
+    assert 'data-window="7d" class="current"' in html and 'title="Autonomous success: ' in html
+    for query, message in (("?window=fortnight", "fortnight is not one of the available choices"),
+                           ("?window=custom&until=2026-11-20T10:00", "needs both"),
+                           ("?window=custom&since=2026-11-20T11:00&until=2026-11-20T10:00", "must come before"),
+                           ("?window=custom&since=2026-01-01T00:00&until=2026-11-20T10:00", "at most 31 days"),
+                           ("?window=custom&since=2999-01-01T00:00&until=2999-01-02T10:00", "in the future")):
+        response = client.get(reverse("fleet") + query)
+        html = response.content.decode()
+        assert response.status_code == 400 and message in html, query
+        assert 'id="window-errors"' in html and "Showing the default window instead" in html
+        assert response.context["snapshot"]["window"]["label"] == "last hour"  # the page still renders
+        assert client.get(reverse("fleet-snapshot") + query).status_code == 400
+    snapshot = client.get(reverse("fleet-snapshot") + "?window=24h").json()
+    assert snapshot["window"]["label"] == "last 24 hours" and len(snapshot["series"]["x"]) in (288, 289)
+
+
+def test_the_breakdown_picker_keeps_the_source_and_versions(client, olivia, tasks, robots):
+    client.force_login(olivia)
+    response = client.get(reverse("breakdown") + "?window=6h&source=evaluation&versions=3-4")
+    links = {link["key"]: link for link in response.context["picker"]}
+    assert links["6h"]["current"] and not links["24h"]["current"]
+    assert links["7d"]["query"] == "source=evaluation&versions=3-4&window=7d"

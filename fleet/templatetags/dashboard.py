@@ -57,5 +57,5 @@ def window_picker(form, picker, custom_form: bool = True):
 
 @register.simple_tag
 def info(text: str):
-    """An ⓘ that shows `text` on hover (its title) and to screen readers."""
-    return format_html('<span class="info" title="{}" aria-label="{}">ⓘ</span>', text, text)
+    """A small circled "i" that shows `text` on hover (its title) and to screen readers."""
+    return format_html('<span class="info" title="{}" aria-label="{}">i</span>', text, text)

@@ -122,7 +122,8 @@
       yaxis: Object.assign({title: {text: yTitle}}, rate ? {range: [0, 1], tickformat: ".0%"} : {rangemode: "tozero"}),
     };
   }
-  const spanWords = () => "over the " + win.span_label + " before the point";
+  const rolling = (title) => title + "  <span style='font-size:12px;color:#5b6673'>each point over the " + win.span_label +
+    " before it</span>";
   function rateTrace(name, x, values, extra) {
     return Object.assign({
       name, mode: "lines", x, y: values.autonomous, customdata: values.autonomous.map((_, i) => [values.assisted[i], values.episodes[i]]),
@@ -139,20 +140,21 @@
     taskTraces.push(rateTrace("all tasks", x, fleet, {line: {color: "#17202b", width: 3}}));
     taskTraces.push({name: "all tasks, assisted", mode: "lines", x, y: fleet.assisted, line: {color: "#8a94a3", dash: "dot"},
                      hovertemplate: "all tasks: assisted %{y:.0%}<extra></extra>"});
-    Plotly.react("chart-task", taskTraces, layout("Autonomous success per task", "success, " + spanWords(), true), config);
+    Plotly.react("chart-task", taskTraces, layout(rolling("Autonomous success per task"), "autonomous success", true), config);
     const versionIds = Object.keys(series.versions).map(Number).sort((a, b) => a - b).slice(-VERSION_TRACES);
     Plotly.react("chart-version", versionIds.map((v) => rateTrace("v" + (versionNumbers[v] || "?"), series.versions[v].x,
       series.versions[v], {mode: "lines+markers"})),
-      layout("Autonomous success per policy version", "success since the window's start", true), config);
+      layout("Autonomous success per policy version  <span style='font-size:12px;color:#5b6673'>cumulative from the " +
+             "window's start</span>", "autonomous success", true), config);
     Plotly.react("chart-throughput", [{name: "episodes / hour", mode: "lines", x, y: fleet.episodes_per_hour,
       hovertemplate: "%{y:.0f} episodes / hour<extra></extra>"}],
-      layout("Throughput", "episodes / hour, " + spanWords(), false), config);
+      layout(rolling("Throughput"), "episodes / hour", false), config);
     Plotly.react("chart-interventions", [{name: "interventions / hour", mode: "lines", x, y: fleet.interventions_per_hour,
       line: {color: "#b7791f"}, hovertemplate: "%{y:.0f} takeovers / hour<extra></extra>"}],
-      layout("Interventions (gate and operator takeovers)", "per hour, " + spanWords(), false), config);
+      layout(rolling("Interventions"), "takeovers / hour", false), config);
     Plotly.react("chart-steps", [{name: "policy steps between interventions", mode: "lines", x,
       y: fleet.steps_between_interventions, line: {color: "#1f8a4c"}, hovertemplate: "%{y:.0f} steps<extra></extra>"}],
-      layout("Policy steps between interventions", "steps, " + spanWords(), false), config);
+      layout(rolling("Policy steps between interventions"), "policy steps", false), config);
   }
   function scheduleRender() { if (renderTimer == null) renderTimer = setTimeout(render, 250); }
 
