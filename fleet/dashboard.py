@@ -158,7 +158,8 @@ class ChartWindow:
 
     def as_dict(self) -> dict:
         return {"start": self.start.isoformat(), "end": self.end.isoformat(), "now": self.now.isoformat(),
-                "live": self.live, "moving": self.moving, "label": self.label, "bucket_seconds": self.resolution.bucket.total_seconds(),
+                "live": self.live, "moving": self.moving, "label": self.label,
+                "end_label": f"{self.data_end:%Y-%m-%d %H:%M} UTC", "bucket_seconds": self.resolution.bucket.total_seconds(),
                 "span_buckets": self.resolution.span, "span_label": _words(self.span)}
 
 

@@ -108,25 +108,32 @@
   }
 
   // --- drawing: titles, axis labels, the window's whole range, legends outside the plot ---------------------
+  // The window, whatever the data covers; a 2 % margin after its end keeps the newest point off the frame.
   function xRange() {
-    if (!win.moving) return [win.start, win.end];
-    const now = serverNow(), width = Date.parse(win.end) - Date.parse(win.start);
-    return [iso(now - width), iso(now)];
+    const width = Date.parse(win.end) - Date.parse(win.start);
+    const end = win.moving ? serverNow() : Date.parse(win.end);
+    return [iso(end - width), iso(end + width / 50)];
   }
-  function layout(title, yTitle, rate) {
+  // A chart with one line needs no legend: its title names it. Several lines get theirs beside the plot.
+  function layout(title, yTitle, rate, legend) {
     return {
       title: {text: title, x: 0, xanchor: "left", font: {size: 14}}, height: 300, datarevision: revision,
-      margin: {t: 40, r: 10, b: 50, l: 60}, showlegend: true,
+      margin: {t: 40, r: 10, b: 50, l: 60}, showlegend: Boolean(legend),
       legend: {x: 1.02, xanchor: "left", y: 1, yanchor: "top"},
       xaxis: {type: "date", range: xRange(), autorange: false, title: {text: "time (UTC)"}},
-      yaxis: Object.assign({title: {text: yTitle}}, rate ? {range: [0, 1], tickformat: ".0%"} : {rangemode: "tozero"}),
+      yaxis: Object.assign({title: {text: yTitle}},
+                           rate ? {range: [-0.03, 1.03], tickformat: ".0%"} : {rangemode: "tozero"}),
     };
+  }
+  // Markers on the last point (the KPI's) and on any point whose neighbours have no value (it draws no line).
+  function loneMarkers(y) {
+    return {size: y.map((v, i) => (v != null && (i === y.length - 1 || (y[i - 1] == null && y[i + 1] == null)) ? 6 : 0))};
   }
   const rolling = (title) => title + "  <span style='font-size:12px;color:#5b6673'>each point over the " + win.span_label +
     " before it</span>";
   function rateTrace(name, x, values, extra) {
     return Object.assign({
-      name, mode: "lines", x, y: values.autonomous, customdata: values.autonomous.map((_, i) => [values.assisted[i], values.episodes[i]]),
+      name, mode: "lines+markers", marker: loneMarkers(values.autonomous), x, y: values.autonomous, customdata: values.autonomous.map((_, i) => [values.assisted[i], values.episodes[i]]),
       hovertemplate: "%{fullData.name}<br>autonomous %{y:.0%}, assisted %{customdata[0]:.0%}<br>" +
                      "of %{customdata[1]} episodes<extra></extra>",
     }, extra || {});
@@ -138,23 +145,26 @@
     const taskIds = Object.keys(taskNames).map(Number).sort((a, b) => taskNames[a].localeCompare(taskNames[b]));
     const taskTraces = taskIds.filter((id) => series.tasks[id]).map((id) => rateTrace(taskNames[id], x, series.tasks[id]));
     taskTraces.push(rateTrace("all tasks", x, fleet, {line: {color: "#17202b", width: 3}}));
-    taskTraces.push({name: "all tasks, assisted", mode: "lines", x, y: fleet.assisted, line: {color: "#8a94a3", dash: "dot"},
+    taskTraces.push({name: "all tasks, assisted", mode: "lines+markers", marker: loneMarkers(fleet.assisted), x,
+                     y: fleet.assisted, line: {color: "#8a94a3", dash: "dot"},
                      hovertemplate: "all tasks: assisted %{y:.0%}<extra></extra>"});
-    Plotly.react("chart-task", taskTraces, layout(rolling("Autonomous success per task"), "autonomous success", true), config);
+    Plotly.react("chart-task", taskTraces, layout(rolling("Autonomous success per task"), "autonomous success", true, true),
+                 config);
     const versionIds = Object.keys(series.versions).map(Number).sort((a, b) => a - b).slice(-VERSION_TRACES);
     Plotly.react("chart-version", versionIds.map((v) => rateTrace("v" + (versionNumbers[v] || "?"), series.versions[v].x,
-      series.versions[v], {mode: "lines+markers"})),
+      series.versions[v], {mode: "lines+markers", marker: {size: 6}})),
       layout("Autonomous success per policy version  <span style='font-size:12px;color:#5b6673'>cumulative from the " +
-             "window's start</span>", "autonomous success", true), config);
-    Plotly.react("chart-throughput", [{name: "episodes / hour", mode: "lines", x, y: fleet.episodes_per_hour,
-      hovertemplate: "%{y:.0f} episodes / hour<extra></extra>"}],
-      layout(rolling("Throughput"), "episodes / hour", false), config);
-    Plotly.react("chart-interventions", [{name: "interventions / hour", mode: "lines", x, y: fleet.interventions_per_hour,
-      line: {color: "#b7791f"}, hovertemplate: "%{y:.0f} takeovers / hour<extra></extra>"}],
-      layout(rolling("Interventions"), "takeovers / hour", false), config);
-    Plotly.react("chart-steps", [{name: "policy steps between interventions", mode: "lines", x,
-      y: fleet.steps_between_interventions, line: {color: "#1f8a4c"}, hovertemplate: "%{y:.0f} steps<extra></extra>"}],
-      layout(rolling("Policy steps between interventions"), "policy steps", false), config);
+             "window's start</span>", "autonomous success", true, true), config);
+    const single = (name, y, color, unit) => [{name, mode: "lines+markers", marker: loneMarkers(y), x, y,
+                                               line: {color}, hovertemplate: "%{y:.0f} " + unit + "<extra></extra>"}];
+    Plotly.react("chart-throughput", single("episodes / hour", fleet.episodes_per_hour, "#2456c7", "episodes / hour"),
+                 layout(rolling("Throughput"), "episodes / hour", false), config);
+    Plotly.react("chart-interventions", single("interventions / hour", fleet.interventions_per_hour, "#b7791f",
+                                               "takeovers / hour"),
+                 layout(rolling("Interventions"), "takeovers / hour", false), config);
+    Plotly.react("chart-steps", single("policy steps between interventions", fleet.steps_between_interventions,
+                                       "#1f8a4c", "policy steps"),
+                 layout(rolling("Policy steps between interventions"), "policy steps", false), config);
   }
   function scheduleRender() { if (renderTimer == null) renderTimer = setTimeout(render, 250); }
 

@@ -15,10 +15,11 @@
 
   const serverNow = () => Date.now() + clockOffset;
   const iso = (ms) => new Date(ms).toISOString();
+  // The window, whatever the data covers; a 2 % margin after its end keeps the newest point off the frame.
   function xRange() {
-    if (!win.moving) return [win.start, win.end];
-    const width = Date.parse(win.end) - Date.parse(win.start), now = serverNow();
-    return [iso(now - width), iso(now)];
+    const width = Date.parse(win.end) - Date.parse(win.start);
+    const end = win.moving ? serverNow() : Date.parse(win.end);
+    return [iso(end - width), iso(end + width / 50)];
   }
   function tasksOf(run) {
     const names = new Set();
@@ -98,7 +99,7 @@
 
   function trim() {  // a moving window keeps what lies inside it
     if (!win.moving) return;
-    const start = Date.parse(xRange()[0]);
+    const start = serverNow() - (Date.parse(win.end) - Date.parse(win.start));
     runs.forEach((run) => {
       while (run.points.length > 1 && Date.parse(run.points[0].at) < start) run.points.shift();
       run.restarts = run.restarts.filter((r) => Date.parse(r.at) >= start);
