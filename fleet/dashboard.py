@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 
 from django.db import connection
-from django.db.models import DateTimeField, F, Func, Q, Sum, Value
+from django.db.models import Q, Sum
 from django.utils import timezone
 
 from core import bus
@@ -182,20 +182,42 @@ def _zero() -> dict:
     return dict.fromkeys(COUNTS, 0)
 
 
-def _bucket_rows(window: ChartWindow, by: str, where: Q | None = None):
-    """Roll-up counts per (bucket of the window's resolution, `by`), from the first bucket the window reads."""
+# One scan of the window's roll-up rows, summed twice by the database (GROUPING SETS): per bucket and task, and per
+# bucket and version for the newest VERSION_TRACES versions of the window. Raw SQL: the rows need no model, and
+# Django's per-value converters cost more than the query on a week's buckets.
+SERIES_SQL = """
+WITH grouped AS (
+    SELECT {at} AS at, task_id, version_id, {sums}
+    FROM fleet_episoderollup
+    WHERE size = %(size)s AND source = 'online' AND bucket >= %(first)s AND bucket < %(end)s
+    GROUP BY GROUPING SETS (({at}, task_id), ({at}, version_id))
+)
+SELECT at, task_id, version_id, {names} FROM grouped
+WHERE task_id IS NOT NULL
+   OR version_id IN (SELECT DISTINCT version_id FROM grouped
+                     WHERE task_id IS NULL AND version_id <> 0 AND at >= %(start)s
+                     ORDER BY version_id DESC LIMIT %(traces)s) AND at >= %(start)s
+ORDER BY at
+"""
+
+
+def _bucket_rows(window: ChartWindow) -> tuple[list[tuple], list[tuple]]:
+    """(at, task id, counts) and (at, version id, counts) for the window's buckets, from the first it reads."""
     resolution = window.resolution
-    rows = EpisodeRollup.objects.filter(size=resolution.size, source=Episode.Source.ONLINE,
-                                        bucket__gte=window.first_bucket, bucket__lt=window.data_end)
-    if where is not None:
-        rows = rows.filter(where)
-    if resolution.bucket != {"m": timedelta(minutes=1), "h": timedelta(hours=1)}[resolution.size]:
-        # Coarser than the rows: the database bins them (date_bin), so only one row per bucket leaves it.
-        rows = rows.annotate(at=Func(Value(resolution.bucket), F("bucket"), Value(EPOCH), function="date_bin",
-                                     output_field=DateTimeField()))
-    else:
-        rows = rows.annotate(at=F("bucket"))
-    return rows.values("at", by).order_by("at", by).annotate(**{name: Sum(name) for name in COUNTS})
+    native = resolution.bucket == {"m": timedelta(minutes=1), "h": timedelta(hours=1)}[resolution.size]
+    # Coarser buckets than the rows': the database bins them (date_bin), so one row per bucket leaves it.
+    at = "bucket" if native else "date_bin(%(bucket)s, bucket, %(epoch)s)"
+    sql = SERIES_SQL.format(at=at, sums=", ".join(f"sum({name})::bigint AS {name}" for name in COUNTS),
+                            names=", ".join(COUNTS))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, {"size": resolution.size, "first": window.first_bucket, "end": window.data_end,
+                             "start": floor_to(window.start, resolution.bucket), "bucket": resolution.bucket,
+                             "epoch": EPOCH, "traces": VERSION_TRACES})
+        rows = cursor.fetchall()
+    by_task = [(at, task_id, dict(zip(COUNTS, counts))) for at, task_id, _, *counts in rows if task_id is not None]
+    by_version = [(at, version_id, dict(zip(COUNTS, counts))) for at, task_id, version_id, *counts in rows
+                  if task_id is None]
+    return by_task, by_version
 
 
 def _rolling(window: ChartWindow, buckets: dict[datetime, dict]) -> list[tuple[datetime, dict, float]]:
@@ -227,10 +249,10 @@ def fleet_series(window: ChartWindow, task_ids: list[int]) -> dict:
     which the page computes its next points live."""
     per_task: dict[int, dict[datetime, dict]] = {task_id: {} for task_id in task_ids}
     fleet: dict[datetime, dict] = {}
-    for row in _bucket_rows(window, "task_id"):
-        counts = {name: row[name] for name in COUNTS}
-        per_task.setdefault(row["task_id"], {})[row["at"]] = counts
-        total = fleet.setdefault(row["at"], _zero())
+    by_task, by_version = _bucket_rows(window)
+    for at, task_id, counts in by_task:
+        per_task.setdefault(task_id, {})[at] = counts
+        total = fleet.setdefault(at, _zero())
         for name in COUNTS:
             total[name] += counts[name]
     fleet_points = _rolling(window, fleet)
@@ -248,27 +270,22 @@ def fleet_series(window: ChartWindow, task_ids: list[int]) -> dict:
     last_span = ceil_to(window.data_end, step) - window.span
     series["recent"] = [{"at": at.isoformat(), "task": task_id, **counts}
                         for task_id, buckets in per_task.items() for at, counts in buckets.items() if at >= last_span]
-    series["versions"] = _version_series(window)
+    series["versions"] = _version_series(window, by_version)
     return series
 
 
-def _version_series(window: ChartWindow) -> dict:
+def _version_series(window: ChartWindow, by_version: list[tuple]) -> dict:
     """Per version (the newest VERSION_TRACES of the window): autonomous and assisted success cumulated from the
     window's start, a point at the end of every bucket in which it ran, and its totals (for live points)."""
-    in_window = Q(size=window.resolution.size, source=Episode.Source.ONLINE, bucket__gte=floor_to(
-        window.start, window.resolution.bucket), bucket__lt=window.data_end)
-    newest = list(EpisodeRollup.objects.filter(in_window).exclude(version_id=0).values_list("version_id", flat=True)
-                  .distinct().order_by("-version_id")[:VERSION_TRACES])
     result: dict[int, dict] = {}
-    start = floor_to(window.start, window.resolution.bucket)
-    for row in _bucket_rows(window, "version_id", where=Q(version_id__in=newest, bucket__gte=start)):
-        line = result.setdefault(row["version_id"], {"x": [], "autonomous": [], "assisted": [], "episodes": [],
-                                                     "totals": _zero()})
+    for at, version_id, counts in by_version:
+        line = result.setdefault(version_id, {"x": [], "autonomous": [], "assisted": [], "episodes": [],
+                                              "totals": _zero()})
         totals = line["totals"]
         for name in COUNTS:
-            totals[name] += row[name]
+            totals[name] += counts[name]
         value = figures(totals, 1)
-        line["x"].append(min(row["at"] + window.resolution.bucket, window.data_end).isoformat())
+        line["x"].append(min(at + window.resolution.bucket, window.data_end).isoformat())
         for name in ("autonomous", "assisted", "episodes"):
             line[name].append(value[name])
     return result
