@@ -3,7 +3,7 @@
 Curves are plotted by time, not by learner step. A restart (a slice that rebuilt the trainer from the run's saved
 state) repeats the steps trained since the last save; their first recording was lost with the process. Those lost
 points are left out (`TrainingMetric.resumed_from` says which), so each run is one line that never runs backwards,
-and the restart is marked where it happened (docs/decisions.md, "Learner page").
+and the restart is marked where it happened (docs/decisions.md, "Learner and checkpoints").
 
 A week of metrics is about six million rows (ten a second), so a window is read as at most POINTS time buckets per
 run, each answered by one probe of the (run, created_at) index for its last point that was not lost.
