@@ -55,6 +55,41 @@ END $$ LANGUAGE plpgsql;
 
 REBUILD_SQL = "SELECT sopweb_rollup_rebuild();"
 
+# Back to 0012: the functions of migration 0007, which count every success in one column.
+BACKWARD_SQL = """
+CREATE OR REPLACE FUNCTION sopweb_rollup_episode() RETURNS trigger AS $$
+DECLARE e fleet_episode; sign integer;
+BEGIN
+  IF TG_OP = 'INSERT' THEN e := NEW; sign := 1; ELSE e := OLD; sign := -1; END IF;
+  INSERT INTO fleet_episoderollup AS r (size, bucket, task_id, robot_id, version_id, source, episodes, successes,
+                                        steps, success_steps, intervention_steps, interventions)
+  SELECT size, date_trunc(unit, e.finished_at, 'UTC'), e.task_id, coalesce(e.robot_id, 0),
+         coalesce(e.policy_version_id, 0), e.source, sign, sign * (e.outcome = 'success')::integer,
+         sign * e.steps::bigint, sign * CASE WHEN e.outcome = 'success' THEN e.steps ELSE 0 END::bigint,
+         sign * e.intervention_steps::bigint, sign * e.intervention_count
+  FROM (VALUES ('m', 'minute'), ('h', 'hour')) AS sizes(size, unit)
+  ON CONFLICT (size, bucket, task_id, robot_id, version_id, source) DO UPDATE SET
+    episodes = r.episodes + EXCLUDED.episodes, successes = r.successes + EXCLUDED.successes,
+    steps = r.steps + EXCLUDED.steps, success_steps = r.success_steps + EXCLUDED.success_steps,
+    intervention_steps = r.intervention_steps + EXCLUDED.intervention_steps,
+    interventions = r.interventions + EXCLUDED.interventions;
+  RETURN NULL;
+END $$ LANGUAGE plpgsql;
+
+CREATE OR REPLACE FUNCTION sopweb_rollup_rebuild() RETURNS void AS $$
+BEGIN
+  DELETE FROM fleet_episoderollup;
+  INSERT INTO fleet_episoderollup (size, bucket, task_id, robot_id, version_id, source, episodes, successes, steps,
+                                   success_steps, intervention_steps, interventions)
+  SELECT size, date_trunc(unit, e.finished_at, 'UTC'), e.task_id, coalesce(e.robot_id, 0),
+         coalesce(e.policy_version_id, 0), e.source, count(*), count(*) FILTER (WHERE e.outcome = 'success'),
+         sum(e.steps), coalesce(sum(e.steps) FILTER (WHERE e.outcome = 'success'), 0), sum(e.intervention_steps),
+         sum(e.intervention_count)
+  FROM fleet_episode e CROSS JOIN (VALUES ('m', 'minute'), ('h', 'hour')) AS sizes(size, unit)
+  GROUP BY 1, 2, 3, 4, 5, 6;
+END $$ LANGUAGE plpgsql;
+"""
+
 
 class Migration(migrations.Migration):
 
@@ -63,6 +98,8 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        # Backwards, this runs last: the old functions are back and the new columns gone.
+        migrations.RunSQL(migrations.RunSQL.noop, REBUILD_SQL),
         migrations.AddField(
             model_name="episoderollup",
             name="autonomous_successes",
@@ -74,7 +111,7 @@ class Migration(migrations.Migration):
             field=models.IntegerField(default=0, help_text="Successes with a gate, operator or other intervention step (fleet.models.ASSISTED_SUCCESS)."),
         ),
         # The functions first: the old trigger function writes the column dropped next.
-        migrations.RunSQL(FORWARD_SQL),
+        migrations.RunSQL(FORWARD_SQL, BACKWARD_SQL),
         migrations.RemoveField(model_name="episoderollup", name="successes"),
-        migrations.RunSQL(REBUILD_SQL),
+        migrations.RunSQL(REBUILD_SQL, migrations.RunSQL.noop),
     ]
