@@ -32,6 +32,8 @@ system-deps:
 	fi
 
 # The demo shows the fleet learning: every published version goes straight to the robots (SOP's continuous mode).
+# ROLLOUT_MODE only seeds the mode: once a supervisor switches it on the Rollouts page, the database keeps that
+# choice (and any freeze) across restarts, so a restarted demo runs as they left it.
 demo: export ROLLOUT_MODE ?= continuous
 # Demo mode: seed_demo may create the demo accounts (known, printed passwords) and the web process serves only on a
 # loopback address (accounts/demo.py).

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from datetime import datetime, timedelta
 
 from django import forms
@@ -40,6 +41,8 @@ class TimeRangeForm(forms.Form):
 
 
 class EpisodeFilterForm(TimeRangeForm):
+    find = forms.CharField(required=False, max_length=64, label="Episode id or UUID",
+                           widget=forms.TextInput(attrs={"placeholder": "id or UUID", "size": 18}))
     task = forms.ModelChoiceField(Task.objects.all(), required=False, to_field_name="env_name")
     robot = forms.ModelChoiceField(Robot.objects.all(), required=False, to_field_name="name")
     outcome = forms.ChoiceField(choices=[("", "any")] + Episode.Outcome.choices, required=False)
@@ -50,6 +53,18 @@ class EpisodeFilterForm(TimeRangeForm):
     labelled = forms.TypedChoiceField(choices=YES_NO, required=False, coerce=lambda v: v == "yes", empty_value=None)
     after = forms.CharField(required=False, widget=forms.HiddenInput,
                             help_text="Keyset cursor: <finished_at ISO>|<id> of the last row shown.")
+
+    def clean_find(self):
+        """An episode's id (digits) or UUID: returned as ("pk", int) or ("uuid", UUID), None when empty."""
+        value = self.cleaned_data["find"].strip()
+        if not value:
+            return None
+        if value.isdigit():
+            return "pk", int(value)
+        try:
+            return "uuid", uuid.UUID(value)
+        except ValueError:
+            raise forms.ValidationError(f"{value!r} is neither an episode id (a number) nor a UUID") from None
 
     def clean_after(self):
         value = self.cleaned_data["after"]

@@ -195,6 +195,13 @@ def episodes(request):
     if request.GET and not form.is_valid():
         return render(request, "fleet/episodes.html", {"form": form, "episodes": []}, status=400)
     filters = form.cleaned_data if form.is_bound else {}
+    if filters.get("find"):  # search by id or UUID: straight to the episode
+        field, value = filters["find"]
+        found = Episode.objects.filter(**{field: value}).values_list("pk", flat=True).first()
+        if found is None:
+            form.add_error("find", f"no episode has the {'id' if field == 'pk' else 'UUID'} {value}")
+            return render(request, "fleet/episodes.html", {"form": form, "episodes": []}, status=404)
+        return redirect("episode", found)
     rows = Episode.objects.select_related("task", "robot", "policy_version").order_by("-finished_at", "-id")
     for field in ("task", "robot", "outcome", "source"):
         if filters.get(field):

@@ -1,11 +1,15 @@
 """The decisions that move a policy version towards the robots, or away from them: nominate, evaluate, approve to
-a canary, promote, reject, roll back. Supervisors make them through POST views, rules and the canary check through
-Celery tasks; all of them come here.
+a canary, promote, reject, roll back, redeploy a superseded version. Supervisors make them through POST views,
+rules and the canary check through Celery tasks; all of them come here.
 
 Each decision is one transaction under the rollout lock (core.locks.rollout_lock): it checks the version's
 state afresh, moves it with PolicyVersion.advance (an audit row carrying the figures the decision was made on)
 and moves robots and rollouts with it. Two supervisors acting at once queue on the lock: the first decides, the
 second finds the version moved and gets IllegalTransition saying so, and nothing of its own happens.
+
+While deployments are frozen (governance.mode) nothing moves towards the robots: deploying, approving a canary and
+promoting are refused, read from the row under the same lock. Roll backs are not: they return robots to a version
+the fleet ran before, which is what a freeze during an incident is for.
 """
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ from core.locks import rollout_lock
 from core.models import AuditEvent
 from fleet import control
 from fleet.models import Robot, Task
-from governance.analysis import canary_analysis, comparison
+from governance import mode as rollout_mode
+from governance.analysis import canary_analysis, comparison, online_comparison
 from governance.models import Alert, Evaluation, EvaluationItem, Rollout
 from learner.models import PolicyVersion
 
@@ -28,7 +33,8 @@ State = PolicyVersion.State
 # What each decision is called on pages, in messages and in the live notice every dashboard shows.
 WORDS = {"nominate": "nominated", "start_evaluation": "started evaluating", "finish_evaluation": "evaluated",
          "approve_canary": "approved to a canary",
-         "promote": "promoted to the whole fleet", "reject": "rejected", "roll_back": "rolled back"}
+         "promote": "promoted to the whole fleet", "reject": "rejected", "roll_back": "rolled back",
+         "redeploy": "redeployed to the whole fleet"}
 
 
 def deployed_version() -> PolicyVersion | None:
@@ -65,12 +71,15 @@ def announce(version: PolicyVersion, verb: str, actor, reason: str, notice: bool
 
 
 def deploy_to_fleet(version: PolicyVersion, actor=None, reason: str = "", verb: str = "deploy",
-                    details: dict | None = None) -> AuditEvent:
+                    details: dict | None = None, restoring: bool = False) -> AuditEvent:
     """Continuous mode (SOP's own), first deployment and promotion (verb "promote"): this version runs on every
     robot from its next episode; the version deployed before it is superseded, its own canary (if any) ends
-    promoted. One transaction: all of it or none."""
+    promoted. One transaction: all of it or none. Refused while deployments are frozen, unless it is `restoring`
+    a version the fleet ran before (a roll back)."""
     with transaction.atomic():
         rollout_lock()
+        if not restoring:
+            rollout_mode.require_unfrozen(f"deploy {version}")
         event = version.advance(verb, actor, reason=reason, details=details)
         for previous in PolicyVersion.objects.filter(state=State.DEPLOYED).exclude(pk=version.pk):
             previous.advance("supersede", actor, reason=f"replaced by {version}")
@@ -169,6 +178,7 @@ def approve_canary(version: PolicyVersion, actor, reason: str = "", robots=None,
     with transaction.atomic():
         rollout_lock()
         _check(version, "approve_canary")
+        rollout_mode.require_unfrozen(f"approve a canary of {version}")
         if deployed_version() is None:
             raise IllegalTransition("nothing is deployed to compare a canary with: promote to the whole fleet instead")
         running = active_canary()
@@ -192,6 +202,7 @@ def promote(version: PolicyVersion, actor, reason: str = "") -> PolicyVersion:
     with transaction.atomic():
         rollout_lock()
         _check(version, "promote")
+        rollout_mode.require_unfrozen(f"promote {version}")
         running = active_canary()
         if running is not None and running.version_id != version.pk:
             raise IllegalTransition(f"{running.version} is in canary: promote it or roll it back first")
@@ -265,13 +276,49 @@ def roll_back(version: PolicyVersion, actor, reason: str = "", analysis: dict | 
             previous = previous_fleet_version(version)
             if previous is None:
                 raise IllegalTransition(f"cannot roll back {version}: the fleet ran no earlier version to return to")
-            version.advance("roll_back", actor, reason=reason, details={"returns_to": previous.number,
-                                                                         "figures": _figures(version)})
+            version.advance("roll_back", actor, reason=reason, details={
+                "returns_to": previous.number, "figures": _figures(version), "online": online_comparison(version)})
             for rollout in own_rollouts:
                 rollout.end(Rollout.Status.ROLLED_BACK, actor, reason=reason)
             deploy_to_fleet(previous, actor, reason=f"restored by rolling back {version}" + (
-                f": {reason}" if reason else ""))
+                f": {reason}" if reason else ""), restoring=True)
     announce(version, "roll_back", actor, reason, notice=analysis is None)  # automatic: its alert says it
+    return version
+
+
+def redeploy(version: PolicyVersion, actor, reason: str = "") -> PolicyVersion:
+    """A roll back to a version of the supervisor's choosing: a superseded version (one the whole fleet ran, and
+    left for a newer one) runs on every robot again; the deployed version is rolled back. Allowed while
+    deployments are frozen, as any roll back is; refused while a canary runs, and when retention removed the
+    version's checkpoint (it can no longer run)."""
+    with transaction.atomic():
+        rollout_lock()
+        version.refresh_from_db()
+        if version.checkpoint_removed_at is not None:
+            raise IllegalTransition(
+                f"cannot redeploy {version}: retention removed its checkpoint on "
+                f"{version.checkpoint_removed_at:%Y-%m-%d %H:%M} UTC, so it can no longer run. Only the last "
+                f"{settings.CHECKPOINT_KEEP_FLEET} versions the fleet ran and the newest "
+                f"{settings.CHECKPOINT_KEEP_LAST} keep theirs (CHECKPOINT_KEEP_FLEET, CHECKPOINT_KEEP_LAST)")
+        if version.state != State.SUPERSEDED:
+            raise IllegalTransition(f"cannot redeploy {version}: it is {version.get_state_display()} now (it may just "
+                                    "have been decided by someone else); only a superseded version can be redeployed")
+        running = active_canary()
+        if running is not None:
+            raise IllegalTransition(f"cannot redeploy {version} while {running.version} is in canary: "
+                                    "promote or roll back the canary first")
+        replaced = deployed_version()
+        if replaced is not None:
+            replaced.advance("roll_back", actor, reason=reason or f"rolled back to {version}", details={
+                "returns_to": version.number, "figures": _figures(replaced), "online": online_comparison(replaced)})
+            for rollout in Rollout.objects.filter(version=replaced, status=Rollout.Status.ACTIVE):
+                rollout.end(Rollout.Status.ROLLED_BACK, actor, reason=reason)
+        deploy_to_fleet(version, actor, reason=reason or "redeployed", restoring=True, details={
+            "redeploy": True, "replaces": replaced.number if replaced else None,
+            "online": online_comparison(version)})
+    if replaced is not None:
+        announce(replaced, "roll_back", actor, f"the fleet returns to {version}", notice=False)
+    announce(version, "redeploy", actor, reason)
     return version
 
 

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from core.events import broadcast_on_commit
 from fleet.models import Episode
+from governance import mode as rollout_mode
 from governance.models import Evaluation, EvaluationItem
 from learner.models import PolicyVersion
 
@@ -27,7 +28,11 @@ def claim(robot, tasks) -> EvaluationItem | None:
 
     Only items a running evaluation needs are worth robot time: its candidate's, and its baseline's (even if that
     baseline was superseded meanwhile — the comparison is with it). A rejected candidate's baseline items wait.
+    While deployments are frozen none is handed out: robots run only the version they are assigned (the cached
+    mode: a robot starting an episode within MODE_CACHE_SECONDS of a freeze may still run one).
     """
+    if rollout_mode.current().frozen:
+        return None
     stale = timezone.now() - CLAIM_TIMEOUT
     running = Evaluation.objects.filter(finished_at=None, candidate__state=PolicyVersion.State.EVALUATING)
     needed = Q(version__state=PolicyVersion.State.EVALUATING) | Q(version__in=running.values("baseline"))

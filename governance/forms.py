@@ -3,6 +3,7 @@ from __future__ import annotations
 from django import forms
 
 from fleet.models import Robot
+from governance.models import RolloutControl
 
 
 class DecisionForm(forms.Form):
@@ -20,6 +21,15 @@ class CanaryForm(DecisionForm):
         if data.get("robots") and data.get("share"):
             raise forms.ValidationError("choose robots or a share of the fleet, not both")
         return data
+
+
+class RollBackForm(DecisionForm):
+    freeze = forms.BooleanField(required=False, label="and freeze deployments",
+                                help_text="so that continuous mode does not deploy the learner's next version")
+
+
+class ModeForm(DecisionForm):
+    mode = forms.ChoiceField(choices=RolloutControl.Mode.choices)
 
 
 class AcknowledgeForm(forms.Form):

@@ -1,4 +1,5 @@
-"""Rollout governance's own records: evaluation plans run by the fleet, and alerts that outlive a page load.
+"""Rollout governance's own records: the rollout mode and freeze supervisors set, evaluation plans run by the fleet,
+and alerts that outlive a page load.
 
 The lifecycle of a version itself lives on learner.models.PolicyVersion (its TRANSITIONS and advance()); the
 decisions that move it, with their side effects on robots and rollouts, are in governance/decisions.py.
@@ -11,6 +12,61 @@ from django.utils import timezone
 
 from core.audit import apply_transition
 from core.models import AuditEvent
+
+
+class RolloutControl(models.Model):
+    """The rollout mode and the deployment freeze as supervisors set them at run time: one row (pk 1), kept across
+    restarts. It is written the first time a supervisor changes either; until then the mode is ROLLOUT_MODE from
+    the environment and nothing is frozen. Read it through governance.mode (cached), never directly on a hot path.
+    """
+
+    class Mode(models.TextChoices):
+        MANUAL = "manual", "manual"
+        RULES = "rules", "rules"
+        CONTINUOUS = "continuous", "continuous"
+
+    ROW = 1
+    mode = models.CharField(max_length=16, choices=Mode.choices)
+    frozen = models.BooleanField(default=False, help_text="Nothing deploys, promotes or starts a canary or an "
+                                                          "evaluation; roll backs stay possible.")
+    frozen_at = models.DateTimeField(null=True, blank=True)
+    frozen_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                  related_name="+")
+    freeze_reason = models.TextField(blank=True)
+    changed_at = models.DateTimeField(default=timezone.now)
+    changed_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+
+    class Meta:
+        verbose_name = "rollout control"
+        constraints = [models.CheckConstraint(condition=models.Q(id=1), name="one_rollout_control_row")]
+
+    def __str__(self) -> str:
+        return f"rollout mode {self.mode}" + (" (frozen)" if self.frozen else "")
+
+    @classmethod
+    def locked(cls) -> RolloutControl:
+        """The row, locked until the transaction ends; created from ROLLOUT_MODE the first time it is needed."""
+        row, _ = cls.objects.select_for_update(no_key=True).get_or_create(
+            pk=cls.ROW, defaults={"mode": settings.ROLLOUT_MODE})
+        return row
+
+    def set_mode(self, mode: str, actor, reason: str = "") -> AuditEvent:
+        others = {m for m in self.Mode.values if m != mode}
+        if mode not in self.Mode.values:
+            raise ValueError(f"unknown rollout mode {mode!r}")
+        return apply_transition(self, verb="rollouts.set_mode", field="mode", to=mode, allowed_from=others,
+                                actor=actor, reason=reason, changed_at=timezone.now(), changed_by=actor)
+
+    def freeze(self, actor, reason: str = "") -> AuditEvent:
+        return apply_transition(self, verb="rollouts.freeze", field="frozen", to=True, allowed_from={False},
+                                actor=actor, reason=reason, frozen_at=timezone.now(), frozen_by=actor,
+                                freeze_reason=reason, changed_at=timezone.now(), changed_by=actor)
+
+    def unfreeze(self, actor, reason: str = "") -> AuditEvent:
+        return apply_transition(self, verb="rollouts.unfreeze", field="frozen", to=False, allowed_from={True},
+                                actor=actor, reason=reason, frozen_at=None, frozen_by=None, freeze_reason="",
+                                changed_at=timezone.now(), changed_by=actor)
 
 
 class Rollout(models.Model):

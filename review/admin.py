@@ -30,8 +30,8 @@ class ReplayVideoAdmin(admin.ModelAdmin):
     list_filter = ["status"]
     raw_id_fields = ["episode"]
     # The job's state moves only through request / retry and the render task.
-    readonly_fields = ["status", "progress", "error", "path", "fps", "frames", "width", "height", "render_seconds",
-                       "attempts", "heartbeat_at", "finished_at"]
+    readonly_fields = ["status", "progress", "error", "path", "fps", "stride", "frames", "width", "height",
+                       "render_seconds", "attempts", "urgent", "heartbeat_at", "finished_at"]
 
 
 class FlagInline(admin.TabularInline):

@@ -48,7 +48,7 @@ def render_ahead(episode_ids) -> int:
     cap = settings.REVIEW_RENDER_QUEUE_MAX // 2
     for requested, episode_id in enumerate(episode_ids):
         try:
-            ReplayVideo.request(episode_id, cap=cap)
+            ReplayVideo.request(episode_id, cap=cap, ahead=True)
         except RenderQueueFull:
             return requested
     return len(episode_ids)

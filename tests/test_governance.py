@@ -449,10 +449,13 @@ def prepare(decision: str, robots) -> tuple[PolicyVersion, str]:
         return make_version(2), S.EVALUATING
     if decision == "roll-back":
         return in_canary(2, [robots[0]]), S.ROLLED_BACK
+    if decision == "redeploy":  # v1, superseded by v2
+        decisions.promote(awaiting(2), None, reason="setup")
+        return PolicyVersion.objects.get(number=1), S.DEPLOYED
     return awaiting(2), {"approve-canary": S.CANARY, "promote": S.DEPLOYED, "reject": S.REJECTED}[decision]
 
 
-DECISION_URLS = ["nominate", "approve-canary", "promote", "reject", "roll-back"]
+DECISION_URLS = ["nominate", "approve-canary", "promote", "reject", "roll-back", "redeploy"]
 
 
 @pytest.mark.parametrize("decision", DECISION_URLS)
@@ -470,7 +473,7 @@ def test_only_supervisors_may_decide(client, request, deployed, robots, persona,
     if persona == "sam":
         assert response.status_code == 302 and response["Location"] == f"/rollouts/v{version.number}/"
         assert version.state == leads_to
-        verb = "version." + decision.replace("-", "_")
+        verb = "version." + {"redeploy": "deploy"}.get(decision, decision.replace("-", "_"))
         event = AuditEvent.objects.get(object_id=str(version.pk), actor__username="sam", verb=verb)
         assert event.reason == "permission matrix"
         return

@@ -11,6 +11,7 @@ from django.core.management import call_command
 from core import bus
 from fleet import control
 from fleet.models import Episode, Robot, Task
+from governance import mode as rollout_mode
 from learner.loop import LEASE_KEY
 from learner.models import PolicyVersion, TrainingMetric, TrainingRun
 from learner.tasks import ensure_running
@@ -83,6 +84,45 @@ def test_a_killed_learner_resumes_with_the_next_version_number(start_worker, fle
     wait_for(lambda: PolicyVersion.objects.filter(number__gt=newest).exists(), 180, "a version after the restart")
     after = PolicyVersion.objects.get(number=newest + 1)
     assert after.train_steps > saved_step  # it went on from its saved step, not from zero
+    control.stop(robot, olivia)
+    call_command("learner", "stop", stdout=io.StringIO())
+
+
+def test_a_supervisor_stops_and_resumes_continuous_deployment_while_the_learner_runs(start_worker, fleet_with_base,
+                                                                                     olivia, sam, settings):
+    """The learner's process has ROLLOUT_MODE=continuous in its environment; the row a supervisor sets wins, at once."""
+    settings.LEARNER_PUBLISH_EVERY = 10  # more publications, sooner
+    settings.ROLLOUT_MODE = "continuous"  # this process shares the workers' environment, as the web process does
+    robot = fleet_with_base
+    bus.client().delete(LEASE_KEY)
+    env = {**LEARNER_ENV, "LEARNER_PUBLISH_EVERY": 10}
+    start_worker("actors", queues="actors", FLEET_REALTIME_FACTOR=0, **env)
+    start_worker("learner", queues="learner", **env)
+    control.start(robot, olivia)
+    call_command("learner", "start", stdout=io.StringIO())
+
+    def deployed() -> int:
+        return PolicyVersion.objects.get(state="deployed").number
+
+    def two_more_published(after: int) -> int:
+        wait_for(lambda: PolicyVersion.objects.filter(number__gt=after + 1).exists(), 180,
+                 f"two versions published after v{after}")
+        return PolicyVersion.objects.order_by("-number").first().number
+
+    wait_for(lambda: deployed() >= 2, 120, "continuous mode to deploy a learner version")
+    rollout_mode.freeze(sam, reason="incident")
+    frozen_at = PolicyVersion.objects.order_by("-number").first().number
+    newest = two_more_published(frozen_at)
+    assert deployed() <= frozen_at  # published, not deployed
+
+    rollout_mode.unfreeze(sam, reason="over")
+    rollout_mode.set_mode("manual", sam, reason="hold the fleet")
+    held = deployed()
+    newest = two_more_published(newest)
+    assert deployed() == held  # manual, whatever the learner's environment says
+
+    rollout_mode.set_mode("continuous", sam, reason="learn again")
+    wait_for(lambda: deployed() > newest, 120, "continuous mode to deploy again")
     control.stop(robot, olivia)
     call_command("learner", "stop", stdout=io.StringIO())
 

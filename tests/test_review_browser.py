@@ -47,7 +47,8 @@ def test_an_annotator_labels_an_episode_from_the_keyboard_and_the_next_one_opens
     page.wait_for_function("() => Number(document.getElementById('cursor-step').textContent) > 40")
     step = int(page.inner_text("#cursor-step"))
     assert 40 < step < 120
-    page.wait_for_function(f"() => Math.abs({VIDEO}.currentTime - ({step} + 0.5) / 80) < 0.02")
+    # Frame k of the video shows step 2k (REVIEW_VIDEO_STRIDE) from time k / 40 s.
+    page.wait_for_function(f"() => Math.abs({VIDEO}.currentTime - ({step // 2} + 0.5) / 40) < 0.02")
     page.keyboard.press("ArrowRight")
     page.keyboard.press("ArrowRight")
     assert int(page.inner_text("#cursor-step")) == step + 2
@@ -83,4 +84,65 @@ def test_a_replay_that_cannot_render_shows_why_and_a_retry_button(browser_sessio
     page.wait_for_function("() => document.getElementById('replay').dataset.status === 'failed' && "
                            "!document.getElementById('replay-retry').disabled", timeout=60_000)
     assert "recorded data is corrupt" in page.inner_text("#replay-message")
+    assert session.console_errors == []
+
+
+def cursor(page) -> int:
+    return int(page.inner_text("#cursor-step"))
+
+
+def test_the_replay_plays_at_the_chosen_speed_and_steps_one_control_step_at_a_time(browser_session, start_worker,
+                                                                                  anna):
+    task = Task.objects.create(env_name="pick-place-v3", title="Pick place")
+    episode = ingest(task, recorded(seed=7, steps=160), seed=7)
+    start_worker(queues="background")
+    session = browser_session(anna)
+    page = session.page
+    page.goto(f"{session.base_url}/review/episodes/{episode.pk}/")
+    page.wait_for_function(f"() => {VIDEO}.readyState >= 2 && {VIDEO}.duration > 0", timeout=120_000)
+    assert page.evaluate(f"{VIDEO}.duration") == pytest.approx(160 / 80, abs=0.05)  # the robot's own pace at 1x
+    width = page.evaluate(f"{VIDEO}.getBoundingClientRect().width")
+    assert width > 500  # larger than the 320-pixel frames it shows
+
+    # 2x: the element plays twice as fast and the cursor runs with it.
+    page.select_option("#replay-speed", "2")
+    assert page.evaluate(f"{VIDEO}.playbackRate") == 2
+    page.click("#replay-play")
+    page.wait_for_function("() => Number(document.getElementById('cursor-step').textContent) > 40", timeout=10_000)
+    assert page.evaluate(f"{VIDEO}.playbackRate") == 2
+    page.click("#replay-play")  # pause (or nothing, if it already ended)
+    page.evaluate(f"{VIDEO}.pause()")
+    session.screenshot("at-2x")
+    page.keyboard.press("[")  # one speed slower
+    assert page.evaluate(f"{VIDEO}.playbackRate") == 1.5 and page.input_value("#replay-speed") == "1.5"
+
+    # Frame stepping moves the cursor by one control step; the video shows the drawn step at or before it.
+    page.keyboard.press("Home")
+    assert cursor(page) == 0
+    page.keyboard.press("ArrowRight")
+    assert cursor(page) == 1 and page.inner_text("#cursor-frame") == "(the picture is step 0)"
+    page.click("#replay-forward")
+    assert cursor(page) == 2 and page.inner_text("#cursor-frame") == ""
+    page.wait_for_function(f"() => Math.abs({VIDEO}.currentTime - 1.5 / 40) < 0.01")
+    page.keyboard.press("Shift+ArrowRight")
+    assert cursor(page) == 12
+    page.click("#replay-back")
+    assert cursor(page) == 11 and page.input_value("#replay-timeline") == "11"
+    page.wait_for_function(f"() => Math.abs({VIDEO}.currentTime - 5.5 / 40) < 0.01")
+    assert cursor(page) == 11  # the seek to step 10's picture left the cursor on step 11
+
+    # The timeline is in steps; the step found there is the one F writes into the failure-step field.
+    page.evaluate("""() => { const timeline = document.getElementById('replay-timeline');
+                             timeline.value = '101'; timeline.dispatchEvent(new Event('input')); }""")
+    assert cursor(page) == 101
+    page.wait_for_function(f"() => Math.abs({VIDEO}.currentTime - 50.5 / 40) < 0.01")
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("f")
+    assert page.input_value("#id_failure_step") == "100"
+    session.screenshot("stepped")
+
+    # The speed is kept for the next episode the annotator opens.
+    page.reload()
+    page.wait_for_function(f"() => {VIDEO}.readyState >= 1", timeout=60_000)
+    assert page.input_value("#replay-speed") == "1.5" and page.evaluate(f"{VIDEO}.playbackRate") == 1.5
     assert session.console_errors == []

@@ -22,6 +22,8 @@ from fleet.models import Task
 from review import jobs
 from review.models import (
     RENDER_ABANDONED_AFTER,
+    RENDER_AHEAD_PRIORITY,
+    RENDER_NOW_PRIORITY,
     DatasetExport,
     EpisodeLabel,
     RenderQueueFull,
@@ -80,10 +82,10 @@ def labelled(task, annotator, count: int, disposition: str = "keep") -> list:
 # --- replay renders --------------------------------------------------------------------------------------
 
 def test_a_viewer_past_the_render_rate_gets_429_with_retry_after_and_nothing_is_queued(
-        client, task, olivia, sam, settings, django_capture_on_commit_callbacks):
+        client, task, anna, sam, settings, django_capture_on_commit_callbacks):
     settings.REVIEW_RENDER_RATE_LIMIT = 3
     episodes = [ingest(task, synthetic(seed=i)) for i in range(5)]
-    client.force_login(olivia)  # an operator: any viewer of episodes may ask for replays
+    client.force_login(anna)  # any viewer of episodes may ask for replays; reviewers may also retry one
     for episode in episodes[:3]:
         assert replay_status(client, episode).json()["status"] == "queued"
 
@@ -102,11 +104,11 @@ def test_a_viewer_past_the_render_rate_gets_429_with_retry_after_and_nothing_is_
     assert ReplayVideo.objects.count() == 4
 
 
-def test_a_failed_render_retried_past_the_rate_is_refused_and_stays_failed(client, task, olivia, settings):
+def test_a_failed_render_retried_past_the_rate_is_refused_and_stays_failed(client, task, anna, settings):
     settings.REVIEW_RENDER_RATE_LIMIT = 1
     first, failed = ingest(task, synthetic(seed=1)), ingest(task, synthetic(seed=2))
     ReplayVideo.objects.create(episode=failed, status=ReplayVideo.Status.FAILED, error="boom")
-    client.force_login(olivia)
+    client.force_login(anna)
     assert replay_status(client, first).status_code == 200
     refused = client.post(reverse("review-replay-retry", args=[failed.pk]))
     assert refused.status_code == 429 and "Retry-After" in refused
@@ -132,7 +134,7 @@ def test_the_render_cap_refuses_new_renders_and_still_answers_queued_and_rendere
     rendered, first, second, third, failed = (ingest(task, synthetic(seed=i)) for i in range(5))
     ready(rendered)
     ReplayVideo.objects.create(episode=failed, status=ReplayVideo.Status.FAILED, error="boom")
-    client.force_login(olivia)
+    client.force_login(anna)
     assert replay_status(client, first).json()["status"] == "queued"
     assert replay_status(client, second).json()["status"] == "queued"
 
@@ -162,6 +164,51 @@ def test_an_abandoned_render_does_not_hold_a_place_in_the_cap(task, anna, settin
     assert jobs.request_replay(anna, wanted.pk).status == ReplayVideo.Status.QUEUED
     with pytest.raises(RenderQueueFull):  # queueing the lost one again is a new render: the cap is full now
         jobs.request_replay(anna, lost.pk)
+
+
+class SentRenders:
+    """Stands in for review.tasks.render_replay: records (episode, priority) of each message sent."""
+
+    def __init__(self):
+        self.sent = []
+
+    def apply_async(self, args, priority):
+        self.sent.append((args[0], priority))
+
+
+def test_a_persons_render_goes_before_render_ahead_and_moves_one_queued_ahead_forward_once(
+        task, anna, settings, monkeypatch, django_capture_on_commit_callbacks):
+    from review import tasks
+
+    settings.REVIEW_RENDER_RATE_LIMIT = 1  # anna's one render is `wanted`: moving another forward is not one
+    renders = SentRenders()
+    monkeypatch.setattr(tasks, "render_replay", renders)
+    ahead, opened, wanted = (ingest(task, synthetic(seed=i)) for i in range(3))
+    with django_capture_on_commit_callbacks(execute=True):
+        assert jobs.render_ahead([ahead.pk, opened.pk]) == 2
+        jobs.request_replay(anna, wanted.pk)
+    assert renders.sent == [(ahead.pk, RENDER_AHEAD_PRIORITY), (opened.pk, RENDER_AHEAD_PRIORITY),
+                            (wanted.pk, RENDER_NOW_PRIORITY)]
+    assert RENDER_NOW_PRIORITY < RENDER_AHEAD_PRIORITY  # Redis pops the lower number first
+
+    # anna opens an episode rendered ahead before the worker got to it: one more message, on the first lane
+    # (whichever the worker takes first renders it); her page polling it, or render-ahead asking again, sends none.
+    renders.sent.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        for _ in range(3):
+            assert jobs.request_replay(anna, opened.pk).urgent
+        jobs.render_ahead([opened.pk, wanted.pk])
+    assert renders.sent == [(opened.pk, RENDER_NOW_PRIORITY)]
+    assert set(ReplayVideo.objects.filter(urgent=True).values_list("pk", flat=True)) == {opened.pk, wanted.pk}
+    assert ReplayVideo.in_flight().count() == 3  # the same three renders
+
+
+def test_a_replay_rendered_before_strides_existed_maps_one_frame_to_each_step(client, task, anna):
+    episode = ingest(task, synthetic(seed=1))
+    ready(episode)  # a row as the worker wrote them before: fps 80, no stride
+    client.force_login(anna)
+    state = replay_status(client, episode).json()
+    assert (state["status"], state["fps"], state["stride"], state["frames"]) == ("ready", 80, 1, 40)
 
 
 def test_racing_requests_never_take_more_places_than_the_cap(transactional_db, task, settings):

@@ -71,13 +71,15 @@ def test_a_replay_is_rendered_from_the_recorded_state_into_a_playable_video(clie
     assert status["status"] in ("queued", "rendering", "ready")
     video = finished(episode.pk)
     assert video.status == ReplayVideo.Status.READY, video.error
-    assert (video.frames, video.fps, video.width, video.height) == (60, 80.0, 160, 128)
+    # Every second control step (REVIEW_VIDEO_STRIDE) at 40 fps: still the robot's 80 Hz pace.
+    assert (video.frames, video.fps, video.stride, video.width, video.height) == (30, 40.0, 2, 160, 128)
 
     reader = imageio_ffmpeg.read_frames(str(video.file))
     meta = reader.__next__()
-    assert meta["codec"] == "h264" and meta["size"] == (160, 128) and meta["fps"] == 80
+    assert meta["codec"] == "h264" and meta["size"] == (160, 128) and meta["fps"] == 40
+    assert meta["duration"] == pytest.approx(60 * 0.0125, abs=0.03)
     frames = [np.frombuffer(frame, np.uint8).reshape(128, 160, 3) for frame in reader]
-    assert len(frames) == 60
+    assert len(frames) == 30
     assert frames[0].std() > 10  # a scene, not a blank frame
     assert np.abs(frames[0].astype(int) - frames[-1].astype(int)).mean() > 1  # the robot moved
     with open(video.file, "rb") as fh:
@@ -86,7 +88,7 @@ def test_a_replay_is_rendered_from_the_recorded_state_into_a_playable_video(clie
     assert 0 < data.find(b"moov") < data.find(b"mdat")
 
     status = client.get(reverse("review-replay-status", args=[episode.pk])).json()
-    assert status["status"] == "ready" and status["fps"] == 80 and status["frames"] == 60
+    assert (status["status"], status["fps"], status["stride"], status["frames"]) == ("ready", 40, 2, 30)
     assert client.get(status["url"], HTTP_RANGE="bytes=0-99").status_code == 206
     first_render = video.finished_at
     client.get(reverse("review-replay-status", args=[episode.pk]))
@@ -147,3 +149,27 @@ def test_replays_are_rendered_ahead_for_the_queue_and_a_dead_render_is_queued_ag
     start_worker(queues="background", **SMALL)
     for episode in episodes[1:4]:
         assert finished(episode.pk).status == ReplayVideo.Status.READY
+
+
+def test_a_replay_a_person_waits_for_renders_before_those_queued_ahead(start_worker, anna):
+    """The background worker is busy with a render-ahead job when three more are queued ahead and then a person
+    opens an episode nobody rendered: the person's render comes next, not after the three."""
+    from review import jobs
+
+    task = Task.objects.create(env_name="pick-place-v3", title="Pick place")
+    busy = ingest(task, recorded(seed=7, steps=300), seed=7)
+    ahead = [ingest(task, recorded(seed=7, steps=30), seed=7) for _ in range(3)]
+    wanted = ingest(task, recorded(seed=7, steps=30), seed=7)
+    start_worker(queues="background", **SMALL)
+    jobs.render_ahead([busy.pk])
+    wait_for(lambda: ReplayVideo.objects.get(pk=busy.pk).status == ReplayVideo.Status.RENDERING, 60,
+             "the worker to start the first render", interval=0.05)
+    assert jobs.render_ahead([episode.pk for episode in ahead]) == 3
+    jobs.request_replay(anna, wanted.pk)
+    assert ReplayVideo.objects.get(pk=busy.pk).status == ReplayVideo.Status.RENDERING  # still busy: nothing reserved
+
+    videos = {episode.pk: finished(episode.pk) for episode in [busy, wanted, *ahead]}
+    assert all(video.status == ReplayVideo.Status.READY for video in videos.values())
+    order = sorted(videos, key=lambda pk: videos[pk].finished_at)
+    assert order[:2] == [busy.pk, wanted.pk]
+    assert videos[wanted.pk].urgent and not videos[ahead[0].pk].urgent

@@ -1,21 +1,27 @@
-// Rollout pages: curves drawn from the page's data; decisions, evaluation progress and canary verdicts arrive over
-// the page's socket (static/js/live.js). A decision or a new verdict refetches the page — unless the user is
-// typing a reason, then a notice asks them to reload when ready.
+// Rollout pages: curves drawn from the page's data; decisions, mode changes, evaluation progress and canary verdicts
+// arrive over the page's socket (static/js/live.js). A decision or a new verdict refetches the page — unless the
+// user is typing a reason, then a notice asks them to reload when ready.
 (function () {
   "use strict";
   const curvesEl = document.getElementById("version-curves");
   const curves = curvesEl ? JSON.parse(curvesEl.textContent) : [];
   if (curves.length && window.Plotly) {
     const steps = curves.map((p) => p.step);
-    const layout = (y) => ({margin: {t: 10, r: 10, b: 40, l: 50}, height: 260, xaxis: {title: "learner step"},
-                            yaxis: {title: y}, legend: {orientation: "h"}});
+    // Plotly 2+ takes titles as {text}: a bare string is ignored (the charts were drawn without any).
+    const layout = (id, y, extra) => Object.assign({
+      title: {text: document.getElementById(id).dataset.title || "", font: {size: 14}},
+      margin: {t: 40, r: 10, b: 80, l: 60}, height: 320,
+      xaxis: {title: {text: "learner step"}}, yaxis: {title: {text: y}},
+      legend: {orientation: "h", x: 0, y: -0.3, yanchor: "top"},  // below the axis title, not over it
+    }, extra || {});
     const config = {displayModeBar: false, responsive: true};
     Plotly.newPlot("chart-loss", [{x: steps, y: curves.map((p) => p.loss), name: "loss", mode: "lines"}],
-                   layout("training loss"), config);
+                   layout("chart-loss", "training loss"), config);
     const tasks = Object.keys(curves[curves.length - 1].w_on).sort();
     Plotly.newPlot("chart-share", tasks.map((t) => ({x: steps, y: curves.map((p) => p.w_on[t]), name: t,
                                                      mode: "lines"})),
-                   Object.assign(layout("online share ω_on"), {yaxis: {range: [0, 1], title: "ω_on"}}), config);
+                   layout("chart-share", "ω_on", {yaxis: {range: [0, 1], title: {text: "online share ω_on"}}}),
+                   config);
   }
   if (!window.SopLive) return;
 
@@ -37,6 +43,7 @@
   }
 
   SopLive.on("rollout.decision", refresh);
+  SopLive.on("rollout.mode", refresh);  // the mode or the freeze changed: the decisions offered change with it
   SopLive.on("version.state", (data) => {
     const shown = document.getElementById("version-state");
     if (!shown || String(data.version) === shown.dataset.version) refresh();
