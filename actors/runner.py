@@ -95,15 +95,24 @@ def run_robot_episode(robot_id: int) -> str:
     finally:
         bus.degrade(lease.release)  # or it expires by itself
     try:
-        robot.refresh_from_db(fields=["enabled", "status"])
+        robot.refresh_from_db(fields=["enabled", "status", "retired"])
     except outbox.UNAVAILABLE:
         from django.db import connection
 
         connection.close()
         return outcome  # the database is away: the sweep starts the robot again once it answers
-    if robot.enabled and robot.status != Robot.Status.PAUSED and outcome not in ("idle", "aborted", "kept"):
+    if robot.wants_episodes and outcome not in ("idle", "kept") and not _told_to_abort(robot_id, outcome):
         control.schedule_episode(robot_id)
     return outcome
+
+
+def _told_to_abort(robot_id: int, outcome: str) -> bool:
+    """An aborted episode queues the next one only if the abort was lifted meanwhile: a robot paused and resumed
+    while its episode was aborting. The resume's own episode found this one's lease and gave up ("busy"), so
+    without this the resumed robot would wait for the sweep."""
+    if outcome != "aborted":
+        return False
+    return bool(bus.degrade(bus.client().exists, bus.abort_key(robot_id), default=True))
 
 
 POLL_EVERY = 8  # steps between two looks at Redis (takeover, abort) and, once a second, heartbeat and progress
@@ -182,10 +191,12 @@ class _Monitor:
             self.last_beat = now
             if bus.degrade(self.lease.renew, default=True) is False:
                 return "abort"  # another actor holds the robot now (this worker stalled past the lease)
-            gate = self.gate
-            self.heartbeat(Robot.Status.EXPERT if gate.in_control or gate.operator else Robot.Status.RUNNING)
+            # A takeover read just now counts already: the gate hears of it when this poll returns.
+            operator, expert = self.gate.operator or bool(takeover), self.gate.in_control
+            self.heartbeat(Robot.Status.OPERATOR if operator else Robot.Status.EXPERT if expert
+                           else Robot.Status.RUNNING)
             self.progress.update(step=(self.polls - 1) * POLL_EVERY,
-                                 control="operator" if gate.operator else "expert" if gate.in_control else "policy")
+                                 control="operator" if operator else "expert" if expert else "policy")
             control.report_progress(self.progress)
         if abort:
             return "abort"
@@ -235,11 +246,26 @@ def _run_leased(robot: Robot, lease: bus.Lease) -> str:
         if plan.evaluation is not None:
             governance_evaluation.release(plan.evaluation)
         return "aborted"
-    return _store(robot, plan, result, started_at)
+    outcome = _store(robot, plan, result, started_at)
+    if gate.operator:
+        _end_takeover(robot)
+    return outcome
+
+
+def _end_takeover(robot: Robot) -> None:
+    """The takeover this episode took up is spent. A takeover no episode took up (asked as this one ended) stays
+    for the next one."""
+    from django.db import connection
+
+    try:
+        control.end_takeover(robot)
+    except outbox.UNAVAILABLE as exc:  # the request is gone; the status follows the robot's next reports
+        outbox.database_outage.failed(exc, log)
+        connection.close()
 
 
 def _store(robot: Robot, plan: _Plan, result, started_at) -> str:
-    """Ingest the finished episode (an evaluation's is recorded against its item) and end a takeover."""
+    """Ingest the finished episode (an evaluation's is recorded against its item)."""
     outcome = {"success": Episode.Outcome.SUCCESS, "timeout": Episode.Outcome.TIMEOUT,
                "aborted": Episode.Outcome.ABORTED}[result.outcome]
     episode = _ingest_durably(
@@ -255,6 +281,4 @@ def _store(robot: Robot, plan: _Plan, result, started_at) -> str:
     log.info("stored episode %s of robot %s: %s, %d steps", episode.uuid, robot.name, outcome, episode.steps)
     if plan.evaluation is not None:  # a worker that dies before this leaves the item to be claimed again later
         governance_evaluation.record(plan.evaluation, episode)
-    # A takeover lasts for the episode it reached (or, asked while the robot was between episodes, the next one).
-    bus.degrade(bus.client().delete, bus.takeover_key(robot.pk))
     return outcome

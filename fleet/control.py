@@ -33,10 +33,12 @@ RUN_EPISODE_TASK = "actors.run_episode"
 robot_added = django.dispatch.Signal()  # kwargs: robot, actor
 
 
-def _changed(robot: Robot, event: AuditEvent) -> None:
-    broadcast_on_commit("robot.status", {"robot": robot.pk, "name": robot.name, "status": robot.status,
-                                         "verb": event.verb})
-    _nudge_remote(robot)
+def _changed(robot: Robot, verb: str, tell_robot: bool = True) -> None:
+    """Every open dashboard hears the robot's new state (its tile applies it as the POST's answer does), and a
+    remote robot's socket hears that its commands may have changed."""
+    broadcast_on_commit("robot.status", {**robot.live_state(), "verb": verb})
+    if tell_robot:
+        _nudge_remote(robot)
 
 
 def _nudge_remote(robot: Robot) -> None:
@@ -92,33 +94,46 @@ def _clear_abort(robot_id: int) -> None:
     bus.client().delete(bus.abort_key(robot_id))
 
 
-def add(name: str, tasks, actor=None, kind: str = Robot.Kind.SIM) -> Robot:
+def add(name: str, tasks, actor=None, kind: str = Robot.Kind.SIM, reason: str = "") -> Robot:
     """Add a robot to the fleet, stopped (`start` it to run episodes). Receivers of `robot_added` run in the same
     transaction: governance puts it on the version the fleet runs and in the fleet's rollout."""
     with transaction.atomic():
-        robot = Robot.add(name, tasks, actor=actor, kind=kind)
+        robot = Robot.add(name, tasks, actor=actor, kind=kind, reason=reason)
         robot_added.send(sender=Robot, robot=robot, actor=actor)
     return robot
 
 
 def remove(robot: Robot, actor, reason: str = "") -> None:
-    """Out of the fleet (deleted, or retired once it has episodes); its running episode is aborted."""
+    """Out of the fleet (deleted, or retired once it has episodes); only a stopped robot, whose last episode is
+    aborted if it still runs."""
     robot.remove(actor, reason=reason)
     _after_commit(_abort, robot.pk)
+    _changed(robot, "robot.remove")
 
 
 def start(robot: Robot, actor, reason: str = "") -> AuditEvent:
     """Run episodes back to back from now on (the first is queued after commit)."""
     event = robot.set_enabled(True, actor, reason)
-    _changed(robot, event)
+    _changed(robot, event.verb)
     _schedule(robot)
     return event
+
+
+def start_if_never_commanded(robot: Robot, reason: str) -> bool:
+    """Start a robot that nobody has ever started or stopped: a demo's first start-up. A robot with a history keeps
+    what it was last told, so a restart never starts a robot a person stopped. True if it was started."""
+    told = AuditEvent.objects.filter(object_type=Robot._meta.label_lower, object_id=str(robot.pk),
+                                     verb__in=["robot.start", "robot.stop"])
+    if robot.enabled or robot.retired or told.exists():
+        return False
+    start(robot, None, reason=reason)
+    return True
 
 
 def stop(robot: Robot, actor, reason: str = "") -> AuditEvent:
     """Finish the running episode, then run no more."""
     event = robot.set_enabled(False, actor, reason)
-    _changed(robot, event)
+    _changed(robot, event.verb)
     return event
 
 
@@ -126,38 +141,49 @@ def pause(robot: Robot, actor, reason: str = "") -> AuditEvent:
     """Abort the running episode within a few steps and run none until resumed."""
     event = robot.pause(actor, reason)
     _after_commit(_abort, robot.pk)
-    _changed(robot, event)
+    _changed(robot, event.verb)
     return event
 
 
 def resume(robot: Robot, actor, reason: str = "") -> AuditEvent:
+    """Run again: starting until the robot next reports. The abort is lifted before the next episode is queued (in
+    commit order), and an episode still aborting when this commits queues the next one itself (actors.runner)."""
     event = robot.resume(actor, reason)
     _after_commit(_clear_abort, robot.pk)
-    _changed(robot, event)
+    _changed(robot, event.verb)
     _schedule(robot)
     return event
 
 
 def take_over(robot: Robot, actor, reason: str = "") -> AuditEvent:
-    """Put the expert in control of the running episode, for the rest of that episode."""
+    """Put the expert in control of the running episode (or of the next, if none runs yet), for the rest of that
+    episode. The robot is "operator in control" from this commit on; the robot reads the request from Redis."""
     with transaction.atomic():
-        event = robot.record_takeover(actor, reason)
-        _after_commit(bus.request_takeover, robot.pk)
-    _changed(robot, event)
+        event = robot.take_over(actor, reason)
+        _after_commit(bus.request_takeover, robot.pk, Robot.TAKEOVER_SECONDS)
+    _changed(robot, event.verb)
     return event
+
+
+def end_takeover(robot: Robot) -> None:
+    """The episode a takeover reached has ended: the request is spent and the policy has the next episode."""
+    bus.degrade(bus.client().delete, bus.takeover_key(robot.pk))
+    if robot.end_takeover():
+        _changed(robot, "robot.takeover_end")
 
 
 def mark_offline(robot: Robot, silent_since, reason: str = "heartbeat timeout") -> AuditEvent:
     event = robot.mark_offline(silent_since, reason)
-    _changed(robot, event)
+    _changed(robot, event.verb)
     return event
 
 
 def heartbeat(robot: Robot, status: str) -> bool:
-    """An actor reports it is alive and what it does. False if the robot is paused (it must not run)."""
-    alive, event = robot.heartbeat(status)
-    if event is not None:
-        _changed(robot, event)
+    """A robot reports it is alive and what it does. False if the robot is paused (it must not run)."""
+    alive, left = robot.heartbeat(status)
+    if left is not None:
+        # The robot itself reported: its heartbeat's answer carries its commands already.
+        _changed(robot, "robot.online" if left == Robot.Status.OFFLINE else "robot.heartbeat", tell_robot=False)
     return alive
 
 

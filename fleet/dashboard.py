@@ -356,6 +356,7 @@ def fleet_snapshot(now: datetime | None = None, window: ChartWindow | None = Non
     return {
         "now": now.isoformat(),
         "robots": [{
+            **robot.live_state(),  # state, label, commands: what the tile shows and offers
             "id": robot.pk, "name": robot.name, "kind": robot.kind, "status": robot.status,
             "status_label": robot.get_status_display(),
             "enabled": robot.enabled, "version": robot.policy_version.number if robot.policy_version else None,

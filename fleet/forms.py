@@ -12,10 +12,13 @@ from fleet.models import Episode, Robot, Task
 
 
 class ReasonForm(forms.Form):
-    reason = forms.CharField(max_length=2000, required=False, strip=True)
+    """Every operator action may say why: the audit row's reason."""
+
+    reason = forms.CharField(max_length=2000, required=False, strip=True,
+                             widget=forms.TextInput(attrs={"placeholder": "reason (optional)"}))
 
 
-class RobotTasksForm(forms.Form):
+class RobotTasksForm(ReasonForm):
     tasks = forms.ModelMultipleChoiceField(Task.objects.filter(enabled=True), to_field_name="env_name")
 
 

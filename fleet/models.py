@@ -7,6 +7,7 @@ status. What a change means outside the database (queue an episode, tell an acto
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
@@ -40,15 +41,44 @@ class Robot(models.Model):
         IDLE = "idle", "idle"
         RUNNING = "running", "running"
         EXPERT = "expert", "expert in control"
+        OPERATOR = "operator", "operator in control"
+        STARTING = "starting", "starting"
         PAUSED = "paused", "paused"
         OFFLINE = "offline", "offline"
 
-    # What an actor may report about itself; paused is an operator's decision an actor never overrides.
-    REPORTABLE = (Status.IDLE, Status.RUNNING, Status.EXPERT)
+    class State(models.TextChoices):
+        """What a person sees of the robot: its status, with the operators' stop and removal first."""
+
+        POLICY = "policy", "policy in control"
+        EXPERT = "expert", "expert in control"
+        OPERATOR = "operator", "operator in control"
+        IDLE = "idle", "idle"
+        STARTING = "starting", "starting"
+        PAUSED = "paused", "paused"
+        STOPPED = "stopped", "stopped"
+        OFFLINE = "offline", "offline"
+        REMOVED = "removed", "removed"
+
+    # What a robot may report about itself. Paused is an operator's decision a robot never overrides; starting (a
+    # start or resume waiting for the robot to answer) and offline (the sweep's verdict) end with its next report.
+    REPORTABLE = (Status.IDLE, Status.RUNNING, Status.EXPERT, Status.OPERATOR)
+    # Reports that move nothing the dashboards must hear of (the gate taking and handing back control, a renewed
+    # status): one conditional UPDATE, about once a second per robot. Any other move is announced.
+    QUIET_MOVES = {Status.RUNNING: (Status.RUNNING, Status.EXPERT), Status.EXPERT: (Status.RUNNING, Status.EXPERT),
+                   Status.IDLE: (Status.IDLE,), Status.OPERATOR: (Status.OPERATOR,)}
+    # An operator's takeover holds the operator status against the robot's reports until the episode that took it
+    # up ends (fleet.control.end_takeover) or, if no episode took it up, until the takeover request lapses.
+    TAKEOVER_SECONDS = 60
+    # What an operator may tell a robot, in the order its tile offers them (fleet.control.COMMANDS runs them).
+    COMMANDS = {"start": "Start", "stop": "Stop", "pause": "Pause", "resume": "Resume", "takeover": "Take over",
+                "remove": "Remove"}
 
     name = models.CharField(max_length=64, unique=True)
     kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.SIM)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.OFFLINE)
+    status_changed_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a command, the sweep or the robot's return last moved its status (not "
+                                         "the running / expert telemetry of every heartbeat).")
     tasks = models.ManyToManyField(Task, blank=True, related_name="robots")
     policy_version = models.ForeignKey(
         "learner.PolicyVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="robots",
@@ -66,8 +96,65 @@ class Robot(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    # --- what people see and may do ------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        """One word for the robot: removed and stopped (operators' decisions) come before its status."""
+        if self.retired:
+            return self.State.REMOVED
+        if not self.enabled:
+            return self.State.STOPPED
+        return {self.Status.RUNNING: self.State.POLICY}.get(self.status, self.status)
+
+    def refusal(self, command: str) -> str | None:
+        """Why an operator may not give `command` now, in words for them; None when they may. The one rule: the
+        tiles offer exactly the commands this allows, and every transition checks it under the row lock."""
+        name, status, phrase = self.name, self.status, self._phrase()
+        if command not in self.COMMANDS:
+            return f"{command!r} is not a robot command"
+        if self.retired:
+            return f"robot {name} was removed from the fleet"
+        if command == "start":
+            return f"robot {name} is already started" if self.enabled else None
+        if command == "stop":
+            return None if self.enabled else f"robot {name} is already stopped"
+        if command == "remove":
+            return f"cannot remove robot {name}: it is started; stop it first" if self.enabled else None
+        if command == "resume":
+            return None if status == self.Status.PAUSED else \
+                f"cannot resume robot {name}: it is {phrase}; only a paused robot resumes"
+        if not self.enabled:  # pause, takeover
+            return f"cannot {self.COMMANDS[command].lower()} robot {name}: it is stopped; start it first"
+        if command == "pause":
+            return f"robot {name} is already paused" if status == self.Status.PAUSED else None
+        # takeover: the running episode, or the one a start or resume is about to begin
+        if status in (self.Status.RUNNING, self.Status.EXPERT, self.Status.STARTING):
+            return None
+        if status == self.Status.OPERATOR:
+            return f"cannot take over robot {name}: an operator is in control of it already"
+        if status == self.Status.PAUSED:
+            return f"cannot take over robot {name}: it is paused; resume it first"
+        return f"cannot take over robot {name}: it is {phrase}, not running an episode"
+
+    def _phrase(self) -> str:
+        if self.status in (self.Status.RUNNING, self.Status.EXPERT, self.Status.OPERATOR):
+            return f"running ({self.State(self.state).label})" if self.enabled else "running"
+        return self.get_status_display() if self.enabled or self.status == self.Status.PAUSED else "stopped"
+
+    def allowed_commands(self) -> list[str]:
+        return [command for command in self.COMMANDS if self.refusal(command) is None]
+
+    def live_state(self) -> dict:
+        """What a tile shows of the robot and offers for it: the POST's answer and the `robot.status` event."""
+        return {"robot": self.pk, "name": self.name, "state": str(self.state), "label": self.State(self.state).label,
+                "status": self.status, "enabled": self.enabled, "paused": self.status == self.Status.PAUSED,
+                "commands": self.allowed_commands()}
+
+    # --- transitions -------------------------------------------------------------------------------------------
+
     @classmethod
-    def add(cls, name: str, tasks, actor=None, kind: str = Kind.SIM) -> Robot:
+    def add(cls, name: str, tasks, actor=None, kind: str = Kind.SIM, reason: str = "") -> Robot:
         """A new robot row (stopped, no version), audited. fleet.control.add also gives it the fleet's version."""
         name = name.strip()
         if not name or len(name) > 64:
@@ -76,21 +163,42 @@ class Robot(models.Model):
             with transaction.atomic():
                 robot = cls.objects.create(name=name, kind=kind)
                 robot.tasks.set(tasks)
-                AuditEvent.record(actor, "robot.add", robot, details={"tasks": sorted(t.env_name for t in tasks)})
+                AuditEvent.record(actor, "robot.add", robot, reason=reason,
+                                  details={"tasks": sorted(t.env_name for t in tasks)})
         except IntegrityError:  # the unique name, also when two operators add the same name at once
             raise ValueError(f"a robot named {name!r} already exists") from None
         return robot
 
+    def _locked(self, command: str | None = None) -> Robot:
+        """The row, locked FOR NO KEY UPDATE (see core.audit.apply_transition); with `command`, refused unless the
+        locked state allows it."""
+        locked = Robot.objects.select_for_update(no_key=True).get(pk=self.pk)
+        refusal = locked.refusal(command) if command else None
+        if refusal:
+            self._take_state(locked)  # the caller answers with the state as it is
+            raise IllegalTransition(refusal)
+        return locked
+
+    # What live_state() is computed from: a broadcast must read them fresh, never from an object an actor loaded at
+    # its episode's start (the robot may have been stopped since).
+    STATE_FIELDS = ("status", "status_changed_at", "enabled", "retired", "last_heartbeat")
+
+    def _take_state(self, other: Robot) -> None:
+        for name in self.STATE_FIELDS:
+            setattr(self, name, getattr(other, name))
+
     def remove(self, actor, reason: str = "") -> None:
-        """Take the robot out of the fleet: deleted if it never ran an episode, else retired (history kept)."""
+        """Take the stopped robot out of the fleet: deleted if it never ran an episode, else retired (history
+        kept)."""
         with transaction.atomic():
-            locked = Robot.objects.select_for_update(no_key=True).get(pk=self.pk)
+            locked = self._locked("remove")
             AuditEvent.record(actor, "robot.remove", locked, reason=reason)
             if locked.episodes.exists():
                 Robot.objects.filter(pk=self.pk).update(retired=True, enabled=False)
                 self.retired, self.enabled = True, False
             else:
                 locked.delete()
+                self.retired = True
 
     def set_tasks(self, tasks, actor=None, reason: str = "") -> AuditEvent:
         with transaction.atomic():
@@ -100,71 +208,104 @@ class Robot(models.Model):
             return AuditEvent.record(actor, "robot.set_tasks", locked, reason=reason,
                                      details={"from": before, "to": sorted(t.env_name for t in tasks)})
 
+    def _command(self, command: str, actor, reason: str, *, verb: str, field: str, to, **updates) -> AuditEvent:
+        """An operator's command: refused unless the locked row allows it, else the audited transition."""
+        with transaction.atomic():
+            locked = self._locked(command)
+            event = apply_transition(locked, verb=verb, field=field, allowed_from={getattr(locked, field)}, to=to,
+                                     actor=actor, reason=reason, **updates)
+        self._take_state(locked)
+        return event
+
     def set_enabled(self, enabled: bool, actor, reason: str = "") -> AuditEvent:
-        """Started (runs episodes back to back) or stopped (finishes the running episode, then runs no more)."""
-        if enabled and self.retired:
-            raise IllegalTransition(f"robot {self.name} was removed from the fleet")
-        word = "started" if enabled else "stopped"
-        try:
-            return apply_transition(self, verb=f"robot.{'start' if enabled else 'stop'}", field="enabled",
-                                    allowed_from={not enabled}, to=enabled, actor=actor, reason=reason)
-        except IllegalTransition:
-            raise IllegalTransition(f"robot {self.name} is already {word}") from None
+        """Started (runs episodes back to back) or stopped (finishes the running episode, then runs no more). A
+        robot started while offline is starting until it answers, or offline again after FLEET_HEARTBEAT_TIMEOUT."""
+        command = "start" if enabled else "stop"
+        with transaction.atomic():
+            locked = self._locked(command)
+            updates = {}
+            if enabled and locked.status == self.Status.OFFLINE:
+                updates = {"status": self.Status.STARTING, "status_changed_at": timezone.now()}
+            event = apply_transition(locked, verb=f"robot.{command}", field="enabled", allowed_from={not enabled},
+                                     to=enabled, actor=actor, reason=reason, **updates,
+                                     details={"status": updates["status"]} if updates else None)
+        self._take_state(locked)
+        return event
 
     def pause(self, actor, reason: str = "") -> AuditEvent:
-        return apply_transition(
-            self, verb="robot.pause", field="status", to=self.Status.PAUSED, actor=actor, reason=reason,
-            allowed_from={self.Status.IDLE, self.Status.RUNNING, self.Status.EXPERT, self.Status.OFFLINE},
-        )
+        return self._command("pause", actor, reason, verb="robot.pause", field="status", to=self.Status.PAUSED,
+                             status_changed_at=timezone.now())
 
     def resume(self, actor, reason: str = "") -> AuditEvent:
-        # Back to offline: the robot is "idle" only once its actor heartbeats again.
-        return apply_transition(
-            self, verb="robot.resume", field="status", to=self.Status.OFFLINE, actor=actor, reason=reason,
-            allowed_from={self.Status.PAUSED},
-        )
+        # Starting, not idle or offline: nothing is known of the robot until it next reports, which a running actor
+        # or robot does within a second or two; the sweep marks it offline if it does not.
+        return self._command("resume", actor, reason, verb="robot.resume", field="status", to=self.Status.STARTING,
+                             status_changed_at=timezone.now())
 
-    def record_takeover(self, actor, reason: str = "") -> AuditEvent:
-        """An operator's takeover, allowed only while an episode runs (fleet.control.take_over tells the actor)."""
-        with transaction.atomic():
-            locked = Robot.objects.select_for_update(no_key=True).get(pk=self.pk)
-            if locked.status not in (self.Status.RUNNING, self.Status.EXPERT):
-                raise IllegalTransition(f"cannot take over robot {locked}: it is {locked.status}, not running")
-            return AuditEvent.record(actor, "robot.takeover", locked, reason=reason)
+    def take_over(self, actor, reason: str = "") -> AuditEvent:
+        """An operator puts the expert in control of the running episode, or of the next one a start or resume is
+        about to begin (fleet.control.take_over tells the robot)."""
+        return self._command("takeover", actor, reason, verb="robot.takeover", field="status",
+                             to=self.Status.OPERATOR, status_changed_at=timezone.now())
+
+    def end_takeover(self) -> bool:
+        """The episode the takeover reached has ended: back to the policy (telemetry, not a decision: the takeover
+        is audited, its end is the episode's operator segment). False if the robot was not under a takeover."""
+        ended = Robot.objects.filter(pk=self.pk, status=self.Status.OPERATOR).update(
+            status=self.Status.RUNNING, status_changed_at=timezone.now())
+        if ended:
+            self.refresh_from_db(fields=self.STATE_FIELDS)
+        return bool(ended)
 
     def mark_offline(self, silent_since, reason: str = "heartbeat timeout") -> AuditEvent:
-        """The sweep's verdict on a robot that has not heartbeat since `silent_since`."""
-        return apply_transition(
+        """The sweep's verdict on a robot that has not reported since `silent_since`, nor been started, resumed or
+        taken over since."""
+        silent = (models.Q(last_heartbeat__lt=silent_since) | models.Q(last_heartbeat=None)) & (
+            models.Q(status_changed_at__lt=silent_since) | models.Q(status_changed_at=None))
+        event = apply_transition(
             self, verb="robot.offline", field="status", to=self.Status.OFFLINE, reason=reason,
-            allowed_from=set(self.REPORTABLE), condition=models.Q(last_heartbeat__lt=silent_since),
+            allowed_from={*self.REPORTABLE, self.Status.STARTING}, condition=silent,
+            status_changed_at=timezone.now(),
         )
+        self.refresh_from_db(fields=self.STATE_FIELDS)
+        return event
 
-    def heartbeat(self, status: str) -> tuple[bool, AuditEvent | None]:
-        """An actor reports it is alive and what it is doing. Returns (False, None) if the robot is paused, and
-        the audit event when it came back from offline.
+    def heartbeat(self, status: str) -> tuple[bool, str | None]:
+        """The robot reports it is alive and what it is doing. Returns (alive, left): alive is False if the robot is
+        paused (it must not run); `left` is the status it left when that is news for the dashboards (it came back
+        from offline, answered a start or resume, went idle or busy, or a takeover lapsed), else None.
 
-        Activity (idle / running / expert) is telemetry, reported several times per episode, and is not
-        audited; coming back from offline is.
+        Activity is telemetry, reported about once a second, and is not audited; coming back from offline is. An
+        operator's takeover holds against reports of other activity (the robot has not seen it yet) until the
+        episode that took it up ends or, taken up by none, for TAKEOVER_SECONDS.
         """
         if status not in self.REPORTABLE:
-            raise ValueError(f"an actor may report {', '.join(self.REPORTABLE)}, not {status!r}")
+            raise ValueError(f"a robot may report {', '.join(self.REPORTABLE)}, not {status!r}")
         now = timezone.now()
-        if self.status == self.Status.OFFLINE:
-            try:
-                event = apply_transition(
-                    self, verb="robot.online", field="status", to=status, allowed_from={self.Status.OFFLINE},
-                    last_heartbeat=now,
-                )
-            except IllegalTransition:
-                self.refresh_from_db(fields=["status", "last_heartbeat"])
-            else:
-                return True, event
-        updated = Robot.objects.filter(pk=self.pk, status__in=self.REPORTABLE).update(
-            status=status, last_heartbeat=now
-        )
-        if updated:
+        if Robot.objects.filter(pk=self.pk, status__in=self.QUIET_MOVES[status]).update(status=status,
+                                                                                       last_heartbeat=now):
             self.status, self.last_heartbeat = status, now
-        return bool(updated), None
+            return True, None
+        with transaction.atomic():
+            locked = Robot.objects.select_for_update(no_key=True).get(pk=self.pk)
+            left = locked.status
+            if left == self.Status.PAUSED:
+                Robot.objects.filter(pk=self.pk).update(last_heartbeat=now)
+                alive, moved = False, False
+            elif left == self.Status.OFFLINE:
+                apply_transition(locked, verb="robot.online", field="status", to=status, allowed_from={left},
+                                 last_heartbeat=now, status_changed_at=now)
+                alive, moved = True, True
+            elif left == self.Status.OPERATOR and locked.status_changed_at is not None and \
+                    locked.status_changed_at > now - timedelta(seconds=self.TAKEOVER_SECONDS):
+                Robot.objects.filter(pk=self.pk).update(last_heartbeat=now)
+                alive, moved = True, False
+            else:
+                Robot.objects.filter(pk=self.pk).update(status=status, last_heartbeat=now, status_changed_at=now)
+                alive, moved = True, True
+        locked.refresh_from_db(fields=self.STATE_FIELDS)
+        self._take_state(locked)
+        return alive, (left if moved else None)
 
     def assign_version(self, version, actor=None, reason: str = "") -> AuditEvent:
         """The version this robot runs from its next episode on (fleet.control.assign_version tells its actor)."""
@@ -256,7 +397,7 @@ class Episode(models.Model):
 # What "success" means on every page, chart, alert and comparison: the policy succeeded alone, with no step acted
 # by anyone else (the HG-DAgger gate's expert, an operator, or any other source an upload records). A success with
 # even one such step is an assisted success: the expert's rescue, not the policy's. Autonomous and assisted
-# successes are disjoint and together are every success. The roll-up trigger (fleet migration 0013) states the same
+# successes are disjoint and together are every success. The roll-up trigger (fleet migration 0014) states the same
 # condition in SQL. Annotators' relabels, written after the episode, change neither: they say what the expert would
 # have done, not who acted.
 AUTONOMOUS_SUCCESS = models.Q(outcome=Episode.Outcome.SUCCESS, intervention_steps=0, intervention_count=0)
@@ -299,7 +440,7 @@ class InterventionSegment(models.Model):
 class EpisodeRollup(models.Model):
     """Episode counts per minute and per hour, by task, robot, policy version and source: what the dashboards
     read instead of scanning episodes. Kept by a PostgreSQL trigger on Episode's inserts and deletes (migrations
-    0005, 0007 and 0013; interventions come from Episode.intervention_count), inside the ingesting transaction, so
+    0005, 0007 and 0014; interventions come from Episode.intervention_count), inside the ingesting transaction, so
     it is never stale and never double-counts a retried episode. Successes are split into autonomous and assisted
     ones (the trigger's SQL states AUTONOMOUS_SUCCESS again): no column mixes the two. Episodes are not edited in
     place (the admin shows them read-only): an UPDATE of a counted column would not reach these rows.

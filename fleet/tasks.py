@@ -21,13 +21,16 @@ log = logging.getLogger(__name__)
 def sweep_robots() -> int:
     """Mark robots whose actor has gone silent as offline (periodic, from beat). Returns how many."""
     cutoff = timezone.now() - timedelta(seconds=settings.FLEET_HEARTBEAT_TIMEOUT)
-    silent = Robot.objects.filter(status__in=Robot.REPORTABLE, last_heartbeat__lt=cutoff)
+    # Robots that went silent, and robots started or resumed that never answered.
+    quiet = models.Q(last_heartbeat__lt=cutoff) | models.Q(last_heartbeat=None)
+    unanswered = models.Q(status_changed_at__lt=cutoff) | models.Q(status_changed_at=None)
+    silent = Robot.objects.filter(quiet & unanswered, status__in=[*Robot.REPORTABLE, Robot.Status.STARTING])
     marked = 0
     for robot in silent:
         try:
             control.mark_offline(robot, cutoff, reason=f"no heartbeat for {settings.FLEET_HEARTBEAT_TIMEOUT:g} s")
         except IllegalTransition:
-            continue  # it heartbeat, was paused or went offline meanwhile
+            continue  # it reported, was paused or went offline meanwhile
         marked += 1
     if marked:
         log.info("marked %d silent robot(s) offline", marked)

@@ -6,11 +6,12 @@ from datetime import timezone as dt_timezone
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Count, Exists, Max, Min, OuterRef, Q
 from django.http import HttpResponseBadRequest, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from core import bus, ratelimit
@@ -86,6 +87,8 @@ def fleet(request):
         "can_control": request.user.has_perm("fleet.control_robot"),
         "can_enrol": request.user.has_perm("gateway.enrol_robot"),
         "add_form": RobotForm(),
+        "robot_commands": list(Robot.COMMANDS.items()),
+        "state_labels": dict(Robot.State.choices),
     }, status=400 if form.errors else 200)
 
 
@@ -122,37 +125,63 @@ def breakdown(request):
     })
 
 
-ROBOT_COMMANDS = set(control.COMMANDS)
+def _wants_json(request) -> bool:
+    """The tile's script asks for JSON (the robot's new state); a plain form post gets a page back."""
+    return "application/json" in request.headers.get("Accept", "")
 
 
-@require_POST
-@permission_required("fleet.control_robot", raise_exception=True)
-def robot_command(request, pk: int, command: str):
-    if command not in ROBOT_COMMANDS:
-        return HttpResponseBadRequest(f"unknown robot command {command!r}")
-    robot = get_object_or_404(Robot, pk=pk, retired=False)
-    form = ReasonForm(request.POST)
-    if not form.is_valid():
-        return bad_form_response(form)
-    try:
-        control.COMMANDS[command](robot, request.user, reason=form.cleaned_data["reason"])
-    except IllegalTransition as exc:
-        messages.error(request, str(exc)[:1].upper() + str(exc)[1:])
-    else:
-        messages.success(request, f"{robot.name}: {command} done.")
+def _after_command(request, robot: Robot):
+    """Where a plain form post returns: the page it came from (the robot's page or the fleet), else the fleet."""
+    back = request.POST.get("next", "")
+    if back and url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()},
+                                                require_https=request.is_secure()):
+        return redirect(back)
     return redirect("fleet")
 
 
 @require_POST
 @permission_required("fleet.control_robot", raise_exception=True)
+def robot_command(request, pk: int, command: str):
+    """An operator's command to one robot, with an optional reason (the audit row's). A command the robot's state
+    does not allow is refused with the reason (409 for the tile's script, with the state as it is, so a stale tile
+    corrects itself); an accepted one answers with the new state, which every dashboard also hears."""
+    if command not in control.COMMANDS:
+        return HttpResponseBadRequest(f"unknown robot command {command!r}")
+    robot = get_object_or_404(Robot, pk=pk, retired=False)
+    form = ReasonForm(request.POST)
+    if not form.is_valid():
+        if _wants_json(request):
+            return JsonResponse({"error": bad_form_response(form).content.decode()}, status=400)
+        return bad_form_response(form)
+    try:
+        control.COMMANDS[command](robot, request.user, reason=form.cleaned_data["reason"])
+    except IllegalTransition as exc:
+        text = str(exc)[:1].upper() + str(exc)[1:]
+        if _wants_json(request):
+            return JsonResponse({"error": text, "robot": robot.live_state()}, status=409)
+        messages.error(request, text)
+    else:
+        text = f"{robot.name}: {Robot.COMMANDS[command].lower()} done."
+        if _wants_json(request):
+            return JsonResponse({"message": text, "robot": robot.live_state()})
+        messages.success(request, text)
+    return _after_command(request, robot)
+
+
+@require_POST
+@permission_required("fleet.control_robot", raise_exception=True)
 def fleet_command(request, command: str):
-    """Start or stop every robot in the fleet."""
+    """Start or stop every robot in the fleet (those already so are left alone), with one reason for all."""
     if command not in ("start", "stop"):
         return HttpResponseBadRequest(f"unknown fleet command {command!r}")
+    form = ReasonForm(request.POST)
+    if not form.is_valid():
+        return bad_form_response(form)
+    reason = form.cleaned_data["reason"] or "whole fleet"
     changed = 0
     for robot in Robot.objects.filter(retired=False, enabled=(command == "stop")):
         try:
-            control.COMMANDS[command](robot, request.user, reason="whole fleet")
+            control.COMMANDS[command](robot, request.user, reason=reason)
             changed += 1
         except IllegalTransition:
             pass  # changed by someone else meanwhile
@@ -169,7 +198,8 @@ def robot_add(request):
             messages.error(request, f"{field}: {' '.join(errors)}")
         return redirect("fleet")
     try:
-        robot = control.add(form.cleaned_data["name"], list(form.cleaned_data["tasks"]), request.user)
+        robot = control.add(form.cleaned_data["name"], list(form.cleaned_data["tasks"]), request.user,
+                            reason=form.cleaned_data["reason"])
     except ValueError as exc:
         messages.error(request, str(exc))
     else:
@@ -184,9 +214,90 @@ def robot_tasks(request, pk: int):
     form = RobotTasksForm(request.POST)
     if not form.is_valid():
         return bad_form_response(form)
-    robot.set_tasks(list(form.cleaned_data["tasks"]), request.user)
+    robot.set_tasks(list(form.cleaned_data["tasks"]), request.user, reason=form.cleaned_data["reason"])
     messages.success(request, f"{robot.name} now runs {', '.join(t.env_name for t in form.cleaned_data['tasks'])}.")
-    return redirect("fleet")
+    return _after_command(request, robot)
+
+
+ROBOT_PAGE_EPISODES = 25  # episodes per page of a robot's page
+ROBOT_PAGE_HISTORY = 50  # audit rows shown per table
+ROBOT_PAGE_WINDOW = 2000  # the robot's latest episodes its versions and interventions are summed over
+STATUS_VERBS = ["robot.add", "robot.start", "robot.stop", "robot.pause", "robot.resume", "robot.takeover",
+                "robot.online", "robot.offline", "robot.remove"]
+
+
+@permission_required("fleet.view_robot", raise_exception=True)
+def robot_detail(request, pk: int):
+    """One robot: its state and last heartbeat, how its status moved and who moved it (the audit trail), the
+    versions it ran, its episodes (paged) and its interventions."""
+    robot = get_object_or_404(Robot.objects.select_related("policy_version"), pk=pk)
+    form = EpisodeFilterForm({"after": request.GET.get("after", "")})
+    if not form.is_valid():
+        return bad_form_response(form)
+    trail = AuditEvent.objects.filter(object_type=Robot._meta.label_lower, object_id=str(robot.pk))
+    page, next_after = _robot_episodes(robot, form.cleaned_data["after"])
+    window = robot.episodes.order_by("-finished_at", "-id").values("pk")[:ROBOT_PAGE_WINDOW]
+    return render(request, "fleet/robot.html", {
+        "robot": robot,
+        "live": robot.live_state(),
+        "state_labels": dict(Robot.State.choices),
+        "can_control": request.user.has_perm("fleet.control_robot") and not robot.retired,
+        "can_audit": request.user.has_perm("core.view_auditevent"),
+        "tasks": list(robot.tasks.values_list("env_name", flat=True)),
+        "status_history": _with_states(list(trail.filter(verb__in=STATUS_VERBS)[:ROBOT_PAGE_HISTORY])),
+        "operator_actions": list(trail.filter(actor__isnull=False)[:ROBOT_PAGE_HISTORY]),
+        "versions": _versions_run(robot, window),
+        "window": ROBOT_PAGE_WINDOW,
+        "interventions": list(Episode.objects.filter(pk__in=window, intervention_count__gt=0)
+                              .select_related("task").prefetch_related("interventions")
+                              .order_by("-finished_at", "-id")[:ROBOT_PAGE_EPISODES]),
+        "episodes": page,
+        "next_after": next_after,
+        "first_page": not request.GET.get("after"),
+        "robot_commands": list(Robot.COMMANDS.items()),
+    })
+
+
+def _robot_episodes(robot: Robot, after) -> tuple[list, str | None]:
+    """A page of the robot's episodes, newest first, by keyset (the episodes page's cursor)."""
+    rows = robot.episodes.select_related("task", "policy_version").order_by("-finished_at", "-id")
+    if after:
+        stamp, last = after
+        rows = rows.filter(Q(finished_at__lt=stamp) | Q(finished_at=stamp, id__lt=last))
+    page = list(rows[:ROBOT_PAGE_EPISODES + 1])
+    if len(page) <= ROBOT_PAGE_EPISODES:
+        return page, None
+    page = page[:ROBOT_PAGE_EPISODES]
+    return page, f"{page[-1].finished_at.isoformat()}|{page[-1].pk}"
+
+
+def _versions_run(robot: Robot, window) -> list[dict]:
+    """The versions the robot's latest episodes ran, newest first, with their episodes, successes and
+    interventions (from episodes: the robot's own record, whatever its assignments said)."""
+    rows = (Episode.objects.filter(pk__in=window).values("policy_version__number")
+            .annotate(episodes=Count("pk"), successes=Count("pk", filter=Q(outcome=Episode.Outcome.SUCCESS)),
+                      helped=Count("pk", filter=Q(intervention_count__gt=0)), evaluations=Count(
+                          "pk", filter=Q(source=Episode.Source.EVALUATION)),
+                      first=Min("started_at"), last=Max("finished_at"))
+            .order_by("-last"))
+    return [{**row, "number": row.pop("policy_version__number")} for row in rows]
+
+
+def _with_states(events: list[AuditEvent]) -> list[AuditEvent]:
+    """Each status row with the states it moved between, in words (audit details keep the raw values)."""
+    words = dict(Robot.Status.choices)
+    for event in events:
+        details = event.details or {}
+        if event.verb in ("robot.start", "robot.stop"):
+            event.change = "started" if event.verb == "robot.start" else "stopped"
+            if details.get("status"):
+                event.change += f", {words.get(details['status'], details['status'])}"
+        elif "to" in details:
+            event.change = f"{words.get(details.get('from'), details.get('from'))} → " \
+                           f"{words.get(details['to'], details['to'])}"
+        else:
+            event.change = ""
+    return events
 
 
 @permission_required("fleet.view_episode", raise_exception=True)
@@ -239,8 +350,11 @@ def episode(request, pk: int):
 
     row = get_object_or_404(Episode.objects.select_related("task", "robot", "policy_version"), pk=pk)
     series = episode_series(row, load_arrays(row))
+    flags = list(row.flags.select_related("raised_by", "resolved_by"))
+    # One open flag per person and episode (review's constraint): theirs is shown instead of the form.
+    mine = next((f for f in flags if f.raised_by_id == request.user.pk and f.status == "open"), None)
     return render(request, "fleet/episode.html", {
-        "episode": row, "series": series, "flags": row.flags.select_related("raised_by", "resolved_by"),
+        "episode": row, "series": series, "flags": flags, "my_open_flag": mine,
         "segments": series["segments"], "can_flag": request.user.has_perm("review.flag_episode"),
         "flag_form": FlagForm(),
     })

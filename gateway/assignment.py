@@ -105,6 +105,8 @@ def heartbeat(robot: Robot, beat: dict) -> None:
         raise ApiError(422, "invalid", f"status must be one of {', '.join(STATUSES)}, not {beat['status']!r}")
     if beat.get("control") is not None and beat["control"] not in CONTROLS:
         raise ApiError(422, "invalid", f"control must be one of {', '.join(sorted(CONTROLS))}")
+    if beat.get("control") == "operator":  # an operator's takeover, as the robot sees it: held until its upload
+        status = Robot.Status.OPERATOR
     control.heartbeat(robot, status)
     if status == Robot.Status.IDLE or beat.get("step") is None:
         control.end_progress(robot.pk)

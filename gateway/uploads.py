@@ -11,7 +11,6 @@ from django.db import connection
 from django.http.request import RawPostDataException
 from django.utils import timezone
 
-from core import bus
 from fleet import control
 from fleet.ingest import EpisodeRejected, ingest_episode
 from fleet.models import Episode, Robot
@@ -77,7 +76,7 @@ def accept(robot: Robot, key: str, params: dict, meta: dict, body: bytes) -> tup
 
         governance_evaluation.record(item, episode)  # or released, when the policy did not run alone to the end
     if created:
-        bus.degrade(bus.client().delete, bus.takeover_key(robot.pk))  # a takeover lasts for the episode it reached
+        control.end_takeover(robot)  # a takeover lasts for the episode it reached
         control.end_progress(robot.pk)  # its tile shows the next episode's progress from its next heartbeat
     return episode, created
 

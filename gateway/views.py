@@ -32,12 +32,12 @@ def enrol(request):
         return render(request, "gateway/enrol.html", {"form": form}, status=400)
     try:
         robot = control.add(form.cleaned_data["name"], list(form.cleaned_data["tasks"]), request.user,
-                            kind=Robot.Kind.REMOTE)
+                            kind=Robot.Kind.REMOTE, reason=form.cleaned_data["reason"])
     except ValueError as exc:
         form.add_error("name", str(exc))
         return render(request, "gateway/enrol.html", {"form": form}, status=400)
     _, token = credentials.issue(robot, request.user, expires_at=_expiry(form.cleaned_data["expires_in_days"]),
-                                 reason="enrolled")
+                                 reason=form.cleaned_data["reason"] or "enrolled")
     return _show_token(request, robot, token)
 
 
@@ -50,15 +50,15 @@ def _show_token(request, robot: Robot, token: str):
 
 
 @permission_required("fleet.view_robot", raise_exception=True)
-def robot_detail(request, pk: int):
-    robot = get_object_or_404(Robot.objects.select_related("policy_version"), pk=pk)
+def credentials_page(request, pk: int):
+    """A robot's tokens (created, used, expiry, revoked), rotated or revoked here; its robot page links to it."""
+    robot = get_object_or_404(Robot, pk=pk)
     tokens = list(RobotToken.objects.filter(robot=robot).select_related("created_by", "revoked_by"))
     now = timezone.now()
     for token in tokens:
         token.current_state = token.state(now)
-    last_episode = robot.episodes.order_by("-finished_at").only("pk", "finished_at").first()
     return render(request, "gateway/robot.html", {
-        "robot": robot, "tokens": tokens, "last_episode": last_episode, "token_form": TokenForm(),
+        "robot": robot, "tokens": tokens, "token_form": TokenForm(),
         "can_enrol": request.user.has_perm("gateway.enrol_robot") and not robot.in_process and not robot.retired,
     })
 
@@ -75,7 +75,7 @@ def rotate(request, pk: int):
                                       reason=form.cleaned_data["reason"])
     except IllegalTransition as exc:
         messages.error(request, str(exc))
-        return redirect("robot-detail", pk=pk)
+        return redirect("robot-credentials", pk=pk)
     return _show_token(request, robot, token)
 
 
@@ -92,4 +92,4 @@ def revoke(request, pk: int, key: str):
         messages.error(request, str(exc))
     else:
         messages.success(request, f"Token {key} revoked: the robot's next request is refused.")
-    return redirect("robot-detail", pk=pk)
+    return redirect("robot-credentials", pk=pk)

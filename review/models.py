@@ -23,8 +23,18 @@ from fleet.ingest import relabel_segments
 from fleet.models import Episode, Task
 
 
+class AlreadyFlagged(ValueError):
+    """This person's flag on the episode is open already; nothing was added."""
+
+    def __init__(self, flag: EpisodeFlag):
+        self.flag = flag
+        super().__init__(f"you flagged episode {flag.episode_id} already ({flag.created_at:%Y-%m-%d %H:%M}, "
+                         f"\"{flag.reason[:80]}\"), and that flag is still open: nothing was added")
+
+
 class EpisodeFlag(models.Model):
-    """An operator's request that an episode be reviewed."""
+    """An operator's request that an episode be reviewed. A person has at most one open flag per episode (a
+    constraint, so a double click or two tabs cannot add a second); once it is resolved they may raise another."""
 
     class Status(models.TextChoices):
         OPEN = "open", "open"
@@ -46,18 +56,27 @@ class EpisodeFlag(models.Model):
         ordering = ["-created_at"]
         indexes = [models.Index(fields=["status", "-created_at"])]
         permissions = [("flag_episode", "Can flag episodes for review")]
+        constraints = [models.UniqueConstraint(fields=["episode", "raised_by"], condition=Q(status="open"),
+                                               name="flag_one_open_per_person")]
 
     def __str__(self) -> str:
         return f"flag on episode {self.episode_id}"
 
     @classmethod
     def raise_flag(cls, episode: Episode, actor, reason: str) -> EpisodeFlag:
+        """A new open flag, audited; AlreadyFlagged (adding nothing) if this person's flag on it is open."""
         reason = reason.strip()
         if not reason:
             raise ValueError("a flag needs a reason")
-        with transaction.atomic():
-            flag = cls.objects.create(episode=episode, raised_by=actor, reason=reason)
-            AuditEvent.record(actor, "episode.flag", episode, reason=reason, details={"flag": flag.pk})
+        try:
+            with transaction.atomic():
+                flag = cls.objects.create(episode=episode, raised_by=actor, reason=reason)
+                AuditEvent.record(actor, "episode.flag", episode, reason=reason, details={"flag": flag.pk})
+        except IntegrityError:  # the constraint: this person's open flag exists (perhaps raised a moment ago)
+            existing = cls.objects.filter(episode=episode, raised_by=actor, status=cls.Status.OPEN).first()
+            if existing is None:
+                raise
+            raise AlreadyFlagged(existing) from None
         return flag
 
     def resolve(self, actor, resolution: str, reason: str = "") -> AuditEvent:

@@ -21,6 +21,7 @@ from review import jobs
 from review.export import labels_to_export
 from review.forms import DismissForm, ExportForm, LabelForm, QueueFilterForm
 from review.models import (
+    AlreadyFlagged,
     ClaimHeld,
     ClaimLost,
     DatasetExport,
@@ -271,8 +272,12 @@ def episode_flag(request, pk: int):
     form = FlagForm(request.POST)
     if not form.is_valid():
         return bad_form_response(form)
-    EpisodeFlag.raise_flag(row, request.user, form.cleaned_data["reason"])
-    messages.success(request, f"Episode {row.pk} flagged for review.")
+    try:
+        EpisodeFlag.raise_flag(row, request.user, form.cleaned_data["reason"])
+    except AlreadyFlagged as exc:
+        messages.warning(request, str(exc)[:1].upper() + str(exc)[1:] + ".")
+    else:
+        messages.success(request, f"Episode {row.pk} flagged for review.")
     return redirect("episode", pk=row.pk)
 
 

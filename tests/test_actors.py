@@ -5,6 +5,7 @@ import json
 import time
 
 from core import bus
+from core.models import AuditEvent
 from fleet import control
 from fleet.ingest import load_arrays
 from fleet.models import Episode, InterventionSegment, Robot
@@ -137,3 +138,83 @@ def test_a_paused_robot_aborts_its_episode_and_runs_no_more(start_worker, tasks,
     wait_for(lambda: r.exists(bus.lease_key(robot.pk), bus.scheduled_key(robot.pk)) == 0, 30,
              "the robot's chain of episodes to stop")
     assert not episodes_of(robot).filter(pk__gt=aborted.pk).exists()  # nothing new while paused
+
+
+def test_a_takeover_shows_at_once_and_holds_until_its_episode_ends(start_worker, tasks, olivia):
+    version = publish_random_policy(1, TASK_NAMES)
+    robot = make_robot("sim-truth", [tasks[0]], version)
+    # ~6 s episodes without the gate: only the operator puts the expert in control, mid-episode.
+    start_worker(queues="actors", FLEET_REALTIME_FACTOR=0.25, FLEET_GATE='{"enabled": false}')
+    control.start(robot, olivia)
+    wait_for(lambda: steps_taken(robot), 60, "the episode to report its first steps")
+    control.take_over(robot, olivia, reason="it is about to drop the box")
+    assert Robot.objects.get(pk=robot.pk).state == Robot.State.OPERATOR  # from the commit, not the next report
+
+    seen = []
+
+    def stored():
+        seen.append(Robot.objects.get(pk=robot.pk).status)  # read before looking for the episode
+        return episodes_of(robot).exists()
+
+    wait_for(stored, 60, "the episode taken over")
+    assert set(seen[:-1]) == {Robot.Status.OPERATOR}  # the actor's reports never flipped it back meanwhile
+    wait_for(lambda: Robot.objects.get(pk=robot.pk).status == Robot.Status.RUNNING, 10,
+             "the policy to have the next episode")
+    wait_for(lambda: episodes_of(robot).count() >= 2, 60, "the next episode")
+    control.stop(robot, olivia)
+    first, second = episodes_of(robot)[:2]
+    assert first.interventions.get().source == "operator" and not second.interventions.exists()
+
+
+def test_a_resumed_robot_runs_again_and_takes_a_takeover_at_once(start_worker, tasks, olivia):
+    version = publish_random_policy(1, TASK_NAMES)
+    robot = make_robot("sim-resume", [tasks[0]], version)
+    start_worker(queues="actors", FLEET_REALTIME_FACTOR=0.25, FLEET_GATE='{"enabled": false}')
+    control.start(robot, olivia)
+    wait_for(lambda: steps_taken(robot), 60, "the episode to report its first steps")
+    control.pause(robot, olivia, reason="inspect the gripper")
+    wait_for(lambda: episodes_of(robot).filter(outcome="aborted").exists(), 30, "the aborted episode")
+    control.resume(robot, olivia, reason="gripper fine")
+    assert Robot.objects.get(pk=robot.pk).state == Robot.State.STARTING
+    control.take_over(robot, olivia, reason="watch the next grasp")  # refused as "offline" before
+    seen = []
+
+    def finished():
+        seen.append(Robot.objects.get(pk=robot.pk).status)
+        return episodes_of(robot).exclude(outcome="aborted").first()
+
+    done = wait_for(finished, 60, "the next episode")
+    control.stop(robot, olivia)
+    assert Robot.Status.OFFLINE not in seen and set(seen[:-1]) == {Robot.Status.OPERATOR}
+    taken = done.interventions.get()  # the operator had it from the episode's first polls on
+    assert taken.source == "operator" and taken.start_step <= 16 and taken.end_step == done.steps
+    assert not AuditEvent.objects.filter(verb="robot.offline").exists()
+
+
+def test_an_episode_aborted_by_a_pause_lifted_meanwhile_queues_the_next(tasks, olivia, monkeypatch,
+                                                                        django_capture_on_commit_callbacks):
+    """Resumed while its episode was still aborting: the resume's own episode found that episode's lease and gave
+    up ("busy"), so the aborting one must queue the next, or the robot waits for the sweep."""
+    from actors import runner
+
+    robot = make_robot("sim-race", [tasks[0]], None)
+    Robot.objects.filter(pk=robot.pk).update(enabled=True, status=Robot.Status.RUNNING)
+    queued = []
+    monkeypatch.setattr(control, "schedule_episode", lambda pk: queued.append(pk) or True)
+
+    def episode(resumed):
+        def run(robot, lease):
+            with django_capture_on_commit_callbacks(execute=True):
+                control.pause(robot, olivia)
+                if resumed:
+                    control.resume(robot, olivia)
+            queued.clear()  # what the commands queued; the question is what the aborted episode does
+            return "aborted"
+        return run
+
+    monkeypatch.setattr(runner, "_run_leased", episode(resumed=True))
+    assert runner.run_robot_episode(robot.pk) == "aborted" and queued == [robot.pk]
+    Robot.objects.filter(pk=robot.pk).update(status=Robot.Status.RUNNING)
+    monkeypatch.setattr(runner, "_run_leased", episode(resumed=False))
+    assert runner.run_robot_episode(robot.pk) == "aborted" and queued == []  # still paused: the chain stops
+    bus.client().delete(bus.abort_key(robot.pk))

@@ -12,8 +12,8 @@ from django.utils import timezone
 
 from core.models import AuditEvent
 from fleet import control
-from fleet.models import Episode, Task
-from tests.conftest import ROOT, process_env, publish_random_policy
+from fleet.models import Episode, Robot, Task
+from tests.conftest import ROOT, SCREENSHOTS, process_env, publish_random_policy, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.filterwarnings("ignore::UserWarning")]
 
@@ -88,14 +88,15 @@ def test_an_episode_from_another_process_appears_live(browser_session, olivia, f
 
 def test_an_operator_pauses_a_robot_from_its_tile(browser_session, olivia, fleet_with_history):
     _, _, robots = fleet_with_history
+    control.start(robots[1], olivia)
     session = browser_session(olivia)
     page = session.page
     page.goto(session.base_url + "/fleet/")
     tile = page.locator(f'.tile[data-robot="{robots[1].pk}"]')
     tile.get_by_role("button", name="Pause").click()
-    page.wait_for_load_state("load")
-    assert "sim-02: pause done." in page.inner_text("#alerts ~ p, main")
-    assert page.locator(f'.tile[data-robot="{robots[1].pk}"] [data-field="status"]').inner_text() == "paused"
+    tile.locator('[data-field="status"].state-paused').wait_for(timeout=5000)  # the POST's answer, no reload
+    assert "sim-02: pause done." in tile.inner_text()
+    assert tile.locator('[data-field="status"]').inner_text() == "paused"
     assert AuditEvent.objects.filter(verb="robot.pause", actor=olivia).count() == 1
     assert session.console_errors == []
 
@@ -159,7 +160,7 @@ def test_an_operator_enrols_a_remote_robot_from_the_fleet_page_and_revokes_its_t
     token = page.inner_text("#robot-token").strip()
     assert token.startswith("sopr_")
     session.screenshot("token-shown-once")
-    page.get_by_role("link", name="arm-remote-1's page").click()
+    page.get_by_role("link", name="arm-remote-1's credentials").click()
     row = page.locator(f'tr[data-token="{token.split("_")[1]}"]')
     assert row.locator("td").nth(1).inner_text() == "active" and token not in page.content()
     session.screenshot("remote-robot-page")
@@ -171,4 +172,156 @@ def test_an_operator_enrols_a_remote_robot_from_the_fleet_page_and_revokes_its_t
     page.goto(session.base_url + "/fleet/")
     assert page.locator(".tile .badge.remote").count() == 1
     session.screenshot("fleet-with-remote-robot")
+    assert session.console_errors == []
+
+
+# --- robot tiles that never lie, on the real stack ----------------------------------------------------------
+
+def badge(tile) -> str:
+    return tile.locator('[data-field="status"]').inner_text()
+
+
+def offered(tile) -> list[str]:
+    """The command buttons the tile shows (those its state does not allow are hidden)."""
+    return [b.inner_text() for b in tile.locator("button[data-command]").all() if b.is_visible()]
+
+
+def press(tile, button: str, reason: str = "") -> None:
+    tile.locator('input[name="reason"]').fill(reason)
+    tile.get_by_role("button", name=button, exact=True).click()
+
+
+def wait_badge(page, robot_id: int, *labels: str, timeout: float = 5000) -> None:
+    page.wait_for_function(
+        "([id, labels]) => labels.includes(document.querySelector(`.tile[data-robot='${id}'] [data-field=status]`)"
+        ".textContent)", arg=[robot_id, list(labels)], timeout=timeout)
+
+
+def shoot(session, tile, label: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    tile.screenshot(path=str(SCREENSHOTS / f"{session.name}-tile-{label}.png"))
+
+
+@pytest.fixture
+def short_task_fleet(db):
+    from tests.factories import make_tasks
+
+    task = make_tasks(["pick-place-v3"])[0]  # 120 steps: ~6 s at a quarter of real time
+    version = publish_random_policy(1, ["pick-place-v3"])
+    robot = control.add("sim-truth", tasks=[task])
+    Robot.objects.filter(pk=robot.pk).update(policy_version=version)
+    return robot
+
+
+def test_a_tile_follows_its_robot_through_take_over_pause_resume_and_stop(browser_session, start_worker, olivia,
+                                                                          sam, short_task_fleet):
+    robot = short_task_fleet
+    start_worker(queues="actors", FLEET_REALTIME_FACTOR=0.25, FLEET_GATE='{"enabled": false}')
+    watcher = browser_session(sam)  # another dashboard: it follows from the live events alone
+    watcher.page.goto(watcher.base_url + "/fleet/")
+    watcher.page.wait_for_selector("#live-state.on")
+    session = browser_session(olivia)
+    page = session.page
+    page.goto(session.base_url + "/fleet/")
+    page.wait_for_selector("#live-state.on")
+    tile = page.locator(f'.tile[data-robot="{robot.pk}"]')
+    # Every label the badge ever shows, in order.
+    page.evaluate("""() => { const el = document.querySelector('.tile [data-field="status"]');
+        window.badges = [el.textContent];
+        new MutationObserver(() => window.badges.push(el.textContent)).observe(el, {childList: true}); }""")
+    assert (badge(tile), offered(tile)) == ("stopped", ["Start", "Remove"])
+    shoot(session, tile, "1-stopped")
+
+    press(tile, "Start", "shift begins")
+    wait_badge(page, robot.pk, "policy in control", timeout=60000)  # starting, then its first report
+    assert offered(tile) == ["Stop", "Pause", "Take over"]
+    wait_for(lambda: Robot.objects.get(pk=robot.pk).status == Robot.Status.RUNNING, 30, "the episode to run")
+    shoot(session, tile, "2-policy")
+
+    press(tile, "Take over", "it is about to drop the box")
+    wait_badge(page, robot.pk, "operator in control", timeout=2000)  # the POST's answer
+    assert offered(tile) == ["Stop", "Pause"]
+    wait_badge(watcher.page, robot.pk, "operator in control", timeout=3000)  # the event, on the other page
+    shoot(session, tile, "3-operator")
+    page.wait_for_timeout(1500)  # the robot's reports meanwhile do not flip it back
+    assert badge(tile) == "operator in control"
+    wait_badge(page, robot.pk, "policy in control", timeout=15000)  # its episode ended: the next is the policy's
+
+    press(tile, "Pause", "inspect the gripper")
+    wait_badge(page, robot.pk, "paused", timeout=2000)
+    assert offered(tile) == ["Stop", "Resume"]
+    shoot(session, tile, "4-paused")
+    page.wait_for_timeout(1000)  # the aborted episode is stored meanwhile
+
+    press(tile, "Resume", "gripper fine")
+    wait_badge(page, robot.pk, "starting", "policy in control", timeout=2000)
+    assert "Take over" in offered(tile)
+    press(tile, "Take over", "watch the next grasp")  # right after the resume: accepted
+    wait_badge(page, robot.pk, "operator in control", timeout=2000)
+    shoot(session, tile, "5-operator-after-resume")
+
+    press(tile, "Stop", "end of shift")
+    wait_badge(page, robot.pk, "stopped", timeout=2000)
+    assert offered(tile) == ["Start", "Remove"]
+    wait_badge(watcher.page, robot.pk, "stopped", timeout=3000)
+    # Its last episode, still the operator's, ends: the policy has the robot again, and it stays stopped.
+    wait_for(lambda: Robot.objects.get(pk=robot.pk).status == Robot.Status.RUNNING, 15, "the takeover to end")
+    page.wait_for_timeout(1000)
+    assert badge(tile) == "stopped" and badge(watcher.page.locator(f'.tile[data-robot="{robot.pk}"]')) == "stopped"
+    shoot(session, tile, "6-stopped")
+    assert "offline" not in page.evaluate("window.badges")  # resume no longer shows a red "offline"
+
+    reasons = list(AuditEvent.objects.filter(actor=olivia).order_by("id").values_list("verb", "reason"))
+    assert reasons == [("robot.start", "shift begins"), ("robot.takeover", "it is about to drop the box"),
+                       ("robot.pause", "inspect the gripper"), ("robot.resume", "gripper fine"),
+                       ("robot.takeover", "watch the next grasp"), ("robot.stop", "end of shift")]
+    assert watcher.page.locator("button[data-command]").count() == 0  # a supervisor watches, without controls
+    session.screenshot("fleet-after-stop")
+    assert session.console_errors == [] and watcher.console_errors == []
+
+
+def test_a_stale_tile_is_refused_with_the_reason_and_corrected(browser_session, olivia, fleet_with_history):
+    _, _, robots = fleet_with_history
+    session = browser_session(olivia)
+    page = session.page
+    page.goto(session.base_url + "/fleet/")
+    tile = page.locator(f'.tile[data-robot="{robots[0].pk}"]')
+    assert offered(tile) == ["Start", "Remove"]
+    # A button the tile should not offer, as a tile that missed an event would (unhidden by hand here).
+    page.evaluate(f"document.querySelector('.tile[data-robot=\"{robots[0].pk}\"] [data-command=takeover]')"
+                  ".hidden = false")
+    press(tile, "Take over")
+    tile.locator('[data-field="message"].error').wait_for(timeout=5000)
+    assert "Cannot take over robot sim-01: it is stopped; start it first" in tile.inner_text()
+    assert offered(tile) == ["Start", "Remove"]  # the answer carried the state as it is
+    assert not AuditEvent.objects.filter(verb="robot.takeover").exists()
+    shoot(session, tile, "refused")
+    # Chromium reports the 409 answer itself as a console error; nothing else may appear.
+    assert [e for e in session.console_errors if "409" not in e] == []
+
+
+def test_a_robots_page_shows_its_history_and_follows_its_state(browser_session, olivia, fleet_with_history):
+    _, version, robots = fleet_with_history
+    robot = robots[0]
+    control.start(robot, olivia, reason="shift begins")
+    control.heartbeat(robot, Robot.Status.RUNNING)
+    control.take_over(robot, olivia, reason="it hesitated at the shelf")
+    ingested(version, robot)  # an episode with gate and operator segments
+    session = browser_session(olivia)
+    page = session.page
+    page.goto(session.base_url + "/fleet/")
+    page.get_by_role("link", name="sim-01", exact=True).click()
+    page.wait_for_selector("#robot")
+    assert page.url.endswith(f"/robots/{robot.pk}/")
+    assert page.inner_text('#robot [data-field="status"]') == "operator in control"
+    history = page.inner_text("table.history")
+    assert "it hesitated at the shelf" in history and "shift begins" in history
+    assert "operator takeover" in page.inner_text("table.interventions")
+    assert "v1" in page.inner_text("table.versions")
+    page.wait_for_selector("#live-state.on")
+    control.stop(robot, olivia, reason="end of shift")  # elsewhere: the page follows the event
+    page.wait_for_function("() => document.querySelector('#robot [data-field=status]').textContent === 'stopped'",
+                           timeout=5000)
+    assert offered(page.locator("#robot")) == ["Start", "Remove"]
+    session.screenshot("robot-page")
     assert session.console_errors == []

@@ -24,7 +24,8 @@ def task(db):
 
 @pytest.fixture
 def robot(task):
-    robot = Robot.objects.create(name="sim-01", status=Robot.Status.RUNNING, last_heartbeat=timezone.now())
+    robot = Robot.objects.create(name="sim-01", status=Robot.Status.RUNNING, enabled=True,
+                                 last_heartbeat=timezone.now())
     robot.tasks.set([task])
     return robot
 
@@ -47,7 +48,7 @@ def test_only_operators_may_use_any_control(client, request, robot, persona):
     for url, data in endpoints(robot):
         assert client.post(url, data).status_code == 403, url
     robot.refresh_from_db()
-    assert (robot.status, robot.enabled) == (Robot.Status.RUNNING, False)
+    assert (robot.status, robot.enabled) == (Robot.Status.RUNNING, True)
     assert Robot.objects.count() == 1 and not AuditEvent.objects.exists()
 
 
@@ -59,6 +60,7 @@ def test_anonymous_controls_are_sent_to_log_in(client, robot):
 
 
 def test_an_operator_starts_and_stops_a_robot(client, olivia, robot, django_capture_on_commit_callbacks):
+    Robot.objects.filter(pk=robot.pk).update(enabled=False)
     client.force_login(olivia)
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         client.post(reverse("robot-command", args=[robot.pk, "start"]))
@@ -71,6 +73,7 @@ def test_an_operator_starts_and_stops_a_robot(client, olivia, robot, django_capt
 
 
 def test_starting_twice_is_refused_with_a_message(client, olivia, robot):
+    Robot.objects.filter(pk=robot.pk).update(enabled=False)
     client.force_login(olivia)
     client.post(reverse("robot-command", args=[robot.pk, "start"]))
     response = client.post(reverse("robot-command", args=[robot.pk, "start"]), follow=True)
@@ -112,6 +115,7 @@ def test_add_then_remove_robots(client, olivia, task, robot):
     now = timezone.now()
     Episode.objects.create(robot=robot, task=task, seed=1, outcome="timeout", steps=1, total_return=0,
                            started_at=now, finished_at=now)
+    Robot.objects.filter(pk=robot.pk).update(enabled=False)  # only a stopped robot is removed
     client.post(reverse("robot-command", args=[robot.pk, "remove"]))
     robot.refresh_from_db()
     assert robot.retired  # ran episodes: retired, history kept
@@ -146,6 +150,7 @@ def test_bad_robot_additions_change_nothing(client, olivia, robot, data):
 def test_the_fleet_command_manages_robots(task, olivia):
     out = io.StringIO()
     call_command("fleet", "add", "sim-a", "sim-b", "--tasks", "pick-place-v3", stdout=out)
+    call_command("fleet", "start", "sim-a", "sim-b", stdout=out)
     call_command("fleet", "--as", "olivia", "pause", "--all", "--reason", "maintenance", stdout=out)
     call_command("fleet", "list", stdout=out)
     assert "sim-a" in out.getvalue() and "paused" in out.getvalue()
@@ -167,3 +172,105 @@ def test_generate_demos_stores_successful_expert_episodes_once(task):
     assert demos.count() == 2  # cached: nothing regenerated
     with pytest.raises(CommandError):
         call_command("generate_demos", "--tasks", "make-coffee-v3")
+
+
+# --- what a tile shows and offers, and every command's reason ------------------------------------------------
+
+def post_json(client, robot, command, **data):
+    return client.post(reverse("robot-command", args=[robot.pk, command]), data, HTTP_ACCEPT="application/json")
+
+
+def test_a_command_answers_with_the_new_state_and_dashboards_hear_it(client, olivia, robot, monkeypatch):
+    heard = []
+    monkeypatch.setattr(control, "broadcast_on_commit", lambda event, data, **kw: heard.append((event, data)))
+    client.force_login(olivia)
+    response = post_json(client, robot, "takeover", reason="it is about to drop the box")
+    assert response.status_code == 200
+    state = response.json()["robot"]
+    assert (state["state"], state["label"]) == ("operator", "operator in control")
+    assert state["commands"] == ["stop", "pause"]  # no second takeover
+    assert heard == [("robot.status", {**state, "verb": "robot.takeover"})]
+    assert AuditEvent.objects.get(verb="robot.takeover").reason == "it is about to drop the box"
+
+
+def test_a_refused_command_says_why_and_answers_with_the_state_as_it_is(client, olivia, robot):
+    Robot.objects.filter(pk=robot.pk).update(enabled=False)  # stopped meanwhile, by someone else
+    client.force_login(olivia)
+    response = post_json(client, robot, "takeover")
+    assert response.status_code == 409
+    assert response.json()["error"] == "Cannot take over robot sim-01: it is stopped; start it first"
+    assert response.json()["robot"]["state"] == "stopped"
+    assert response.json()["robot"]["commands"] == ["start", "remove"]
+    assert not AuditEvent.objects.exists()
+
+
+def test_a_plain_form_post_returns_to_the_page_it_came_from(client, olivia, robot):
+    client.force_login(olivia)
+    page = reverse("robot-detail", args=[robot.pk])
+    response = client.post(reverse("robot-command", args=[robot.pk, "pause"]), {"next": page})
+    assert response["Location"] == page
+    response = client.post(reverse("robot-command", args=[robot.pk, "resume"]), {"next": "https://evil.example/"})
+    assert response["Location"] == reverse("fleet")  # never off the site
+
+
+def test_the_fleet_page_renders_only_the_buttons_each_state_allows(client, olivia, robot, task):
+    stopped = Robot.objects.create(name="sim-02")
+    client.force_login(olivia)
+    html = client.get(reverse("fleet")).content.decode()
+    tiles = {r.pk: html.split(f'data-robot="{r.pk}"')[1].split("</article>")[0] for r in (robot, stopped)}
+
+    def offered(tile):
+        return [part.split('"')[0] for part in tile.split('data-command="')[1:]
+                if " hidden>" not in part.split(">")[0] + ">"]
+
+    assert offered(tiles[robot.pk]) == ["stop", "pause", "takeover"]
+    assert offered(tiles[stopped.pk]) == ["start", "remove"]
+    assert 'class="status state-policy" data-field="status">policy in control<' in tiles[robot.pk]
+    assert 'class="status state-stopped" data-field="status">stopped<' in tiles[stopped.pk]
+    assert 'name="reason"' in tiles[robot.pk]
+
+
+def test_every_operator_action_on_the_page_keeps_its_reason(client, olivia, robot, task):
+    client.force_login(olivia)
+    client.post(reverse("robot-add"), {"name": "sim-02", "tasks": ["pick-place-v3"], "reason": "spare arm"})
+    client.post(reverse("robot-tasks", args=[robot.pk]), {"tasks": ["pick-place-v3"], "reason": "one task only"})
+    client.post(reverse("fleet-command", args=["start"]), {"reason": "shift begins"})
+    client.post(reverse("fleet-command", args=["stop"]), {})
+    reasons = dict(AuditEvent.objects.values_list("verb", "reason").order_by("id"))
+    assert reasons["robot.add"] == "spare arm" and reasons["robot.set_tasks"] == "one task only"
+    assert reasons["robot.start"] == "shift begins"
+    assert reasons["robot.stop"] == "whole fleet"  # said nothing: the scope is the reason
+
+
+def test_the_fleet_command_takes_over_and_every_action_keeps_its_reason(task, olivia):
+    out, err = io.StringIO(), io.StringIO()
+    call_command("fleet", "--as", "olivia", "add", "sim-c", "--tasks", "pick-place-v3", "--reason", "new arm",
+                 stdout=out)
+    call_command("fleet", "--as", "olivia", "start", "sim-c", "--reason", "calibrated", stdout=out)
+    robot = Robot.objects.get(name="sim-c")
+    control.heartbeat(robot, Robot.Status.RUNNING)
+    call_command("fleet", "--as", "olivia", "takeover", "sim-c", "--reason", "watch this grasp", stdout=out)
+    assert "takeover: sim-c (operator in control)" in out.getvalue()
+    with pytest.raises(CommandError, match="1 of 1 robot"):  # refused: an operator has it already
+        call_command("fleet", "--as", "olivia", "takeover", "sim-c", stdout=out, stderr=err)
+    assert "an operator is in control of it already" in err.getvalue()
+    call_command("fleet", "--as", "olivia", "stop", "sim-c", "--reason", "end of shift", stdout=out)
+    call_command("fleet", "--as", "olivia", "remove", "sim-c", "--reason", "sent for repair", stdout=out)
+    rows = list(AuditEvent.objects.filter(actor=olivia).order_by("id").values_list("verb", "reason"))
+    assert rows == [("robot.add", "new arm"), ("robot.start", "calibrated"), ("robot.takeover", "watch this grasp"),
+                    ("robot.stop", "end of shift"), ("robot.remove", "sent for repair")]
+
+
+def test_a_restart_of_the_demo_keeps_robots_an_operator_stopped_stopped(task, olivia):
+    from fleet.management.commands.prepare_demo import start_robots
+
+    robots = [control.add(name, [task]) for name in ("sim-01x", "sim-02x", "sim-03x")]
+    assert start_robots().startswith("3 robots started; first start: sim-01x, sim-02x, sim-03x")
+    control.stop(robots[1], olivia, reason="gripper worn")
+    control.stop(robots[2], None, reason="stopped from the shell")  # `fleet stop` without --as: still a decision
+    for _ in range(2):  # a restart, and another
+        line = start_robots()
+        assert line == "1 robots started; left stopped, as someone left them: sim-02x, sim-03x"
+    assert [r.enabled for r in Robot.objects.filter(pk__in=[r.pk for r in robots]).order_by("name")] == [
+        True, False, False]
+    assert AuditEvent.objects.filter(verb="robot.start").count() == 3  # each started once, at the first start-up

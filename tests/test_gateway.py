@@ -64,8 +64,8 @@ def test_an_operator_enrols_a_remote_robot_and_sees_its_token_once(client, olivi
     assert token.split("_", 2)[2] not in json.dumps(list(RobotToken.objects.values()), default=str)  # only a hash
     assert row.secret_sha256 == hashlib.sha256(token.split("_", 2)[2].encode()).hexdigest()
     assert AuditEvent.objects.filter(verb="robot.token_issue", object_id=str(robot.pk), actor=olivia).exists()
-    page = client.get(f"/robots/{robot.pk}/").content.decode()
-    assert row.key in page and token not in page  # the robot page shows the key, never the token
+    page = client.get(f"/robots/{robot.pk}/credentials/").content.decode()
+    assert row.key in page and token not in page  # its credentials page shows the key, never the token
     # A bad name changes nothing.
     assert client.post("/robots/enrol/", {"name": "bad name!", "tasks": TASK_NAMES[:1]}).status_code == 400
     assert Robot.objects.count() == 1

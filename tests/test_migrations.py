@@ -122,7 +122,7 @@ def test_a_database_with_data_migrates_to_the_new_layout_with_every_row_and_perm
 def test_the_roll_ups_are_rebuilt_with_autonomous_and_assisted_success_and_past_restarts_marked():
     """Roll-ups written by the old trigger (one "successes" column) are rebuilt with the two kinds apart; learner
     metrics whose step went back (a restart before restarts were recorded) get their mark."""
-    old = migrate([("fleet", "0012_role_download_any_export"), ("learner", "0003_checkpoint_removed_at")])
+    old = migrate([("fleet", "0013_robot_operator_and_starting"), ("learner", "0003_checkpoint_removed_at")])
     try:
         now = timezone.now()
         task = old.get_model("fleet", "Task").objects.create(env_name="pick-place-v3", title="pick place")

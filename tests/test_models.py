@@ -20,7 +20,8 @@ from review.models import EpisodeFlag
 
 @pytest.fixture
 def robot(db):
-    return Robot.objects.create(name="sim-01", status=Robot.Status.RUNNING, last_heartbeat=timezone.now())
+    return Robot.objects.create(name="sim-01", status=Robot.Status.RUNNING, enabled=True,
+                                last_heartbeat=timezone.now())
 
 
 @pytest.fixture
@@ -44,7 +45,7 @@ def test_it_pauses_and_resumes_a_robot_with_audit_rows(robot, olivia):
 
     control.resume(robot, olivia)
     robot.refresh_from_db()
-    assert robot.status == Robot.Status.OFFLINE  # idle again only once its actor heartbeats
+    assert robot.status == Robot.Status.STARTING  # never "offline": what it does is known at its next report
     assert audit_rows(robot).count() == 2
 
 
@@ -90,6 +91,103 @@ def test_heartbeat_rejects_a_status_an_actor_may_not_report(robot):
         control.heartbeat(robot, Robot.Status.PAUSED)
     robot.refresh_from_db()
     assert robot.status == Robot.Status.RUNNING
+
+
+def test_a_takeover_holds_against_reports_until_its_episode_ends(robot, olivia):
+    control.take_over(robot, olivia, reason="it is about to drop the box")
+    robot.refresh_from_db()
+    assert robot.status == Robot.Status.OPERATOR and robot.state == Robot.State.OPERATOR
+    # The robot has not read the request yet: its report of the policy in control changes nothing but liveness.
+    beat = robot.last_heartbeat
+    assert control.heartbeat(robot, Robot.Status.RUNNING) is True
+    robot.refresh_from_db()
+    assert robot.status == Robot.Status.OPERATOR and robot.last_heartbeat > beat
+    control.heartbeat(robot, Robot.Status.OPERATOR)  # it has
+    control.end_takeover(robot)  # its episode ended
+    robot.refresh_from_db()
+    assert robot.status == Robot.Status.RUNNING
+    assert list(audit_rows(robot).values_list("verb", flat=True)) == ["robot.takeover"]  # its end is telemetry
+
+
+def test_the_end_of_a_takeover_announces_the_state_as_it_is_now(robot, olivia, monkeypatch):
+    control.take_over(robot, olivia)
+    loaded = Robot.objects.get(pk=robot.pk)  # as the actor loaded it at its episode's start
+    control.stop(robot, olivia, reason="end of shift")
+    heard = []
+    monkeypatch.setattr(control, "broadcast_on_commit", lambda event, data, **kw: heard.append(data))
+    control.end_takeover(loaded)
+    assert (heard[-1]["state"], heard[-1]["verb"]) == ("stopped", "robot.takeover_end")
+
+
+def test_a_takeover_no_episode_took_up_lapses(robot, olivia):
+    control.take_over(robot, olivia)
+    Robot.objects.filter(pk=robot.pk).update(
+        status_changed_at=timezone.now() - timedelta(seconds=Robot.TAKEOVER_SECONDS + 1))
+    control.heartbeat(robot, Robot.Status.RUNNING)
+    robot.refresh_from_db()
+    assert robot.status == Robot.Status.RUNNING
+
+
+def test_a_resumed_robot_is_starting_until_it_reports_and_may_be_taken_over_at_once(robot, olivia):
+    control.pause(robot, olivia)
+    control.resume(robot, olivia)
+    robot.refresh_from_db()
+    assert robot.state == Robot.State.STARTING and "takeover" in robot.allowed_commands()
+    control.take_over(robot, olivia, reason="watch the next grasp")  # the episode about to start
+    robot.refresh_from_db()
+    assert robot.status == Robot.Status.OPERATOR
+
+
+def test_a_started_robot_is_starting_then_whatever_it_reports(db, olivia):
+    robot = Robot.objects.create(name="sim-05")
+    control.start(robot, olivia)
+    robot.refresh_from_db()
+    assert robot.status == Robot.Status.STARTING and robot.status_changed_at is not None
+    assert audit_rows(robot, "robot.start").get().details == {"from": False, "to": True, "status": "starting"}
+    control.heartbeat(robot, Robot.Status.RUNNING)
+    robot.refresh_from_db()
+    assert robot.state == Robot.State.POLICY
+    assert not audit_rows(robot, "robot.online").exists()  # answering a start is not coming back from offline
+
+
+def test_the_sweep_marks_a_start_that_never_answered_offline_only_after_the_timeout(db, olivia, settings):
+    from fleet.tasks import sweep_robots
+
+    robot = Robot.objects.create(name="sim-06", last_heartbeat=timezone.now() - timedelta(hours=1))
+    control.start(robot, olivia)
+    sweep_robots()  # its last heartbeat is an hour old, but it was started a moment ago
+    robot.refresh_from_db()
+    assert robot.status == Robot.Status.STARTING
+    Robot.objects.filter(pk=robot.pk).update(
+        status_changed_at=timezone.now() - timedelta(seconds=settings.FLEET_HEARTBEAT_TIMEOUT + 1))
+    sweep_robots()
+    robot.refresh_from_db()
+    assert robot.status == Robot.Status.OFFLINE
+
+
+@pytest.mark.parametrize("enabled, status, allowed", [
+    (True, Robot.Status.RUNNING, ["stop", "pause", "takeover"]),
+    (True, Robot.Status.EXPERT, ["stop", "pause", "takeover"]),
+    (True, Robot.Status.OPERATOR, ["stop", "pause"]),
+    (True, Robot.Status.STARTING, ["stop", "pause", "takeover"]),
+    (True, Robot.Status.IDLE, ["stop", "pause"]),
+    (True, Robot.Status.OFFLINE, ["stop", "pause"]),
+    (True, Robot.Status.PAUSED, ["stop", "resume"]),
+    (False, Robot.Status.RUNNING, ["start", "remove"]),  # stopped, finishing its last episode
+    (False, Robot.Status.OFFLINE, ["start", "remove"]),
+    (False, Robot.Status.PAUSED, ["start", "resume", "remove"]),
+])
+def test_each_state_allows_its_commands_and_refuses_the_others_with_a_reason(db, olivia, enabled, status,
+                                                                             allowed):
+    robot = Robot.objects.create(name="sim-07", enabled=enabled, status=status, last_heartbeat=timezone.now())
+    assert robot.allowed_commands() == allowed
+    for command in set(Robot.COMMANDS) - set(allowed):
+        with pytest.raises(IllegalTransition) as refused:
+            control.COMMANDS[command](Robot.objects.get(pk=robot.pk), olivia)
+        assert str(refused.value) == robot.refusal(command) and "sim-07" in str(refused.value)
+    robot.refresh_from_db()
+    assert (robot.enabled, robot.status) == (enabled, status)
+    assert not audit_rows(robot).exists()
 
 
 def test_mark_offline_refuses_a_robot_that_heartbeat_meanwhile(robot):
@@ -188,7 +286,7 @@ def test_an_episode_cannot_claim_more_interventions_than_steps(db):
 
 @pytest.mark.django_db(transaction=True)
 def test_two_concurrent_pauses_make_one_transition_and_one_audit_row(olivia):
-    robot = Robot.objects.create(name="sim-race", status=Robot.Status.RUNNING)
+    robot = Robot.objects.create(name="sim-race", status=Robot.Status.RUNNING, enabled=True)
     barrier = threading.Barrier(2)
     outcomes = []
 

@@ -49,6 +49,7 @@ from fleet.models import Episode, Robot
 from fleet.sim import episode_data
 from gateway import credentials
 from gateway.models import RobotToken
+from governance import mode as rollout_mode
 from governance.decisions import deploy_to_fleet
 from governance.models import Alert
 from learner.models import PolicyVersion
@@ -184,6 +185,7 @@ EXPECTED: dict[str, Rule] = {
     # remote robots' pages (gateway)
     "robot-enrol": form(OPERATORS, post=200, data={"name": "arm-9", "tasks": TASK_NAMES}),  # 200: the token, once
     "robot-detail": page(FLEET_WATCHERS, args={"pk": Of("robot")}),
+    "robot-credentials": page(FLEET_WATCHERS, args={"pk": Of("robot")}),  # a remote robot's tokens (no secret)
     "robot-token-rotate": action(OPERATORS, {"reason": "laptop lost"}, post=200, args={"pk": Of("robot")}),
     "robot-token-revoke": action(OPERATORS, {"reason": "decommissioned"},
                                  args={"pk": Of("robot"), "key": Of("token", "key")}),
@@ -195,6 +197,10 @@ EXPECTED: dict[str, Rule] = {
     "rollout-version": page(FLEET_WATCHERS, args={"number": Of("version", "number")}),
     "rollout-decide": action(SUPERVISORS, {"reason": "worse than v1"},
                              args={"number": Of("candidate", "number"), "decision": "reject"}),
+    # the rollout mode and the freeze, at run time (governance.mode): supervisors
+    "rollout-mode": action(SUPERVISORS, {"mode": "manual", "reason": "hands on"}),
+    "rollout-freeze": action(SUPERVISORS, {"reason": "incident"}),
+    "rollout-unfreeze": action(SUPERVISORS, {"reason": "resolved"}),
     "alert-acknowledge": action(SUPERVISORS, {"reason": "seen"}, args={"pk": Of("alert")}),
     # review
     "review-queue": page(ANNOTATORS),
@@ -261,6 +267,7 @@ ADMIN_MODELS = {
     "fleet.episode": Admin(frozenset({VIEW}), EVERYTHING),
     "learner.policyversion": Admin(frozenset({VIEW}), frozenset({VIEW})),
     "governance.rollout": Admin(frozenset({VIEW}), frozenset({VIEW})),
+    "governance.rolloutcontrol": Admin(NOTHING, frozenset({VIEW})),  # changed on the Rollouts page
     "review.failuremode": Admin(EVERYTHING, EVERYTHING),  # supervisors edit the taxonomy
     "review.reviewclaim": Admin(NOTHING, frozenset({VIEW})),
     "review.replayvideo": Admin(NOTHING, EVERYTHING),
@@ -517,6 +524,7 @@ def build_world() -> World:
     AccessAttempt.objects.create(**login_record, get_data="", post_data="", failures_since_start=3)
     AccessLog.objects.create(**login_record)
     AccessFailureLog.objects.create(**login_record, locked_out=False)
+    rollout_mode.set_mode("rules", people[SUPERVISOR], reason="the matrix's world")  # the control row exists
     export = DatasetExport.objects.create(
         requested_by=people[ANNOTATOR], dispositions=["relabel"], status=DatasetExport.Status.READY, progress=1.0,
         episodes=1, path="exports/matrix.zip", size=22, finished_at=timezone.now())

@@ -28,7 +28,8 @@ EXPECTED = {
 
 @pytest.fixture
 def robot(db):
-    return Robot.objects.create(name="sim-01", status=Robot.Status.RUNNING, last_heartbeat=timezone.now())
+    return Robot.objects.create(name="sim-01", status=Robot.Status.RUNNING, enabled=True,
+                                last_heartbeat=timezone.now())
 
 
 @pytest.mark.parametrize("page", PAGES + ["admin:index"])

@@ -1,5 +1,3 @@
-// Fleet page. The server renders it complete (tiles, KPIs) and embeds the chart data; the socket's deltas then
-// patch tiles and extend the charts in place (Plotly.extendTraces); a reconnect refetches the snapshot.
 // Fleet page. The server renders it complete (tiles, KPIs) and embeds the chart points it computed
 // (fleet/dashboard.py: fleet_series); the socket's deltas then patch tiles and add chart points computed here by the
 // same definition (`figures`, over the same rolling span); a reconnect refetches the snapshot. Every KPI is the
@@ -169,6 +167,7 @@
   function scheduleRender() { if (renderTimer == null) renderTimer = setTimeout(render, 250); }
 
   // --- tiles ---------------------------------------------------------------------------------------------------
+  const tile = (robot) => tiles && tiles.querySelector(`.tile[data-robot="${robot}"]`);
   const field = (robot, name) => tiles && tiles.querySelector(`[data-robot="${robot}"] [data-field="${name}"]`);
   function setText(robot, name, text) { const el = field(robot, name); if (el) el.textContent = text; }
 
@@ -185,15 +184,8 @@
     // An evaluation episode runs the evaluated version on held-out seeds, not the robot's own.
     setText(p.robot, "version", "v" + p.version + (p.source === "evaluation" ? " · evaluation" : ""));
     setText(p.robot, "step", p.step);
-    const control = field(p.robot, "control");
-    if (control) { control.textContent = p.control; control.className = "control-" + p.control; }
-    // Actors' heartbeats change a robot's running/expert status without an event: the progress says it.
-    const status = field(p.robot, "status");
-    if (status && /status-(running|expert|idle)/.test(status.className)) {
-      const expert = p.control !== "policy";
-      status.className = "status status-" + (expert ? "expert" : "running");
-      status.textContent = expert ? "expert in control" : "running";
-    }
+    const box = tile(p.robot);
+    if (box) SopRobotControls.control(box, p.control);
     const elapsed = field(p.robot, "elapsed");
     if (elapsed) elapsed.dataset.started = p.started_at;
   }
@@ -208,7 +200,6 @@
     marks.appendChild(a);
     while (marks.children.length > 20) marks.removeChild(marks.firstChild);
     setText(e.robot, "step", "—");
-    setText(e.robot, "control", "—");
     const elapsed = field(e.robot, "elapsed");
     if (elapsed) elapsed.dataset.started = "";
   }
@@ -271,9 +262,11 @@
     return null;
   }
 
+  // A robot's new state, from a "robot.status" event or a resync: its badge and the commands it allows.
   function onStatus(data) {
-    const el = field(data.robot, "status");
-    if (el) { el.className = "status status-" + data.status; el.textContent = data.status; }
+    const box = tile(data.robot);
+    if (!box) return;
+    if (data.state === "removed") box.remove(); else SopRobotControls.apply(box, data);
   }
 
   function onVersionState(data) {
@@ -286,12 +279,13 @@
       .then((response) => (response.ok ? response.json() : Promise.reject(response.status)))
       .then((snapshot) => {
         load(snapshot);
-        snapshot.robots.forEach((r) => { onStatus({robot: r.id, status: r.status}); if (r.progress) onProgress(r.progress); });
+        snapshot.robots.forEach((r) => { onStatus(r); if (r.progress) onProgress(r.progress); });
         updateKpis();
       })
       .catch(() => location.reload());
   }
 
+  if (tiles) tiles.querySelectorAll(".tile").forEach((box) => SopRobotControls.bind(box, (gone) => gone.remove()));
   load(JSON.parse(document.getElementById("fleet-snapshot").textContent));
   elapsedTick();
   setInterval(elapsedTick, 1000);

@@ -25,8 +25,7 @@ class Command(BaseCommand):
         robot = Robot.objects.filter(name=NAME).first()
         if robot is None:
             robot = control.add(NAME, list(Task.objects.filter(enabled=True)), None, kind=Robot.Kind.REMOTE)
-        if not robot.enabled:
-            control.start(robot, None, reason="demo start")
+        control.start_if_never_commanded(robot, reason="demo start")  # one an operator stopped stays stopped
         current = token_file.read_text().strip() if token_file.exists() else ""
         found = credentials.authenticate(current) if current else None
         if found is None or found.robot_id != robot.pk:

@@ -55,7 +55,7 @@ END $$ LANGUAGE plpgsql;
 
 REBUILD_SQL = "SELECT sopweb_rollup_rebuild();"
 
-# Back to 0012: the functions of migration 0007, which count every success in one column.
+# Backwards: the functions of migration 0007, which count every success in one column.
 BACKWARD_SQL = """
 CREATE OR REPLACE FUNCTION sopweb_rollup_episode() RETURNS trigger AS $$
 DECLARE e fleet_episode; sign integer;
@@ -94,7 +94,7 @@ END $$ LANGUAGE plpgsql;
 class Migration(migrations.Migration):
 
     dependencies = [
-        ("fleet", "0012_role_download_any_export"),
+        ("fleet", "0013_robot_operator_and_starting"),
     ]
 
     operations = [
