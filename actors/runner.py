@@ -35,14 +35,19 @@ def sim_task(env_name: str):
 
 
 def _prepare_process() -> None:
-    """Once per worker process: one torch thread per actor, and the prefetch listener."""
+    """Once per worker process, before it takes any robot's lease: one torch thread per actor, the prefetch
+    listener, and the imports a first episode needs (torch, Meta-World). Nothing renews a lease before its episode
+    runs: paid inside it, sixteen fresh pool processes on two cores took 25 s, past FLEET_LEASE_SECONDS, so the
+    sweep gave every robot to a second actor and the first episodes were aborted (bench/soak.py)."""
     global _torch_ready
     if not _torch_ready:
         import torch
 
         torch.set_num_threads(1)
         from actors.policy_cache import cache
+        from fleet.sim.envs import load_metaworld
 
+        load_metaworld()
         cache.start_prefetching()
         _torch_ready = True
 
@@ -84,6 +89,7 @@ def run_robot_episode(robot_id: int) -> str:
         return "not running"
     if not robot.in_process:
         return "remote"  # it runs its own episodes and reports them over the API
+    _prepare_process()
     lease = bus.Lease(bus.lease_key(robot_id), uuid.uuid4().hex, settings.FLEET_LEASE_SECONDS)
     acquired = bus.degrade(lease.acquire)
     if acquired is None:
@@ -222,7 +228,6 @@ def _run_leased(robot: Robot, lease: bus.Lease) -> str:
     from fleet.sim.actor import run_episode
     from fleet.sim.gate import Gate
 
-    _prepare_process()
     started_at = timezone.now()
     plan = _plan(robot)
     if isinstance(plan, str):

@@ -439,14 +439,14 @@ def redis_for_everything(settings, url: str, **broker_use_ssl):
     settings.REDIS_URL = url
     app.conf.broker_url = settings.CELERY_BROKER_URL = url.split("?")[0]
     app.conf.broker_use_ssl = broker_use_ssl or None
-    app._pool = None  # the next send opens a producer pool on the new URL
+    app._pool = app.amqp._producer_pool = None  # the next send opens a producer pool on the new URL
     bus._client = None
     try:
         yield
     finally:
         bus._client = saved
         app.conf.broker_url, app.conf.broker_use_ssl = previous
-        app._pool = None
+        app._pool = app.amqp._producer_pool = None
 
 
 @pytest.fixture

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 from core import bus
 from core.models import AuditEvent
 from fleet import control
@@ -218,3 +220,22 @@ def test_an_episode_aborted_by_a_pause_lifted_meanwhile_queues_the_next(tasks, o
     monkeypatch.setattr(runner, "_run_leased", episode(resumed=False))
     assert runner.run_robot_episode(robot.pk) == "aborted" and queued == []  # still paused: the chain stops
     bus.client().delete(bus.abort_key(robot.pk))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_fresh_actor_process_warms_up_before_it_takes_the_robots_lease(tasks, settings, monkeypatch):
+    # Nothing renews a lease before its episode runs: a warm-up inside it (torch and Meta-World, seconds per fresh
+    # pool process on a busy machine) outlived FLEET_LEASE_SECONDS in bench/soak.py, and the sweep gave the robots
+    # to second actors.
+    from actors import runner
+
+    robot = make_robot("sim-fresh", [tasks[0]], publish_random_policy(1, TASK_NAMES))
+    Robot.objects.filter(pk=robot.pk).update(enabled=True)
+    leased_while_warming = []
+    monkeypatch.setattr(runner, "_prepare_process",
+                        lambda: leased_while_warming.append(bus.client().exists(bus.lease_key(robot.pk))))
+    settings.FLEET_REALTIME_FACTOR = 0
+
+    assert runner.run_robot_episode(robot.pk) in ("success", "timeout")
+    assert leased_while_warming == [0]
+    assert episodes_of(robot).count() == 1

@@ -84,19 +84,26 @@ class SimTask:
         mujoco.mj_forward(self.env.model, data)
 
 
-def make_task(env_name: str, render_mode: str | None = None) -> SimTask:
-    """Build the environment for a Meta-World v3 task name (e.g. `pick-place-v3`)."""
+def load_metaworld():
+    """Meta-World's goal-observable environments by name and its module of scripted experts. The first call imports
+    them: about a second of CPU in a fresh process (actors pay it before they take a robot's lease)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # gymnasium's checker complains about Meta-World's obs bounds
         import metaworld.policies
-        from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE as ENVS
+        from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE
 
+    return ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE, metaworld.policies
+
+
+def make_task(env_name: str, render_mode: str | None = None) -> SimTask:
+    """Build the environment for a Meta-World v3 task name (e.g. `pick-place-v3`)."""
+    environments, experts = load_metaworld()
     try:
-        env_cls = ENVS[f"{env_name}-goal-observable"]
+        env_cls = environments[f"{env_name}-goal-observable"]
     except KeyError:
         raise UnknownTask(f"{env_name!r} is not a Meta-World v3 task") from None
     try:
-        expert = getattr(metaworld.policies, expert_class_name(env_name))()
+        expert = getattr(experts, expert_class_name(env_name))()
     except AttributeError:
         raise UnknownTask(f"{env_name!r} has no scripted expert in metaworld.policies") from None
     env = env_cls(seed=0, render_mode=render_mode)
