@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django import forms
+from django.utils import timezone
 
+from fleet.dashboard import ChartWindow
 from fleet.models import Episode, Robot, Task
 
 
@@ -80,16 +82,76 @@ class EpisodeFilterForm(TimeRangeForm):
 
 WINDOWS = {"15m": ("last 15 minutes", 15), "1h": ("last hour", 60), "6h": ("last 6 hours", 360),
            "24h": ("last 24 hours", 1440), "7d": ("last 7 days", 10080), "30d": ("last 30 days", 43200)}
+PICKER_LABELS = {"15m": "15 min", "1h": "1 h", "6h": "6 h", "24h": "24 h", "7d": "7 d", "30d": "30 d"}
+
+
+class WindowForm(TimeRangeForm):
+    """The time-range picker of the fleet, breakdown and learner pages: a preset ending now, or a from/to range.
+    Query parameters `window` (a preset or "custom"), `since`, `until`."""
+
+    presets = ("15m", "1h", "6h", "24h", "7d")
+    default = "1h"
+    longest = timedelta(days=31)  # a custom range's most; the charts read hour rows beyond two days
+
+    window = forms.ChoiceField(required=False)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["window"].choices = [(key, WINDOWS[key][0]) for key in self.presets] + [("custom", "range")]
+        self.fields["window"].initial = self.default
+
+    def clean(self):
+        data = super().clean()
+        data["window"] = data.get("window") or self.default
+        if data["window"] == "custom":
+            if not data.get("since") or not data.get("until"):
+                raise forms.ValidationError("a custom range needs both 'since' and 'until'")
+            if data["until"] - data["since"] > self.longest:
+                raise forms.ValidationError(f"a custom range spans at most {self.longest.days} days: choose a "
+                                            "shorter one")
+            if data["since"] > timezone.now():
+                raise forms.ValidationError("the range starts in the future: nothing has happened there yet")
+        return data
+
+    @property
+    def chosen(self) -> str:
+        """The window shown: this form's when it is valid, else the default (an invalid query shows its errors
+        above the default window rather than breaking the page)."""
+        return self.cleaned_data["window"] if self.is_bound and self.is_valid() else self.default
+
+    def range(self, now) -> tuple[datetime, datetime]:
+        if self.chosen == "custom":
+            return self.cleaned_data["since"], self.cleaned_data["until"]
+        return now - timedelta(minutes=WINDOWS[self.chosen][1]), now
+
+    def chart_window(self, now) -> ChartWindow:
+        start, end = self.range(now)
+        return ChartWindow.over(start, end, now, "" if self.chosen == "custom" else WINDOWS[self.chosen][0])
+
+    def picker(self, query) -> list[dict]:
+        """The preset links: this page's query with another window, its other parameters kept."""
+        links = []
+        for key in self.presets:
+            params = query.copy()
+            for name in ("window", "since", "until"):
+                params.pop(name, None)
+            params["window"] = key
+            links.append({"key": key, "label": PICKER_LABELS[key], "query": params.urlencode(),
+                          "current": key == self.chosen})
+        return links
 
 
 VERSION_RANGE = re.compile(r"(\d+)(?:\s*-\s*(\d+))?", re.ASCII)
 
 
-class BreakdownForm(TimeRangeForm):
-    """The window of the version × robot × task breakdown: a preset, or an explicit range."""
+class BreakdownForm(WindowForm):
+    """The window of the version × robot × task breakdown (a preset, or an explicit range), its source and
+    versions."""
 
-    window = forms.ChoiceField(choices=[(key, label) for key, (label, _) in WINDOWS.items()] + [("custom", "range")],
-                               required=False, initial="24h")
+    presets = ("15m", "1h", "6h", "24h", "7d", "30d")
+    default = "24h"
+    longest = timedelta(days=366)  # a table of sums: hour rows make a long range cheap
+
     source = forms.ChoiceField(choices=Episode.Source.choices, required=False, initial=Episode.Source.ONLINE)
     versions = forms.CharField(required=False, max_length=200, label="Versions",
                                widget=forms.TextInput(attrs={"placeholder": "all, or e.g. 12, 15-18 (0: demos)"}))
@@ -113,19 +175,8 @@ class BreakdownForm(TimeRangeForm):
 
     def clean(self):
         data = super().clean()
-        data["window"] = data.get("window") or "24h"
         data["source"] = data.get("source") or Episode.Source.ONLINE
-        if data["window"] == "custom" and (not data.get("since") or not data.get("until")):
-            raise forms.ValidationError("a custom range needs both 'since' and 'until'")
         return data
-
-    def range(self, now):
-        from datetime import timedelta
-
-        data = self.cleaned_data
-        if data["window"] == "custom":
-            return data["since"], data["until"]
-        return now - timedelta(minutes=WINDOWS[data["window"]][1]), now
 
 
 class FlagForm(forms.Form):

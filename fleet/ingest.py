@@ -111,7 +111,8 @@ def _summarise(episode: Episode, arrays: dict, task_row: _TaskRow) -> list:
 def _announce(episode: Episode, task: str) -> None:
     """Dashboards hear of the new episode, and the learner first (its nudge leads the round trip)."""
     event = {"episode": episode.pk, "task": task, "robot": episode.robot_id, "version": episode.policy_version_id,
-             "source": episode.source, "outcome": episode.outcome, "steps": episode.steps,
+             "source": episode.source, "outcome": episode.outcome, "autonomous": episode.autonomous_success,
+             "steps": episode.steps,
              "intervention_steps": episode.intervention_steps, "interventions": episode.intervention_count,
              "finished_at": episode.finished_at.isoformat()}
     # Outside a transaction the INSERT has committed already and this runs at once; inside one, at its commit.

@@ -387,6 +387,22 @@ class Episode(models.Model):
     def __str__(self) -> str:
         return f"episode {self.pk} ({self.task_id and self.task.env_name}, {self.outcome})"
 
+    @property
+    def autonomous_success(self) -> bool:
+        """AUTONOMOUS_SUCCESS (below) for this row: it succeeded and only the policy acted."""
+        return (self.outcome == self.Outcome.SUCCESS and self.intervention_steps == 0
+                and self.intervention_count == 0)
+
+
+# What "success" means on every page, chart, alert and comparison: the policy succeeded alone, with no step acted
+# by anyone else (the HG-DAgger gate's expert, an operator, or any other source an upload records). A success with
+# even one such step is an assisted success: the expert's rescue, not the policy's. Autonomous and assisted
+# successes are disjoint and together are every success. The roll-up trigger (fleet migration 0014) states the same
+# condition in SQL. Annotators' relabels, written after the episode, change neither: they say what the expert would
+# have done, not who acted.
+AUTONOMOUS_SUCCESS = models.Q(outcome=Episode.Outcome.SUCCESS, intervention_steps=0, intervention_count=0)
+ASSISTED_SUCCESS = models.Q(outcome=Episode.Outcome.SUCCESS) & ~models.Q(intervention_steps=0, intervention_count=0)
+
 
 class EpisodePayload(models.Model):
     """The episode's arrays as a compressed .npz (read with allow_pickle=False); never loaded by listings.
@@ -424,9 +440,10 @@ class InterventionSegment(models.Model):
 class EpisodeRollup(models.Model):
     """Episode counts per minute and per hour, by task, robot, policy version and source: what the dashboards
     read instead of scanning episodes. Kept by a PostgreSQL trigger on Episode's inserts and deletes (migrations
-    0005 and 0007; interventions come from Episode.intervention_count), inside the ingesting transaction, so it is
-    never stale and never double-counts a retried episode. Episodes are not edited in place (the admin shows
-    them read-only): an UPDATE of a counted column would not reach these rows.
+    0005, 0007 and 0014; interventions come from Episode.intervention_count), inside the ingesting transaction, so
+    it is never stale and never double-counts a retried episode. Successes are split into autonomous and assisted
+    ones (the trigger's SQL states AUTONOMOUS_SUCCESS again): no column mixes the two. Episodes are not edited in
+    place (the admin shows them read-only): an UPDATE of a counted column would not reach these rows.
 
     robot and version are plain ids (0: none) so that one unique key covers every row; they are derived data.
     """
@@ -442,7 +459,11 @@ class EpisodeRollup(models.Model):
     version_id = models.IntegerField(default=0)
     source = models.CharField(max_length=16, choices=Episode.Source.choices)
     episodes = models.IntegerField(default=0)
-    successes = models.IntegerField(default=0)
+    autonomous_successes = models.IntegerField(
+        default=0, help_text="Successes in which only the policy acted (fleet.models.AUTONOMOUS_SUCCESS).")
+    assisted_successes = models.IntegerField(
+        default=0,
+        help_text="Successes with a gate, operator or other intervention step (fleet.models.ASSISTED_SUCCESS).")
     steps = models.BigIntegerField(default=0)
     success_steps = models.BigIntegerField(default=0, help_text="Steps of the successful episodes.")
     intervention_steps = models.BigIntegerField(default=0)

@@ -27,6 +27,7 @@ from fleet.forms import (
     ReasonForm,
     RobotForm,
     RobotTasksForm,
+    WindowForm,
 )
 from fleet.models import Episode, Robot
 
@@ -72,41 +73,54 @@ def home(request):
 
 @permission_required("fleet.view_robot", raise_exception=True)
 def fleet(request):
-    """The operators' landing page: a live tile per robot, fleet KPIs and charts (fleet/dashboard.py)."""
-    from fleet.dashboard import fleet_snapshot
+    """The operators' landing page: a live tile per robot, fleet KPIs and charts (fleet/dashboard.py) over the
+    window the time-range picker chose (an invalid choice: its errors above the default window, status 400)."""
+    from fleet.dashboard import DEFINITIONS, fleet_snapshot
 
+    form = WindowForm(request.GET or None)
+    now = timezone.now()
     return render(request, "fleet/fleet.html", {
-        "snapshot": fleet_snapshot(),
+        "snapshot": fleet_snapshot(now, form.chart_window(now)),
+        "window_form": form, "picker": form.picker(request.GET), "definitions": DEFINITIONS,
+        # A resync refetches the window shown: the query's, or the default one's when the query was refused.
+        "snapshot_query": "" if form.errors else request.GET.urlencode(),
         "can_control": request.user.has_perm("fleet.control_robot"),
         "can_enrol": request.user.has_perm("gateway.enrol_robot"),
         "add_form": RobotForm(),
         "robot_commands": list(Robot.COMMANDS.items()),
         "state_labels": dict(Robot.State.choices),
-    })
+    }, status=400 if form.errors else 200)
 
 
 @permission_required("fleet.view_robot", raise_exception=True)
 def fleet_snapshot_json(request):
-    """The fleet page's data, refetched by a page whose socket reconnected (it may have missed deltas)."""
+    """The fleet page's data for the same window query, refetched by a page whose socket reconnected (it may have
+    missed deltas)."""
     from fleet.dashboard import fleet_snapshot
 
-    return JsonResponse(fleet_snapshot())
+    form = WindowForm(request.GET or None)
+    if form.errors:
+        return bad_form_response(form)
+    now = timezone.now()
+    return JsonResponse(fleet_snapshot(now, form.chart_window(now)))
 
 
 @permission_required("fleet.view_episode", raise_exception=True)
 def breakdown(request):
-    """Success per version × robot × task over a window: how one bad robot or one regressed task shows up."""
+    """Autonomous success per version × robot × task over a window: how one bad robot or one regressed task shows
+    up."""
+    from fleet.dashboard import DEFINITIONS
     from fleet.dashboard import breakdown as compute
 
     form = BreakdownForm(request.GET or None)
-    if form.is_bound and not form.is_valid():
-        return render(request, "fleet/breakdown.html", {"form": form}, status=400)
-    if not form.is_bound:
-        form = BreakdownForm({"window": "24h", "source": Episode.Source.ONLINE})
-        form.is_valid()
+    context = {"form": form, "picker": form.picker(request.GET), "definitions": DEFINITIONS}
+    if form.errors:
+        return render(request, "fleet/breakdown.html", context, status=400)
     start, end = form.range(timezone.now())
+    data = form.cleaned_data if form.is_bound else {}
     return render(request, "fleet/breakdown.html", {
-        "form": form, "table": compute(start, end, form.cleaned_data["source"], numbers=form.cleaned_data["versions"]),
+        **context, "table": compute(start, end, data.get("source") or Episode.Source.ONLINE,
+                                    numbers=data.get("versions")),
         "start": start, "end": end,
     })
 

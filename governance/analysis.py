@@ -9,19 +9,19 @@ measures the expert."""
 from __future__ import annotations
 
 from django.conf import settings
-from django.db.models import Count, Q
+from django.db.models import Count, Q, Sum
 
 from core.stats import Rate
-from fleet.models import Episode, Task
+from fleet.models import ASSISTED_SUCCESS, AUTONOMOUS_SUCCESS, Episode, Task
 from governance.models import Evaluation, EvaluationItem, Rollout
 
-SUCCESS = Q(outcome=Episode.Outcome.SUCCESS)
-AUTONOMOUS_SUCCESS = SUCCESS & Q(intervention_steps=0)
 
-
-def _side(successes: int, episodes: int, **extra) -> dict:
+def _side(successes: int, episodes: int, assisted: int, **extra) -> dict:
+    """One side of a comparison: autonomous success (`successes`) with its Wilson interval, which decisions are
+    made on, and assisted success beside it."""
     side = Rate(successes, episodes).as_dict()
-    return {**side, "low": round(side["low"], 4), "high": round(side["high"], 4), **extra}
+    return {**side, "low": round(side["low"], 4), "high": round(side["high"], 4), "assisted_successes": assisted,
+            "assisted_rate": assisted / episodes if episodes else None, **extra}
 
 
 def separation(candidate: dict, deployed: dict | None) -> str:
@@ -36,11 +36,15 @@ def separation(candidate: dict, deployed: dict | None) -> str:
 
 
 def evaluation_side(version, task, seeds) -> dict:
-    """The version's evaluation episodes on this task and these seeds: success, interval, mean steps to success."""
-    rows = list(EvaluationItem.objects.filter(version=version, task=task, seed__in=list(seeds), episode__isnull=False)
-                .values_list("episode__outcome", "episode__steps"))
-    steps = [n for outcome, n in rows if outcome == Episode.Outcome.SUCCESS]
-    return _side(len(steps), len(rows), mean_steps=round(sum(steps) / len(steps), 1) if steps else None)
+    """The version's evaluation episodes on this task and these seeds: autonomous success and its interval,
+    assisted success (an operator may take over an evaluation episode; the gate is off), mean steps to an
+    autonomous success."""
+    items = EvaluationItem.objects.filter(version=version, task=task, seed__in=list(seeds), episode__isnull=False)
+    counts = Episode.objects.filter(pk__in=items.values("episode")).aggregate(
+        n=Count("id"), s=Count("id", filter=AUTONOMOUS_SUCCESS), a=Count("id", filter=ASSISTED_SUCCESS),
+        steps=Sum("steps", filter=AUTONOMOUS_SUCCESS))
+    return _side(counts["s"], counts["n"], counts["a"],
+                 mean_steps=round(counts["steps"] / counts["s"], 1) if counts["s"] else None)
 
 
 def online_intervention(version, tasks) -> dict:
@@ -59,17 +63,17 @@ def comparison(evaluation: Evaluation) -> dict:
     if baseline is not None:
         online[baseline.pk] = online_intervention(baseline, tasks)
     rows = []
-    totals = {"candidate": [0, 0], "deployed": [0, 0]}
+    totals = {"candidate": [0, 0, 0], "deployed": [0, 0, 0]}
     for task in tasks:
         none = {"online_episodes": 0, "intervention_rate": None}
         cand = {**evaluation_side(candidate, task, evaluation.seeds), **online[candidate.pk].get(task.env_name, none)}
         dep = None
         if baseline is not None:
             dep = {**evaluation_side(baseline, task, evaluation.seeds), **online[baseline.pk].get(task.env_name, none)}
-            totals["deployed"][0] += dep["successes"]
-            totals["deployed"][1] += dep["episodes"]
-        totals["candidate"][0] += cand["successes"]
-        totals["candidate"][1] += cand["episodes"]
+            for k, name in enumerate(("successes", "episodes", "assisted_successes")):
+                totals["deployed"][k] += dep[name]
+        for k, name in enumerate(("successes", "episodes", "assisted_successes")):
+            totals["candidate"][k] += cand[name]
         rows.append({"task": task.env_name, "candidate": cand, "deployed": dep, "separation": separation(cand, dep)})
     overall = {"candidate": _side(*totals["candidate"])}
     if baseline is not None:
@@ -83,8 +87,8 @@ def comparison(evaluation: Evaluation) -> dict:
 def canary_analysis(rollout) -> dict:
     """The canary's online episodes against the deployed version's, since the canary started, on the tasks both ran.
 
-    Success here is success without help (no intervention in the episode): with the expert gate on, plain success
-    mostly measures the expert. Verdict: "waiting" (too few episodes), "worse" (the deployed version's rate exceeds
+    Success here is autonomous success (no intervention in the episode), as everywhere: with the expert gate on,
+    success with help mostly measures the expert; assisted success is reported beside it. Verdict: "waiting" (too few episodes), "worse" (the deployed version's rate exceeds
     the canary's by more than GOVERNANCE_CANARY_MARGIN) or "ready" (not worse after enough episodes).
     """
     from learner.models import PolicyVersion
@@ -97,25 +101,25 @@ def canary_analysis(rollout) -> dict:
     def per_task(queryset):
         counts = (queryset.filter(source=Episode.Source.ONLINE, started_at__gte=since).values("task__env_name")
                   .annotate(n=Count("id"), s=Count("id", filter=AUTONOMOUS_SUCCESS),
+                            a=Count("id", filter=ASSISTED_SUCCESS),
                             helped=Count("id", filter=Q(intervention_steps__gt=0))))
         return {row["task__env_name"]: row for row in counts}
 
     cand = per_task(Episode.objects.filter(policy_version=candidate, robot__in=canary_robots))
     dep = per_task(Episode.objects.filter(policy_version=deployed)) if deployed else {}
     shared = sorted(set(cand) & set(dep))
-    rows, totals = [], {"candidate": [0, 0, 0], "deployed": [0, 0, 0]}
+    rows, totals = [], {"candidate": [0, 0, 0, 0], "deployed": [0, 0, 0, 0]}
     for task in shared:
         c, d = cand[task], dep[task]
         for name, row in (("candidate", c), ("deployed", d)):
-            totals[name][0] += row["s"]
-            totals[name][1] += row["n"]
-            totals[name][2] += row["helped"]
-        c_side, d_side = _side(c["s"], c["n"]), _side(d["s"], d["n"])
+            for k, count in enumerate(("s", "n", "a", "helped")):
+                totals[name][k] += row[count]
+        c_side, d_side = _side(c["s"], c["n"], c["a"]), _side(d["s"], d["n"], d["a"])
         rows.append({"task": task, "candidate": c_side, "deployed": d_side, "separation": separation(c_side, d_side)})
 
     def overall(name):
-        s, n, helped = totals[name]
-        return _side(s, n, intervention_rate=helped / n if n else None)
+        s, n, assisted, helped = totals[name]
+        return _side(s, n, assisted, intervention_rate=helped / n if n else None)
 
     c_all, d_all = overall("candidate"), overall("deployed")
     margin, minimum = settings.GOVERNANCE_CANARY_MARGIN, settings.GOVERNANCE_CANARY_MIN_EPISODES
@@ -149,8 +153,8 @@ def replaced_version(version):
     return before.version if before is not None else None
 
 
-def _online_side(n: int, s: int, interventions: int, success_steps: int) -> dict:
-    return _side(s, n, interventions_per_episode=round(interventions / n, 3) if n else None,
+def _online_side(n: int, s: int, assisted: int, interventions: int, success_steps: int) -> dict:
+    return _side(s, n, assisted, interventions_per_episode=round(interventions / n, 3) if n else None,
                  mean_steps=round(success_steps / s, 1) if s else None)
 
 
@@ -158,14 +162,16 @@ def _online_side(n: int, s: int, interventions: int, success_steps: int) -> dict
 # a Wilson interval about ±1.4 points wide, and a page that costs the same for a version the fleet ran for a
 # month (reading all 100k+ of its episodes took 0.3-0.4 s, a parallel scan of the whole table).
 ONLINE_EPISODES = 5000
+AUTONOMOUS = "intervention_steps = 0 AND intervention_count = 0"  # with outcome success: AUTONOMOUS_SUCCESS
 _NEWEST = f"""(SELECT task_id, outcome, intervention_steps, intervention_count, steps, started_at, finished_at
                FROM {Episode._meta.db_table} WHERE policy_version_id = %s AND source = %s
                ORDER BY finished_at DESC LIMIT %s)"""
 _ONLINE_SQL = f"""
     SELECT side, task_id, count(*) AS n,
-           count(*) FILTER (WHERE outcome = %s AND intervention_steps = 0) AS s,
+           count(*) FILTER (WHERE outcome = %s AND {AUTONOMOUS}) AS s,
+           count(*) FILTER (WHERE outcome = %s AND NOT ({AUTONOMOUS})) AS a,
            coalesce(sum(intervention_count), 0)::bigint AS i,
-           coalesce(sum(steps) FILTER (WHERE outcome = %s AND intervention_steps = 0), 0)::bigint AS ss,
+           coalesce(sum(steps) FILTER (WHERE outcome = %s AND {AUTONOMOUS}), 0)::bigint AS ss,
            min(started_at) AS first, max(finished_at) AS last
     FROM (SELECT 'version' AS side, * FROM {_NEWEST} AS mine
           UNION ALL
@@ -175,12 +181,13 @@ _ONLINE_SQL = f"""
 
 
 def _online_counts(version_id: int, replaced_id: int | None) -> dict[str, dict[int, dict]]:
-    """{"version" / "replaced": {task id: {n, s, i, ss, first, last}}} over each version's newest online episodes."""
+    """{"version" / "replaced": {task id: {n, s, a, i, ss, first, last}}} over each version's newest online
+    episodes."""
     from django.db import connection
 
     success, online = Episode.Outcome.SUCCESS.value, Episode.Source.ONLINE.value
     with connection.cursor() as cursor:
-        cursor.execute(_ONLINE_SQL, [success, success, version_id, online, ONLINE_EPISODES,
+        cursor.execute(_ONLINE_SQL, [success, success, success, version_id, online, ONLINE_EPISODES,
                                      replaced_id, online, ONLINE_EPISODES])
         columns = [c.name for c in cursor.description]
         rows = [dict(zip(columns, values)) for values in cursor.fetchall()]
@@ -203,7 +210,7 @@ def _span(counts: dict[int, dict]) -> dict | None:
 def online_comparison(version, replaced=None) -> dict:
     """The version's online episodes against those of the version it replaced (replaced_version, unless given),
     per task and pooled over the tasks both ran: autonomous success with its Wilson 95 % interval, episodes,
-    interventions (takeovers) per episode and mean steps of the autonomous successes.
+    assisted success beside it, interventions (takeovers) per episode and mean steps of the autonomous successes.
 
     One statement: each side is its version's newest ONLINE_EPISODES online episodes, read backwards along the
     (policy_version, -finished_at) index, grouped by task. Pooled, not stratified: robots draw tasks at random,
@@ -213,12 +220,12 @@ def online_comparison(version, replaced=None) -> dict:
     mine, theirs = counts["version"], counts["replaced"]
     names = {pk: task.env_name for pk, task in Task.objects.in_bulk(set(mine) | set(theirs)).items()}
     shared = (set(mine) & set(theirs)) if replaced is not None else set(mine)
-    rows, totals = [], {"version": [0, 0, 0, 0], "replaced": [0, 0, 0, 0]}
+    rows, totals = [], {"version": [0, 0, 0, 0, 0], "replaced": [0, 0, 0, 0, 0]}
     for task in sorted(shared, key=names.get):
         sides = {}
         for name, side in (("version", mine), ("replaced", theirs)):
             if task in side:
-                figures = [side[task][key] for key in ("n", "s", "i", "ss")]
+                figures = [side[task][key] for key in ("n", "s", "a", "i", "ss")]
                 totals[name] = [a + b for a, b in zip(totals[name], figures)]
             sides[name] = _online_side(*figures) if task in side else None
         rows.append({"task": names[task], **sides, "separation": separation(sides["version"], sides["replaced"])})

@@ -326,9 +326,9 @@ def roll_back_automatically(rollout: Rollout, analysis: dict) -> Alert:
     """The canary check found the canary worse than the deployed version: roll it back and raise an alert that
     every dashboard shows until a supervisor acknowledges it."""
     cand, dep = analysis["overall"]["candidate"], analysis["overall"]["deployed"]
-    reason = (f"automatic: canary success {cand['rate']:.0%} (n={cand['episodes']}) is below the deployed "
-              f"v{analysis['deployed']}'s {dep['rate']:.0%} (n={dep['episodes']}) by more than the margin "
-              f"{analysis['margin']:.0%}")
+    reason = (f"automatic: canary autonomous success {cand['rate']:.0%} (assisted {cand['assisted_rate']:.0%}, "
+              f"n={cand['episodes']}) is below the deployed v{analysis['deployed']}'s {dep['rate']:.0%} (assisted "
+              f"{dep['assisted_rate']:.0%}, n={dep['episodes']}) by more than the margin {analysis['margin']:.0%}")
     with transaction.atomic():
         roll_back(rollout.version, None, reason=reason, analysis=analysis)
         alert = Alert.raise_alert(f"{rollout.version} was rolled back automatically. {reason[len('automatic: '):]}.",

@@ -351,8 +351,8 @@ def _run_leased_slice(lease, seconds: float | None) -> str:
         configure_threads()
         pubsub = bus.client().pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(bus.EPISODES_CHANNEL)
-        trainer, cursor, labels = _trainer_for(run, lease)
-        _train_until(deadline, run, trainer, cursor, labels, lease, pubsub)
+        trainer, cursor, labels, resumed_from = _trainer_for(run, lease)
+        _train_until(deadline, run, trainer, cursor, labels, lease, pubsub, resumed_from)
         _renew(lease)  # only the lease holder's state is the run's
         _save(trainer, run, cursor)
         if TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.ACTIVE).exists():
@@ -373,21 +373,24 @@ def _run_leased_slice(lease, seconds: float | None) -> str:
 def _trainer_for(run: TrainingRun, lease) -> tuple:
     """The run's trainer, cursor and label state, with every episode so far in the buffer: this process's own from
     its previous slice when nobody has trained the run since (the saved step is still its own), else rebuilt from
-    the saved state (or the base) and the table. A slice that fails leaves nothing to reuse."""
+    the saved state (or the base) and the table. A slice that fails leaves nothing to reuse. The fourth value is
+    the saved step a rebuilt trainer resumed from (a restart), else None."""
     previous = dict(_resident)
     _resident.clear()
+    resumed_from = None
     if previous.get("run") == run.pk and previous["trainer"].step == run.step:
         trainer, cursor, labels = previous["trainer"], previous["cursor"], previous["labels"]
         sync_labels(trainer, cursor, labels)  # labels saved between slices: nobody heard their nudge
     else:
         previous = None  # let the old trainer go before a new one is built
         trainer, resumed = _load_or_build(run)
+        resumed_from = trainer.step if resumed else None
         cursor, labels = EpisodeCursor(), LabelSync()
         if not resumed and trainer.algorithm.needs_pretraining:
             _pretrain_then_fold(trainer, cursor, labels, lease)
     while _fold(trainer, cursor, labels):  # a rebuilt buffer reads the whole history here
         _renew(lease)
-    return trainer, cursor, labels
+    return trainer, cursor, labels, resumed_from
 
 
 def _take_news(trainer, cursor: EpisodeCursor, labels: LabelSync, pubsub, last_label_poll: float) -> float:
@@ -415,20 +418,23 @@ def _take_news(trainer, cursor: EpisodeCursor, labels: LabelSync, pubsub, last_l
     return last_label_poll
 
 
-def _record_metrics(run: TrainingRun, trainer, metrics: dict, samples_per_second: float) -> None:
+def _record_metrics(run: TrainingRun, trainer, metrics: dict, samples_per_second: float,
+                    resumed_from: int | None = None) -> None:
     sizes = trainer.buffer.sizes()
     metric = TrainingMetric.objects.create(
         run=run, step=trainer.step, loss=metrics["loss"], samples_per_second=samples_per_second,
         staleness_mean=metrics["staleness_mean"], staleness_max=metrics["staleness_max"],
         tasks={task: {**stats, "buffer": sizes[task]} for task, stats in trainer.resampler.stats().items()},
+        resumed_from=resumed_from,
     )
     broadcast("learner.metrics", metric.point())
 
 
 def _train_until(deadline: float, run: TrainingRun, trainer, cursor: EpisodeCursor, labels: LabelSync, lease,
-                 pubsub) -> None:
+                 pubsub, resumed_from: int | None = None) -> None:
     """Gradient steps until the deadline or until someone stops the run: news folded in as it arrives, a metric
-    every METRICS_EVERY steps, a published version every `publish_every` steps."""
+    every METRICS_EVERY steps (the first marked with `resumed_from` after a restart), a published version every
+    `publish_every` steps."""
     window_start, window_samples = time.monotonic(), 0
     last_save = last_label_poll = time.monotonic()
     while time.monotonic() < deadline:
@@ -447,8 +453,8 @@ def _train_until(deadline: float, run: TrainingRun, trainer, cursor: EpisodeCurs
         window_samples += trainer.config.batch_size
         if trainer.step % METRICS_EVERY == 0:
             now = time.monotonic()
-            _record_metrics(run, trainer, metrics, window_samples / max(now - window_start, 1e-6))
-            window_start, window_samples = now, 0
+            _record_metrics(run, trainer, metrics, window_samples / max(now - window_start, 1e-6), resumed_from)
+            window_start, window_samples, resumed_from = now, 0, None
             if not TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.ACTIVE).exists():
                 return  # stopped by someone
         if trainer.step % trainer.config.publish_every == 0:

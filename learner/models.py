@@ -148,7 +148,12 @@ class TrainingRun(models.Model):
 
 
 class TrainingMetric(models.Model):
-    """A point on the learner's curves: losses, the resampler's online share per task, buffer, staleness."""
+    """A point on the learner's curves: losses, the resampler's online share per task, buffer, staleness.
+
+    A restart (a slice that rebuilt the trainer from the run's saved state: after a crash, or in another process)
+    marks its first point with `resumed_from`, the saved step. The run's earlier points with a higher step were
+    lost: their state was never saved and the resumed run trains those steps again. The learner page leaves them
+    out and marks the restart (docs/decisions.md)."""
 
     run = models.ForeignKey(TrainingRun, on_delete=models.CASCADE, related_name="metrics")
     step = models.PositiveBigIntegerField()
@@ -157,14 +162,22 @@ class TrainingMetric(models.Model):
     staleness_mean = models.FloatField(null=True)
     staleness_max = models.IntegerField(null=True)
     tasks = models.JSONField(default=dict, help_text="Per task: w_on, l_on, l_off, buffer sizes.")
+    resumed_from = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="The first point after a restart: the saved step the slice resumed from.")
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         ordering = ["run", "step"]
-        indexes = [models.Index(fields=["run", "step"])]
+        indexes = [
+            models.Index(fields=["run", "step"]),
+            models.Index(fields=["run", "created_at"], name="metric_run_time"),  # the page's points by time
+            models.Index(fields=["run", "created_at"], condition=models.Q(resumed_from__isnull=False),
+                         name="metric_run_restarts"),
+        ]
 
     def point(self) -> dict:
         """This point of the learner's curves, as sent with the learner page and pushed live."""
-        return {"step": self.step, "loss": self.loss, "samples_per_second": round(self.samples_per_second),
-                "staleness_mean": self.staleness_mean, "staleness_max": self.staleness_max, "tasks": self.tasks,
+        return {"run": self.run_id, "step": self.step, "loss": self.loss,
+                "samples_per_second": round(self.samples_per_second), "staleness_mean": self.staleness_mean,
+                "staleness_max": self.staleness_max, "tasks": self.tasks, "resumed_from": self.resumed_from,
                 "at": self.created_at.isoformat()}

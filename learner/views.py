@@ -1,29 +1,32 @@
 from django.contrib.auth.decorators import permission_required
-from django.db.models import F, Window
-from django.db.models.functions import Mod, RowNumber
 from django.shortcuts import render
+from django.utils import timezone
 
+from fleet.forms import WindowForm
+from learner.dashboard import DEFINITIONS, curves, published
 from learner.models import PolicyVersion, TrainingRun
 
-MAX_POINTS = 600  # curve points sent with the page; the socket extends them live
+
+class LearnerWindowForm(WindowForm):
+    default = "6h"
 
 
 @permission_required("learner.view_policyversion", raise_exception=True)
 def learner(request):
-    run = TrainingRun.objects.select_related("base_version").first()
-    points = []
-    if run is not None:
-        stride = max(1, -(-run.metrics.count() // MAX_POINTS))  # ceil: at most MAX_POINTS points
-        # An evenly thinned history, always ending at the latest point, thinned by the database: every stride-th
-        # point counted back from the newest.
-        ranked = run.metrics.annotate(rank=Window(RowNumber(), order_by=F("step").desc()))
-        points = [m.point() for m in ranked.annotate(slot=Mod(F("rank") - 1, stride)).filter(slot=0)
-                  .order_by("step")]
-    versions = [{"number": v.number, "state": v.state, "algorithm": v.algorithm, "at": v.created_at.isoformat(),
-                 "train_steps": v.train_steps}
-                for v in PolicyVersion.objects.order_by("-number")[:200]][::-1]
-    return render(request, "learner/learner.html", {"run": run, "points": points, "versions": versions,
-                                                    "latest": points[-1] if points else None})
+    """The learner's curves over the picked window, one line per training run, restarts marked; the KPIs are the
+    newest run's last point (an invalid window: its errors above the default one, status 400)."""
+    form = LearnerWindowForm(request.GET or None)
+    now = timezone.now()
+    window = form.chart_window(now)
+    data = curves(window.start, window.data_end)
+    latest_run = data["runs"][-1] if data["runs"] else None
+    data.update(window=window.as_dict(), versions=published(window.start, window.data_end))
+    return render(request, "learner/learner.html", {
+        "form": form, "picker": form.picker(request.GET), "window": window, "curves": data,
+        "run": latest_run, "latest": latest_run["points"][-1] if latest_run and latest_run["points"] else None,
+        "restarts": sum(len(run["restarts"]) for run in data["runs"]), "definitions": DEFINITIONS,
+        "has_runs": latest_run is not None or TrainingRun.objects.exists(),
+    }, status=400 if form.errors else 200)
 
 
 @permission_required("learner.view_policyversion", raise_exception=True)

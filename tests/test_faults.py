@@ -384,6 +384,11 @@ def test_a_killed_learner_resumes_within_30_seconds_from_its_saved_state(
                    for stats in metric.tasks.values() for name, sizes in stats.items() if name == "buffer")
 
     assert frames(resumed_metric) >= frames(last)  # every episode is back in the rebuilt buffer
+    # The resumed slice marked its first point with the saved step (the learner page draws the restart there and
+    # leaves out the lost points).
+    restart = TrainingMetric.objects.filter(run=run, resumed_from__isnull=False,
+                                            created_at__gt=metrics_before[-1].created_at).earliest("created_at")
+    assert restart.resumed_from >= saved_step
     control.stop(robot, olivia)
     call_command("learner", "stop", stdout=io.StringIO())
     print(f"learner resumed {resumed_after:.1f} s after SIGKILL; {lost} steps lost")

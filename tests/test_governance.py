@@ -330,7 +330,7 @@ def test_a_worse_canary_is_rolled_back_automatically_with_an_alert_on_every_page
     assert v2.state == S.ROLLED_BACK
     assert set(Robot.objects.values_list("policy_version", flat=True)) == {deployed.pk}
     event = AuditEvent.objects.get(verb="version.roll_back")
-    assert event.actor is None and event.reason.startswith("automatic: canary success 0%")
+    assert event.actor is None and event.reason.startswith("automatic: canary autonomous success 0% (assisted 0%")
     assert event.details["canary"]["verdict"] == "worse"
     assert [row["task"] for row in event.details["canary"]["tasks"]] == ["pick-place-v3"]
     alert = Alert.objects.get(status=Alert.Status.ACTIVE)

@@ -66,9 +66,12 @@ def test_a_version_is_compared_with_the_one_it_replaced_on_autonomous_success(co
     (row,) = online["tasks"]
     assert row["task"] == "pick-place-v3" and row["separation"] == "better"
     assert row["version"] == {"successes": 18, "episodes": 20, "rate": 0.9, "low": 0.699, "high": 0.9721,
+                              "assisted_successes": 0, "assisted_rate": 0.0,
                               "interventions_per_episode": 0.0, "mean_steps": 35.0}
-    # Ten of v1's successes had an expert take over: they are not autonomous, and each counts one intervention.
+    # Ten of v1's successes had an expert take over: they are assisted, not autonomous, and each counts one
+    # intervention.
     assert row["replaced"] == {"successes": 5, "episodes": 20, "rate": 0.25, "low": 0.1119, "high": 0.4687,
+                               "assisted_successes": 10, "assisted_rate": 0.5,
                                "interventions_per_episode": 0.5, "mean_steps": 40.0}
     assert online["overall"]["version"]["episodes"] == 20 and online["separation"] == "better"
     assert online["only_version"] == ["shelf-place-v3"] and online["only_replaced"] == []

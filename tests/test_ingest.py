@@ -190,7 +190,8 @@ def test_events_go_out_only_when_the_episode_commits(task, robot, django_capture
         assert heard(0.5, 1) == {}
         callbacks[0]()
         event = {"episode": episode.pk, "task": "pick-place-v3", "robot": robot.pk, "version": None,
-                 "source": "online", "outcome": "timeout", "steps": 50, "intervention_steps": 20, "interventions": 2,
+                 "source": "online", "outcome": "timeout", "autonomous": False, "steps": 50, "intervention_steps": 20,
+                 "interventions": 2,
                  "finished_at": episode.finished_at.isoformat()}
         assert heard(5, 2) == {bus.LIVE_CHANNEL: {"event": "episode.finished", "data": event},
                             bus.EPISODES_CHANNEL: event}

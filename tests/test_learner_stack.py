@@ -158,10 +158,19 @@ def test_the_next_slice_in_the_same_process_keeps_its_trainer_unless_the_run_mov
     assert trainer.buffer.sizes() == frames  # and nothing folded twice
     assert TrainingRun.objects.get(pk=run.pk).step == trainer.step
 
+    assert not TrainingMetric.objects.filter(run=run, resumed_from__isnull=False).exists()  # no restart yet
+    saved = trainer.step
     TrainingRun.objects.filter(pk=run.pk).update(step=trainer.step + 7)  # another learner trained meanwhile
+    every = loop.METRICS_EVERY
+    monkeypatch.setattr(loop, "METRICS_EVERY", 1)  # a point at every step: the short slice records some
     loop.run_slice(seconds=0.5)
     rebuilt = loop._resident["trainer"]
     assert rebuilt is not trainer and rebuilt.buffer.sizes() == frames  # from the saved state and the table
+    # A restart: the rebuilt slice's first point says which saved step it resumed from (the learner page marks it).
+    [restart] = TrainingMetric.objects.filter(run=run, resumed_from__isnull=False)
+    assert restart.resumed_from == saved and restart.step > saved
+    assert restart == TrainingMetric.objects.filter(run=run, created_at__gte=restart.created_at).earliest("id")
+    monkeypatch.setattr(loop, "METRICS_EVERY", every)
 
     # The lease lapses right after a slice took it (a long stall) and another learner takes the run over: the slice
     # notices at its next renewal — at the latest before it saves — and stops without saving over the other

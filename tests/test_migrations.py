@@ -116,3 +116,35 @@ def test_a_database_with_data_migrates_to_the_new_layout_with_every_row_and_perm
     assert permissions_of(apps, role) == renamed(before["role_permissions"])
     assert permissions_of(apps, user) == renamed(before["user_permissions"]) == {
         ("governance", "approve_rollout"): before["user_permissions"][("fleet", "approve_rollout")]}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_roll_ups_are_rebuilt_with_autonomous_and_assisted_success_and_past_restarts_marked():
+    """Roll-ups written by the old trigger (one "successes" column) are rebuilt with the two kinds apart; learner
+    metrics whose step went back (a restart before restarts were recorded) get their mark."""
+    old = migrate([("fleet", "0013_robot_operator_and_starting"), ("learner", "0003_checkpoint_removed_at")])
+    try:
+        now = timezone.now()
+        task = old.get_model("fleet", "Task").objects.create(env_name="pick-place-v3", title="pick place")
+        Episode = old.get_model("fleet", "Episode")
+        for outcome, helped in (("success", False), ("success", True), ("success", True), ("timeout", False)):
+            Episode.objects.create(uuid=uuid.uuid4(), task=task, source="online", seed=1, outcome=outcome, steps=50,
+                                   total_return=0, intervention_steps=10 if helped else 0,
+                                   intervention_count=1 if helped else 0, started_at=now - timedelta(seconds=5),
+                                   finished_at=now)
+        assert old.get_model("fleet", "EpisodeRollup").objects.get(size="m").successes == 3
+        version = old.get_model("learner", "PolicyVersion").objects.create(
+            number=1, algorithm="bc", checkpoint_path="policies/x", checkpoint_sha256="0" * 64)
+        run = old.get_model("learner", "TrainingRun").objects.create(algorithm="hg_dagger", base_version=version)
+        Metric = old.get_model("learner", "TrainingMetric")
+        for k, step in enumerate([50, 100, 150, 200, 100, 150, 200, 250]):  # lost 100-200, resumed below 100
+            Metric.objects.create(run=run, step=step, loss=1.0, samples_per_second=1.0,
+                                  created_at=now + timedelta(seconds=k))
+        apps = migrate(latest())
+    finally:
+        migrate(latest())
+
+    minute = apps.get_model("fleet", "EpisodeRollup").objects.get(size="m")
+    assert (minute.episodes, minute.autonomous_successes, minute.assisted_successes) == (4, 1, 2)
+    marked = apps.get_model("learner", "TrainingMetric").objects.exclude(resumed_from=None)
+    assert list(marked.values_list("step", "resumed_from")) == [(100, 99)]

@@ -163,34 +163,95 @@ def test_a_wrong_password_is_refused(client, olivia):
     assert "didn't match" in response.content.decode()
 
 
-def test_the_learner_page_carries_its_curves_and_versions(client, sam):
+def learner_curves(client, query: str = "") -> dict:
     import json
+
+    response = client.get(reverse("learner") + query)
+    assert response.status_code == 200, response.content.decode()[:2000]
+    html = response.content.decode()
+    assert "vendor/plotly.min.js" in html and "js/learner.js" in html
+    return json.loads(html.split('id="learner-curves" type="application/json">')[1].split("</script>")[0])
+
+
+def metric(run, step, at, **fields):
+    from learner.models import TrainingMetric
+
+    defaults = {"loss": 1.0 / step, "samples_per_second": 5000.0, "staleness_mean": 0.5, "staleness_max": 1,
+                "tasks": {"pick-place-v3": {"w_on": 0.6, "l_on": 0.1, "l_off": 0.05,
+                                            "buffer": {"online": 10, "offline": 20}}}}
+    return TrainingMetric(run=run, step=step, created_at=at, **{**defaults, **fields})
+
+
+def test_the_learner_page_carries_its_curves_and_versions(client, sam):
+    from django.utils import timezone
 
     from learner.models import PolicyVersion, TrainingMetric, TrainingRun
 
     base = PolicyVersion.objects.create(number=1, algorithm="bc", checkpoint_path="p", checkpoint_sha256="0" * 64)
     run = TrainingRun.objects.create(algorithm="hg_dagger", base_version=base)
-    for step in (50, 100, 150):
-        TrainingMetric.objects.create(run=run, step=step, loss=1.0 / step, samples_per_second=5000.0,
-                                      staleness_mean=0.5, staleness_max=1,
-                                      tasks={"pick-place-v3": {"w_on": 0.6, "l_on": 0.1, "l_off": 0.05,
-                                                               "buffer": {"online": 10, "offline": 20}}})
+    now = timezone.now()
+    TrainingMetric.objects.bulk_create(metric(run, step, now - timedelta(minutes=30 - step // 10))
+                                       for step in (50, 100, 150))
     client.force_login(sam)
-    response = client.get(reverse("learner"))
-    html = response.content.decode()
-    points = json.loads(html.split('id="learner-points" type="application/json">')[1].split("</script>")[0])
-    assert [p["step"] for p in points] == [50, 100, 150]
-    assert points[-1]["tasks"]["pick-place-v3"]["w_on"] == 0.6
-    assert "vendor/plotly.min.js" in html and "js/learner.js" in html
+    data = learner_curves(client)
+    [line] = data["runs"]
+    assert [p["step"] for p in line["points"]] == [50, 100, 150] and line["restarts"] == []
+    assert line["points"][-1]["tasks"]["pick-place-v3"]["w_on"] == 0.6
+    assert data["window"]["label"] == "last 6 hours" and data["versions"][0]["number"] == 1
 
-    # A long run is thinned evenly (every stride-th point back from the newest), the latest point always in.
-    TrainingMetric.objects.bulk_create(TrainingMetric(run=run, step=step, loss=1.0, samples_per_second=1.0)
-                                       for step in range(200, 200 + 3 * 1000))
-    html = client.get(reverse("learner")).content.decode()
-    points = json.loads(html.split('id="learner-points" type="application/json">')[1].split("</script>")[0])
-    steps = [p["step"] for p in points]
-    assert steps[-1] == 3199 and 500 < len(steps) <= 600
-    assert {b - a for a, b in zip(steps[1:], steps[2:])} == {6}  # 3,003 points in at most 600: every 6th
+    # A long run is thinned by time: the last point of each of at most 300 buckets, the latest point always in.
+    TrainingMetric.objects.bulk_create(metric(run, step, now - timedelta(seconds=3200 - step // 10))
+                                       for step in range(200, 200 + 30_000, 10))
+    [line] = learner_curves(client)["runs"]
+    steps = [p["step"] for p in line["points"]]
+    assert steps[-1] == 30_190 and len(steps) in (42, 43) and steps == sorted(steps)  # 50 min in 72-s buckets
+    # A narrower window reads only its own points.
+    [line] = learner_curves(client, "?window=15m")["runs"]
+    assert min(p["step"] for p in line["points"]) >= (3200 - 900) * 10 - 100
+
+
+def test_the_learner_page_draws_a_restarted_run_as_one_line_and_marks_the_restart(client, sam):
+    """Steps 50..1000 written, then a crash: the state saved at 700 resumes, repeats 750..1000 and goes on. The lost
+    750..1000 are not drawn (no saw-tooth), the restart is listed with what it lost."""
+    from django.utils import timezone
+
+    from learner.models import PolicyVersion, TrainingMetric, TrainingRun
+
+    base = PolicyVersion.objects.create(number=1, algorithm="bc", checkpoint_path="p", checkpoint_sha256="0" * 64)
+    run = TrainingRun.objects.create(algorithm="hg_dagger", base_version=base)
+    start = timezone.now() - timedelta(minutes=10)
+    rows = [metric(run, step, start + timedelta(seconds=step // 10)) for step in range(50, 1001, 50)]
+    restart_at = start + timedelta(seconds=130)
+    rows += [metric(run, step, restart_at + timedelta(seconds=(step - 750) // 10),
+                    resumed_from=700 if step == 750 else None) for step in range(750, 1501, 50)]
+    TrainingMetric.objects.bulk_create(rows)
+    client.force_login(sam)
+    [line] = learner_curves(client, "?window=15m")["runs"]  # 3-second buckets: every point of this run
+    steps = [p["step"] for p in line["points"]]
+    assert steps == sorted(steps) and len(set(steps)) == len(steps)  # one line, never back
+    assert steps[:14] == list(range(50, 701, 50)) and steps[-1] == 1500
+    times = [p["at"] for p in line["points"]]
+    assert times == sorted(times)
+    [restart] = line["restarts"]
+    assert (restart["resumed_from"], restart["step"], restart["lost"]) == (700, 750, 300)
+    assert restart["at"] == restart_at.isoformat()
+
+
+def test_the_learner_page_refuses_a_bad_window_and_still_renders(client, sam):
+    from learner.models import PolicyVersion, TrainingRun
+
+    base = PolicyVersion.objects.create(number=1, algorithm="bc", checkpoint_path="p", checkpoint_sha256="0" * 64)
+    TrainingRun.objects.create(algorithm="hg_dagger", base_version=base)
+    client.force_login(sam)
+    for query, message in (("?window=forever", "forever is not one of the available choices"),
+                           ("?window=custom&since=2026-11-20T10:00", "needs both"),
+                           ("?window=custom&since=2026-11-20T10:00&until=2026-11-20T09:00", "must come before"),
+                           ("?window=custom&since=2026-01-01T10:00&until=2026-11-20T09:00", "at most 31 days"),
+                           ("?window=custom&since=nonsense&until=2026-11-20T09:00", "valid date/time")):
+        response = client.get(reverse("learner") + query)
+        html = response.content.decode()
+        assert response.status_code == 400 and message in html, (query, html[:3000])
+        assert 'id="window-errors"' in html and 'id="learner-curves"' in html  # the default window instead
 
 
 def test_the_episode_page_carries_its_time_series(client, anna, oscar):
