@@ -76,6 +76,7 @@ def curves(start: datetime, end: datetime) -> dict:
         points = TrainingMetric.objects.raw(THINNED, {"first": floor_to(start, width), "start": start, "end": end,
                                                       "width": width, "run": run.pk})
         runs.append({"id": run.pk, "label": f"run {run.pk} ({run.algorithm})", "status": run.status,
+                     "batch_size": (run.config or {}).get("batch_size"),
                      "points": [point.point() for point in points], "restarts": _restarts(run, start, end)})
     return {"width_seconds": width.total_seconds(), "runs": runs}
 

@@ -218,6 +218,18 @@ def web_server(start_web):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def environment_as_at_start():
+    """Undo what importing sopweb.asgi during collection did to the environment (tests/isolation.py): the product
+    processes tests start (workers, `make demo`, benches) must not inherit the web process's DATABASE_POOL."""
+    from tests import isolation
+
+    if isolation.DATABASE_POOL_AT_START is None:
+        os.environ.pop("DATABASE_POOL", None)
+    else:
+        os.environ["DATABASE_POOL"] = isolation.DATABASE_POOL_AT_START
+
+
+@pytest.fixture(scope="session", autouse=True)
 def clean_test_redis():
     """Start from an empty test Redis database (see tests/isolation.py)."""
     import redis

@@ -22,6 +22,11 @@ if "SOPWEB_STORAGE_DIR" not in os.environ:
 # Episodes an actor keeps on disk while the database is away (actors.outbox): the tests' own, never a demo's.
 if "FLEET_OUTBOX_DIR" not in os.environ:
     os.environ["FLEET_OUTBOX_DIR"] = os.path.join(os.environ["SOPWEB_STORAGE_DIR"], "outbox")
+# Modules that import sopweb.asgi at collection (the permission matrix, the import graph) set DATABASE_POOL=1 in this
+# process's environment, as the web process wants; conftest puts the environment back before any test starts
+# processes that would inherit it.
+DATABASE_POOL_AT_START = os.environ.get("DATABASE_POOL")
+
 # Dashboard sockets' heartbeats would interleave with the events most tests count: on only where a test asks
 # (DASHBOARD_HEARTBEAT_SECONDS in its settings or its processes' environment).
 os.environ.setdefault("DASHBOARD_HEARTBEAT_SECONDS", "0")

@@ -399,7 +399,7 @@ def test_the_episode_page_shows_the_label_and_the_flags_resolution(client, task,
                              disposition="exclude")
     client.force_login(olivia)
     html = client.get(reverse("episode", args=[episode.pk])).content.decode()
-    assert "collision" in html and "from step 5" in html and "exclude from training" in html
+    assert "Collision" in html and "from step 5" in html and "exclude from training" in html
     assert "check the approach" in html and "labelled by anna" in html
     assert reverse("review-episode", args=[episode.pk]) not in html  # operators do not label
     client.force_login(anna)

@@ -42,6 +42,7 @@ def test_an_annotator_labels_an_episode_from_the_keyboard_and_the_next_one_opens
     # Clicking the chart seeks the video to that step.
     page.keyboard.press(" ")  # pause (or nothing, if it already ended)
     page.evaluate(f"{VIDEO}.pause()")
+    page.locator("#chart-reward").scroll_into_view_if_needed()  # below the player: mouse clicks do not scroll
     box = page.locator("#chart-reward .nsewdrag").first.bounding_box()
     page.mouse.click(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
     page.wait_for_function("() => Number(document.getElementById('cursor-step').textContent) > 40")

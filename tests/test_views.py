@@ -307,3 +307,17 @@ def test_every_page_carries_a_content_security_policy_that_runs_only_our_own_scr
         assert policy["script-src"] == "'self'", page  # no inline script, no eval, no other origin
         assert policy["default-src"] == "'none'" and policy["frame-ancestors"] == "'none'", page
         assert "'self'" in policy["connect-src"] and "'self'" in policy["media-src"], page
+
+
+def test_the_learner_page_shows_its_gradient_steps_per_second(client, sam):
+    """What a newcomer watches to see the learner go (issue 16, point 8): samples/s over the run's batch size."""
+    from django.utils import timezone
+
+    from learner.models import PolicyVersion, TrainingRun
+
+    base = PolicyVersion.objects.create(number=1, algorithm="bc", checkpoint_path="p", checkpoint_sha256="0" * 64)
+    run = TrainingRun.objects.create(algorithm="hg_dagger", base_version=base, config={"batch_size": 256})
+    metric(run, 50, timezone.now() - timedelta(minutes=1), samples_per_second=12800.0).save()
+    client.force_login(sam)
+    page = client.get("/learner/").content.decode()
+    assert '<span class="label">Steps/s</span> <strong id="kpi-steps">50.0</strong>' in page

@@ -92,6 +92,8 @@
     document.getElementById("kpi-step").textContent = p.step;
     document.getElementById("kpi-loss").textContent = p.loss.toFixed(4);
     document.getElementById("kpi-sps").textContent = p.samples_per_second;
+    document.getElementById("kpi-steps").textContent =
+      run.batch_size ? (p.samples_per_second / run.batch_size).toFixed(1) : "—";
     document.getElementById("kpi-staleness").textContent =
       `${p.staleness_mean == null ? "—" : p.staleness_mean.toFixed(1)} / ${p.staleness_max == null ? "—" : p.staleness_max}`;
     document.getElementById("kpi-restarts").textContent = runs.reduce((n, r) => n + r.restarts.length, 0);
@@ -111,7 +113,8 @@
     if (!win.live) return;  // a past window does not move
     let run = runs.find((r) => r.id === p.run);
     if (!run) {
-      run = {id: p.run, label: `run ${p.run}`, status: "active", points: [], restarts: []};
+      run = {id: p.run, label: `run ${p.run}`, status: "active", points: [], restarts: [],
+             batch_size: runs.length ? runs[runs.length - 1].batch_size : null};
       runs.push(run);
     }
     if (p.resumed_from != null) {  // a restart: what the run trained beyond its saved step was lost

@@ -12,8 +12,9 @@ class Command(BaseCommand):
 
         db = connection.settings_dict
         name = db["NAME"]
-        params = {"host": db["HOST"], "port": db["PORT"], "user": db["USER"], "password": db["PASSWORD"],
-                  **db["OPTIONS"]}
+        # Connection options only: the web process's pool settings (OPTIONS["pool"]) are Django's, not libpq's.
+        options = {key: value for key, value in db["OPTIONS"].items() if key != "pool"}
+        params = {"host": db["HOST"], "port": db["PORT"], "user": db["USER"], "password": db["PASSWORD"], **options}
         params = {key: value for key, value in params.items() if value}
         try:
             with psycopg.connect(**params, dbname="postgres", autocommit=True) as conn:
