@@ -43,7 +43,7 @@ demo: venv system-deps
 
 test: venv system-deps
 	lint-imports --no-cache
-	$(WITH_SERVICES) python -m pytest $(PYTEST_ARGS)
+	$(WITH_SERVICES) sh bin/test-suite $(PYTEST_ARGS)
 
 services-stop:
 	$(BIN)/python -m sopweb.embedded stop

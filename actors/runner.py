@@ -35,21 +35,31 @@ def sim_task(env_name: str):
 
 
 def _prepare_process() -> None:
-    """Once per worker process, before it takes any robot's lease: one torch thread per actor, the prefetch
-    listener, and the imports a first episode needs (torch, Meta-World). Nothing renews a lease before its episode
-    runs: paid inside it, sixteen fresh pool processes on two cores took 25 s, past FLEET_LEASE_SECONDS, so the
-    sweep gave every robot to a second actor and the first episodes were aborted (bench/soak.py)."""
+    """Once per worker process: one torch thread per actor, the prefetch listener, and the imports a first episode
+    needs (torch, Meta-World; the actor worker's parent imports them before it forks, sopweb.celery, so a pool
+    process mostly finds them loaded). It runs under the robot's lease, kept by a thread of its own: sixteen fresh
+    pool processes on a loaded 2-core machine have taken 25-90 s here, and a robot without a lease meanwhile is
+    one the sweep hands to a second actor (bench/soak.py)."""
     global _torch_ready
     if not _torch_ready:
         import torch
 
-        torch.set_num_threads(1)
         from actors.policy_cache import cache
-        from fleet.sim.envs import load_metaworld
 
-        load_metaworld()
+        load_libraries()
+        torch.set_num_threads(1)
         cache.start_prefetching()
         _torch_ready = True
+
+
+def load_libraries() -> None:
+    """Import what every episode needs (torch, Meta-World): a few seconds of CPU in a fresh process, nothing else
+    (no thread, no MuJoCo context), so a parent may call it before it forks its pool."""
+    import torch  # noqa: F401
+
+    from fleet.sim.envs import load_metaworld
+
+    load_metaworld()
 
 
 def _ingest_durably(evaluation_item: int | None = None, **episode) -> Episode | None:
@@ -74,7 +84,6 @@ def _ingest_durably(evaluation_item: int | None = None, **episode) -> Episode | 
             continue
         outbox.database_outage.ok(log)
         return episode_row
-    raise AssertionError("unreachable")
 
 
 def run_robot_episode(robot_id: int) -> str:
@@ -89,7 +98,6 @@ def run_robot_episode(robot_id: int) -> str:
         return "not running"
     if not robot.in_process:
         return "remote"  # it runs its own episodes and reports them over the API
-    _prepare_process()
     lease = bus.Lease(bus.lease_key(robot_id), uuid.uuid4().hex, settings.FLEET_LEASE_SECONDS)
     acquired = bus.degrade(lease.acquire)
     if acquired is None:
@@ -228,12 +236,21 @@ def _run_leased(robot: Robot, lease: bus.Lease) -> str:
     from fleet.sim.actor import run_episode
     from fleet.sim.gate import Gate
 
-    started_at = timezone.now()
-    plan = _plan(robot)
+    # Until the episode's own poll renews the lease, a thread keeps it: through a fresh process's warm-up, the plan
+    # (a checkpoint to load) and the scene's first build, each seconds long on a loaded machine.
+    with lease.kept(every=settings.FLEET_LEASE_SECONDS / 4):
+        _prepare_process()
+        plan = _plan(robot)
+        if not isinstance(plan, str):
+            task_name = plan.task.env_name
+            sim, gate = sim_task(task_name), Gate(plan.gate_config)
     if isinstance(plan, str):
         return plan
-    task_name = plan.task.env_name
-    sim, gate = sim_task(task_name), Gate(plan.gate_config)
+    if lease.lost:  # Redis lost the key and another actor took the robot: it runs the episode, not this one
+        if plan.evaluation is not None:
+            governance_evaluation.release(plan.evaluation)
+        return "busy"
+    started_at = timezone.now()
     control.heartbeat(robot, Robot.Status.RUNNING)
     progress = {"robot": robot.pk, "task": task_name, "version": plan.version.number, "source": plan.source,
                 "started_at": started_at.isoformat(), "step": 0, "control": "policy"}

@@ -433,6 +433,8 @@ FLEET_GATE = _gate_config()
 # Learner: publish a candidate every N gradient steps; SOP resampler temperature alpha.
 # Offline demonstrations per task that the base policy is cloned from: 5 leaves it weak (~0.5 success).
 LEARNER_BASE_DEMOS = env_number("LEARNER_BASE_DEMOS", 5, min_value=1)
+# Gradient steps (batch 256) of that behaviour cloning: about a minute of one core at 3000.
+LEARNER_BASE_STEPS = env_number("LEARNER_BASE_STEPS", 3000, min_value=1)
 LEARNER_PUBLISH_EVERY = env_number("LEARNER_PUBLISH_EVERY", learner_defaults.PUBLISH_EVERY, min_value=1)
 LEARNER_ALGORITHM = env_str("LEARNER_ALGORITHM", learner_defaults.ALGORITHM)
 if LEARNER_ALGORITHM not in learner_defaults.ALGORITHMS:

@@ -369,6 +369,15 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.browser)
         if fixtures & PROCESS_FIXTURES or "browser_session" in fixtures:
             item.add_marker(pytest.mark.e2e)
+    order_modules_by_weight(items)
+
+
+def order_modules_by_weight(items: list) -> None:
+    """Modules that start real processes first, the rest after (each module's own order kept): `make test` hands
+    whole modules to two streams (pytest-xdist --dist loadfile), and the long ones started early leave the short
+    ones to fill the gaps, so both streams end about together."""
+    heavy = {item.module.__name__ for item in items if item.get_closest_marker("e2e")}
+    items.sort(key=lambda item: item.module.__name__ not in heavy)
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -9,16 +9,30 @@ from urllib.parse import urlsplit, urlunsplit
 
 from sopweb import embedded
 
+# Under pytest-xdist (`make test` runs two): each test process is one of the suite's streams, gw0, gw1, ...; each
+# gets its own Redis database (15, 14, ...: bench/soak.py keeps 13 for itself), its own test database (pytest-django
+# adds the suffix) and its own storage directory, so streams share nothing but the servers.
+STREAM = os.environ.get("PYTEST_XDIST_WORKER", "")
+if STREAM and "TEST_REDIS_DB_BASE" not in os.environ:
+    os.environ["TEST_REDIS_DB_BASE"] = os.environ.get("TEST_REDIS_DB", "15")
+if STREAM:
+    os.environ["TEST_REDIS_DB"] = str(int(os.environ["TEST_REDIS_DB_BASE"]) - int(STREAM.removeprefix("gw")))
+os.environ.setdefault("TEST_REDIS_DB", "15")
+
 url = os.environ.get("REDIS_URL") or embedded.read_state().get("REDIS_URL")
 if url:
     parts = urlsplit(url)
-    os.environ["REDIS_URL"] = urlunsplit(parts._replace(path="/" + os.environ.get("TEST_REDIS_DB", "15")))
+    os.environ["REDIS_URL"] = urlunsplit(parts._replace(path="/" + os.environ["TEST_REDIS_DB"]))
 
 # Checkpoints and other files written by tests go to a throwaway directory, shared with the worker processes.
 if "SOPWEB_STORAGE_DIR" not in os.environ:
     import tempfile
 
     os.environ["SOPWEB_STORAGE_DIR"] = tempfile.mkdtemp(prefix="sopweb-test-storage-")
+if STREAM and os.path.basename(os.environ["SOPWEB_STORAGE_DIR"]) != STREAM:
+    os.environ["SOPWEB_STORAGE_DIR"] = os.path.join(os.environ["SOPWEB_STORAGE_DIR"], STREAM)
+    os.environ.pop("FLEET_OUTBOX_DIR", None)  # the controller's, inherited
+    os.makedirs(os.environ["SOPWEB_STORAGE_DIR"], exist_ok=True)
 # Episodes an actor keeps on disk while the database is away (actors.outbox): the tests' own, never a demo's.
 if "FLEET_OUTBOX_DIR" not in os.environ:
     os.environ["FLEET_OUTBOX_DIR"] = os.path.join(os.environ["SOPWEB_STORAGE_DIR"], "outbox")

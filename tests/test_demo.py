@@ -36,7 +36,10 @@ def test_make_demo_serves_every_role_and_ctrl_c_stops_everything(tmp_path):
     var = tmp_path / "var"
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    env.update(SOPWEB_VAR_DIR=str(var), WEB_PORT=str(port), ACTOR_CONCURRENCY="1", WORKER_CONCURRENCY="1")
+    # A small base policy: this is about the processes, not the learning (bench/demo_learning.py times that), and
+    # the default's minute of pretraining grows to minutes on a machine the rest of the suite keeps busy.
+    env.update(SOPWEB_VAR_DIR=str(var), WEB_PORT=str(port), ACTOR_CONCURRENCY="1", WORKER_CONCURRENCY="1",
+               LEARNER_BASE_DEMOS="1", LEARNER_BASE_STEPS="100")
     log = tmp_path / "demo.log"
     with open(log, "wb") as out:
         demo = subprocess.Popen(["make", "--no-print-directory", "demo"], cwd=ROOT, env=env, stdout=out,

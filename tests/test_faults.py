@@ -107,12 +107,14 @@ class Viewer(threading.Thread):
                 self.closed.append(time.time())
                 self.stopping.wait(1.0)
 
-    def heartbeats_between(self, start: float, end: float) -> int:
-        return sum(1 for at, message in self.heard if start <= at <= end
-                   for event in message["events"] if event["event"] == "live.heartbeat")
+    def heard_between(self, start: float, end: float) -> int:
+        """Messages heard in [start, end]. The server's promise is that a socket hears *something* every
+        DASHBOARD_HEARTBEAT_SECONDS while Redis answers: a "live.heartbeat" only when no delta went out, so a busy
+        fleet's sockets hear progress deltas instead."""
+        return sum(1 for at, _ in self.heard if start <= at <= end)
 
     def heard_since(self, moment: float) -> bool:
-        return self.heartbeats_between(moment, float("inf")) > 0
+        return self.heard_between(moment, float("inf")) > 0
 
 
 def test_a_killed_actor_leaves_no_partial_episode_and_the_robot_runs_again(start_worker, tasks, olivia):
@@ -158,7 +160,7 @@ def test_a_stalled_then_killed_redis_loses_no_episode_and_everything_comes_back(
     wait_for(lambda: every_robot_ran_since(robots, 0), 90, "every robot's first episode")
     viewer = Viewer(web.address, session_cookie(olivia))
     viewer.start()
-    wait_for(lambda: viewer.heard_since(0), 30, "the dashboard's first heartbeat")
+    wait_for(lambda: viewer.heard_since(0), 30, "the dashboard's first message")
 
     # SIGSTOP for 15 s: the server holds every connection and answers nothing.
     own_redis.signal(signal.SIGSTOP)
@@ -178,7 +180,7 @@ def test_a_stalled_then_killed_redis_loses_no_episode_and_everything_comes_back(
     finally:
         own_redis.signal(signal.SIGCONT)
     resumed = time.time()
-    assert viewer.heartbeats_between(stalled + 1.5, resumed) == 0  # silent, so the page says "reconnecting"
+    assert viewer.heard_between(stalled + 3, resumed) == 0  # silent, so the page says "reconnecting"
     wait_for(lambda: viewer.heard_since(resumed), 60, "the dashboard's heartbeats after the stall")
     wait_for(lambda: every_robot_ran_since(robots, resumed), 90, "every robot running again after the stall")
 
@@ -190,7 +192,7 @@ def test_a_stalled_then_killed_redis_loses_no_episode_and_everything_comes_back(
     restarted = time.time()
     wait_for(lambda: viewer.heard_since(restarted), 60, "the dashboard's heartbeats after Redis came back")
     wait_for(lambda: every_robot_ran_since(robots, restarted), 90, "every robot running again after the restart")
-    assert viewer.heartbeats_between(killed + 1.5, restarted) == 0
+    assert viewer.heard_between(killed + 3, restarted) == 0
     viewer.stopping.set()
 
     for robot in robots:  # quiesce: no episode in flight while the books are compared

@@ -15,7 +15,9 @@ import pytest
 
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.e2e  # it starts the web process, the workers and beat (through the bench)
+# It starts the web process, the workers and beat (through the bench), and needs the machine to itself: it runs
+# after the suite's parallel streams (bin/test-suite).
+pytestmark = [pytest.mark.e2e, pytest.mark.alone]
 
 
 def figure(output: str, name: str) -> float:

@@ -18,7 +18,8 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--demos-per-task", type=int, default=settings.LEARNER_BASE_DEMOS)
-        parser.add_argument("--steps", type=int, default=3000, help="gradient steps (batch 256)")
+        parser.add_argument("--steps", type=int, default=settings.LEARNER_BASE_STEPS,
+                            help="gradient steps (batch 256)")
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--ensemble", type=int, default=1,
                             help="ensemble members (HG-DAgger's doubt metric is logged at takeovers when > 1)")
