@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -67,6 +68,33 @@ def process_env(**extra) -> dict:
     env = dict(env, DATABASE_URL=database_url(), REDIS_URL=settings.REDIS_URL, PYTHONUNBUFFERED="1")
     env.update({key: str(value) for key, value in extra.items()})
     return env
+
+
+def at_the_same_instant(*attempts, timeout: float = 30) -> list:
+    """Run each attempt (a callable) in a thread of its own, all released together by a barrier, each on a
+    database connection of its own (closed when it ends): racing claims, requests and transitions. Returns what
+    each returned, or the exception it raised, in the attempts' order."""
+    from django.db import connection
+
+    barrier = threading.Barrier(len(attempts))
+    results: list = [None] * len(attempts)
+
+    def run(index, attempt):
+        try:
+            barrier.wait()
+            results[index] = attempt()
+        except Exception as exc:
+            results[index] = exc
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=pair) for pair in enumerate(attempts)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    assert not any(thread.is_alive() for thread in threads), f"an attempt outlived {timeout} s"
+    return results
 
 
 def free_port() -> int:

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -28,7 +29,15 @@ from django.db import connection
 
 from core import bus
 from fleet.models import Episode, Robot
-from tests.conftest import ROOT, process_env, publish_random_policy, session_cookie, stop_group, wait_for
+from tests.conftest import (
+    ROOT,
+    at_the_same_instant,
+    process_env,
+    publish_random_policy,
+    session_cookie,
+    stop_group,
+    wait_for,
+)
 from tests.factories import TASK_NAMES
 
 pytestmark = pytest.mark.e2e
@@ -291,26 +300,15 @@ def test_annotators_racing_to_label_one_episode_make_one_label_and_one_audit_row
 
     episode = ingest(make_tasks()[0], synthetic())
     users = [make_user(f"racer{i}", "annotators") for i in range(6)]
-    barrier = threading.Barrier(len(users))
-    outcomes = []
 
-    def race(user):
-        try:
-            barrier.wait()
-            ReviewClaim.claim(episode, user)
-            ReviewClaim.submit_label(episode, user, failure_mode="collision", failure_step=None, notes=user.username,
-                                     disposition="keep")
-            outcomes.append("labelled")
-        except (ClaimHeld, ClaimLost):
-            outcomes.append("refused")
-        finally:
-            connection.close()
+    def label(user):
+        ReviewClaim.claim(episode, user)
+        ReviewClaim.submit_label(episode, user, failure_mode="collision", failure_step=None, notes=user.username,
+                                 disposition="keep")
+        return "labelled"
 
-    threads = [threading.Thread(target=race, args=(user,)) for user in users]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    results = at_the_same_instant(*(partial(label, user) for user in users))
+    outcomes = ["refused" if isinstance(result, (ClaimHeld, ClaimLost)) else result for result in results]
     assert sorted(outcomes) == ["labelled"] + ["refused"] * 5
     assert EpisodeLabel.objects.filter(episode=episode).count() == 1
     assert AuditEvent.objects.filter(verb="episode.label").count() == 1

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import csv
 import io
-import threading
 from datetime import timedelta
+from functools import partial
 
 import pytest
 from django.contrib.messages import get_messages
-from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
@@ -25,7 +24,7 @@ from governance.tasks import check
 from learner.loop import EpisodeCursor
 from learner.models import PolicyVersion, TrainingMetric, TrainingRun
 from learner.signals import version_published
-from tests.conftest import make_user
+from tests.conftest import at_the_same_instant, make_user
 
 S = PolicyVersion.State
 
@@ -532,25 +531,18 @@ def test_two_supervisors_approving_at_once_make_one_transition_and_one_audit_row
     deploy_to_fleet(make_version(1), reason="base")
     v2 = awaiting(2)
     users = [make_user("sam", "supervisors"), make_user("sue", "supervisors")]
-    barrier = threading.Barrier(2)
-    responses = {}
+    clients = []
+    for user in users:
+        clients.append(Client())
+        clients[-1].force_login(user)
 
-    def approve(user, robot_name):
-        client = Client()
-        client.force_login(user)
-        barrier.wait()
-        try:
-            response = client.post("/rollouts/v2/approve-canary/", {"reason": f"{user} says go",
-                                                                      "robots": [robot_name]})
-            responses[user.username] = [str(m) for m in get_messages(response.wsgi_request)]
-        finally:
-            connection.close()
+    def approve(client, user, robot_name):
+        response = client.post("/rollouts/v2/approve-canary/", {"reason": f"{user} says go", "robots": [robot_name]})
+        return [str(m) for m in get_messages(response.wsgi_request)]
 
-    threads = [threading.Thread(target=approve, args=(user, name)) for user, name in zip(users, ("sim-1", "sim-2"))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    results = at_the_same_instant(*(partial(approve, client, user, name)
+                                    for client, user, name in zip(clients, users, ("sim-1", "sim-2"))))
+    responses = {user.username: result for user, result in zip(users, results)}
 
     v2.refresh_from_db()
     assert v2.state == S.CANARY

@@ -2,19 +2,18 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 from datetime import timedelta
 
 import numpy as np
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 from fleet.ingest import EpisodeRejected, ingest_episode, load_arrays
 from fleet.models import Episode, EpisodePayload, InterventionSegment, Robot, Task
 from fleet.sim import episode_data
+from tests.conftest import at_the_same_instant
 from tests.factories import make_arrays
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -70,19 +69,7 @@ def test_the_same_uuid_twice_makes_one_row(task, robot):
 def test_a_concurrent_redelivery_makes_one_row():
     task = Task.objects.create(env_name="pick-place-v3", title="Pick place")
     key = uuid.uuid4()
-    barrier = threading.Barrier(2)
-    results = []
-
-    def deliver():
-        try:
-            barrier.wait()
-            results.append(ingest(task, uuid=key)[1])
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=deliver) for _ in range(2)]
-    [t.start() for t in threads]
-    [t.join() for t in threads]
+    results = at_the_same_instant(*[lambda: ingest(task, uuid=key)[1]] * 2)
     assert sorted(results) == [False, True]
     assert Episode.objects.count() == 1
 

@@ -16,6 +16,7 @@ from governance.decisions import deploy_to_fleet
 from governance.models import Rollout
 from learner.models import PolicyVersion
 from review.models import EpisodeFlag
+from tests.conftest import at_the_same_instant
 
 
 @pytest.fixture
@@ -287,25 +288,13 @@ def test_an_episode_cannot_claim_more_interventions_than_steps(db):
 @pytest.mark.django_db(transaction=True)
 def test_two_concurrent_pauses_make_one_transition_and_one_audit_row(olivia):
     robot = Robot.objects.create(name="sim-race", status=Robot.Status.RUNNING, enabled=True)
-    barrier = threading.Barrier(2)
-    outcomes = []
 
     def pause():
-        try:
-            barrier.wait()
-            robot_copy = Robot.objects.get(pk=robot.pk)
-            control.pause(robot_copy, olivia, reason="race")
-            outcomes.append("paused")
-        except IllegalTransition:
-            outcomes.append("refused")
-        finally:
-            connection.close()
+        control.pause(Robot.objects.get(pk=robot.pk), olivia, reason="race")
+        return "paused"
 
-    threads = [threading.Thread(target=pause) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    outcomes = ["refused" if isinstance(result, IllegalTransition) else result
+                for result in at_the_same_instant(pause, pause)]
     assert sorted(outcomes) == ["paused", "refused"]
     assert audit_rows(robot, "robot.pause").count() == 1
 

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import json
-import threading
 from datetime import timedelta
+from functools import partial
 
 import numpy as np
 import pytest
-from django.db import connection
 from django.template import Context, Template
 from django.urls import reverse
 from django.utils import timezone
@@ -17,7 +16,7 @@ from fleet.models import InterventionSegment, Robot, Task
 from fleet.sim.gate import GATE
 from review.models import ClaimHeld, ClaimLost, EpisodeFlag, EpisodeLabel, FailureMode, ReplayVideo, ReviewClaim
 from review.queue import QueueFilter, claim_next, queue
-from tests.conftest import make_user, publish_random_policy
+from tests.conftest import at_the_same_instant, make_user, publish_random_policy
 from tests.reviewing import ingest, synthetic
 
 
@@ -128,24 +127,9 @@ def test_racing_annotators_get_one_claim(task, transactional_db):
     """Eight annotators, each on its own connection, claim the same episode at the same instant."""
     episode = ingest(task, synthetic())
     users = [make_user(f"annotator{i}", "annotators") for i in range(8)]
-    barrier = threading.Barrier(len(users))
-    outcomes = []
-
-    def attempt(user):
-        try:
-            barrier.wait()
-            ReviewClaim.claim(episode, user)
-            outcomes.append("won")
-        except ClaimHeld:
-            outcomes.append("held")
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=attempt, args=(user,)) for user in users]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results = at_the_same_instant(*(partial(ReviewClaim.claim, episode, user) for user in users))
+    outcomes = ["held" if isinstance(result, ClaimHeld) else "won" if isinstance(result, ReviewClaim) else result
+                for result in results]
     assert sorted(outcomes) == ["held"] * 7 + ["won"]
     assert ReviewClaim.objects.count() == 1
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import csv
 import io
-import threading
 import zipfile
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import pytest
 from django.conf import settings as django_settings
-from django.db import connection
 from django.urls import reverse
 from django.utils import timezone
 
@@ -30,7 +29,7 @@ from review.models import (
     ReplayVideo,
     ReviewClaim,
 )
-from tests.conftest import make_user, wait_for
+from tests.conftest import at_the_same_instant, make_user, wait_for
 from tests.reviewing import ingest, synthetic
 
 # Wide enough that no test crosses a window's edge (a fixed window starts counting afresh there).
@@ -215,24 +214,10 @@ def test_racing_requests_never_take_more_places_than_the_cap(transactional_db, t
     settings.REVIEW_RENDER_QUEUE_MAX = 3
     episodes = [ingest(task, synthetic(seed=i)) for i in range(8)]
     users = [make_user(f"viewer{i}", "operators") for i in range(8)]
-    barrier = threading.Barrier(len(users))
-    outcomes = []
-
-    def attempt(user, episode):
-        try:
-            barrier.wait()
-            jobs.request_replay(user, episode.pk)
-            outcomes.append("queued")
-        except RenderQueueFull:
-            outcomes.append("full")
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=attempt, args=pair) for pair in zip(users, episodes)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results = at_the_same_instant(*(partial(jobs.request_replay, user, episode.pk)
+                                    for user, episode in zip(users, episodes)))
+    outcomes = ["full" if isinstance(result, RenderQueueFull) else
+                "queued" if not isinstance(result, Exception) else result for result in results]
     assert sorted(outcomes) == ["full"] * 5 + ["queued"] * 3
     assert ReplayVideo.in_flight().count() == 3
 
