@@ -400,12 +400,26 @@ def pytest_collection_modifyitems(items):
     order_modules_by_weight(items)
 
 
+# The longest modules, longest first (about a minute or more each in `make test`'s log, --durations): started
+# first, so that the short ones fill the gaps at the end. Only the balance of the streams depends on this list.
+LONGEST_MODULES = ["test_faults", "test_actors", "test_governance_stack", "test_learner_stack", "test_demo",
+                   "test_browser", "test_robot_client", "test_review_browser", "test_embedded", "test_websocket",
+                   "test_permission_matrix", "test_review_render"]
+
+
 def order_modules_by_weight(items: list) -> None:
-    """Modules that start real processes first, the rest after (each module's own order kept): `make test` hands
-    whole modules to two streams (pytest-xdist --dist loadfile), and the long ones started early leave the short
-    ones to fill the gaps, so both streams end about together."""
+    """The longest modules first, then the others that start real processes, then the rest (each module's own
+    order kept): `make test` hands whole modules to two streams (pytest-xdist --dist loadfile), and the long ones
+    started early leave the short ones to fill the gaps, so both streams end about together."""
     heavy = {item.module.__name__ for item in items if item.get_closest_marker("e2e")}
-    items.sort(key=lambda item: item.module.__name__ not in heavy)
+
+    def weight(item) -> tuple:
+        name = item.module.__name__
+        short = name.rsplit(".", 1)[-1]
+        rank = LONGEST_MODULES.index(short) if short in LONGEST_MODULES else len(LONGEST_MODULES)
+        return rank, name not in heavy
+
+    items.sort(key=weight)
 
 
 def pytest_terminal_summary(terminalreporter):
