@@ -172,6 +172,22 @@ def end_takeover(robot: Robot) -> None:
         _changed(robot, "robot.takeover_end")
 
 
+def remote_episode_stored(robot: Robot) -> None:
+    """A remote robot's episode was stored: a takeover that reached it is spent (end_takeover) and its tile shows
+    the next episode's progress from the robot's next heartbeat. Every upload pays this, so it is one Redis round
+    trip, and the robot's row is written only when a takeover was requested (its key was still there) or is shown
+    (`robot.status` as read with this request's token): an upload without a takeover writes nothing here. A
+    takeover committed after that read sets its key after its commit, so it is either deleted here (and ended
+    here) or outlives this episode and takes over the next one, as the robot will hear."""
+    def both(client):
+        with client.pipeline(transaction=False) as pipe:
+            return pipe.delete(bus.takeover_key(robot.pk)).hdel(bus.PROGRESS_KEY, robot.pk).execute()
+
+    requested, _ = bus.degrade(lambda: both(bus.client()), default=(1, 0))
+    if (requested or robot.status == Robot.Status.OPERATOR) and robot.end_takeover():
+        _changed(robot, "robot.takeover_end")
+
+
 def mark_offline(robot: Robot, silent_since, reason: str = "heartbeat timeout") -> AuditEvent:
     event = robot.mark_offline(silent_since, reason)
     _changed(robot, event.verb)

@@ -76,8 +76,7 @@ def accept(robot: Robot, key: str, params: dict, meta: dict, body: bytes) -> tup
 
         governance_evaluation.record(item, episode)  # or released, when the policy did not run alone to the end
     if created:
-        control.end_takeover(robot)  # a takeover lasts for the episode it reached
-        control.end_progress(robot.pk)  # its tile shows the next episode's progress from its next heartbeat
+        control.remote_episode_stored(robot)  # a takeover lasts for the episode it reached; the tile's progress ends
     return episode, created
 
 

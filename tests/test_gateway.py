@@ -5,6 +5,7 @@ import hashlib
 import json
 import uuid
 from datetime import timedelta
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -188,6 +189,29 @@ def test_an_uploaded_episode_is_stored_once_and_the_server_decides_what_it_trust
     with api(web_server, fleet["b_token"]) as other:  # robot B cannot claim robot A's episode
         assert other.put(f"/api/v1/episodes/{key}", params=episode_params(1), content=payload()).status_code == 403
     assert Episode.objects.count() == 1
+
+
+def test_an_upload_ends_the_takeover_that_reached_its_episode_and_writes_nothing_without_one(
+        client, fleet, olivia, django_capture_on_commit_callbacks):
+    robot, token = fleet["a"], fleet["a_token"]
+    Robot.objects.filter(pk=robot.pk).update(status=Robot.Status.RUNNING, enabled=True)
+    robot.refresh_from_db()
+
+    def upload():
+        response = client.put(f"/api/v1/episodes/{uuid.uuid4()}?{urlencode(episode_params(1))}", data=payload(),
+                              content_type="application/octet-stream", HTTP_AUTHORIZATION=f"Bearer {token}")
+        assert response.status_code == 201, response.content
+        return Robot.objects.get(pk=robot.pk)
+
+    after = upload()  # no takeover: the robot's row is not written (the upload pays no UPDATE for nothing)
+    assert (after.status, after.status_changed_at) == (Robot.Status.RUNNING, robot.status_changed_at)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        control.take_over(robot, olivia, reason="it is stuck")
+    assert bus.client().exists(bus.takeover_key(robot.pk))
+    after = upload()  # the episode the takeover reached: the request is spent, the policy has the next one
+    assert after.status == Robot.Status.RUNNING and not bus.client().exists(bus.takeover_key(robot.pk))
+    assert after.status_changed_at > robot.status_changed_at
 
 
 def test_limits_answer_413_and_429(start_web, fleet):
