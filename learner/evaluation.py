@@ -24,19 +24,33 @@ class TaskScore:
         return wilson(self.successes, self.episodes, z)
 
 
+def held_out_seeds(episodes_per_task: int, seed_offset: int = 0) -> range:
+    """The seeds `evaluate` runs every task on: held out from demonstrations, online episodes and governance's
+    evaluations (fleet.sim.envs.SEED_RANGES)."""
+    from fleet.sim.envs import HELD_OUT_SEED_BASE, SEED_RANGES
+
+    seeds = range(HELD_OUT_SEED_BASE + seed_offset, HELD_OUT_SEED_BASE + seed_offset + episodes_per_task)
+    allowed = SEED_RANGES["held-out evaluation"]
+    if episodes_per_task < 1 or seed_offset < 0 or seeds[-1] not in allowed:
+        raise ValueError(f"held-out seeds {seed_offset}..{seed_offset + episodes_per_task - 1} are outside "
+                         f"0..{len(allowed) - 1}")
+    return seeds
+
+
 def evaluate(policy, tasks: list[str], episodes_per_task: int, seed_offset: int = 0) -> dict[str, TaskScore]:
-    """Run the policy alone (no expert) on evaluation seeds seed_offset .. seed_offset + episodes_per_task - 1."""
+    """Run the policy alone (no expert, no operator) on the held-out seeds `held_out_seeds` gives, the same for
+    every task and every policy: success is autonomous success."""
     from fleet.sim.actor import run_episode
-    from fleet.sim.envs import EVALUATION_SEED_BASE, make_task
+    from fleet.sim.envs import make_task
     from fleet.sim.gate import Gate, GateConfig
 
+    seeds = held_out_seeds(episodes_per_task, seed_offset)
     scores = {}
     for name in tasks:
         sim = make_task(name)
         gate = Gate(GateConfig(enabled=False))
         steps = []
-        for i in range(episodes_per_task):
-            seed = EVALUATION_SEED_BASE + seed_offset + i
+        for seed in seeds:
             result = run_episode(sim, lambda obs: policy.select_action(obs, name), seed, gate, realtime_factor=0)
             if result.outcome == "success":
                 steps.append(result.steps)

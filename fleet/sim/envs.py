@@ -14,10 +14,20 @@ OBS_DIM = 39
 ACTION_DIM = 4
 CONTROL_DT = 0.0125  # seconds per control step of every Meta-World v3 task (frame_skip 5 x timestep 0.0025)
 
-# Seed ranges keep the data sets apart: evaluation episodes use held-out seeds that training never sees.
-EVALUATION_SEED_BASE = 0  # evaluation seed i of a task is EVALUATION_SEED_BASE + i
-DEMO_SEED_BASE = 1_000_000  # offline demonstration i of a task
+# Seed ranges keep the data sets apart: evaluation episodes use held-out seeds that training never sees, and the
+# learner's held-out evaluation (learner.evaluation, the experiments' metric) never shares a seed with the
+# evaluations governance runs to decide rollouts, so a version is not chosen on the seeds it is then reported on.
+EVALUATION_SEED_BASE = 0  # governance's evaluation seed i of a task is EVALUATION_SEED_BASE + i
+HELD_OUT_SEED_BASE = 500_000  # the learner's held-out evaluation: seed i is HELD_OUT_SEED_BASE + i
+DEMO_SEED_BASE = 1_000_000  # offline demonstrations (generate_demos tries seeds upwards from here)
 ONLINE_SEED_BASE = 1 << 30  # online episodes draw from [2^30, 2^31)
+# Each range and what draws from it (tests/test_evaluation.py checks that they are disjoint and respected).
+SEED_RANGES = {
+    "governance evaluation": range(EVALUATION_SEED_BASE, HELD_OUT_SEED_BASE),
+    "held-out evaluation": range(HELD_OUT_SEED_BASE, DEMO_SEED_BASE),
+    "demonstrations": range(DEMO_SEED_BASE, ONLINE_SEED_BASE),
+    "online": range(ONLINE_SEED_BASE, 1 << 31),
+}
 
 
 def online_seed() -> int:
