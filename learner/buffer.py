@@ -91,13 +91,20 @@ class ExperienceBuffer:
 
 class Resampler:
     """Tasks uniform; within a task the online share follows the online/offline loss ratio (SOP Eq. 3):
-    w_on = exp(alpha * l_on) / (exp(alpha * l_on) + exp(l_off)), over a window of learner steps, clipped."""
+    w_on = exp(alpha * l_on) / (exp(alpha * l_on) + exp(l_off)), over a window of learner steps, clipped.
+
+    `scale="raw"` feeds the mean losses in as they are (the seed's formula). Behaviour-cloning losses of 0.01-0.1
+    leave exp() nearly flat there, so w_on stays at 0.50-0.53 whatever the ratio. `scale="normalised"` divides both
+    by their average first (l / ((l_on + l_off) / 2)): the same formula then answers to the ratio alone, e.g. an
+    online loss twice the offline one gives 0.79 with alpha 1.5, equal losses 0.62, half 0.42."""
 
     def __init__(self, tasks: list[str], alpha: float = 1.5, window: int = 200, clip: tuple = (0.2, 0.8),
-                 min_history: int = 10, fixed_share: float | None = None):
+                 min_history: int = 10, fixed_share: float | None = None, scale: str = "raw"):
         if fixed_share is not None and not 0.0 <= fixed_share <= 1.0:
             raise ValueError("a fixed online share must lie in [0, 1]")
-        self.tasks, self.alpha, self.window, self.clip = list(tasks), alpha, window, clip
+        if scale not in ("raw", "normalised"):
+            raise ValueError(f"the resampler's scale is raw or normalised, not {scale!r}")
+        self.tasks, self.alpha, self.window, self.clip, self.scale = list(tasks), alpha, window, clip, scale
         self.min_history, self.fixed_share = min_history, fixed_share
         self.share = {t: 0.5 if fixed_share is None else fixed_share for t in self.tasks}
         self.history = {t: {s: deque(maxlen=window) for s in SOURCES} for t in self.tasks}
@@ -139,7 +146,11 @@ class Resampler:
         for task in self.tasks:
             on, off = self.history[task]["online"], self.history[task]["offline"]
             if len(on) >= self.min_history and len(off) >= self.min_history:
-                share = online_share(self._mean(task, "online"), self._mean(task, "offline"), self.alpha)
+                l_on, l_off = self._mean(task, "online"), self._mean(task, "offline")
+                if self.scale == "normalised" and l_on + l_off > 0:
+                    average = (l_on + l_off) / 2
+                    l_on, l_off = l_on / average, l_off / average
+                share = online_share(l_on, l_off, self.alpha)
                 self.share[task] = min(high, max(low, share))
 
     def stats(self) -> dict:

@@ -8,4 +8,8 @@ BATCH_SIZE = 256
 LR = 3e-4
 PUBLISH_EVERY = 5000
 RESAMPLER_ALPHA = 1.5
+# How the resampler's losses enter SOP's formula: "raw" (the seed's, as written) or "normalised" (each task's two
+# mean losses divided by their average first, so the share follows their ratio, not their scale).
+RESAMPLER_SCALES = ("raw", "normalised")
+RESAMPLER_SCALE = "raw"
 RECAP_VALUE_STEPS = 2000

@@ -65,7 +65,7 @@ def start_run(algorithm: str | None = None, actor=None, **overrides) -> Training
 
     config = LearnerConfig(algorithm=algorithm or settings.LEARNER_ALGORITHM, batch_size=settings.LEARNER_BATCH_SIZE,
                            lr=settings.LEARNER_LR, publish_every=settings.LEARNER_PUBLISH_EVERY,
-                           alpha=settings.LEARNER_RESAMPLER_ALPHA,
+                           alpha=settings.LEARNER_RESAMPLER_ALPHA, resampler_scale=settings.LEARNER_RESAMPLER_SCALE,
                            recap_value_steps=settings.LEARNER_RECAP_VALUE_STEPS, **overrides)
     base = PolicyVersion.deployed() or PolicyVersion.objects.order_by("-number").first()
     if base is None:

@@ -32,6 +32,8 @@ class LearnerConfig:
     """SOP resampler: the online loss's weight in the online share."""
     window: int = 200
     """SOP resampler: learner steps in the loss moving averages."""
+    resampler_scale: str = defaults.RESAMPLER_SCALE
+    """SOP resampler: "raw" losses (the seed's formula) or "normalised" by their average (see buffer.Resampler)."""
     fixed_online_share: float | None = None
     """Ablation: a fixed online share instead of the SOP resampler."""
     seed: int = 0
@@ -68,7 +70,7 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr)
         self.buffer = ExperienceBuffer(policy.config.tasks)
         self.resampler = Resampler(policy.config.tasks, alpha=config.alpha, window=config.window,
-                                   fixed_share=config.fixed_online_share)
+                                   fixed_share=config.fixed_online_share, scale=config.resampler_scale)
         self.rng = np.random.default_rng(config.seed)
         torch.manual_seed(config.seed)
         self.step = 0

@@ -458,6 +458,11 @@ if ROLLOUT_MODE not in ("manual", "rules", "continuous"):
     raise _bad("ROLLOUT_MODE", ROLLOUT_MODE, "expected manual, rules or continuous")
 LEARNER_RESAMPLER_ALPHA = env_number("LEARNER_RESAMPLER_ALPHA", learner_defaults.RESAMPLER_ALPHA, kind=float,
                                      min_value=0.0, max_value=100.0)
+# "raw": the seed's formula on the mean losses as they are; "normalised": on the losses divided by their average.
+LEARNER_RESAMPLER_SCALE = env_str("LEARNER_RESAMPLER_SCALE", learner_defaults.RESAMPLER_SCALE)
+if LEARNER_RESAMPLER_SCALE not in learner_defaults.RESAMPLER_SCALES:
+    raise _bad("LEARNER_RESAMPLER_SCALE", LEARNER_RESAMPLER_SCALE,
+               f"expected one of {', '.join(learner_defaults.RESAMPLER_SCALES)}")
 # Torch's intra-op threads in the learner process. Not torch's default (one per core): on a machine shared with
 # actors and renders its OpenMP threads spin at every barrier while their siblings wait for a core, and the learner
 # fell from ~110k to ~17k samples/s beside two busy processes (docs/decisions.md, bench/learner_under_load.py).

@@ -77,6 +77,28 @@ def test_tasks_are_sampled_uniformly_and_sources_by_share():
     assert totals[("box-close-v3", "online")] / per_task["box-close-v3"] == pytest.approx(0.2, abs=0.03)
 
 
+def test_normalised_losses_make_the_share_follow_their_ratio_at_any_scale():
+    """The seed's formula on behaviour-cloning losses (0.01-0.1) barely leaves 0.5; on the losses divided by their
+    average it answers to the ratio alone, the same at every scale."""
+    def share(scale: str, l_on: float, l_off: float) -> float:
+        resampler = Resampler(["pick-place-v3"], alpha=1.5, scale=scale)
+        for _ in range(20):
+            resampler.record("pick-place-v3", "online", l_on)
+            resampler.record("pick-place-v3", "offline", l_off)
+        resampler.update()
+        return resampler.share["pick-place-v3"]
+
+    assert share("raw", 0.02, 0.01) == pytest.approx(0.5050, abs=1e-4)  # twice the offline loss: hardly moves
+    for scale_of_losses in (0.01, 1.0, 50.0):
+        assert share("normalised", 2 * scale_of_losses, scale_of_losses) == pytest.approx(
+            online_share(4 / 3, 2 / 3, 1.5)) == pytest.approx(0.7914, abs=1e-4)
+        assert share("normalised", scale_of_losses, scale_of_losses) == pytest.approx(0.6225, abs=1e-4)
+        assert share("normalised", scale_of_losses, 2 * scale_of_losses) == pytest.approx(0.4174, abs=1e-4)
+    assert share("normalised", 0.0, 0.0) == pytest.approx(online_share(0.0, 0.0, 1.5))  # nothing to divide by
+    with pytest.raises(ValueError, match="raw or normalised"):
+        Resampler(["pick-place-v3"], scale="log")
+
+
 def test_a_fixed_share_is_the_ablation():
     resampler = Resampler(TASKS, fixed_share=0.5)
     for _ in range(50):

@@ -14,10 +14,14 @@ class Command(BaseCommand):
         parser.add_argument("action", choices=["start", "stop", "status", "prune"])
         parser.add_argument("--algorithm", help="default: LEARNER_ALGORITHM")
         parser.add_argument("--fixed-online-share", type=float, help="ablation: no SOP resampling")
+        parser.add_argument("--resampler-scale", choices=["raw", "normalised"],
+                            help="the SOP resampler's losses as they are, or normalised (default: "
+                                 "LEARNER_RESAMPLER_SCALE)")
         parser.add_argument("--if-none", action="store_true", help="start only if no run is active")
         parser.add_argument("--as", dest="username")
 
-    def handle(self, *args, action, algorithm, fixed_online_share, if_none, username, **options):
+    def handle(self, *args, action, algorithm, fixed_online_share, if_none, username, resampler_scale=None,
+               **options):
         from learner.loop import start_run
 
         actor = get_user_model().objects.filter(username=username).first() if username else None
@@ -47,6 +51,8 @@ class Command(BaseCommand):
                 return
             raise CommandError(f"{active} is already active; stop it first")
         overrides = {} if fixed_online_share is None else {"fixed_online_share": fixed_online_share}
+        if resampler_scale is not None:
+            overrides["resampler_scale"] = resampler_scale
         try:
             run = start_run(algorithm, actor, **overrides)
         except ValueError as exc:
