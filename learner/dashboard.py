@@ -30,7 +30,9 @@ DEFINITIONS = {
     "staleness": "Staleness of the online frames in the latest batch: how many versions older than the learner's "
                  "the versions that produced them are (mean / max).",
     "share": "The SOP resampler's online share w_on per task: the fraction of each task's batch drawn from online "
-             "episodes, from the recent online and offline losses, clipped to [0.2, 0.8].",
+             "episodes, from the recent online and offline losses, clipped to [0.2, 0.8]. For a RECAP run, dashed: "
+             "the share of online frames whose advantage cleared the threshold (before expert frames are forced "
+             "positive), which the threshold aims to hold at 30 %.",
     "buffer": "Frames in the learner's buffer per task and source (online episodes; offline demonstrations).",
     "versions": "Versions the learner published, by number, at the time each was published.",
     "restart": "A restart: the learner rebuilt its trainer from the run's saved state (after a crash, or in "

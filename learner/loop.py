@@ -424,7 +424,8 @@ def _record_metrics(run: TrainingRun, trainer, metrics: dict, samples_per_second
     metric = TrainingMetric.objects.create(
         run=run, step=trainer.step, loss=metrics["loss"], samples_per_second=samples_per_second,
         staleness_mean=metrics["staleness_mean"], staleness_max=metrics["staleness_max"],
-        tasks={task: {**stats, "buffer": sizes[task]} for task, stats in trainer.resampler.stats().items()},
+        tasks={task: {**stats, **trainer.algorithm.task_stats().get(task, {}), "buffer": sizes[task]}
+               for task, stats in trainer.resampler.stats().items()},
         resumed_from=resumed_from,
     )
     broadcast("learner.metrics", metric.point())

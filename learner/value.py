@@ -72,7 +72,11 @@ class DistributionalValue(nn.Module):
 
 
 def advantages(value: DistributionalValue, task: str, arrays: dict, max_steps: int, lookahead: int) -> np.ndarray:
-    """A_t = sum_{k<N} r_{t+k} + V(o_{t+N}) - V(o_t); Monte-Carlo (G_t - V(o_t)) where t+N passes the end."""
+    """A_t = clip(sum_{k<N} r_{t+k} + V(o_{t+N}), -1, 0) - V(o_t); Monte-Carlo (G_t - V(o_t)) where t+N passes the
+    end. The N-step estimate is clipped as the value's targets are (`returns`: a failure's return is -1, not
+    -1 - N/T_max): unclipped, every step of a failed episode, whose states V rightly puts at -1, had an advantage
+    of about -N/T_max from the step rewards alone, against about 0 along a successful one, so the threshold
+    ranked steps by which episode they came from rather than by what they did."""
     v = value.value(arrays["obs"], task)
     r = rewards(arrays, max_steps)
     steps = len(r)
@@ -81,7 +85,7 @@ def advantages(value: DistributionalValue, task: str, arrays: dict, max_steps: i
     a = np.empty(steps, np.float32)
     for t in range(steps):
         if t + lookahead < steps:
-            a[t] = cumulative[t + lookahead] - cumulative[t] + v[t + lookahead] - v[t]
+            a[t] = min(0.0, max(-1.0, cumulative[t + lookahead] - cumulative[t] + v[t + lookahead])) - v[t]
         else:
             a[t] = g[t] - v[t]
     return a

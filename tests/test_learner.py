@@ -204,6 +204,37 @@ def test_recap_returns_and_advantages_follow_the_spec():
     assert adv[-1] == pytest.approx(0.0 - (-0.5))  # Monte-Carlo at the end: G = 0
 
 
+def test_an_n_step_advantage_is_clipped_as_the_values_targets_are():
+    """A failed episode's states are worth -1 (the clipped return the value learns); N steps of -1/T_max and then
+    V = -1 are worth -1 too, not -1 - N/T_max: an unclipped sum gave every step of a failure an advantage of
+    -N/T_max from the step rewards alone."""
+    from learner.value import BINS, DistributionalValue, advantages
+
+    value = DistributionalValue(TASKS)
+    with torch.no_grad():
+        for p in value.net.parameters():
+            p.zero_()
+        value.net[-1].bias[0] = 50.0  # all mass on the lowest bin: V = -1 everywhere
+    assert BINS == 201 and value.value(np.zeros((1, 39), np.float32), TASKS[0])[0] == pytest.approx(-1.0)
+    adv = advantages(value, TASKS[0], recap_episode(20), 100, lookahead=3)
+    assert adv == pytest.approx(np.zeros(20), abs=1e-5)
+
+
+def test_the_advantage_reservoir_is_a_uniform_sample_of_everything_offered():
+    from learner.algorithms.recap import Reservoir
+
+    reservoir = Reservoir(1000, np.random.default_rng(0))
+    reservoir.extend(np.arange(300))  # fills without choosing
+    assert reservoir.sample().tolist() == list(range(300))
+    for start in range(300, 100_000, 700):
+        reservoir.extend(np.arange(start, min(start + 700, 100_000)))
+    kept = reservoir.sample()
+    assert reservoir.offered == 100_000 and len(kept) == 1000 and len(set(kept.tolist())) == 1000
+    # Old and new alike: each of the 100,000 values is held with probability 1/100.
+    assert kept.mean() == pytest.approx(50_000, abs=3_000)
+    assert (kept < 50_000).mean() == pytest.approx(0.5, abs=0.06)
+
+
 def test_recap_labels_the_configured_share_positive_and_forces_experts_positive():
     trainer = Trainer(MLPPolicy(PolicyConfig(tasks=TASKS, hidden=[32, 32])),
                       LearnerConfig(algorithm="recap", batch_size=64, recap_positive_fraction=0.3,
@@ -215,6 +246,8 @@ def test_recap_labels_the_configured_share_positive_and_forces_experts_positive(
         trainer.add_episode(TASKS[0], "online", arrays, 1, 100)
     flags = trainer.buffer.sample(TASKS[0], "online", 20_000, np.random.default_rng(0))["flag"]
     assert (flags == 1).mean() == pytest.approx(0.3, abs=0.05)
+    # The realised share, logged with each metric (the learner page charts it), says the same.
+    assert trainer.algorithm.task_stats()[TASKS[0]]["positive_share"] == pytest.approx(0.3, abs=0.05)
     corrected = recap_episode(60, expert=slice(20, 40), seed=99)
     _, _, indicator = trainer.algorithm.frames(TASKS[0], "online", corrected, 100)
     assert (indicator[20:40] == 1).all()

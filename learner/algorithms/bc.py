@@ -40,6 +40,10 @@ class Algorithm:
     def per_sample_loss(self, policy, batch: dict) -> torch.Tensor:
         return squared_error(policy, batch)
 
+    def task_stats(self) -> dict[str, dict]:
+        """Per task, what this algorithm adds to each training metric (TrainingMetric.tasks)."""
+        return {}
+
     def state(self) -> tuple[dict, dict]:
         return {}, {}
 

@@ -68,13 +68,17 @@
       tasksOf(run).forEach((t) => {
         const k = allTasks.indexOf(t);
         share.push(line(run, k, `${run.label} ${t}`, pts.map((p) => (p.tasks[t] || {}).w_on)));
+        const positive = pts.map((p) => (p.tasks[t] || {}).positive_share);
+        if (positive.some((v) => v != null)) {  // RECAP: online frames its threshold found positive
+          share.push(line(run, k, `${run.label} ${t} positive`, positive, "dash"));
+        }
         buffer.push(line(run, k, `${run.label} ${t} online`, pts.map((p) => ((p.tasks[t] || {}).buffer || {}).online)));
         buffer.push(line(run, k, `${run.label} ${t} offline`, pts.map((p) => ((p.tasks[t] || {}).buffer || {}).offline), "dot"));
       });
     });
     Plotly.react("chart-loss", loss, layout("Training loss", "loss"), config);
-    Plotly.react("chart-share", share, layout("Online share ω_on per task", "ω_on",
-                                              {yaxis: {title: {text: "ω_on"}, range: [0, 1]}}), config);
+    Plotly.react("chart-share", share, layout("Online share ω_on per task (dashed: RECAP's positive share)", "share",
+                                              {yaxis: {title: {text: "share"}, range: [0, 1]}}), config);
     Plotly.react("chart-buffer", buffer, layout("Buffer per task and source", "frames"), config);
     Plotly.react("chart-staleness", staleness, layout("Staleness of sampled online frames", "versions behind"), config);
     Plotly.react("chart-sps", sps, layout("Samples per second", "samples / s"), config);
