@@ -277,6 +277,17 @@ def fresh_rollout_mode():
 
 
 @pytest.fixture(autouse=True)
+def fresh_version_numbers():
+    """gateway.uploads caches version number -> id per database (a number names one version forever in a
+    database); tests roll their rows back, so the next test's v1 is another row."""
+    from gateway import uploads
+
+    uploads._versions.clear()
+    yield
+    uploads._versions.clear()
+
+
+@pytest.fixture(autouse=True)
 def fast_password_hashing(settings):
     """PBKDF2's deliberate slowness is not what these tests are about."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
