@@ -241,11 +241,10 @@ def _run_leased(robot: Robot, lease: bus.Lease) -> str:
     with lease.kept(every=settings.FLEET_LEASE_SECONDS / 4):
         _prepare_process()
         plan = _plan(robot)
-        if not isinstance(plan, str):
-            task_name = plan.task.env_name
-            sim, gate = sim_task(task_name), Gate(plan.gate_config)
-    if isinstance(plan, str):
-        return plan
+        if isinstance(plan, str):
+            return plan
+        task_name = plan.task.env_name
+        sim, gate = sim_task(task_name), Gate(plan.gate_config)
     if lease.lost:  # Redis lost the key and another actor took the robot: it runs the episode, not this one
         if plan.evaluation is not None:
             governance_evaluation.release(plan.evaluation)

@@ -179,11 +179,11 @@ def remote_episode_stored(robot: Robot) -> None:
     (`robot.status` as read with this request's token): an upload without a takeover writes nothing here. A
     takeover committed after that read sets its key after its commit, so it is either deleted here (and ended
     here) or outlives this episode and takes over the next one, as the robot will hear."""
-    def both(client):
-        with client.pipeline(transaction=False) as pipe:
+    def spend() -> list:
+        with bus.client().pipeline(transaction=False) as pipe:
             return pipe.delete(bus.takeover_key(robot.pk)).hdel(bus.PROGRESS_KEY, robot.pk).execute()
 
-    requested, _ = bus.degrade(lambda: both(bus.client()), default=(1, 0))
+    requested, _ = bus.degrade(spend, default=(1, 0))
     if (requested or robot.status == Robot.Status.OPERATOR) and robot.end_takeover():
         _changed(robot, "robot.takeover_end")
 

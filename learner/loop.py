@@ -420,11 +420,11 @@ def _take_news(trainer, cursor: EpisodeCursor, labels: LabelSync, pubsub, last_l
 
 def _record_metrics(run: TrainingRun, trainer, metrics: dict, samples_per_second: float,
                     resumed_from: int | None = None) -> None:
-    sizes = trainer.buffer.sizes()
+    sizes, extra = trainer.buffer.sizes(), trainer.algorithm.task_stats()
     metric = TrainingMetric.objects.create(
         run=run, step=trainer.step, loss=metrics["loss"], samples_per_second=samples_per_second,
         staleness_mean=metrics["staleness_mean"], staleness_max=metrics["staleness_max"],
-        tasks={task: {**stats, **trainer.algorithm.task_stats().get(task, {}), "buffer": sizes[task]}
+        tasks={task: {**stats, **extra.get(task, {}), "buffer": sizes[task]}
                for task, stats in trainer.resampler.stats().items()},
         resumed_from=resumed_from,
     )

@@ -20,7 +20,7 @@ import gateway.routing  # noqa: E402
 # The robot API gets a handler of its own with only the security middleware: under ASGI every synchronous
 # middleware costs two thread hops per request, and the people's stack (sessions, CSRF, authentication, messages,
 # login required) means nothing to a robot that authenticates with its token (bench/api_ingest.py).
-API_MIDDLEWARE = ["sopweb.middleware.SecurityHeadersOnTheLoop"]
+API_MIDDLEWARE = ["django.middleware.security.SecurityMiddleware"]
 
 
 class RobotApiHandler(ASGIHandler):

@@ -199,8 +199,8 @@ def test_the_learner_chart_stays_one_line_across_a_restart(browser_session, sam,
     def metric(step, at, resumed_from=None):
         return TrainingMetric(run=run, step=step, created_at=at, loss=2.0 / (1 + step / 500), resumed_from=resumed_from,
                               samples_per_second=4200 - 200 * 0.999 ** step, staleness_mean=0.5, staleness_max=2,
-                              tasks={"pick-place-v3": {"w_on": 0.5, "buffer": {"online": 1000 + step,
-                                                                                 "offline": 5000}}})
+                              tasks={"pick-place-v3": {"w_on": 0.5, "positive_share": 0.3 + step / 40_000,
+                                                       "buffer": {"online": 1000 + step, "offline": 5000}}})
 
     # Steps 50..2000 over 200 s; a crash; the state saved at 1500 resumes at 230 s and repeats 1550..2000.
     rows = [metric(step, start + timedelta(seconds=step / 10)) for step in range(50, 2001, 50)]
@@ -229,6 +229,10 @@ def test_the_learner_chart_stays_one_line_across_a_restart(browser_session, sam,
     assert x_range_seconds(page, "chart-loss") == pytest.approx(900, abs=5)
     assert page.inner_text("#kpi-restarts") == "1" and page.inner_text("#kpi-step") == "4000"
     assert page.inner_text("#kpi-loss") == f"{2.0 / (1 + 4000 / 500):.4f}"  # the loss chart's last point
+    # RECAP's realised positive share rides on the share chart, dashed beside its task's w_on.
+    shares = page.evaluate("document.getElementById('chart-share').data.map(t => [t.name, t.line.dash, t.y.at(-1)])")
+    assert [dash for name, dash, _ in shares if name.endswith("positive")] == ["dash"]
+    assert [last for name, _, last in shares if name.endswith("positive")] == [pytest.approx(0.3 + 4000 / 40_000)]
     shot(session, "#learner-charts", "learner-restart")
 
     # Live: another restart, from the state saved at 3500: 3550..4000 are dropped, the line goes on from 3550.
