@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import io
 import os
-import signal
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import _django
-
+from experiments import processes
 from fleet import control
 
 # name -> (queues, concurrency): the Procfile's workers, for four robots (`default` does only beat's light work
 # now that renders run on `background` and governance, sweeps and the watchdog on `control`, so one process).
 PROCESSES = {"actors": ("actors", 4), "learner": ("learner", 1), "default": ("default", 1),
              "control": ("control", 1), "background": ("background", 1)}
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def fleet_with_base(robots: int, base_demos: int) -> None:
@@ -38,53 +33,14 @@ def fleet_with_base(robots: int, base_demos: int) -> None:
     call_command("pretrain_base", "--demos-per-task", str(base_demos), "--deploy", stdout=out)
 
 
-class Process:
-    """One Celery process (worker or beat) of the system, in its own process group."""
-
-    def __init__(self, name: str, command: list[str], env: dict, log_dir: Path):
-        self.name = name
-        with open(log_dir / f"{name}.log", "wb") as log:
-            self.proc = subprocess.Popen(command, cwd=_django.ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
-        self._seen: dict[int, int] = {}  # pid -> CPU ticks when last read (children that exit keep their last)
+class Process(processes.Process):
+    """One Celery process of the system (experiments.processes), named after the Procfile's workers."""
 
     @classmethod
     def worker(cls, name: str, env: dict, log_dir: Path, queues: str | None = None,
                concurrency: int | None = None) -> Process:
         default_queues, default_concurrency = PROCESSES[name]
-        return cls(name, [sys.executable, "-m", "celery", "-A", "sopweb", "worker", "-Q", queues or default_queues,
-                          "--concurrency", str(concurrency or default_concurrency), "-n", f"bench-{name}@%h",
-                          "--without-mingle", "--without-gossip", "--loglevel", "INFO"], env, log_dir)
-
-    @classmethod
-    def beat(cls, env: dict, log_dir: Path) -> Process:
-        return cls("beat", [sys.executable, "-m", "celery", "-A", "sopweb", "beat", "--loglevel", "INFO",
-                            "--schedule", str(log_dir / "celerybeat-schedule")], env, log_dir)
-
-    def cpu_seconds(self) -> float:
-        """CPU time (user + system) of every process of its session so far — pool children, and the ffmpeg
-        encoders renders start in process groups of their own. A process that starts and exits between two
-        readings is missed: callers read every few seconds."""
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue  # exited meanwhile
-            if int(fields[3]) == self.proc.pid:  # its session
-                self._seen[int(entry)] = int(fields[11]) + int(fields[12])
-        return sum(self._seen.values()) / CLOCK_TICKS
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.cpu_seconds()
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        return super().worker(name, queues or default_queues, concurrency or default_concurrency, env, log_dir)
 
 
 def system_env(**overrides) -> dict:

@@ -35,3 +35,19 @@ class Rate:
         low, high = self.interval
         return {"successes": self.successes, "episodes": self.episodes, "rate": self.rate,
                 "low": low, "high": high}
+
+
+def mean_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """The mean of repeated measurements and its Student-t interval across them: (mean, low, high). One value
+    has no spread to measure: its interval is the value itself (callers say n)."""
+    from scipy.stats import t
+
+    n = len(values)
+    if n == 0:
+        raise ValueError("no values")
+    mean = sum(values) / n
+    if n == 1:
+        return mean, mean, mean
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = float(t.ppf((1 + confidence) / 2, n - 1)) * sd / math.sqrt(n)
+    return mean, mean - half, mean + half

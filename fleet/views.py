@@ -46,6 +46,7 @@ def navigation(request):
         ("learner.view_policyversion", "Learner", "learner"),
         ("learner.view_policyversion", "Policy versions", "versions"),
         ("governance.view_rollout", "Rollouts", "rollouts"),
+        ("governance.view_rollout", "Experiments", "experiments"),
         ("core.view_auditevent", "Audit log", "audit"),
         ("review.label_episode", "Review", "review-queue"),
         ("review.flag_episode", "My flags", "review-flags"),

@@ -13,3 +13,4 @@ RESAMPLER_ALPHA = 1.5
 RESAMPLER_SCALES = ("raw", "normalised")
 RESAMPLER_SCALE = "raw"
 RECAP_VALUE_STEPS = 2000
+STEPS_PER_ROBOT_SECOND = 0.0  # 0: the learner trains as fast as it can (the controlled clock is for experiments)

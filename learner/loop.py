@@ -63,10 +63,13 @@ def start_run(algorithm: str | None = None, actor=None, **overrides) -> Training
     """Begin post-training from the deployed version (or the newest one)."""
     from learner.trainer import LearnerConfig
 
-    config = LearnerConfig(algorithm=algorithm or settings.LEARNER_ALGORITHM, batch_size=settings.LEARNER_BATCH_SIZE,
-                           lr=settings.LEARNER_LR, publish_every=settings.LEARNER_PUBLISH_EVERY,
-                           alpha=settings.LEARNER_RESAMPLER_ALPHA, resampler_scale=settings.LEARNER_RESAMPLER_SCALE,
-                           recap_value_steps=settings.LEARNER_RECAP_VALUE_STEPS, **overrides)
+    fields = dict(algorithm=algorithm or settings.LEARNER_ALGORITHM, batch_size=settings.LEARNER_BATCH_SIZE,
+                  lr=settings.LEARNER_LR, publish_every=settings.LEARNER_PUBLISH_EVERY,
+                  alpha=settings.LEARNER_RESAMPLER_ALPHA, resampler_scale=settings.LEARNER_RESAMPLER_SCALE,
+                  recap_value_steps=settings.LEARNER_RECAP_VALUE_STEPS,
+                  steps_per_robot_second=settings.LEARNER_STEPS_PER_ROBOT_SECOND,
+                  robot_pace=settings.FLEET_REALTIME_FACTOR or 1.0)
+    config = LearnerConfig(**{**fields, **overrides})  # what the caller names wins over the settings
     base = PolicyVersion.deployed() or PolicyVersion.objects.order_by("-number").first()
     if base is None:
         raise ValueError("there is no policy version to post-train: pretrain a base policy first")
@@ -431,6 +434,16 @@ def _record_metrics(run: TrainingRun, trainer, metrics: dict, samples_per_second
     broadcast("learner.metrics", metric.point())
 
 
+def _ahead_of_clock(run: TrainingRun, trainer) -> float:
+    """Under the controlled clock (LearnerConfig.steps_per_robot_second), the seconds until the next step is due:
+    step n is due once n / rate seconds of robot time have passed since the run started. 0 when due, or unpaced."""
+    rate = trainer.config.steps_per_robot_second
+    if not rate:
+        return 0.0
+    robot_seconds = (time.time() - run.created_at.timestamp()) * trainer.config.robot_pace
+    return (trainer.step + 1 - rate * robot_seconds) / (rate * trainer.config.robot_pace)
+
+
 def _train_until(deadline: float, run: TrainingRun, trainer, cursor: EpisodeCursor, labels: LabelSync, lease,
                  pubsub, resumed_from: int | None = None) -> None:
     """Gradient steps until the deadline or until someone stops the run: news folded in as it arrives, a metric
@@ -446,6 +459,9 @@ def _train_until(deadline: float, run: TrainingRun, trainer, cursor: EpisodeCurs
             _save(trainer, run, cursor)
             last_save = time.monotonic()
         last_label_poll = _take_news(trainer, cursor, labels, pubsub, last_label_poll)
+        if (wait := _ahead_of_clock(run, trainer)) > 0:
+            time.sleep(min(wait, 0.1))  # the controlled clock: news and the lease are looked after meanwhile
+            continue
         metrics = trainer.train_step()
         if metrics is None:  # nothing to train on yet: wait for episodes (labels keep their own poll above)
             time.sleep(0.5)

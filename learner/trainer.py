@@ -46,6 +46,11 @@ class LearnerConfig:
     """RECAP: probability that a sample's indicator is dropped (classifier-free style)."""
     recap_value_steps: int = defaults.RECAP_VALUE_STEPS
     """RECAP: gradient steps fitting the value function before it is frozen."""
+    steps_per_robot_second: float = 0.0
+    """The controlled clock (experiments): at most this many gradient steps per second of robot time since the run
+    started, robot time being wall time times `robot_pace`; 0: as many as the machine gives."""
+    robot_pace: float = 1.0
+    """The robots' declared pace (FLEET_REALTIME_FACTOR when the run started): robot seconds per wall second."""
 
     def __post_init__(self):
         algorithms.get(self.algorithm)
@@ -57,6 +62,8 @@ class LearnerConfig:
             raise ValueError("fixed_online_share must lie in [0, 1]")
         if not 0 < self.recap_positive_fraction < 1 or not 0 <= self.recap_indicator_dropout < 1:
             raise ValueError("recap_positive_fraction must lie in (0, 1) and recap_indicator_dropout in [0, 1)")
+        if not self.steps_per_robot_second >= 0 or not self.robot_pace > 0:
+            raise ValueError("steps_per_robot_second must be >= 0 and robot_pace positive")
         if self.recap_lookahead < 1 or self.recap_value_steps < 1:
             raise ValueError("recap_lookahead and recap_value_steps must be positive")
 

@@ -188,6 +188,7 @@ INSTALLED_APPS = [
     "governance",
     "actors",
     "gateway",
+    "experiments",
     "ninja",  # serves the API docs' Swagger UI from its own static files (no CDN)
 ]
 
@@ -466,10 +467,20 @@ if LEARNER_RESAMPLER_SCALE not in learner_defaults.RESAMPLER_SCALES:
 # Torch's intra-op threads in the learner process. Not torch's default (one per core): on a machine shared with
 # actors and renders its OpenMP threads spin at every barrier while their siblings wait for a core, and the learner
 # fell from ~110k to ~17k samples/s beside two busy processes (docs/decisions.md, bench/learner_under_load.py).
+# The controlled clock (experiments): at most this many gradient steps per second of robot time (wall time times
+# FLEET_REALTIME_FACTOR) since the run started, so a fleet's size does not change how much the learner trains; 0: off.
+LEARNER_STEPS_PER_ROBOT_SECOND = env_number("LEARNER_STEPS_PER_ROBOT_SECOND", learner_defaults.STEPS_PER_ROBOT_SECOND,
+                                            kind=float, min_value=0.0, max_value=1e6)
 LEARNER_TORCH_THREADS = env_number("LEARNER_TORCH_THREADS", 1, min_value=1, max_value=256)
 LEARNER_DEVICE = env_str("LEARNER_DEVICE", "auto")
 if LEARNER_DEVICE not in ("auto", "cpu", "cuda"):
     raise _bad("LEARNER_DEVICE", LEARNER_DEVICE, "expected auto, cpu or cuda")
+
+# Experiments (`manage.py experiment`): where runs, summaries and reports are kept; the Redis database a run's system
+# uses (flushed at each run's start: never one the product uses); processes that evaluate kept versions at a run's end.
+EXPERIMENTS_DIR = Path(env_str("EXPERIMENTS_DIR", str(VAR_DIR / "experiments"))).resolve()
+EXPERIMENTS_REDIS_DB = env_number("EXPERIMENTS_REDIS_DB", 11, min_value=0, max_value=15)
+EXPERIMENTS_EVAL_WORKERS = env_number("EXPERIMENTS_EVAL_WORKERS", os.cpu_count() or 1, min_value=1, max_value=256)
 
 # Episode review: an annotator's claim on an episode lapses this long after the page stops renewing it.
 REVIEW_CLAIM_SECONDS = env_number("REVIEW_CLAIM_SECONDS", 300.0, kind=float, min_value=10.0)

@@ -16,6 +16,7 @@ urlpatterns = [
     path("learner/", include("learner.urls")),
     path("rollouts/", include("governance.urls")),
     path("review/", include("review.urls")),
+    path("experiments/", include("experiments.urls")),
     # Flagging lives with the flags (review) but sits under the episode it flags, beside the fleet's episode pages.
     path("episodes/<int:pk>/flag/", episode_flag, name="episode-flag"),
     path("", include("fleet.urls")),

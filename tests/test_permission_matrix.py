@@ -192,6 +192,9 @@ EXPECTED: dict[str, Rule] = {
     # learner
     "learner": page(FLEET_WATCHERS),
     "versions": page(FLEET_WATCHERS),
+    # experiments (their reports are files the `experiment` command writes: none in the matrix's world)
+    "experiments": page(FLEET_WATCHERS),
+    "experiment-report": page(FLEET_WATCHERS, get=404, args={"name": "fleet"}),
     # rollouts
     "rollouts": page(FLEET_WATCHERS),
     "rollout-version": page(FLEET_WATCHERS, args={"number": Of("version", "number")}),

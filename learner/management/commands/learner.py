@@ -17,11 +17,14 @@ class Command(BaseCommand):
         parser.add_argument("--resampler-scale", choices=["raw", "normalised"],
                             help="the SOP resampler's losses as they are, or normalised (default: "
                                  "LEARNER_RESAMPLER_SCALE)")
+        parser.add_argument("--steps-per-robot-second", type=float,
+                            help="the controlled clock: gradient steps per second of robot time (default: "
+                                 "LEARNER_STEPS_PER_ROBOT_SECOND; 0: unpaced)")
         parser.add_argument("--if-none", action="store_true", help="start only if no run is active")
         parser.add_argument("--as", dest="username")
 
     def handle(self, *args, action, algorithm, fixed_online_share, if_none, username, resampler_scale=None,
-               **options):
+               steps_per_robot_second=None, **options):
         from learner.loop import start_run
 
         actor = get_user_model().objects.filter(username=username).first() if username else None
@@ -53,6 +56,8 @@ class Command(BaseCommand):
         overrides = {} if fixed_online_share is None else {"fixed_online_share": fixed_online_share}
         if resampler_scale is not None:
             overrides["resampler_scale"] = resampler_scale
+        if steps_per_robot_second is not None:
+            overrides["steps_per_robot_second"] = steps_per_robot_second
         try:
             run = start_run(algorithm, actor, **overrides)
         except ValueError as exc:
