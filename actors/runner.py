@@ -30,7 +30,7 @@ def sim_task(env_name: str):
     from fleet.sim.envs import make_task
 
     if env_name not in _sim_tasks:
-        _sim_tasks[env_name] = make_task(env_name)
+        _sim_tasks[env_name] = make_task(env_name, scene_shift=settings.FLEET_SCENE_SHIFT)
     return _sim_tasks[env_name]
 
 
@@ -295,7 +295,8 @@ def _store(robot: Robot, plan: _Plan, result, started_at) -> str:
         source=plan.source,
         meta={"gate": plan.gate_config.as_dict(), "takeovers": result.takeovers,
               "takeover_doubts": result.takeover_doubts,
-              "realtime_factor": settings.FLEET_REALTIME_FACTOR, "wall_seconds": round(result.wall_seconds, 3)},
+              "realtime_factor": settings.FLEET_REALTIME_FACTOR, "wall_seconds": round(result.wall_seconds, 3),
+              **({"scene_shift": list(settings.FLEET_SCENE_SHIFT)} if settings.FLEET_SCENE_SHIFT else {})},
     )
     if episode is None:
         return "kept"  # on disk until the database takes it (actors.outbox); its evaluation item is recorded then

@@ -63,6 +63,7 @@ def arm_summary(arm: str, records: list[dict]) -> dict:
                "throughput": statistics.mean(r["series"][i]["autonomous_successes_per_robot_hour"] for r in records),
                "intervention_rate": statistics.mean(r["series"][i]["intervention_rate"] for r in records)}
               for i in range(bins)]
+    shift = _shift_summary(records, points) if spec.get("scene_shift") else None
     budget_keys = ("robot_steps", "expert_steps", "online_episodes", "learner_steps", "demonstrations",
                    "pretraining_steps")
     return {
@@ -71,7 +72,7 @@ def arm_summary(arm: str, records: list[dict]) -> dict:
                   "clock": r["clock"], "finished": r["finished"], "base": r["evaluations"][0]["success"],
                   "final": r["evaluations"][-1]["success"], "time_to_threshold": t,
                   "budget": r["budget"]} for r, t in zip(records, reached)],
-        "curve": curve, "series": series, "tasks": tasks,
+        "curve": curve, "series": series, "tasks": tasks, "shift": shift,
         "base": _interval([b["success"] for b in base], _pooled(base[0])),
         "final": _interval([f["success"] for f in final], _pooled(final[0])),
         "gain_points": _interval(gains),
@@ -83,6 +84,32 @@ def arm_summary(arm: str, records: list[dict]) -> dict:
         "wall_seconds": statistics.mean(r["budget"]["wall_seconds"]["total"] for r in records),
         "valid_runs": sum(r["clock"]["valid"] for r in records),
     }
+
+
+def _shift_summary(records: list[dict], points: int) -> dict:
+    """Before and after the move to the new site, per repeat then across repeats: the success the fleet had on
+    the training scenes just before the move (its last evaluation before it), the same version on the new scenes
+    (the drop), the last version on the new scenes (the recovery), and the tasks never run online (kept?)."""
+    def at(record, key, index):
+        return record["evaluations"][index].get(key)
+
+    pre = [max(i for i, e in enumerate(r["evaluations"]) if e["robot_seconds"] <= (r.get("shifted_at") or 0))
+           for r in records]
+    out = {"at_seconds": statistics.mean(r.get("shifted_at") or 0 for r in records),
+           "before": _interval([at(r, "success", i) for r, i in zip(records, pre)]),
+           "dropped_to": _interval([at(r, "success_shifted", i) for r, i in zip(records, pre)]),
+           "recovered_to": _interval([at(r, "success_shifted", -1) for r in records]),
+           "curve_shifted": [{"robot_seconds": statistics.mean(r["evaluations"][i]["robot_seconds"] for r in records),
+                              "success": _interval([at(r, "success_shifted", i) for r in records])}
+                             for i in range(points)]}
+    if all("success_not_online" in r["evaluations"][0] for r in records):
+        out["not_online"] = {"base": _interval([at(r, "success_not_online", 0) for r in records]),
+                             "before": _interval([at(r, "success_not_online", i) for r, i in zip(records, pre)]),
+                             "last": _interval([at(r, "success_not_online", -1) for r in records])}
+        out["curve_not_online"] = [
+            {"robot_seconds": statistics.mean(r["evaluations"][i]["robot_seconds"] for r in records),
+             "success": _interval([at(r, "success_not_online", i) for r in records])} for i in range(points)]
+    return out
 
 
 def _ttt(arm: dict) -> float | None:
@@ -141,6 +168,19 @@ def findings(sweep: str, arms: list[dict]) -> list[str]:
                 out.append(f"{a['spec']['base_demos']} demos + {a['spec']['robot_minutes']:g} robot-minutes online "
                            f"reach {a['final']['mean']:.2f}; {4 * a['spec']['base_demos']} demos offline only "
                            f"{more['base']['mean']:.2f} ({'online wins' if better else 'demonstrations win'}).")
+    if sweep == "shift":
+        for a in arms:
+            sh = a["shift"]
+            before, drop, rec = sh["before"]["mean"], sh["dropped_to"]["mean"], sh["recovered_to"]["mean"]
+            out.append(f"{a['arm']}: {before:.2f} on the training scenes before the move; the same version "
+                       f"{drop:.2f} on the new site ({100 * (drop - before):+.0f} points); the last version "
+                       f"{rec:.2f} there after {(a['spec']['robot_minutes'] * 60 - sh['at_seconds']) / 60:.1f} "
+                       f"robot-minutes (target within 5 points of {before:.2f}: "
+                       f"{'met' if rec >= before - 0.05 else 'missed'}).")
+            if kept := sh.get("not_online"):
+                out.append(f"Tasks never run online: base {kept['base']['mean']:.2f}, before the move "
+                           f"{kept['before']['mean']:.2f}, at the end {kept['last']['mean']:.2f} "
+                           f"({'kept' if kept['last']['mean'] >= kept['base']['mean'] - 0.05 else 'eroded'}).")
     if sweep == "ablations":
         for a in arms:
             out.append(f"{a['arm']}: {a['base']['mean']:.2f} → {a['final']['mean']:.2f} "
@@ -175,6 +215,21 @@ def _figures(summary: dict) -> list[tuple[str, object]]:
     success.update_layout(title="Autonomous success on held-out seeds vs robot time (mean, 95 % interval)",
                           xaxis_title="robot time (min)", yaxis_title="success", yaxis_range=[0, 1.05])
     figures.append(("success", success))
+    for arm in summary["arms"]:
+        if not arm.get("shift"):
+            continue
+        sh = arm["shift"]
+        fig = go.Figure()
+        for name, curve in (("online tasks, training scenes", arm["curve"]),
+                            ("online tasks, new site", sh["curve_shifted"]),
+                            ("tasks never run online", sh.get("curve_not_online"))):
+            if curve:
+                fig.add_trace(go.Scatter(x=[p["robot_seconds"] / 60 for p in curve],
+                                         y=[p["success"]["mean"] for p in curve], mode="lines+markers", name=name))
+        fig.add_vline(x=sh["at_seconds"] / 60, line_dash="dash", annotation_text="the fleet moves")
+        fig.update_layout(title=f"{arm['arm']}: before and after the move (mean over repeats)",
+                          xaxis_title="robot time (min)", yaxis_title="success", yaxis_range=[0, 1.05])
+        figures.append(("shift", fig))
     online = [a for a in summary["arms"] if a["spec"]["online"]]
     if online:
         bars = go.Figure()

@@ -59,6 +59,7 @@ def private_env(spec: dict, database: str, run_dir: Path) -> dict:
         "LEARNER_PUBLISH_EVERY": str(spec["publish_every"]),
         "LEARNER_ALGORITHM": spec["algorithm"],
         "LEARNER_RESAMPLER_SCALE": spec["resampler_scale"],
+        "LEARNER_RECAP_BASE_ROLLOUTS": str(spec["recap_base_rollouts"]),
         "ROLLOUT_MODE": "continuous",  # SOP: every published version goes to the fleet at once
         "REVIEW_RENDER_AHEAD": "0",  # nobody reviews an experiment's episodes: renders would only take CPU
         "DJANGO_SETTINGS_MODULE": "sopweb.settings",
@@ -84,8 +85,9 @@ def set_up(spec: dict, resolved: dict) -> tuple[int, int]:
 
     out = io.StringIO()
     tasks = [Task.objects.create(env_name=name, title=name) for name in spec["tasks"]]
+    online = [task for task in tasks if task.env_name in (spec["online_tasks"] or spec["tasks"])]
     for i in range(spec["robots"]):
-        control.add(f"exp-{i + 1:02d}", tasks, reason="experiment")
+        control.add(f"exp-{i + 1:02d}", online, reason="experiment")
     demos, steps = spec["base_demos"], spec["base_steps"] + int(resolved.get("extra_learner_steps", 0))
     call_command("generate_demos", "--per-task", str(demos), stdout=out)
     if extra := resolved.get("extra_expert_frames"):
@@ -148,6 +150,8 @@ def fleet_phase(spec: dict, run_dir: Path, env: dict, say) -> dict:
         say(f"clock started: {spec['robots']} robot(s) at pace {spec['pace']:g}, learner "
             f"{spec['learner_rate']:g} steps per robot-second, {budget:g} robot-seconds")
         next_report = time.monotonic() + 60
+        shift_at = spec["shift_at_minutes"] * 60 if spec["shift_at_minutes"] is not None else None
+        shifted_at = None
         while True:
             now = datetime.now(dt_timezone.utc)
             for version in PolicyVersion.objects.filter(number__gt=base.number).exclude(number__in=seen) \
@@ -161,6 +165,16 @@ def fleet_phase(spec: dict, run_dir: Path, env: dict, say) -> dict:
             elapsed = _robot_seconds(t0, now, spec["pace"])
             if elapsed >= budget:
                 break
+            if shift_at is not None and shifted_at is None and elapsed >= shift_at:
+                # The fleet moves to the new site: the actors' process ends its episodes in flight (a warm
+                # shutdown) and a new one builds every scene shifted.
+                actors = next(p for p in processes if p.name == "actors")
+                actors.stop()
+                shifted = dict(env, FLEET_SCENE_SHIFT=",".join(str(v) for v in spec["scene_shift"]))
+                processes.append(Process.worker("actors-shifted", "actors", spec["robots"], shifted, log_dir,
+                                                prefix="experiment"))
+                shifted_at = _robot_seconds(t0, datetime.now(dt_timezone.utc), spec["pace"])
+                say(f"{shifted_at / 60:5.1f} robot-min: the fleet moved to the shifted scenes")
             if time.monotonic() >= next_report:
                 next_report += 60
                 say(f"{elapsed / 60:5.1f} robot-min: {len(seen)} versions published")
@@ -180,7 +194,7 @@ def fleet_phase(spec: dict, run_dir: Path, env: dict, say) -> dict:
         for process in processes:
             process.stop()
     return {"t0": t0, "t_end": t_end, "run": run.pk, "kept": kept, "cpu_seconds": cpu,
-            "versions_published": len(seen)}
+            "versions_published": len(seen), "shifted_at": shifted_at}
 
 
 def accounting(spec: dict, phase: dict) -> dict:
@@ -233,13 +247,18 @@ def accounting(spec: dict, phase: dict) -> dict:
     }
 
 
-def _evaluate_one(path: str, sha256: str, task: str, episodes: int) -> tuple[int, int]:
+def _evaluate_one(path: str, sha256: str, task: str, episodes: int, scene_shift=None) -> tuple[int, int]:
     """One kept version on one task's held-out seeds (a pool process: Django-free)."""
     from learner.evaluation import evaluate
     from learner.policy import load_checkpoint
 
-    score = evaluate(load_checkpoint(Path(path), sha256), [task], episodes)[task]
+    shift = tuple(scene_shift) if scene_shift else None
+    score = evaluate(load_checkpoint(Path(path), sha256), [task], episodes, scene_shift=shift)[task]
     return score.successes, score.episodes
+
+
+def _mean_rate(scores: dict, tasks: list[str]) -> float:
+    return statistics.mean(scores[t]["successes"] / scores[t]["episodes"] for t in tasks)
 
 
 class _Done:
@@ -257,27 +276,38 @@ def evaluate_kept(spec: dict, kept: list[dict], workers: int) -> list[dict]:
     version and run: learner.evaluation.held_out_seeds)."""
     import multiprocessing
 
+    # (version, condition, task): every task on the training scenes; with a shift, the online tasks on the new ones.
+    conditions = [("tasks", task, None) for task in spec["tasks"]]
+    if spec["scene_shift"]:
+        conditions += [("shifted", task, spec["scene_shift"]) for task in spec["online_tasks"] or spec["tasks"]]
+    work = [(version, condition, task, shift) for version in kept for condition, task, shift in conditions]
     jobs = {}
-    episodes = len(kept) * len(spec["tasks"]) * spec["eval_episodes"]
-    if workers == 1 or episodes <= 50:  # a pool's start (torch and Meta-World imported again) costs more
-        for version in kept:
-            for task in spec["tasks"]:
-                jobs[(version["number"], task)] = _Done(_evaluate_one(version["path"], version["sha256"], task,
-                                                                      spec["eval_episodes"]))
+    if workers == 1 or len(work) * spec["eval_episodes"] <= 50:  # a pool's start (torch and Meta-World imported
+        for version, condition, task, shift in work:             # again) would cost more than it saves
+            jobs[(version["number"], condition, task)] = _Done(_evaluate_one(
+                version["path"], version["sha256"], task, spec["eval_episodes"], shift))
     else:
         # Spawned, not forked: this process has run torch (pretraining), and a forked child can hang in its locks.
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for version in kept:
-                for task in spec["tasks"]:
-                    jobs[(version["number"], task)] = pool.submit(_evaluate_one, version["path"],
-                                                                  version["sha256"], task, spec["eval_episodes"])
+            for version, condition, task, shift in work:
+                jobs[(version["number"], condition, task)] = pool.submit(
+                    _evaluate_one, version["path"], version["sha256"], task, spec["eval_episodes"], shift)
     evaluations = []
     for version in kept:
-        scores = {task: dict(zip(("successes", "episodes"), jobs[(version["number"], task)].result()))
-                  for task in spec["tasks"]}
-        evaluations.append({**{k: version[k] for k in ("number", "train_steps", "robot_seconds")},
-                            "tasks": scores,
-                            "success": statistics.mean(s["successes"] / s["episodes"] for s in scores.values())})
+        entry = {k: version[k] for k in ("number", "train_steps", "robot_seconds")}
+        for condition in dict.fromkeys(c for c, _, _ in conditions):
+            entry[condition] = {task: dict(zip(("successes", "episodes"),
+                                               jobs[(version["number"], condition, task)].result()))
+                                for c, task, _ in conditions if c == condition}
+        # The headline: mean autonomous success over the tasks the fleet runs online, on the training scenes; with
+        # a shift, also on the new site's scenes, and the tasks never run online (the skills to be kept).
+        online = spec["online_tasks"] or spec["tasks"]
+        entry["success"] = _mean_rate(entry["tasks"], online)
+        if spec["scene_shift"]:
+            entry["success_shifted"] = _mean_rate(entry["shifted"], online)
+            if kept_tasks := [t for t in spec["tasks"] if t not in online]:
+                entry["success_not_online"] = _mean_rate(entry["tasks"], kept_tasks)
+        evaluations.append(entry)
     return evaluations
 
 
@@ -303,7 +333,7 @@ def execute(spec: dict, resolved: dict, repeat: int, run_dir: Path, say=print) -
         wall["fleet"] = time.monotonic() - phase_start
         kept += phase["kept"]
         record.update(accounting(spec, phase), cpu_seconds=phase["cpu_seconds"],
-                      versions_published=phase["versions_published"])
+                      versions_published=phase["versions_published"], shifted_at=phase["shifted_at"])
     else:
         record.update(robot_seconds=0.0, clock={"valid": True, "problems": []}, series=[],
                       budget={"robot_steps": 0, "expert_steps": 0, "online_episodes": 0, "learner_steps": 0},

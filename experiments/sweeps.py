@@ -19,6 +19,8 @@ SEED_FIGURES = {
     "fleet": "time to 0.8 success: 1 / 2 / 4 robots 173.6 / 126.5 / 71.7 min (4 robots 2.4× faster than 1)",
     "pretraining": "bases from 20 / 80 / 160 h of demonstrations: 0.39 / 0.57 / 0.61 → with SOP 0.815 / 0.895 / "
                    "0.925; ~3 h online gave ~30 points where 80 h more demonstrations gave ~4",
+    "shift": "robots deployed into an unseen environment first drop in success and throughput, then recover within "
+             "hours of online training; post-training does not erode the policy's other skills",
     "ablations": "the adaptive online/offline resampler (SOP Eq. 3) against a fixed share",
 }
 # What each sweep's report tests, and the target for it.
@@ -26,6 +28,8 @@ TARGETS = {
     "gains": "HG-DAgger ≥ +30 points mean autonomous success and ≥ 0.9 on every task; RECAP ≥ +20 points",
     "fleet": "4 robots reach 0.8 success at least 2.4× sooner than 1 robot (the seed), aiming for 3×",
     "pretraining": "a gain at every pretraining scale; online experience beats 4× more demonstrations",
+    "shift": "after the shift, recovery to within 5 points of the pre-shift success; the tasks never trained online "
+             "keep their success",
     "ablations": "whether the adaptive resampler beats a fixed 0.5 online share at equal robot time",
 }
 THRESHOLD = 0.8  # time to threshold: the first robot time at which two consecutive evaluations reach it
@@ -37,11 +41,13 @@ def defaults(quick: bool) -> dict:
         return {"tasks": tasks[:2], "robots": 1, "algorithm": "hg_dagger", "base_demos": 1, "base_steps": 200,
                 "online": True, "robot_minutes": 0.4, "pace": 1.0, "learner_rate": 40.0, "publish_every": 200,
                 "eval_every": 2, "eval_episodes": 2, "fixed_online_share": None, "resampler_scale": "raw",
-                "match_expert_frames_of": None}
+                "match_expert_frames_of": None, "online_tasks": None, "shift_at_minutes": None, "scene_shift": None,
+                "recap_base_rollouts": 1}
     return {"tasks": tasks, "robots": 4, "algorithm": "hg_dagger", "base_demos": 5, "base_steps": 3000,
             "online": True, "robot_minutes": 30.0, "pace": 1.0, "learner_rate": 100.0, "publish_every": 2500,
             "eval_every": 6, "eval_episodes": 20, "fixed_online_share": None, "resampler_scale": "raw",
-            "match_expert_frames_of": None}
+            "match_expert_frames_of": None, "online_tasks": None, "shift_at_minutes": None, "scene_shift": None,
+            "recap_base_rollouts": 10}
 
 
 def _arms(quick: bool, *arms: tuple[str, dict]) -> list[dict]:
@@ -65,6 +71,14 @@ def sweep(name: str, quick: bool = False) -> list[dict]:
         demos = (1, 2, 4) if quick else (5, 20, 80)
         return _arms(quick, *((f"{d} demos + SOP", {"base_demos": d}) for d in demos),
                      (f"{4 * demos[-1]} demos, offline only", {"base_demos": 4 * demos[-1], "online": False}))
+    if name == "shift":
+        # The fleet trains online on half the tasks; the other half are never run online (their skills must be
+        # kept). Part-way, the fleet moves to a site whose objects and goals lie 6 cm over (FLEET_SCENE_SHIFT).
+        tasks = defaults(quick)["tasks"]
+        online = tasks[: max(1, len(tasks) // 2)]
+        at, total = (0.2, 0.5) if quick else (15.0, 40.0)
+        return _arms(quick, ("HG-DAgger, objects and goals moved 6 cm", {
+            "online_tasks": online, "shift_at_minutes": at, "robot_minutes": total, "scene_shift": [0.06, 0.0]}))
     if name == "ablations":
         return _arms(quick, ("adaptive resampler (raw losses)", {}),
                      ("adaptive resampler (normalised losses)", {"resampler_scale": "normalised"}),
@@ -72,7 +86,7 @@ def sweep(name: str, quick: bool = False) -> list[dict]:
     raise ValueError(f"unknown sweep {name!r}; known: {', '.join(SWEEPS)}")
 
 
-SWEEPS = ("gains", "fleet", "pretraining", "ablations")
+SWEEPS = ("gains", "fleet", "pretraining", "shift", "ablations")
 
 
 def key(spec: dict) -> str:

@@ -37,9 +37,11 @@ def held_out_seeds(episodes_per_task: int, seed_offset: int = 0) -> range:
     return seeds
 
 
-def evaluate(policy, tasks: list[str], episodes_per_task: int, seed_offset: int = 0) -> dict[str, TaskScore]:
+def evaluate(policy, tasks: list[str], episodes_per_task: int, seed_offset: int = 0,
+             scene_shift: tuple[float, float] | None = None) -> dict[str, TaskScore]:
     """Run the policy alone (no expert, no operator) on the held-out seeds `held_out_seeds` gives, the same for
-    every task and every policy: success is autonomous success."""
+    every task and every policy: success is autonomous success. `scene_shift` evaluates on shifted scenes
+    (fleet.sim.envs.shift_scene)."""
     from fleet.sim.actor import run_episode
     from fleet.sim.envs import make_task
     from fleet.sim.gate import Gate, GateConfig
@@ -47,7 +49,7 @@ def evaluate(policy, tasks: list[str], episodes_per_task: int, seed_offset: int 
     seeds = held_out_seeds(episodes_per_task, seed_offset)
     scores = {}
     for name in tasks:
-        sim = make_task(name)
+        sim = make_task(name, scene_shift=scene_shift)
         gate = Gate(GateConfig(enabled=False))
         steps = []
         for seed in seeds:

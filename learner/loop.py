@@ -354,6 +354,10 @@ def _run_leased_slice(lease, seconds: float | None) -> str:
         configure_threads()
         pubsub = bus.client().pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(bus.EPISODES_CHANNEL)
+        if (waiting := _waiting_for_base_rollouts(run, deadline, lease)) is not None:
+            if TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.ACTIVE).exists():
+                _enqueue()  # while the lease is held, as below
+            return waiting
         trainer, cursor, labels, resumed_from = _trainer_for(run, lease)
         _train_until(deadline, run, trainer, cursor, labels, lease, pubsub, resumed_from)
         _renew(lease)  # only the lease holder's state is the run's
@@ -371,6 +375,42 @@ def _run_leased_slice(lease, seconds: float | None) -> str:
         finally:
             bus.degrade(lease.release)
     return f"trained to step {trainer.step}"
+
+
+def base_rollouts(run: TrainingRun) -> dict[str, int]:
+    """Online episodes of the run's base version per task the fleet runs (tasks no robot is assigned never get
+    any: they are not waited for)."""
+    from django.db.models import Count
+
+    from fleet.models import Robot
+
+    assigned = set(Robot.objects.filter(enabled=True).values_list("tasks__env_name", flat=True)) - {None}
+    counts = dict(Episode.objects.filter(source=Episode.Source.ONLINE, policy_version=run.base_version,
+                                         task__env_name__in=assigned)
+                  .values_list("task__env_name").annotate(n=Count("id")))
+    return {task: counts.get(task, 0) for task in sorted(assigned)}
+
+
+def _waiting_for_base_rollouts(run: TrainingRun, deadline: float, lease) -> str | None:
+    """RECAP fits its value function once, on the demonstrations and the base version's rollouts: a fit on the
+    demonstrations alone sees only successes. A new run (nothing saved yet) whose algorithm fits first waits until
+    every task the fleet runs has LEARNER_RECAP_BASE_ROLLOUTS online episodes of the base version, or until the
+    slice's deadline (then the next slice waits on). Returns None when training may start."""
+    from learner.algorithms import get
+
+    wanted = settings.LEARNER_RECAP_BASE_ROLLOUTS
+    if not wanted or run.state_path or not get(run.algorithm).needs_pretraining:
+        return None
+    while True:
+        counts = base_rollouts(run)
+        if all(n >= wanted for n in counts.values()):
+            log.info("base rollouts per task %s (%d wanted): fitting and training start", counts, wanted)
+            return None
+        if time.monotonic() >= deadline or not TrainingRun.objects.filter(
+                pk=run.pk, status=TrainingRun.Status.ACTIVE).exists():
+            return f"waiting for base rollouts: {counts}, {wanted} per task wanted"
+        _renew(lease)
+        time.sleep(1.0)
 
 
 def _trainer_for(run: TrainingRun, lease) -> tuple:

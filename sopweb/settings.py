@@ -411,6 +411,22 @@ FLEET_HEARTBEAT_TIMEOUT = env_number("FLEET_HEARTBEAT_TIMEOUT", 30.0, kind=float
 FLEET_SWEEP_INTERVAL = env_number("FLEET_SWEEP_INTERVAL", 10.0, kind=float, min_value=1.0)
 # Simulated robots run at this multiple of their real control rate; 0 means as fast as possible.
 FLEET_REALTIME_FACTOR = env_number("FLEET_REALTIME_FACTOR", 1.0, kind=float, min_value=0.0)
+# A deployment site unlike the training one (experiments' `shift` sweep): simulated robots' object and goal ranges
+# move by "dx,dy" metres on the table (fleet.sim.envs.shift_scene); unset: the tasks' own scenes.
+def _scene_shift() -> tuple[float, float] | None:
+    value = env_str("FLEET_SCENE_SHIFT")
+    if value is None:
+        return None
+    try:
+        dx, dy = (float(part) for part in value.split(","))
+    except ValueError:
+        raise _bad("FLEET_SCENE_SHIFT", value, "expected two numbers in metres, dx,dy (e.g. 0.06,0)") from None
+    if max(abs(dx), abs(dy)) > 0.2:
+        raise _bad("FLEET_SCENE_SHIFT", value, "each shift must lie within ±0.2 m (the table)")
+    return dx, dy
+
+
+FLEET_SCENE_SHIFT = _scene_shift()
 # An actor's claim on its robot expires this long after its last renewal (a killed worker's robot is freed).
 FLEET_LEASE_SECONDS = env_number("FLEET_LEASE_SECONDS", 20.0, kind=float, min_value=1.0)
 # A finished episode the database does not take (it is restarting, failing over) is retried with back-off for this
@@ -442,6 +458,9 @@ if LEARNER_ALGORITHM not in learner_defaults.ALGORITHMS:
     raise _bad("LEARNER_ALGORITHM", LEARNER_ALGORITHM, f"expected one of {', '.join(learner_defaults.ALGORITHMS)}")
 # RECAP: gradient steps that fit the value function before it is frozen.
 LEARNER_RECAP_VALUE_STEPS = env_number("LEARNER_RECAP_VALUE_STEPS", learner_defaults.RECAP_VALUE_STEPS, min_value=1)
+# RECAP: a new run waits for this many online episodes of its base version per task the fleet runs before it fits
+# its value function (fitted on demonstrations alone, it sees only successes); 0: fit at once.
+LEARNER_RECAP_BASE_ROLLOUTS = env_number("LEARNER_RECAP_BASE_ROLLOUTS", 10, min_value=0, max_value=10_000)
 LEARNER_BATCH_SIZE = env_number("LEARNER_BATCH_SIZE", learner_defaults.BATCH_SIZE, min_value=1, max_value=65536)
 LEARNER_LR = env_number("LEARNER_LR", learner_defaults.LR, kind=float, min_value=1e-7, max_value=1.0)
 # The learner task trains for this long, saves its state and re-queues itself (Celery time limits apply per slice).

@@ -42,10 +42,11 @@ def test_the_learner_publishes_versions_that_actors_then_run(start_worker, fleet
     robot = fleet_with_base
     bus.client().delete(LEASE_KEY)
     start_worker("actors", queues="actors", FLEET_REALTIME_FACTOR=0, **LEARNER_ENV)
-    start_worker("learner", queues="learner,default,control", LEARNER_ALGORITHM=algorithm, **LEARNER_ENV)
-    control.start(robot, olivia)
-    wait_for(lambda: Episode.objects.filter(robot=robot).exists(), 60, "a base-policy rollout (RECAP's value data)")
+    # RECAP's run starts before any rollout and waits for three of the base version before it fits its value.
+    start_worker("learner", queues="learner,default,control", LEARNER_ALGORITHM=algorithm,
+                 LEARNER_RECAP_BASE_ROLLOUTS=3, **LEARNER_ENV)
     call_command("learner", "start", "--as", "olivia", "--algorithm", algorithm, stdout=io.StringIO())
+    control.start(robot, olivia)
 
     wait_for(lambda: PolicyVersion.objects.filter(number__gte=2, state="deployed").exists(), 120,
              "the learner to publish and (continuous mode) deploy version 2")
@@ -57,6 +58,9 @@ def test_the_learner_publishes_versions_that_actors_then_run(start_worker, fleet
     wait_for(lambda: TrainingMetric.objects.exists(), 60, "the learner's first metrics (every 50 steps)")
     metric = TrainingMetric.objects.order_by("-step").first()
     assert metric.samples_per_second > 0 and "pick-place-v3" in metric.tasks
+    if algorithm == "recap":  # no step before the third base rollout was stored
+        third = Episode.objects.filter(policy_version__number=1).order_by("created_at")[2]
+        assert TrainingMetric.objects.order_by("created_at").first().created_at > third.created_at
     w_on = metric.tasks["pick-place-v3"]["w_on"]
     assert 0.2 <= w_on <= 0.8 and w_on != 0.5  # the resampler moved the share from its start, within its clip
     control.stop(robot, olivia)

@@ -50,6 +50,11 @@ def run_setup(tmp_path, code=SETUP, **env):
     ("REVIEW_RENDER_RATE_LIMIT", "lots", "expected an integer"),
     ("EXPORT_RATE_WINDOW", "0", "in [1.0, 604800.0]"),
     ("REVIEW_EXPORTS_PER_USER", "0", "in [1, 100]"),
+    ("FLEET_SCENE_SHIFT", "0.06", "expected two numbers in metres"),
+    ("FLEET_SCENE_SHIFT", "0.5,0", "within ±0.2 m"),
+    ("LEARNER_STEPS_PER_ROBOT_SECOND", "-5", "expected a value"),
+    ("LEARNER_RECAP_BASE_ROLLOUTS", "some", "expected an integer"),
+    ("EXPERIMENTS_REDIS_DB", "16", "in [0, 15]"),
 ])
 def test_a_bad_value_stops_start_up_naming_the_variable(tmp_path, name, value, message):
     result = run_setup(tmp_path, **{name: value})

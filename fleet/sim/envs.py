@@ -56,6 +56,7 @@ class SimTask:
     name: str
     env: object
     expert: object
+    scene_shift: tuple[float, float] | None = None  # metres (shift_scene); None: the training scenes
 
     @property
     def dt(self) -> float:
@@ -105,8 +106,10 @@ def load_metaworld():
     return ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE, metaworld.policies
 
 
-def make_task(env_name: str, render_mode: str | None = None) -> SimTask:
-    """Build the environment for a Meta-World v3 task name (e.g. `pick-place-v3`)."""
+def make_task(env_name: str, render_mode: str | None = None,
+              scene_shift: tuple[float, float] | None = None) -> SimTask:
+    """Build the environment for a Meta-World v3 task name (e.g. `pick-place-v3`); `scene_shift` moves its object
+    and goal ranges (shift_scene)."""
     environments, experts = load_metaworld()
     try:
         env_cls = environments[f"{env_name}-goal-observable"]
@@ -120,4 +123,22 @@ def make_task(env_name: str, render_mode: str | None = None) -> SimTask:
     # Sample the object and goal positions from the env's own seeded RNG at every reset.
     env._freeze_rand_vec = False
     env.seeded_rand_vec = True
-    return SimTask(name=env_name, env=env, expert=expert)
+    task = SimTask(name=env_name, env=env, expert=expert)
+    if scene_shift:
+        shift_scene(task, *scene_shift)
+    return task
+
+
+def shift_scene(task: SimTask, dx: float, dy: float) -> None:
+    """A deployment site unlike the training one: every object and goal position the task samples (its random
+    reset space, one x, y, z triple per object or goal) moves by (dx, dy) metres on the table. The task, its
+    scripted expert and its success test are unchanged; the same seed gives the same layout, shifted."""
+    from gymnasium.spaces import Box
+
+    space = task.env._random_reset_space
+    if space.shape[0] % 3:
+        raise ValueError(f"{task.name}: its reset space is not made of x, y, z triples")
+    offset = np.zeros(space.shape, dtype=space.low.dtype)
+    offset[0::3], offset[1::3] = dx, dy
+    task.env._random_reset_space = Box(space.low + offset, space.high + offset, dtype=space.low.dtype)
+    task.scene_shift = (float(dx), float(dy))
