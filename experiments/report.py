@@ -73,6 +73,8 @@ def arm_summary(arm: str, records: list[dict]) -> dict:
                   "final": r["evaluations"][-1]["success"], "time_to_threshold": t,
                   "budget": r["budget"]} for r, t in zip(records, reached)],
         "curve": curve, "series": series, "tasks": tasks, "shift": shift,
+        "guided": {beta: statistics.mean(r["evaluations"][-1]["success_guided"][beta] for r in records)
+                   for beta in records[0]["evaluations"][-1].get("success_guided", {})},
         "base": _interval([b["success"] for b in base], _pooled(base[0])),
         "final": _interval([f["success"] for f in final], _pooled(final[0])),
         "gain_points": _interval(gains),
@@ -134,6 +136,10 @@ def findings(sweep: str, arms: list[dict]) -> list[str]:
                 extra = f"; lowest task {worst:.2f} (target ≥ 0.9 every task)" if "HG" in name else ""
                 out.append(f"{name}: {g:+.0f} points of mean autonomous success (target ≥ +{points}: "
                            f"{'met' if g >= points else 'missed'}){extra}.")
+                if a.get("guided"):
+                    best = max(a["guided"], key=lambda k: a["guided"][k])
+                    out.append(f"{name} with guidance: β = 1 {a['final']['mean']:.2f}; best {best} "
+                               f"{a['guided'][best]:.2f} (the last version, mean over repeats).")
         if "BC, equal expert frames" in by_name and "SOP + HG-DAgger" in by_name:
             bc, hg = by_name["BC, equal expert frames"], by_name["SOP + HG-DAgger"]
             out.append(f"Offline BC given HG-DAgger's expert frames reaches {bc['final']['mean']:.2f} against "

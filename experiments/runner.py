@@ -247,13 +247,15 @@ def accounting(spec: dict, phase: dict) -> dict:
     }
 
 
-def _evaluate_one(path: str, sha256: str, task: str, episodes: int, scene_shift=None) -> tuple[int, int]:
+def _evaluate_one(path: str, sha256: str, task: str, episodes: int, scene_shift=None,
+                  guidance=None) -> tuple[int, int]:
     """One kept version on one task's held-out seeds (a pool process: Django-free)."""
     from learner.evaluation import evaluate
     from learner.policy import load_checkpoint
 
     shift = tuple(scene_shift) if scene_shift else None
-    score = evaluate(load_checkpoint(Path(path), sha256), [task], episodes, scene_shift=shift)[task]
+    score = evaluate(load_checkpoint(Path(path), sha256), [task], episodes, scene_shift=shift,
+                     guidance=guidance)[task]
     return score.successes, score.episodes
 
 
@@ -276,29 +278,31 @@ def evaluate_kept(spec: dict, kept: list[dict], workers: int) -> list[dict]:
     version and run: learner.evaluation.held_out_seeds)."""
     import multiprocessing
 
-    # (version, condition, task): every task on the training scenes; with a shift, the online tasks on the new ones.
-    conditions = [("tasks", task, None) for task in spec["tasks"]]
+    # (version, condition, task, shift, beta): every task on the training scenes; with a shift, the online tasks on
+    # the new ones; with RECAP's guidance, the last version at each beta.
+    conditions = [("tasks", task, None, None) for task in spec["tasks"]]
     if spec["scene_shift"]:
-        conditions += [("shifted", task, spec["scene_shift"]) for task in spec["online_tasks"] or spec["tasks"]]
-    work = [(version, condition, task, shift) for version in kept for condition, task, shift in conditions]
+        conditions += [("shifted", task, spec["scene_shift"], None) for task in spec["online_tasks"] or spec["tasks"]]
+    work = [(version, *condition) for version in kept for condition in conditions]
+    work += [(kept[-1], f"beta={beta:g}", task, None, beta) for beta in spec["guidance"] for task in spec["tasks"]]
     jobs = {}
     if workers == 1 or len(work) * spec["eval_episodes"] <= 50:  # a pool's start (torch and Meta-World imported
-        for version, condition, task, shift in work:             # again) would cost more than it saves
+        for version, condition, task, shift, beta in work:       # again) would cost more than it saves
             jobs[(version["number"], condition, task)] = _Done(_evaluate_one(
-                version["path"], version["sha256"], task, spec["eval_episodes"], shift))
+                version["path"], version["sha256"], task, spec["eval_episodes"], shift, beta))
     else:
         # Spawned, not forked: this process has run torch (pretraining), and a forked child can hang in its locks.
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for version, condition, task, shift in work:
+            for version, condition, task, shift, beta in work:
                 jobs[(version["number"], condition, task)] = pool.submit(
-                    _evaluate_one, version["path"], version["sha256"], task, spec["eval_episodes"], shift)
+                    _evaluate_one, version["path"], version["sha256"], task, spec["eval_episodes"], shift, beta)
     evaluations = []
     for version in kept:
         entry = {k: version[k] for k in ("number", "train_steps", "robot_seconds")}
-        for condition in dict.fromkeys(c for c, _, _ in conditions):
-            entry[condition] = {task: dict(zip(("successes", "episodes"),
-                                               jobs[(version["number"], condition, task)].result()))
-                                for c, task, _ in conditions if c == condition}
+        for condition in dict.fromkeys(w[1] for w in work if w[0] is version):
+            entry[condition] = {w[2]: dict(zip(("successes", "episodes"),
+                                               jobs[(version["number"], condition, w[2])].result()))
+                                for w in work if w[0] is version and w[1] == condition}
         # The headline: mean autonomous success over the tasks the fleet runs online, on the training scenes; with
         # a shift, also on the new site's scenes, and the tasks never run online (the skills to be kept).
         online = spec["online_tasks"] or spec["tasks"]
@@ -307,6 +311,8 @@ def evaluate_kept(spec: dict, kept: list[dict], workers: int) -> list[dict]:
             entry["success_shifted"] = _mean_rate(entry["shifted"], online)
             if kept_tasks := [t for t in spec["tasks"] if t not in online]:
                 entry["success_not_online"] = _mean_rate(entry["tasks"], kept_tasks)
+        if guided := {key: _mean_rate(entry[key], online) for key in entry if key.startswith("beta=")}:
+            entry["success_guided"] = guided
         evaluations.append(entry)
     return evaluations
 

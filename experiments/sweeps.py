@@ -42,12 +42,12 @@ def defaults(quick: bool) -> dict:
                 "online": True, "robot_minutes": 0.4, "pace": 1.0, "learner_rate": 40.0, "publish_every": 200,
                 "eval_every": 2, "eval_episodes": 2, "fixed_online_share": None, "resampler_scale": "raw",
                 "match_expert_frames_of": None, "online_tasks": None, "shift_at_minutes": None, "scene_shift": None,
-                "recap_base_rollouts": 1}
+                "recap_base_rollouts": 1, "guidance": []}
     return {"tasks": tasks, "robots": 4, "algorithm": "hg_dagger", "base_demos": 5, "base_steps": 3000,
             "online": True, "robot_minutes": 30.0, "pace": 1.0, "learner_rate": 100.0, "publish_every": 2500,
             "eval_every": 6, "eval_episodes": 20, "fixed_online_share": None, "resampler_scale": "raw",
             "match_expert_frames_of": None, "online_tasks": None, "shift_at_minutes": None, "scene_shift": None,
-            "recap_base_rollouts": 10}
+            "recap_base_rollouts": 10, "guidance": []}
 
 
 def _arms(quick: bool, *arms: tuple[str, dict]) -> list[dict]:
@@ -59,7 +59,8 @@ def sweep(name: str, quick: bool = False) -> list[dict]:
     """The arms of a sweep, in report order."""
     if name == "gains":
         return _arms(quick, ("SOP + HG-DAgger", {"algorithm": "hg_dagger"}),
-                     ("SOP + RECAP", {"algorithm": "recap"}),
+                     # The last version is also evaluated with classifier-free guidance at these betas.
+                     ("SOP + RECAP", {"algorithm": "recap", "guidance": [1.5, 2.0, 3.0]}),
                      ("SOP + BC on successes", {"algorithm": "bc"}),
                      # Offline behaviour cloning on as many expert-labelled frames as HG-DAgger's runs took from the
                      # expert: the gain is then down to where the labels came from, not how many there were.

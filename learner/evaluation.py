@@ -38,15 +38,17 @@ def held_out_seeds(episodes_per_task: int, seed_offset: int = 0) -> range:
 
 
 def evaluate(policy, tasks: list[str], episodes_per_task: int, seed_offset: int = 0,
-             scene_shift: tuple[float, float] | None = None) -> dict[str, TaskScore]:
+             scene_shift: tuple[float, float] | None = None, guidance: float | None = None) -> dict[str, TaskScore]:
     """Run the policy alone (no expert, no operator) on the held-out seeds `held_out_seeds` gives, the same for
     every task and every policy: success is autonomous success. `scene_shift` evaluates on shifted scenes
-    (fleet.sim.envs.shift_scene)."""
+    (fleet.sim.envs.shift_scene); `guidance` sets a RECAP policy's beta (learner.policy.MLPPolicy.guidance)."""
     from fleet.sim.actor import run_episode
     from fleet.sim.envs import make_task
     from fleet.sim.gate import Gate, GateConfig
 
     seeds = held_out_seeds(episodes_per_task, seed_offset)
+    if guidance is not None:
+        policy.guidance = guidance
     scores = {}
     for name in tasks:
         sim = make_task(name, scene_shift=scene_shift)

@@ -65,6 +65,10 @@ class MLPPolicy(nn.Module):
         layers.append(nn.Linear(width, config.action_dim))
         return nn.Sequential(*layers)
 
+    guidance = 1.0
+    """RECAP at inference (policies with the indicator): beta of classifier-free guidance; 1 acts with the positive
+    indicator alone. Not part of the checkpoint: an evaluation or a robot sets it."""
+
     def set_normalization(self, observations: np.ndarray) -> None:
         self.obs_mean.copy_(torch.as_tensor(observations.mean(axis=0), dtype=torch.float32))
         self.obs_std.copy_(torch.as_tensor(observations.std(axis=0) + 1e-6, dtype=torch.float32))
@@ -113,6 +117,11 @@ class MLPPolicy(nn.Module):
             raise KeyError(f"this policy was not trained on task {task!r}")
         obs_t = torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0)
         ids = torch.tensor([self._task_index[task]])
+        if self.config.indicator and self.guidance != 1.0:
+            # RECAP's classifier-free guidance: a_null + beta (a_positive - a_null), within the action bounds.
+            positive = self.forward(obs_t, ids, torch.full_like(ids, INDICATOR_POSITIVE))
+            null = self.forward(obs_t, ids, torch.full_like(ids, INDICATOR_NULL))
+            return torch.clamp(null + self.guidance * (positive - null), -1.0, 1.0)[0].numpy()
         return self.forward(obs_t, ids)[0].numpy()
 
 

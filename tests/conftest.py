@@ -413,9 +413,9 @@ def pytest_collection_modifyitems(items):
 
 # The longest modules, longest first (about a minute or more each in `make test`'s log, --durations): started
 # first, so that the short ones fill the gaps at the end. Only the balance of the streams depends on this list.
-LONGEST_MODULES = ["test_experiments", "test_faults", "test_actors", "test_governance_stack", "test_learner_stack", "test_demo",
-                   "test_browser", "test_robot_client", "test_review_browser", "test_embedded", "test_websocket",
-                   "test_permission_matrix", "test_review_render"]
+LONGEST_MODULES = ["test_experiments", "test_faults", "test_actors", "test_governance_stack", "test_learner_stack",
+                   "test_demo", "test_browser", "test_robot_client", "test_review_browser", "test_embedded",
+                   "test_websocket", "test_permission_matrix", "test_review_render"]
 
 
 def order_modules_by_weight(items: list) -> None:

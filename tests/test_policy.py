@@ -46,3 +46,23 @@ def test_a_truncated_checkpoint_is_refused(policy, tmp_path):
 def test_an_unknown_task_is_a_clear_error(policy):
     with pytest.raises(KeyError, match="not trained on task 'drawer-open-v3'"):
         policy.select_action(np.zeros(39, np.float32), "drawer-open-v3")
+
+
+def test_recap_guidance_extrapolates_from_the_null_to_the_positive_action():
+    from learner.policy import INDICATOR_NULL, INDICATOR_POSITIVE
+
+    torch.manual_seed(3)
+    policy = MLPPolicy(PolicyConfig(tasks=["pick-place-v3"], indicator=True)).eval()
+    for parameter in policy.parameters():  # an indicator that matters (with_indicator starts it at zero)
+        torch.nn.init.normal_(parameter, std=0.3)
+    obs = np.linspace(-1, 1, 39).astype(np.float32)
+    obs_t, ids = torch.as_tensor(obs).unsqueeze(0), torch.tensor([0])
+    with torch.inference_mode():
+        positive = policy(obs_t, ids, torch.tensor([INDICATOR_POSITIVE]))[0].numpy()
+        null = policy(obs_t, ids, torch.tensor([INDICATOR_NULL]))[0].numpy()
+    assert not np.allclose(positive, null)
+    assert np.allclose(policy.select_action(obs, "pick-place-v3"), positive, atol=1e-6)  # beta = 1
+    policy.guidance = 0.0
+    assert np.allclose(policy.select_action(obs, "pick-place-v3"), null, atol=1e-6)
+    policy.guidance = 2.0
+    assert np.allclose(policy.select_action(obs, "pick-place-v3"), np.clip(2 * positive - null, -1, 1), atol=1e-6)

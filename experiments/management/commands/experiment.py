@@ -52,7 +52,10 @@ class Command(BaseCommand):
         if not 1 <= repeats <= 50:
             raise CommandError("--repeats must lie in 1..50")
         if action == "report":
-            arms = [(spec["arm"], self.cached(spec, repeats)) for spec in sweeps.sweep(sweep, quick)]
+            done: dict[str, list[dict]] = {}
+            for spec in sweeps.sweep(sweep, quick):  # in order: an arm may take figures from one before it
+                done[spec["arm"]] = self.cached(spec, repeats, done)
+            arms = list(done.items())
             if not any(records for _, records in arms):
                 raise CommandError(f"no finished runs of {store.sweep_name(sweep, quick)} yet: "
                                    f"`manage.py experiment run --sweep {sweep}{' --quick' if quick else ''}`")
