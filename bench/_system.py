@@ -5,10 +5,10 @@ from __future__ import annotations
 import io
 import os
 import statistics
-import time
 from pathlib import Path
 
 from experiments import processes
+from experiments.processes import wait_until  # noqa: F401  (the benchmarks' import)
 from fleet import control
 
 # name -> (queues, concurrency): the Procfile's workers, for four robots (`default` does only beat's light work
@@ -69,12 +69,3 @@ def describe_rates(rates: list[float]) -> str:
 def cpu_table(usage: dict[str, float], seconds: float) -> str:
     """CPU seconds per process group and as a share of one core over `seconds` of wall time."""
     return "  ".join(f"{name} {cpu:,.0f} s ({100 * cpu / seconds:.0f} %)" for name, cpu in usage.items())
-
-
-def wait_until(condition, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(interval)
-    raise SystemExit(f"timed out after {timeout:g} s waiting for {what}")

@@ -9,7 +9,21 @@ import sys
 from django.conf import settings
 
 from experiments.processes import ROOT
-from experiments.runner import database_url
+
+
+def database_url(name: str) -> str:
+    """A URL for database `name` on the product's PostgreSQL server, with the product's credentials and connection
+    options (sslmode and the like)."""
+    from urllib.parse import quote, urlencode
+
+    db = settings.DATABASES["default"]
+    auth = quote(db["USER"] or "") + (":" + quote(db["PASSWORD"]) if db["PASSWORD"] else "")
+    query = {k: v for k, v in db["OPTIONS"].items() if k not in ("pool", "prepare_threshold")}
+    host = db["HOST"] or ""
+    if host.startswith("/"):  # a unix socket directory
+        query["host"], host = host, ""
+    port = f":{db['PORT']}" if db["PORT"] else ""
+    return f"postgresql://{auth}@{host}{port}/{quote(name)}" + (f"?{urlencode(query)}" if query else "")
 
 
 def _admin():

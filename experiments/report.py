@@ -35,19 +35,21 @@ def _interval(values: list[float], pooled: tuple[int, int] | None = None) -> dic
     return {"mean": mean, "low": low, "high": high, "n": len(values)}
 
 
-def _pooled(evaluation: dict) -> tuple[int, int]:
-    return (sum(s["successes"] for s in evaluation["tasks"].values()),
-            sum(s["episodes"] for s in evaluation["tasks"].values()))
+def _pooled(evaluation: dict, tasks: list[str]) -> tuple[int, int]:
+    """The episodes behind an evaluation's headline success (the tasks the fleet runs online), pooled."""
+    return (sum(evaluation["tasks"][t]["successes"] for t in tasks),
+            sum(evaluation["tasks"][t]["episodes"] for t in tasks))
 
 
 def arm_summary(arm: str, records: list[dict]) -> dict:
     spec = records[0]["spec"]
+    online = spec["online_tasks"] or spec["tasks"]
     points = min(len(r["evaluations"]) for r in records)  # repeats publish on the same clock: same points
     curve = []
     for i in range(points):
         evals = [r["evaluations"][i] for r in records]
         curve.append({"robot_seconds": statistics.mean(e["robot_seconds"] for e in evals),
-                      "success": _interval([e["success"] for e in evals], _pooled(evals[0]))})
+                      "success": _interval([e["success"] for e in evals], _pooled(evals[0], online))})
     reached = [time_to_threshold(r["evaluations"]) for r in records]
     base = [r["evaluations"][0] for r in records]
     final = [r["evaluations"][-1] for r in records]
@@ -75,8 +77,8 @@ def arm_summary(arm: str, records: list[dict]) -> dict:
         "curve": curve, "series": series, "tasks": tasks, "shift": shift,
         "guided": {beta: statistics.mean(r["evaluations"][-1]["success_guided"][beta] for r in records)
                    for beta in records[0]["evaluations"][-1].get("success_guided", {})},
-        "base": _interval([b["success"] for b in base], _pooled(base[0])),
-        "final": _interval([f["success"] for f in final], _pooled(final[0])),
+        "base": _interval([b["success"] for b in base], _pooled(base[0], online)),
+        "final": _interval([f["success"] for f in final], _pooled(final[0], online)),
         "gain_points": _interval(gains),
         "time_to_threshold": {"reached": sum(t is not None for t in reached), "of": len(reached),
                               "budget_seconds": spec["robot_minutes"] * 60,

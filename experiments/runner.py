@@ -24,26 +24,11 @@ VALID_WITHIN = 0.05  # a run whose robots or learner fell more than 5 % short of
 WORKERS = {"actors": "actors", "learner": "learner", "default": "default", "control": "control"}
 
 
-def database_url(name: str) -> str:
-    """A URL for database `name` on the product's PostgreSQL server, with the product's credentials and connection
-    options (sslmode and the like)."""
-    from urllib.parse import quote, urlencode
-
-    from django.conf import settings
-
-    db = settings.DATABASES["default"]
-    auth = quote(db["USER"] or "") + (":" + quote(db["PASSWORD"]) if db["PASSWORD"] else "")
-    query = {k: v for k, v in db["OPTIONS"].items() if k not in ("pool", "prepare_threshold")}
-    host = db["HOST"] or ""
-    if host.startswith("/"):  # a unix socket directory
-        query["host"], host = host, ""
-    port = f":{db['PORT']}" if db["PORT"] else ""
-    return f"postgresql://{auth}@{host}{port}/{quote(name)}" + (f"?{urlencode(query)}" if query else "")
-
-
 def private_env(spec: dict, database: str, run_dir: Path) -> dict:
     """The environment of a run's child process and of every process of its system."""
     from django.conf import settings
+
+    from experiments.databases import database_url
 
     redis = urlsplit(settings.REDIS_URL)
     env = dict(os.environ)
@@ -98,31 +83,23 @@ def set_up(spec: dict, resolved: dict) -> tuple[int, int]:
     return demos, steps
 
 
-def keep(version, run_dir: Path) -> dict:
-    """Copy a version's checkpoint into the run's directory (retention may delete the original later)."""
+def keep(version, run_dir: Path, robot_seconds: float) -> dict:
+    """Copy a version's checkpoint into the run's directory (retention may delete the original later); the entry
+    `evaluate_kept` reads, with the robot time at which the version was published."""
     from django.conf import settings
 
     target = run_dir / "checkpoints" / f"v{version.number}"
     if not target.exists():
         shutil.copytree(Path(settings.STORAGE_DIR) / version.checkpoint_path, target)
     return {"number": version.number, "sha256": version.checkpoint_sha256, "path": str(target),
-            "train_steps": version.train_steps}
-
-
-def _wait_for(condition, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(interval)
-    raise RuntimeError(f"timed out after {timeout:g} s waiting for {what}")
+            "train_steps": version.train_steps, "robot_seconds": robot_seconds}
 
 
 def fleet_phase(spec: dict, run_dir: Path, env: dict, say) -> dict:
     """Run the fleet and the learner for the spec's robot time; keep every k-th published version."""
     from django.db import connection
 
-    from experiments.processes import Process
+    from experiments.processes import Process, wait_until
     from fleet import control
     from fleet.models import Robot
     from learner.loop import start_run
@@ -140,7 +117,7 @@ def fleet_phase(spec: dict, run_dir: Path, env: dict, say) -> dict:
             control.start(robot, None, reason="experiment")
         # The clock starts when every robot runs (an actor's first task imports and builds its scenes).
         running = (Robot.Status.RUNNING, Robot.Status.EXPERT)
-        _wait_for(lambda: Robot.objects.filter(status__in=running).count() == spec["robots"], 300,
+        wait_until(lambda: Robot.objects.filter(status__in=running).count() == spec["robots"], 300,
                   "every robot to run its first episode")
         run = start_run(spec["algorithm"], None, fixed_online_share=spec["fixed_online_share"],
                         resampler_scale=spec["resampler_scale"], steps_per_robot_second=spec["learner_rate"],
@@ -158,8 +135,7 @@ def fleet_phase(spec: dict, run_dir: Path, env: dict, say) -> dict:
                     .order_by("number"):
                 seen.add(version.number)
                 if (version.number - base.number) % spec["eval_every"] == 0:
-                    kept.append({**keep(version, run_dir),
-                                 "robot_seconds": _robot_seconds(t0, version.created_at, spec["pace"])})
+                    kept.append(keep(version, run_dir, _robot_seconds(t0, version.created_at, spec["pace"])))
             for process in processes:
                 process.cpu_seconds()
             elapsed = _robot_seconds(t0, now, spec["pace"])
@@ -184,8 +160,7 @@ def fleet_phase(spec: dict, run_dir: Path, env: dict, say) -> dict:
         # The newest version at the end of the clock is evaluated too (it is what the fleet ran last).
         final = PolicyVersion.objects.filter(created_at__lte=t_end).order_by("-number").first()
         if final.number != base.number and all(k["number"] != final.number for k in kept):
-            kept.append({**keep(final, run_dir), "robot_seconds": _robot_seconds(t0, final.created_at,
-                                                                                spec["pace"])})
+            kept.append(keep(final, run_dir, _robot_seconds(t0, final.created_at, spec["pace"])))
         TrainingRun.objects.get(pk=run.pk).stop(reason="the experiment's clock ran out")
         for robot in Robot.objects.all():
             control.stop(robot, None, reason="experiment's clock ran out")
@@ -263,16 +238,6 @@ def _mean_rate(scores: dict, tasks: list[str]) -> float:
     return statistics.mean(scores[t]["successes"] / scores[t]["episodes"] for t in tasks)
 
 
-class _Done:
-    """A result computed here, read like a pool's future."""
-
-    def __init__(self, value):
-        self.value = value
-
-    def result(self):
-        return self.value
-
-
 def evaluate_kept(spec: dict, kept: list[dict], workers: int) -> list[dict]:
     """Every kept version, policy alone, on `eval_episodes` held-out seeds per task (the same seeds for every
     version and run: learner.evaluation.held_out_seeds)."""
@@ -285,24 +250,24 @@ def evaluate_kept(spec: dict, kept: list[dict], workers: int) -> list[dict]:
         conditions += [("shifted", task, spec["scene_shift"], None) for task in spec["online_tasks"] or spec["tasks"]]
     work = [(version, *condition) for version in kept for condition in conditions]
     work += [(kept[-1], f"beta={beta:g}", task, None, beta) for beta in spec["guidance"] for task in spec["tasks"]]
-    jobs = {}
+    def key(item):  # (version number, condition, task)
+        return item[0]["number"], item[1], item[2]
+
     if workers == 1 or len(work) * spec["eval_episodes"] <= 50:  # a pool's start (torch and Meta-World imported
-        for version, condition, task, shift, beta in work:       # again) would cost more than it saves
-            jobs[(version["number"], condition, task)] = _Done(_evaluate_one(
-                version["path"], version["sha256"], task, spec["eval_episodes"], shift, beta))
+        results = {key(w): _evaluate_one(w[0]["path"], w[0]["sha256"], w[2], spec["eval_episodes"], w[3], w[4])
+                   for w in work}                                # again) would cost more than it saves
     else:
         # Spawned, not forked: this process has run torch (pretraining), and a forked child can hang in its locks.
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for version, condition, task, shift, beta in work:
-                jobs[(version["number"], condition, task)] = pool.submit(
-                    _evaluate_one, version["path"], version["sha256"], task, spec["eval_episodes"], shift, beta)
+            futures = {key(w): pool.submit(_evaluate_one, w[0]["path"], w[0]["sha256"], w[2], spec["eval_episodes"],
+                                           w[3], w[4]) for w in work}
+        results = {k: future.result() for k, future in futures.items()}
     evaluations = []
     for version in kept:
         entry = {k: version[k] for k in ("number", "train_steps", "robot_seconds")}
-        for condition in dict.fromkeys(w[1] for w in work if w[0] is version):
-            entry[condition] = {w[2]: dict(zip(("successes", "episodes"),
-                                               jobs[(version["number"], condition, w[2])].result()))
-                                for w in work if w[0] is version and w[1] == condition}
+        for (number, condition, task), (successes, episodes) in results.items():
+            if number == version["number"]:
+                entry.setdefault(condition, {})[task] = {"successes": successes, "episodes": episodes}
         # The headline: mean autonomous success over the tasks the fleet runs online, on the training scenes; with
         # a shift, also on the new site's scenes, and the tasks never run online (the skills to be kept).
         online = spec["online_tasks"] or spec["tasks"]
@@ -329,7 +294,7 @@ def execute(spec: dict, resolved: dict, repeat: int, run_dir: Path, say=print) -
     bus.client().flushdb()  # the run's own Redis database: queues and leases of an earlier run are gone
     base_demos, base_steps = set_up(spec, resolved)
     base = PolicyVersion.deployed()
-    kept = [{**keep(base, run_dir), "robot_seconds": 0.0}]
+    kept = [keep(base, run_dir, 0.0)]
     wall["set_up"] = time.monotonic() - started
     record = {"spec": spec, "resolved": resolved, "repeat": repeat, "demos_per_task": base_demos,
               "base_steps": base_steps, "base_version": base.number}

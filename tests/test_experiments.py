@@ -12,7 +12,7 @@ from django.urls import reverse
 
 from core.stats import mean_interval
 from experiments import report, sweeps
-from tests.conftest import ROOT, SCREENSHOTS, process_env
+from tests.conftest import ROOT, SCREENSHOTS, BrowserSession, process_env
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -234,3 +234,24 @@ def test_the_report_draws_its_figures_offline_in_chromium(chromium, quick_fleet)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "experiments-fleet-quick-report.png"), full_page=True)
     page.close()
+
+
+def test_an_operator_opens_a_sweeps_report_from_the_experiments_page(chromium, quick_fleet, start_web, olivia):
+    server = start_web(EXPERIMENTS_DIR=quick_fleet["dir"])
+    session = BrowserSession(chromium, f"http://{server.address}", "experiments-page-olivia")
+    try:
+        session.login(olivia)
+        session.page.goto(session.base_url + "/experiments/")
+        rows = session.page.locator("#sweep-fleet-quick tbody tr")
+        assert rows.count() == 3 and rows.first.locator("td").first.inner_text() == "1 robot"
+        session.screenshot("list")
+        with session.context.expect_page() as opened:
+            session.page.click("text=Open the report")
+        report_page = opened.value
+        # Served sandboxed: its inline Plotly still draws (scripts are allowed, in an opaque origin).
+        report_page.wait_for_selector("#figure-success .main-svg")
+        assert report_page.locator(".js-plotly-plot").count() == 4
+        report_page.screenshot(path=str(SCREENSHOTS / "experiments-page-olivia-report.png"), full_page=True)
+        assert not session.console_errors
+    finally:
+        session.context.close()
