@@ -6,7 +6,7 @@ BIN := $(abspath $(VENV))/bin
 WITH_SERVICES := $(BIN)/python -m sopweb.embedded run --
 export PATH := $(BIN):$(PATH)
 
-.PHONY: demo test venv system-deps services-stop clean
+.PHONY: demo test venv system-deps services-stop clean check-lerobot
 
 venv: $(VENV)/.installed
 
@@ -39,11 +39,22 @@ demo: export ROLLOUT_MODE ?= continuous
 # loopback address (accounts/demo.py).
 demo: export SOPWEB_DEMO = 1
 demo: venv system-deps
-	$(WITH_SERVICES) sh -c 'python manage.py ensure_database && python manage.py migrate --noinput && python manage.py prepare_demo && python manage.py demo_robot && exec honcho start'
+	$(WITH_SERVICES) sh -c 'python manage.py reset_metrics && python manage.py ensure_database && python manage.py migrate --noinput && python manage.py prepare_demo && python manage.py demo_robot && exec honcho start'
 
 test: venv system-deps
 	lint-imports --no-cache
 	$(WITH_SERVICES) sh bin/test-suite $(PYTEST_ARGS)
+
+# The real lerobot 0.4 opens an exported dataset (tests/lerobot_check.py). Its virtualenv is separate: lerobot pins
+# a torch of its own (requirements-lerobot.txt). Not part of `make test`.
+LEROBOT_VENV := var/lerobot-venv
+$(LEROBOT_VENV)/.installed: requirements-lerobot.txt
+	test -x $(LEROBOT_VENV)/bin/python || $(PYTHON) -m venv $(LEROBOT_VENV)
+	$(LEROBOT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-lerobot.txt
+	touch $@
+
+check-lerobot: venv system-deps $(LEROBOT_VENV)/.installed
+	LEROBOT_PYTHON=$(abspath $(LEROBOT_VENV))/bin/python $(WITH_SERVICES) python -m pytest -p no:xdist -p no:cacheprovider -s tests/lerobot_check.py
 
 services-stop:
 	$(BIN)/python -m sopweb.embedded stop

@@ -10,9 +10,6 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from pathlib import Path
-
-from django.conf import settings
 
 from core import bus
 from core.outages import Outage
@@ -34,9 +31,10 @@ class PolicyCache:
             if key in self._policies:
                 self._policies.move_to_end(key)
                 return self._policies[key]
+        from learner.checkpoint_store import local_dir
         from learner.policy import load_checkpoint
 
-        policy = load_checkpoint(Path(settings.STORAGE_DIR) / path, expected_sha256=sha256)
+        policy = load_checkpoint(local_dir(path, sha256), expected_sha256=sha256)
         with self._lock:
             self._policies[key] = policy
             self._policies.move_to_end(key)

@@ -168,7 +168,8 @@ def _plan(robot: Robot) -> _Plan | str:
     try:
         policy = cache.get(version.pk, version.checkpoint_path, version.checkpoint_sha256)
     except CheckpointError as exc:
-        log.exception("robot %s cannot load policy %s", robot.name, version)
+        log.exception("robot %s cannot load policy %s", robot.name, version,
+                      extra={"robot": robot.name, "version": version.number})
         if evaluation is not None and governance_evaluation.unloadable(evaluation, exc):
             return "candidate unloadable"  # it is rejected; the robot's next episode runs its own version
         control.heartbeat(robot, Robot.Status.IDLE)
@@ -300,7 +301,9 @@ def _store(robot: Robot, plan: _Plan, result, started_at) -> str:
     )
     if episode is None:
         return "kept"  # on disk until the database takes it (actors.outbox); its evaluation item is recorded then
-    log.info("stored episode %s of robot %s: %s, %d steps", episode.uuid, robot.name, outcome, episode.steps)
+    log.info("stored episode %s of robot %s: %s, %d steps", episode.uuid, robot.name, outcome, episode.steps,
+             extra={"robot": robot.name, "episode": str(episode.uuid), "version": plan.version.number,
+                    "task_id": episode.task_id})
     if plan.evaluation is not None:  # a worker that dies before this leaves the item to be claimed again later
         governance_evaluation.record(plan.evaluation, episode)
     return outcome

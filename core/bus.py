@@ -159,6 +159,16 @@ def rate_limit_key(scope: str, who: int | str, window: int) -> str:
     return f"sopweb:rate:{scope}:{who}:{window}"
 
 
+def rejections_key(minute: int) -> str:
+    """Episodes refused in one minute (since the epoch), every process together (core.metrics; ops.rules reads it)."""
+    return f"sopweb:rejections:{minute}"
+
+
+def rule_seen_key(rule: str, subject: int | str) -> str:
+    """The newest row an alert rule saw for a subject at its previous check (ops.rules: what arrived since)."""
+    return f"sopweb:rules:{rule}:{subject}:seen"
+
+
 class Lease:
     """At most one holder at a time (an episode per robot, one learner): a Redis key with a token and an expiry,
     renewed while running. A killed worker stops renewing, the key expires, and the work can be picked up again.

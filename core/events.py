@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 from django.db import transaction
 
@@ -25,12 +26,13 @@ def broadcast(event: str, data: dict, *, nudge: tuple[str, dict] | None = None) 
     same round trip: a worker waiting for this change (the learner for training data, actors for a version)
     hears of it before the dashboards do. A Redis failure loses the messages, not the change that caused them:
     it is logged once per outage (core.outages) and not raised; pages resynchronise when their socket comes back,
-    and the learner and actors poll what a lost nudge would have told them."""
+    and the learner and actors poll what a lost nudge would have told them. The event carries its publication time
+    ("at", seconds since the epoch): the web process measures its delivery lag (core.metrics)."""
     def send():
         with bus.client().pipeline(transaction=False) as pipe:
             if nudge is not None:
                 pipe.publish(nudge[0], json.dumps(nudge[1]))
-            pipe.publish(bus.LIVE_CHANNEL, json.dumps({"event": event, "data": data}))
+            pipe.publish(bus.LIVE_CHANNEL, json.dumps({"event": event, "data": data, "at": time.time()}))
             pipe.execute()
 
     bus.degrade(send)

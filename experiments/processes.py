@@ -32,8 +32,7 @@ class Process:
 
     @classmethod
     def beat(cls, env: dict, log_dir: Path) -> Process:
-        return cls("beat", [sys.executable, "-m", "celery", "-A", "sopweb", "beat", "--loglevel", "INFO",
-                            "--schedule", str(log_dir / "celerybeat-schedule")], env, log_dir)
+        return cls("beat", [sys.executable, "-m", "celery", "-A", "sopweb", "beat", "--loglevel", "INFO"], env, log_dir)
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system) of every process of its session so far — pool children, and the ffmpeg

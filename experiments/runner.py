@@ -36,8 +36,13 @@ def private_env(spec: dict, database: str, run_dir: Path) -> dict:
         "DATABASE_URL": database_url(database),
         "DATABASE_POOL": "0",
         "REDIS_URL": urlunsplit(redis._replace(path=f"/{settings.EXPERIMENTS_REDIS_DB}")),
+        # The run's queues on its own Redis database too, never the product's broker (same queue names).
+        "CELERY_BROKER_URL": urlunsplit(redis._replace(path=f"/{settings.EXPERIMENTS_REDIS_DB}")),
         "SOPWEB_STORAGE_DIR": str(run_dir / "storage"),
+        "STORAGE_URL": "",  # a run's files stay in its own folder, whatever the product's storage is
+        "SOPWEB_STORAGE_CACHE_DIR": str(run_dir / "cache"),
         "FLEET_OUTBOX_DIR": str(run_dir / "outbox"),
+        "PROMETHEUS_MULTIPROC_DIR": str(run_dir / "metrics"),
         "FLEET_TASKS": ",".join(spec["tasks"]),
         "FLEET_REALTIME_FACTOR": str(spec["pace"]),
         "LEARNER_STEPS_PER_ROBOT_SECOND": str(spec["learner_rate"]),

@@ -17,3 +17,4 @@ class FleetConfig(AppConfig):
     def ready(self):
         # Keeps the role groups in step with ROLES after every migrate (and after a test flush).
         post_migrate.connect(_sync_roles, sender=self, dispatch_uid="fleet.sync_roles")
+        from fleet import archive  # noqa: F401  (an archived payload's object goes with its row)

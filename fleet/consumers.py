@@ -10,7 +10,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
 from accounts import sessions
-from core import bus
+from core import bus, metrics
 from core.outages import Outage
 
 log = logging.getLogger(__name__)
@@ -233,6 +233,11 @@ def _event(raw: bytes) -> dict | None:
     return item if ok else None
 
 
+def _without_time(item: dict) -> dict:
+    """A delta as pages get it: the publication time (core.events) is the server's, for its lag metric."""
+    return {key: value for key, value in item.items() if key != "at"} if "at" in item else item
+
+
 _hubs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> its LiveHub
 HUB_CLIENT_NAME = "sopweb-live-hub"  # as CLIENT LIST shows the subscription's connection
 
@@ -285,6 +290,7 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
             return
         await self.accept()
         self.accepted = True
+        metrics.socket_opened("dashboard")
         if self.pending:  # what arrived between the subscription and the handshake's end
             await self.schedule()
 
@@ -293,6 +299,9 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
         if hub is not None:
             hub.leave(self)
         self.stop_sending()
+        if getattr(self, "accepted", False):
+            self.accepted = False
+            metrics.socket_closed("dashboard")
 
     def stop_sending(self) -> None:
         """Nothing more goes out: pending deltas and timed flushes are dropped (the socket is closing)."""
@@ -367,4 +376,5 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
         if batch:
             self.tokens -= 1
             self.last_sent = asyncio.get_running_loop().time()
-            await self.send_json({"events": batch})
+            metrics.events_sent(batch)  # each item's publication time, then the items as pages know them
+            await self.send_json({"events": [_without_time(item) for item in batch]})

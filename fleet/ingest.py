@@ -15,14 +15,17 @@ from __future__ import annotations
 import functools
 import hashlib
 import uuid as uuid_lib
+from contextlib import nullcontext
 from datetime import datetime
 from types import SimpleNamespace
 from typing import NamedTuple
 
-from django.db import IntegrityError, connection
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
 
-from core import bus
-from core.events import broadcast_on_commit
+from core import bus, metrics
+from core.events import broadcast
+from fleet import group_commit
 from fleet.models import Episode, EpisodePayload, InterventionSegment, Robot, Task, version_model
 from fleet.sim import episode_data
 from fleet.sim.gate import ANNOTATOR, GATE, OPERATOR, SOURCE_NAMES
@@ -37,7 +40,20 @@ def ingest_episode(*, uuid: str | uuid_lib.UUID, task: str, seed: int, outcome: 
                    policy_version_id: int | None = None, source: str = Episode.Source.ONLINE,
                    meta: dict | None = None, payload: bytes | None = None) -> tuple[Episode, bool]:
     """Validate and store one episode. Returns (episode, created); created is False for a repeated UUID.
-    `payload`: the arrays as a .npz already (an upload that was read from it); stored as it is, not re-encoded."""
+    `payload`: the arrays as a .npz already (an upload that was read from it); stored as it is, not re-encoded.
+    Timed and counted for Prometheus (core.metrics): a stored episode once its transaction commits, a refusal as
+    reason "invalid"."""
+    with metrics.timing(metrics.INGEST_SECONDS), (group_commit.producing() if _groupable() else nullcontext()):
+        try:
+            return _ingest(uuid, task, seed, outcome, arrays, started_at, finished_at, robot_id, policy_version_id,
+                           source, meta, payload)
+        except EpisodeRejected:
+            metrics.rejected("invalid")
+            raise
+
+
+def _ingest(uuid, task, seed, outcome, arrays, started_at, finished_at, robot_id, policy_version_id, source, meta,
+            payload) -> tuple[Episode, bool]:
     key = _check_fields(uuid, task, seed, outcome, started_at, finished_at, robot_id, policy_version_id, source)
     episode = Episode(uuid=key, robot_id=robot_id, policy_version_id=policy_version_id, source=source, seed=seed,
                       outcome=outcome, meta=meta or {}, started_at=started_at, finished_at=finished_at)
@@ -115,8 +131,15 @@ def _announce(episode: Episode, task: str) -> None:
              "steps": episode.steps,
              "intervention_steps": episode.intervention_steps, "interventions": episode.intervention_count,
              "finished_at": episode.finished_at.isoformat()}
+    succeeded = episode.outcome == Episode.Outcome.SUCCESS
+    intervened = succeeded and not episode.autonomous_success
+
+    def committed():
+        broadcast("episode.finished", event, nudge=(bus.EPISODES_CHANNEL, event))
+        metrics.episode_ingested(task, episode.source, succeeded, intervened)
+
     # Outside a transaction the INSERT has committed already and this runs at once; inside one, at its commit.
-    broadcast_on_commit("episode.finished", event, nudge=(bus.EPISODES_CHANNEL, event))
+    transaction.on_commit(committed)
 
 
 _SOURCES, _OUTCOMES = frozenset(Episode.Source.values), frozenset(Episode.Outcome.values)
@@ -157,16 +180,24 @@ def _insert(episode: Episode, task: str, payload: bytes, segments: list) -> int 
     was written because a check in the statement failed or the UUID exists."""
     from psycopg.types.json import Jsonb
 
+    params = {
+        **{column: getattr(episode, column) for column in _EPISODE_COLUMNS}, "meta": Jsonb(episode.meta),
+        "task": task, "payload": payload, "nbytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest(),
+        "segment_starts": [start for start, _, _ in segments],
+        "segment_ends": [end for _, end, _ in segments],
+        "segment_sources": [SOURCE_NAMES[code] for _, _, code in segments],
+    }
     try:
+        if _groupable() and group_commit.active() > 1:
+            # Others of this process are storing episodes now, and this one is outside a transaction of its own:
+            # it is committed with theirs. Alone, it goes straight on its own connection (no hand-off to wait for).
+            if getattr(connection, "pool", None) is not None:
+                # A pooled connection goes back while this thread waits: the writer needs one from the same pool,
+                # and callers holding theirs while they wait for it could take the last.
+                connection.close()
+            return _writer().submit(params)
         with connection.wrap_database_errors, _cursor() as cursor:
-            cursor.execute(_statements().insert, {
-                **{column: getattr(episode, column) for column in _EPISODE_COLUMNS}, "meta": Jsonb(episode.meta),
-                "task": task, "payload": payload, "nbytes": len(payload),
-                "sha256": hashlib.sha256(payload).hexdigest(),
-                "segment_starts": [start for start, _, _ in segments],
-                "segment_ends": [end for _, end, _ in segments],
-                "segment_sources": [SOURCE_NAMES[code] for _, _, code in segments],
-            }, prepare=True)
+            cursor.execute(_statements().insert, params, prepare=True)
             row = cursor.fetchone()
     except IntegrityError as exc:
         # The statement checked every reference, so only a row deleted since then fails a foreign key at commit.
@@ -219,6 +250,15 @@ def _statements() -> SimpleNamespace:
     )
 
 
+def _groupable() -> bool:
+    """Group commit may store this caller's episode: it is on, and the caller is outside a transaction of its own."""
+    return settings.INGEST_GROUP_COMMIT and not connection.in_atomic_block
+
+
+def _writer() -> group_commit.Writer:
+    return group_commit.writer(_statements().insert)
+
+
 def _cursor():
     """A psycopg cursor of Django's connection that binds parameters on the server.
 
@@ -248,4 +288,9 @@ def relabel_segments(episode: Episode, failure_step: int | None) -> int:
 
 def load_arrays(episode: Episode) -> dict:
     """The episode's arrays, read back without unpickling anything."""
-    return episode_data.decode(bytes(EpisodePayload.objects.get(episode=episode).data))
+    payload = EpisodePayload.objects.get(episode=episode)
+    if payload.data is None:  # archived (fleet.archive): from storage, checked against its sha256
+        from fleet.archive import read_archived
+
+        return episode_data.decode(read_archived(payload))
+    return episode_data.decode(bytes(payload.data))

@@ -408,12 +408,22 @@ class EpisodePayload(models.Model):
     """The episode's arrays as a compressed .npz (read with allow_pickle=False); never loaded by listings.
 
     `data` is stored EXTERNAL (migration 0008): out of line like any large value, but without PostgreSQL's own
-    compression, which can only fail on bytes that are deflated already and cost half of each insert trying."""
+    compression, which can only fail on bytes that are deflated already and cost half of each insert trying.
+    Payloads older than PAYLOAD_ARCHIVE_AFTER_DAYS move to storage (fleet.archive): `data` is then NULL and
+    `archive` names the object, whose bytes must hash to `sha256`."""
 
     episode = models.OneToOneField(Episode, primary_key=True, on_delete=models.CASCADE, related_name="payload")
-    data = models.BinaryField()
+    data = models.BinaryField(null=True)
     nbytes = models.PositiveIntegerField()
     sha256 = models.CharField(max_length=64)
+    archive = models.CharField(max_length=200, blank=True, db_default="",
+                               help_text="Its name in storage once archived (core.storage); empty while in `data`.")
+    archived_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.CheckConstraint(
+            condition=models.Q(data__isnull=False, archive="") | models.Q(data__isnull=True, archived_at__isnull=False)
+            & ~models.Q(archive=""), name="payload_in_one_place")]
 
 
 class InterventionSegment(models.Model):

@@ -11,7 +11,7 @@ ROLES = {
         "learner.view_policyversion", "core.view_auditevent", "governance.approve_rollout", "review.flag_episode",
         "review.view_episodelabel", "review.view_failuremode", "review.add_failuremode",
         "review.change_failuremode", "review.delete_failuremode", "review.download_any_export",
-        "accounts.manage_users",
+        "accounts.manage_users", "ops.manage_webhooks",
     ],
     "annotators": [
         "fleet.view_task", "fleet.view_episode", "review.view_episodelabel", "review.label_episode",

@@ -37,6 +37,16 @@ def sweep_robots() -> int:
     return marked + _restart_orphaned_robots()
 
 
+@shared_task(name="fleet.archive_payloads", soft_time_limit=1800, time_limit=1900)
+def archive_payloads() -> dict:
+    """Beat, hourly: move old episode payloads from PostgreSQL to storage (fleet.archive), a batch at a time."""
+    if settings.PAYLOAD_ARCHIVE_AFTER_DAYS <= 0:
+        return {"archived": 0, "bytes": 0, "failed": 0}
+    from fleet.archive import archive_payloads as archive
+
+    return archive()
+
+
 def _restart_orphaned_robots() -> int:
     """Started robots whose actor died mid-episode: once the lease expired and nobody heartbeats, run again."""
     quiet_since = timezone.now() - timedelta(seconds=settings.FLEET_LEASE_SECONDS)

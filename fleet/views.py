@@ -51,6 +51,7 @@ def navigation(request):
         ("review.label_episode", "Review", "review-queue"),
         ("review.flag_episode", "My flags", "review-flags"),
         ("accounts.manage_users", "Users", "users"),
+        ("ops.manage_webhooks", "Webhooks", "webhooks"),
     ]
     nav = [{"label": label, "url": reverse(name), "name": name} for perm, label, name in items if user.has_perm(perm)]
     # Pages of users who may watch the fleet open the live socket (static/js/live.js); others never try. With

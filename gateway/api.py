@@ -16,6 +16,7 @@ from ninja.errors import ValidationError as NinjaValidationError
 from ninja.security import HttpBearer
 from pydantic import AwareDatetime, Field
 
+from core import metrics
 from gateway import assignment, credentials, limits, uploads
 from gateway.errors import ApiError
 
@@ -45,8 +46,16 @@ def error(status: int, code: str, detail: str, headers: dict | None = None) -> J
     return response
 
 
+def _upload_refused(request, code: str) -> None:
+    """An episode upload refused here counts as an ingestion rejection, by its error code (one refused by
+    ingestion's own validation, code "rejected", was counted there)."""
+    if request.method == "PUT" and "/episodes/" in request.path and code != "rejected":
+        metrics.rejected(code)
+
+
 @api.exception_handler(ApiError)
 def _api_error(request, exc: ApiError):
+    _upload_refused(request, exc.code)
     return error(exc.status, exc.code, exc.detail, exc.headers)
 
 
@@ -62,6 +71,7 @@ def _invalid(request, exc: NinjaValidationError):
     for item in exc.errors:
         where = ".".join(str(p) for p in item.get("loc", ()) if p not in ("body", "query", "path", "payload"))
         parts.append(f"{where}: {item.get('msg', 'invalid')}" if where else str(item.get("msg", "invalid")))
+    _upload_refused(request, "invalid")
     return error(422, "invalid", "; ".join(parts) or "invalid request")
 
 
@@ -82,7 +92,9 @@ class VersionOut(Schema):
     sha256: str = Field(description="SHA-256 of the checkpoint bundle (config.json, then the weights)")
     size: int = Field(description="Bytes of the bundle")
     config_size: int = Field(description="Bytes of config.json at the bundle's start; the weights follow")
-    url: str
+    url: str = Field(description="Where to download the bundle: this API's checkpoint endpoint (send the token), or "
+                                 "on object storage a presigned URL of another origin (send no token; it expires "
+                                 "after STORAGE_URL_SECONDS, so take it from a fresh assignment)")
 
 
 class TaskOut(Schema):
@@ -180,6 +192,8 @@ def checkpoint(request, robot_id: int, number: int):
          openapi_extra={"requestBody": {"required": True, "content": {
              "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
 def put_episode(request, episode_uuid: str, params: Query[EpisodeParams]):
+    # Django's ASGI handler runs each request's synchronous code on a thread of its own, so uploads from several
+    # robots to one web process are ingested side by side and committed together (fleet.group_commit).
     body = uploads.read_body(request)
     meta = _meta(params.meta)
     episode, created = uploads.accept(request.robot, episode_uuid, params.dict(), meta, body)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from pathlib import Path
 
 from django.conf import settings
 from django.core.cache import cache
@@ -22,7 +21,7 @@ from fleet import control
 from fleet.models import Robot
 from gateway.errors import ApiError
 from governance.models import EvaluationItem
-from learner.checkpoints import CONFIG_FILE, WEIGHTS_FILE
+from learner import checkpoint_store
 from learner.models import PolicyVersion
 
 log = logging.getLogger(__name__)
@@ -57,7 +56,8 @@ def of(robot: Robot) -> dict:
     try:
         described = None if version is None else _describe(robot, version)
     except ApiError as exc:  # its checkpoint is gone: the robot idles, but still hears its commands
-        log.error("robot %s is assigned v%d, which cannot be served: %s", robot.name, version.number, exc.detail)
+        log.error("robot %s is assigned v%d, which cannot be served: %s", robot.name, version.number, exc.detail,
+                  extra={"robot": robot.name, "version": version.number})
         described = None
     return {
         "robot": summary(robot),
@@ -73,8 +73,11 @@ def _describe(robot: Robot, version: PolicyVersion) -> dict:
     if version.checkpoint_removed_at is not None:
         raise ApiError(404, "not_found", f"retention removed the checkpoint of v{version.number}")
     config_size, size = bundle_sizes(version)
+    # On object storage the robot downloads straight from the bucket (presigned, byte ranges kept); else from us.
+    url = (checkpoint_store.bundle_url(version.checkpoint_path)
+           or reverse("api-v1:checkpoint", kwargs={"robot_id": robot.pk, "number": version.number}))
     return {"number": version.number, "sha256": version.checkpoint_sha256, "size": size, "config_size": config_size,
-            "url": reverse("api-v1:checkpoint", kwargs={"robot_id": robot.pk, "number": version.number})}
+            "url": url}
 
 
 def next_episode(robot: Robot) -> dict:
@@ -132,19 +135,13 @@ def assigned_versions(robot: Robot, since=None) -> set[int]:
     return ids
 
 
-def _bundle_paths(version: PolicyVersion) -> tuple[Path, Path]:
-    root = Path(settings.STORAGE_DIR) / version.checkpoint_path
-    return root / CONFIG_FILE, root / WEIGHTS_FILE
-
-
 def bundle_sizes(version: PolicyVersion) -> tuple[int, int]:
     """(config bytes, bundle bytes) of the version's checkpoint, cached: checkpoints never change."""
     key = f"gateway:bundle:{version.checkpoint_sha256}"
     sizes = cache.get(key)
     if sizes is None:
-        config, weights = _bundle_paths(version)
         try:
-            sizes = (config.stat().st_size, config.stat().st_size + weights.stat().st_size)
+            sizes = checkpoint_store.sizes(version.checkpoint_path)
         except FileNotFoundError:
             raise ApiError(404, "not_found", f"the checkpoint of v{version.number} is gone from storage") from None
         cache.set(key, sizes, None)
@@ -167,9 +164,8 @@ def checkpoint_response(request, robot: Robot, number: int) -> HttpResponse:
         raise ApiError(404, "not_found", f"retention removed the checkpoint of v{number}")
     if request.headers.get("If-None-Match") == f'"{version.checkpoint_sha256}"':
         return ranged_response(request, b"", "application/octet-stream", etag=version.checkpoint_sha256)  # 304
-    config, weights = _bundle_paths(version)
     try:
-        data = config.read_bytes() + weights.read_bytes()
+        data = checkpoint_store.read_bundle(version.checkpoint_path)
     except FileNotFoundError:
         raise ApiError(404, "not_found", f"the checkpoint of v{number} is gone from storage") from None
     if version.checkpoint_sha256 not in _verified:  # checkpoints never change: hashed once per process

@@ -19,7 +19,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from core import bus
+from core import bus, metrics
 from core.outages import Outage
 from gateway import assignment, credentials
 
@@ -111,6 +111,7 @@ class RobotHub:
 class RobotConsumer(AsyncJsonWebsocketConsumer):
     robot_id: int | None = None
     token_key: str | None = None
+    joined = False
 
     async def connect(self):
         headers = dict(self.scope.get("headers", ()))
@@ -142,6 +143,8 @@ class RobotConsumer(AsyncJsonWebsocketConsumer):
         except Exception:
             await self.close(CLOSE_UNAVAILABLE)
             return
+        self.joined = True
+        metrics.socket_opened("robot")
         await self._send_assignment()
 
     async def receive_json(self, content, **kwargs):
@@ -177,3 +180,6 @@ class RobotConsumer(AsyncJsonWebsocketConsumer):
     async def disconnect(self, code):
         if self.robot_id is not None:
             RobotHub.current().leave(self)
+        if self.joined:
+            self.joined = False
+            metrics.socket_closed("robot")

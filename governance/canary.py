@@ -25,5 +25,6 @@ def check_canaries() -> dict:
         except IllegalTransition as exc:  # promoted or rolled back by a supervisor in the meantime
             log.info("canary check: %s", exc)
             return {rollout.version.number: "decided meanwhile"}
-        log.warning("rolled back the canary of %s automatically: %s", rollout.version, analysis["overall"])
+        log.warning("rolled back the canary of %s automatically: %s", rollout.version, analysis["overall"],
+                    extra={"version": rollout.version.number})
     return {rollout.version.number: analysis["verdict"]}

@@ -332,5 +332,6 @@ def roll_back_automatically(rollout: Rollout, analysis: dict) -> Alert:
     with transaction.atomic():
         roll_back(rollout.version, None, reason=reason, analysis=analysis)
         alert = Alert.raise_alert(f"{rollout.version} was rolled back automatically. {reason[len('automatic: '):]}.",
-                                  version=rollout.version, details={"canary": analysis})
+                                  version=rollout.version, details={"canary": analysis},
+                                  kind=Alert.Kind.AUTO_ROLLBACK, subject=f"v{rollout.version.number}")
     return alert

@@ -6,8 +6,9 @@ decisions that move it, with their side effects on robots and rollouts, are in g
 """
 from __future__ import annotations
 
+import django.dispatch
 from django.conf import settings
-from django.db import models
+from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from core.audit import apply_transition
@@ -176,9 +177,40 @@ class EvaluationItem(models.Model):
         return f"v{self.version.number} on {self.task} seed {self.seed}"
 
 
+# Sent once an alert's row has committed: kwargs alert, change ("fired" or "resolved"). Outgoing webhooks listen
+# (ops/apps.py); governance does not know them.
+alert_changed = django.dispatch.Signal()
+
+
+def _announce(alert: Alert, change: str) -> None:
+    """alert_changed to every receiver; one that fails (a broker away) is logged and fails neither the others nor
+    whoever raised the alert."""
+    import logging
+
+    for receiver, result in alert_changed.send_robust(sender=Alert, alert=alert, change=change):
+        if isinstance(result, Exception):
+            logging.getLogger(__name__).error("alert %s %s: %s failed: %r", alert.pk, change, receiver, result)
+
+
 class Alert(models.Model):
     """Something every dashboard must show until a supervisor acknowledges it (e.g. an automatic rollback).
-    Sent live as an "alert" event when raised; pages loaded later render the active ones."""
+    Sent live as an "alert" event when raised; pages loaded later render the active ones.
+
+    An alert of a rule (ops.rules: a success drop, a silent robot, ...) is an incident: at most one is open per rule
+    and subject (a task, a robot, a queue), it fires once, and it resolves itself (resolved_at) when the condition
+    clears; a later recurrence is a new incident. Events (an automatic rollback, an unloadable checkpoint) fire once
+    and have nothing to resolve."""
+
+    class Kind(models.TextChoices):
+        OTHER = "other", "other events (e.g. a checkpoint that cannot be loaded)"
+        AUTO_ROLLBACK = "auto_rollback", "canary rolled back automatically"
+        SUCCESS_DROP = "success_drop", "autonomous success dropped"
+        ROBOT_SILENT = "robot_silent", "robot silent"
+        LEARNER_IDLE = "learner_idle", "learner publishes nothing"
+        INGEST_REJECTIONS = "ingest_rejections", "episodes rejected"
+        QUEUE_BACKLOG = "queue_backlog", "queue backlog"
+
+    EVENT_KINDS = (Kind.OTHER, Kind.AUTO_ROLLBACK)
 
     class Level(models.TextChoices):
         ERROR = "error", "error"
@@ -192,6 +224,11 @@ class Alert(models.Model):
     message = models.TextField()
     level = models.CharField(max_length=8, choices=Level.choices, default=Level.ERROR)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    kind = models.CharField(max_length=24, choices=Kind.choices, default=Kind.OTHER)
+    subject = models.CharField(max_length=200, blank=True, default="",
+                               help_text="What the incident is about: a task, a robot, a queue ('' for the fleet).")
+    details = models.JSONField(default=dict, blank=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
     version = models.ForeignKey("learner.PolicyVersion", null=True, blank=True, on_delete=models.CASCADE,
                                 related_name="alerts")
     created_at = models.DateTimeField(default=timezone.now)
@@ -202,18 +239,58 @@ class Alert(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["status", "-created_at"])]
+        constraints = [models.UniqueConstraint(
+            fields=["kind", "subject"], name="one_open_incident_per_rule_and_subject",
+            condition=models.Q(resolved_at__isnull=True) & ~models.Q(kind__in=["other", "auto_rollback"]))]
 
     def __str__(self) -> str:
         return f"alert {self.pk}: {self.message[:60]}"
 
     @classmethod
-    def raise_alert(cls, message: str, level: str = Level.ERROR, version=None, details: dict | None = None) -> Alert:
+    def raise_alert(cls, message: str, level: str = Level.ERROR, version=None, details: dict | None = None,
+                    kind: str = Kind.OTHER, subject: str = "") -> Alert:
         from core.events import broadcast_on_commit
 
-        alert = cls.objects.create(message=message, level=level, version=version)
-        AuditEvent.record(None, "alert.raise", alert, reason=message, details=details or {})
-        broadcast_on_commit("alert", {"message": message, "level": level, "alert": alert.pk})
+        alert = cls.objects.create(message=message, level=level, version=version, kind=kind, subject=subject,
+                                   details=details or {})
+        AuditEvent.record(None, "alert.raise", alert, reason=message, details={"kind": kind, "subject": subject,
+                                                                             **(details or {})})
+        broadcast_on_commit("alert", {"message": message, "level": level, "alert": alert.pk, "kind": kind})
+        transaction.on_commit(lambda: _announce(alert, "fired"))
         return alert
+
+    @classmethod
+    def open_incident(cls, kind: str, subject: str, message: str, level: str = Level.ERROR,
+                      details: dict | None = None) -> Alert | None:
+        """Fire the rule's incident for `subject` unless one is open already (then None): once per incident, even
+        when two checks race (the partial unique constraint decides)."""
+        if cls.objects.filter(kind=kind, subject=subject, resolved_at__isnull=True).exists():
+            return None
+        try:
+            with transaction.atomic():
+                return cls.raise_alert(message, level=level, details=details, kind=kind, subject=subject)
+        except IntegrityError:
+            return None
+
+    @classmethod
+    def open_incidents(cls, kind: str) -> dict[str, Alert]:
+        return {alert.subject: alert for alert in cls.objects.filter(kind=kind, resolved_at__isnull=True)}
+
+    def resolve(self, reason: str, details: dict | None = None) -> bool:
+        """The rule's condition cleared: the incident ends (audited, heard live and by webhooks). False if it had
+        ended already."""
+        from core.events import broadcast_on_commit
+
+        with transaction.atomic():
+            ended = Alert.objects.filter(pk=self.pk, resolved_at__isnull=True).update(resolved_at=timezone.now())
+            if not ended:
+                return False
+            self.refresh_from_db(fields=["resolved_at"])
+            AuditEvent.record(None, "alert.resolve", self, reason=reason,
+                              details={"kind": self.kind, "subject": self.subject, **(details or {})})
+            broadcast_on_commit("alert.resolved", {"alert": self.pk, "message": reason})
+            transaction.on_commit(lambda: _announce(self, "resolved"))
+        return True
 
     def acknowledge(self, actor, reason: str = "") -> AuditEvent:
         from core.events import broadcast_on_commit

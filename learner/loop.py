@@ -21,7 +21,8 @@ import redis
 from django.conf import settings
 from django.db import transaction
 
-from core import bus
+from core import bus, storage
+from core import metrics as prometheus
 from core.events import broadcast
 from core.models import AuditEvent
 from core.outages import Outage
@@ -70,6 +71,9 @@ def start_run(algorithm: str | None = None, actor=None, **overrides) -> Training
                   steps_per_robot_second=settings.LEARNER_STEPS_PER_ROBOT_SECOND,
                   robot_pace=settings.FLEET_REALTIME_FACTOR or 1.0)
     config = LearnerConfig(**{**fields, **overrides})  # what the caller names wins over the settings
+    if config.batch_size % settings.LEARNER_WORLD_SIZE:
+        raise ValueError(f"a batch of {config.batch_size} does not split evenly among the "
+                         f"{settings.LEARNER_WORLD_SIZE} processes of the data-parallel learner")
     base = PolicyVersion.deployed() or PolicyVersion.objects.order_by("-number").first()
     if base is None:
         raise ValueError("there is no policy version to post-train: pretrain a base policy first")
@@ -83,8 +87,12 @@ def start_run(algorithm: str | None = None, actor=None, **overrides) -> Training
 
 
 def _enqueue() -> None:
-    """Queue the next slice, superseding any slice queued before it (see the module's docstring)."""
+    """Queue the next slice, superseding any slice queued before it (see the module's docstring). A data-parallel
+    learner (LEARNER_WORLD_SIZE > 1) runs its slices one after another itself: nothing is queued."""
     import uuid
+
+    if settings.LEARNER_WORLD_SIZE > 1:
+        return
 
     from learner.tasks import train
 
@@ -273,26 +281,75 @@ def _pretrain_then_fold(trainer, cursor: EpisodeCursor, labels: LabelSync, lease
 
 def _load_or_build(run: TrainingRun):
     """The run's trainer, and whether it was resumed from saved state (else it starts from the base version)."""
+    from learner.checkpoint_store import local_dir
     from learner.policy import load_checkpoint
     from learner.trainer import LearnerConfig, Trainer
 
-    if run.state_path and (Path(settings.STORAGE_DIR) / run.state_path / "state.json").exists():
+    saved = _saved_state(run)
+    if saved is not None:
         # The buffer is not part of the saved state: the caller rebuilds it from the table, once.
-        trainer, _ = Trainer.load(Path(settings.STORAGE_DIR) / run.state_path, device())
-        return trainer, True
+        trainer, _ = Trainer.load(saved, device())
+        return _joined(trainer), True
     base = run.base_version
-    policy = load_checkpoint(Path(settings.STORAGE_DIR) / base.checkpoint_path, base.checkpoint_sha256)
+    policy = load_checkpoint(local_dir(base.checkpoint_path, base.checkpoint_sha256), base.checkpoint_sha256)
     trainer = Trainer(policy, LearnerConfig(**run.config), device())
     trainer.version = base.number
-    return trainer, False
+    return _joined(trainer), False
+
+
+def _joined(trainer):
+    """In a data-parallel group (learner.distributed), every rank gets a replica of a trainer rank 0 builds."""
+    if settings.LEARNER_WORLD_SIZE > 1:
+        from learner import distributed
+
+        if (group := distributed.current()) is not None:
+            group.attach(trainer)
+    return trainer
+
+
+STATE_FILES = ("state.safetensors", "state.json")
+
+
+def _state_cache(run: TrainingRun) -> Path:
+    return Path(settings.STORAGE_CACHE_DIR) / "learner" / f"run-{run.pk}"
+
+
+def _saved_state(run: TrainingRun) -> Path | None:
+    """A local folder holding the run's saved state, or None when it has none. On object storage the state is
+    fetched, whichever host saved it: the learner may resume on another one."""
+    if not run.state_path:
+        return None
+    local = storage.local_path(run.state_path)
+    if local is not None:
+        return local if (local / "state.json").exists() else None
+    cache = _state_cache(run)
+    try:
+        for name in STATE_FILES:
+            storage.download(f"{run.state_path}/{name}", cache / name)
+    except FileNotFoundError:
+        return None
+    return cache
 
 
 def _save(trainer, run: TrainingRun, cursor: EpisodeCursor) -> None:
-    run.state_path = run.state_path or f"learner/run-{run.pk}"
-    trainer.save(Path(settings.STORAGE_DIR) / run.state_path, extra={"episode_cursor": cursor.high})
+    """Save the resumable state. In a folder: swapped in atomically (Trainer.save). On object storage: written under
+    a new name per save and then pointed at from the row, so a crash mid-upload leaves the previous state whole."""
+    extra = {"episode_cursor": cursor.high}
+    previous = run.state_path
+    if storage.remote():
+        cache = _state_cache(run)
+        trainer.save(cache, extra=extra)
+        run.state_path = f"learner/run-{run.pk}/step-{trainer.step}"
+        for name in STATE_FILES:
+            storage.upload(f"{run.state_path}/{name}", cache / name)
+    else:
+        run.state_path = previous if previous and "/step-" not in previous else f"learner/run-{run.pk}"
+        trainer.save(storage.local_path(run.state_path), extra=extra)
     run.episode_cursor = cursor.high
     TrainingRun.objects.filter(pk=run.pk).update(state_path=run.state_path, step=trainer.step,
                                                  episode_cursor=cursor.high)
+    if previous and previous != run.state_path and storage.remote():
+        storage.delete_folder(previous)
 
 
 def _publish(trainer, run: TrainingRun, cursor: EpisodeCursor) -> PolicyVersion:
@@ -464,11 +521,14 @@ def _take_news(trainer, cursor: EpisodeCursor, labels: LabelSync, pubsub, last_l
 def _record_metrics(run: TrainingRun, trainer, metrics: dict, samples_per_second: float,
                     resumed_from: int | None = None) -> None:
     sizes, extra = trainer.buffer.sizes(), trainer.algorithm.task_stats()
+    shares = trainer.resampler.stats()
+    prometheus.learner_window(samples_per_second, metrics["loss"], metrics["staleness_mean"],
+                              {task: stats["w_on"] for task, stats in shares.items()})
     metric = TrainingMetric.objects.create(
         run=run, step=trainer.step, loss=metrics["loss"], samples_per_second=samples_per_second,
         staleness_mean=metrics["staleness_mean"], staleness_max=metrics["staleness_max"],
         tasks={task: {**stats, **extra.get(task, {}), "buffer": sizes[task]}
-               for task, stats in trainer.resampler.stats().items()},
+               for task, stats in shares.items()},
         resumed_from=resumed_from,
     )
     broadcast("learner.metrics", metric.point())
@@ -508,6 +568,7 @@ def _train_until(deadline: float, run: TrainingRun, trainer, cursor: EpisodeCurs
             _fold(trainer, cursor, labels)
             continue
         window_samples += trainer.config.batch_size
+        prometheus.learner_step()
         if trainer.step % METRICS_EVERY == 0:
             now = time.monotonic()
             _record_metrics(run, trainer, metrics, window_samples / max(now - window_start, 1e-6), resumed_from)
@@ -519,4 +580,4 @@ def _train_until(deadline: float, run: TrainingRun, trainer, cursor: EpisodeCurs
             _save(trainer, run, cursor)  # state first: a crash after this publishes the next version afresh
             last_save = time.monotonic()
             version = _publish(trainer, run, cursor)
-            log.info("published %s at step %d", version, trainer.step)
+            log.info("published %s at step %d", version, trainer.step, extra={"version": version.number})

@@ -4,7 +4,7 @@ from __future__ import annotations
 from django.db import models
 from django.utils import timezone
 
-from core import locks
+from core import locks, metrics
 from core.audit import IllegalTransition, apply_transition
 from core.events import broadcast_on_commit
 from core.models import AuditEvent
@@ -45,7 +45,7 @@ class PolicyVersion(models.Model):
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
     algorithm = models.CharField(max_length=32, help_text="bc, hg_dagger, recap, ...")
     config = models.JSONField(default=dict, blank=True)
-    checkpoint_path = models.CharField(max_length=500, help_text="Relative to SOPWEB_STORAGE_DIR.")
+    checkpoint_path = models.CharField(max_length=500, help_text="Its name in storage (core.storage).")
     checkpoint_sha256 = models.CharField(max_length=64)
     checkpoint_removed_at = models.DateTimeField(
         null=True, blank=True, help_text="When retention deleted the checkpoint's files (learner.retention); the "
@@ -97,15 +97,13 @@ def publish_version(policy, *, algorithm: str, config: dict, parent: PolicyVersi
     take the same number; a crash between the files and the row leaves only an unreferenced directory.
     """
     import uuid
-    from pathlib import Path
 
-    from django.conf import settings
     from django.db import transaction
 
-    from learner.policy import save_checkpoint
+    from learner import checkpoint_store
 
     path = f"policies/{uuid.uuid4().hex}"
-    sha = save_checkpoint(policy, Path(settings.STORAGE_DIR) / path)
+    sha = checkpoint_store.write(policy, path)
     with transaction.atomic():
         locks.hold(locks.PUBLISH)
         number = (PolicyVersion.objects.aggregate(models.Max("number"))["number__max"] or 0) + 1
@@ -114,6 +112,7 @@ def publish_version(policy, *, algorithm: str, config: dict, parent: PolicyVersi
         AuditEvent.record(None, "version.publish", version,
                           details={"algorithm": algorithm, "parent": parent.number if parent else None})
         broadcast_on_commit("version.state", {"version": version.pk, "number": number, "state": version.state})
+        transaction.on_commit(metrics.version_published)
     return version
 
 

@@ -16,15 +16,16 @@ run finds (it lists the checkpoint directory, which retention keeps small) and d
 from __future__ import annotations
 
 import logging
-import shutil
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 from django.conf import settings
 from django.db import models, transaction
 from django.utils import timezone
 
+from core import storage
 from core.locks import rollout_lock
 from fleet.models import Robot
+from learner import checkpoint_store
 from learner.models import PolicyVersion, TrainingRun
 from learner.signals import checkpoints_needed
 
@@ -66,9 +67,9 @@ def prune_checkpoints(keep_last: int | None = None, keep_fleet: int | None = Non
 
 
 def delete_removed_files() -> int:
-    """Delete the directories under storage/policies/ that belong to removed versions only. Returns how many."""
-    root = Path(settings.STORAGE_DIR) / CHECKPOINT_DIR
-    present = {f"{CHECKPOINT_DIR}/{entry.name}": entry for entry in root.iterdir()} if root.is_dir() else {}
+    """Delete the checkpoint folders under policies/ (in storage) that belong to removed versions only. Returns how
+    many."""
+    present = set(storage.folders(CHECKPOINT_DIR))
     if not present:
         return 0
     removed = set(PolicyVersion.objects.filter(checkpoint_path__in=present)
@@ -80,9 +81,8 @@ def delete_removed_files() -> int:
         if PurePosixPath(path).parts != (CHECKPOINT_DIR, PurePosixPath(path).name):
             continue  # only ever policies/<name>, the form publish_version writes
         try:
-            entry = present[path]
-            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            checkpoint_store.delete(path)
             deleted += 1
-        except OSError:
+        except Exception:  # noqa: BLE001 — the next run tries again; the row already says removed
             log.exception("could not delete the removed checkpoint %s", path)
     return deleted

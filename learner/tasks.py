@@ -23,6 +23,8 @@ def ensure_running() -> bool:
     from learner.loop import LEASE_KEY, _enqueue
     from learner.models import TrainingRun
 
+    if settings.LEARNER_WORLD_SIZE > 1:  # the learner service loops by itself (learner.distributed)
+        return False
     if not TrainingRun.objects.filter(status=TrainingRun.Status.ACTIVE).exists():
         return False
     if bus.client().exists(LEASE_KEY, bus.LEARNER_QUEUED_KEY):

@@ -83,6 +83,7 @@ class Trainer:
         self.step = 0
         self.version = 0  # number of the version this learner's weights descend from / last published
         self.samples = {"online": 0, "offline": 0, "intervention": 0}
+        self.parallel = None  # learner.distributed.Group on rank 0 of a data-parallel group (Group.attach)
 
     def add_episode(self, task: str, source: str, arrays: dict, version: int, max_steps: int = 500,
                     episode_id: int = -1) -> int:
@@ -110,19 +111,23 @@ class Trainer:
             parts.append(sample)
             groups.append((task, source, count))
         batch = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-        tensors = {
-            "obs": torch.as_tensor(batch["obs"], device=self.device),
-            "target": torch.as_tensor(batch["target"], device=self.device),
-            "task": torch.as_tensor(batch["task"], device=self.device),
-            "flag": torch.as_tensor(batch["flag"], device=self.device),
-        }
-        per_sample = self.algorithm.per_sample_loss(self.policy, tensors)
-        loss = per_sample.mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-
-        per_sample = per_sample.detach().cpu().numpy()
+        if self.parallel is not None:  # every rank a share of this batch, gradients averaged (learner.distributed)
+            per_sample = self.parallel.step(batch, self.optimizer)
+            loss = float(per_sample.mean())
+        else:
+            tensors = {
+                "obs": torch.as_tensor(batch["obs"], device=self.device),
+                "target": torch.as_tensor(batch["target"], device=self.device),
+                "task": torch.as_tensor(batch["task"], device=self.device),
+                "flag": torch.as_tensor(batch["flag"], device=self.device),
+            }
+            per_sample = self.algorithm.per_sample_loss(self.policy, tensors)
+            mean = per_sample.mean()
+            self.optimizer.zero_grad(set_to_none=True)
+            mean.backward()
+            self.optimizer.step()
+            loss = float(mean.detach())
+            per_sample = per_sample.detach().cpu().numpy()
         offset, online_versions = 0, []
         for task, source, count in groups:
             self.resampler.record(task, source, per_sample[offset:offset + count].mean())
@@ -134,7 +139,7 @@ class Trainer:
         self.resampler.update()
         self.step += 1
         staleness = self.version - np.concatenate(online_versions) if online_versions else np.zeros(0)
-        return {"loss": float(loss.detach()), "staleness_mean": float(staleness.mean()) if staleness.size else None,
+        return {"loss": loss, "staleness_mean": float(staleness.mean()) if staleness.size else None,
                 "staleness_max": int(staleness.max()) if staleness.size else None}
 
     # --- resume --------------------------------------------------------------------------------------

@@ -1,11 +1,15 @@
-"""Labelled episodes as a LeRobot dataset (format v2.1), so the data leaves the product in a form that
-robot-learning tools read (https://github.com/huggingface/lerobot, `LeRobotDataset`):
+"""Labelled episodes as a LeRobot dataset, so the data leaves the product in a form that robot-learning tools read
+(https://github.com/huggingface/lerobot, `LeRobotDataset`). Format v3.0 by default (lerobot 0.4 and later):
 
-    meta/info.json            codebase_version, fps, features (dtype, shape, names), paths, totals, splits
-    meta/tasks.jsonl          {"task_index", "task"} per task
-    meta/episodes.jsonl       {"episode_index", "tasks", "length"} + this product's label and provenance
-    meta/episodes_stats.jsonl per-episode min / max / mean / std / count of every feature
-    data/chunk-000/episode_000000.parquet   one row per step
+    meta/info.json            codebase_version "v3.0", fps, features (dtype, shape, names), paths, totals, splits
+    meta/tasks.parquet        the task strings (as the pandas index) and their task_index
+    meta/episodes/chunk-000/file-000.parquet   one row per episode: where its frames are, its statistics, and this
+                              product's label and provenance (extra columns)
+    meta/stats.json           min / max / mean / std / count and the q01-q99 quantiles of every feature
+    data/chunk-000/file-000.parquet            one row per step, many episodes per file (a new file past 100 MB)
+
+Format v2.1 (`version="v2.1"`, for tools that still read it) keeps one parquet file per episode and JSON-lines
+metadata (meta/tasks.jsonl, meta/episodes.jsonl with the label and provenance, meta/episodes_stats.jsonl).
 
 `action` is the training target: the action taken, except in a relabelled episode's failing segment, where it is
 the scripted expert's correction (`intervention` true, `intervention_source` 3 = annotator). What the robot
@@ -25,9 +29,13 @@ from fleet.sim import gate
 from fleet.sim.envs import ACTION_DIM, CONTROL_DT, OBS_DIM
 from review.models import EpisodeLabel
 
-CODEBASE_VERSION = "v2.1"
+VERSIONS = ("v3.0", "v2.1")
 CHUNK_SIZE = 1000
-DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
+DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"  # v2.1
+V3_DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+V3_EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+DATA_FILE_MB = 100  # lerobot's default data_files_size_in_mb: a new data file once one holds this much
+QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
 ACTION_NAMES = {"motors": ["dx", "dy", "dz", "gripper"]}
 # intervention_source codes as names, by code (fleet.sim.gate's table, plus the policy's own code)
 SOURCE_NAMES = [{gate.POLICY: "policy", **gate.SOURCE_NAMES}[code] for code in range(len(gate.SOURCE_NAMES) + 1)]
@@ -94,62 +102,172 @@ def _stats(columns: dict) -> dict:
     for name, values in columns.items():
         data = values.reshape(len(values), -1).astype(np.float64)
         stats[name] = {"min": data.min(0).tolist(), "max": data.max(0).tolist(), "mean": data.mean(0).tolist(),
-                       "std": data.std(0).tolist(), "count": [len(values)]}
+                       "std": data.std(0).tolist(), "count": [len(values)],
+                       **{key: np.quantile(data, q, axis=0).tolist() for key, q in QUANTILES.items()}}
     return stats
 
 
-def export_dataset(labels, out_dir: Path, progress: Callable[[int], None] | None = None) -> dict:
-    """Write the labelled episodes (EpisodeLabel rows, in the given order) as a dataset under `out_dir`, which
-    must not exist yet. An excluded episode, if asked for, is written as recorded. `progress`, if given, is told
-    how many episodes are written after each one. Returns the info.json dict."""
-    import pyarrow.parquet as pq
-
+def export_dataset(labels, out_dir: Path, progress: Callable[[int], None] | None = None,
+                   version: str = "v3.0") -> dict:
+    """Write the labelled episodes (EpisodeLabel rows, in the given order) as a dataset of format `version` under
+    `out_dir`, which must not exist yet. An excluded episode, if asked for, is written as recorded. `progress`, if
+    given, is told how many episodes are written after each one. Returns the info.json dict."""
+    if version not in VERSIONS:
+        raise ValueError(f"unknown LeRobot format {version!r}: {', '.join(VERSIONS)}")
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise FileExistsError(f"{out_dir} already exists: export into a new folder")
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "meta").mkdir(parents=True)
+    writer = _write_v30 if version == "v3.0" else _write_v21
+    info = writer(labels, tmp, progress)
+    (tmp / "meta" / "info.json").write_text(json.dumps(info, indent=2))
+    (tmp / "README.md").write_text(__doc__)
+    tmp.rename(out_dir)
+    return info
+
+
+def _provenance(label, episode_index: int) -> dict:
+    """This product's label and provenance of one exported episode."""
+    episode = label.episode
+    return {
+        "episode_index": episode_index, "tasks": [episode.task.env_name], "length": episode.steps,
+        "source_episode_id": episode.pk, "source_episode_uuid": str(episode.uuid), "seed": episode.seed,
+        "outcome": episode.outcome, "source": episode.source,
+        "policy_version": episode.policy_version.number if episode.policy_version else None,
+        "robot": episode.robot.name if episode.robot else None,
+        "failure_mode": label.failure_mode, "failure_step": label.failure_step,
+        "disposition": label.disposition, "notes": label.notes,
+        "annotator": label.annotator.get_username() if label.annotator else None,
+        "labelled_at": label.updated_at.isoformat(),
+    }
+
+
+def _episodes(labels, progress):
+    """(index, label, columns) of each exported episode, with its task's index; the frames counted as they go."""
     tasks: dict[str, int] = {}
-    episodes, stats_lines, total_frames = [], [], 0
+    total_frames = 0
     for episode_index, label in enumerate(labels):
         episode = label.episode
         arrays = load_arrays(episode)
         training = label.training_arrays(arrays) or arrays
         task_index = tasks.setdefault(episode.task.env_name, len(tasks))
-        columns = _columns(arrays, training, episode_index, task_index, total_frames)
-        path = tmp / DATA_PATH.format(episode_chunk=episode_index // CHUNK_SIZE, episode_index=episode_index)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(_table(columns), path)
-        episodes.append({
-            "episode_index": episode_index, "tasks": [episode.task.env_name], "length": episode.steps,
-            "source_episode_id": episode.pk, "source_episode_uuid": str(episode.uuid), "seed": episode.seed,
-            "outcome": episode.outcome, "source": episode.source,
-            "policy_version": episode.policy_version.number if episode.policy_version else None,
-            "robot": episode.robot.name if episode.robot else None,
-            "failure_mode": label.failure_mode, "failure_step": label.failure_step,
-            "disposition": label.disposition, "notes": label.notes,
-            "annotator": label.annotator.get_username() if label.annotator else None,
-            "labelled_at": label.updated_at.isoformat(),
-        })
-        stats_lines.append({"episode_index": episode_index, "stats": _stats(columns)})
+        yield episode_index, label, _columns(arrays, training, episode_index, task_index, total_frames), tasks
         total_frames += episode.steps
         if progress is not None:
             progress(episode_index + 1)
-    info = {
-        "codebase_version": CODEBASE_VERSION, "robot_type": "sawyer", "total_episodes": len(episodes),
-        "total_frames": total_frames, "total_tasks": len(tasks), "total_videos": 0,
-        "total_chunks": (len(episodes) + CHUNK_SIZE - 1) // CHUNK_SIZE, "chunks_size": CHUNK_SIZE,
-        "fps": round(1 / CONTROL_DT), "splits": {"train": f"0:{len(episodes)}"}, "data_path": DATA_PATH,
-        "video_path": None, "features": features(),
-    }
-    (tmp / "meta" / "info.json").write_text(json.dumps(info, indent=2))
+
+
+def _info(version: str, episodes: int, frames: int, tasks: int) -> dict:
+    common = {"codebase_version": version, "robot_type": "sawyer", "total_episodes": episodes,
+              "total_frames": frames, "total_tasks": tasks, "chunks_size": CHUNK_SIZE, "fps": round(1 / CONTROL_DT),
+              "splits": {"train": f"0:{episodes}"}, "video_path": None, "features": features()}
+    if version == "v2.1":
+        return {**common, "total_videos": 0, "total_chunks": (episodes + CHUNK_SIZE - 1) // CHUNK_SIZE,
+                "data_path": DATA_PATH}
+    return {**common, "data_files_size_in_mb": DATA_FILE_MB, "video_files_size_in_mb": 200,
+            "data_path": V3_DATA_PATH}
+
+
+def _write_v21(labels, tmp: Path, progress) -> dict:
+    import pyarrow.parquet as pq
+
+    episodes, stats_lines, total_frames, tasks = [], [], 0, {}
+    for episode_index, label, columns, tasks in _episodes(labels, progress):
+        path = tmp / DATA_PATH.format(episode_chunk=episode_index // CHUNK_SIZE, episode_index=episode_index)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(_table(columns), path)
+        episodes.append(_provenance(label, episode_index))
+        stats_lines.append({"episode_index": episode_index, "stats": _stats(columns)})
+        total_frames += len(columns["index"])
     _jsonl(tmp / "meta" / "tasks.jsonl", [{"task_index": i, "task": t} for t, i in tasks.items()])
     _jsonl(tmp / "meta" / "episodes.jsonl", episodes)
     _jsonl(tmp / "meta" / "episodes_stats.jsonl", stats_lines)
-    (tmp / "README.md").write_text(__doc__)
-    tmp.rename(out_dir)
-    return info
+    return _info("v2.1", len(episodes), total_frames, len(tasks))
+
+
+def _write_v30(labels, tmp: Path, progress) -> dict:
+    """Many episodes per data file (streamed with one ParquetWriter, a new file past DATA_FILE_MB), one row per
+    episode in the episodes file, the dataset's statistics aggregated from the episodes' as lerobot does."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows, per_episode, tasks = [], [], {}
+    writer, file_index, file_bytes, total_frames = None, 0, 0, 0
+    try:
+        for episode_index, label, columns, tasks in _episodes(labels, progress):
+            table = _table(columns)
+            if writer is not None and file_bytes + table.nbytes > DATA_FILE_MB * 1024 * 1024:
+                writer.close()
+                writer, file_index, file_bytes = None, file_index + 1, 0
+            chunk_index, file_in_chunk = divmod(file_index, CHUNK_SIZE)
+            if writer is None:
+                path = tmp / V3_DATA_PATH.format(chunk_index=chunk_index, file_index=file_in_chunk)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                writer = pq.ParquetWriter(path, table.schema)
+            writer.write_table(table)
+            file_bytes += table.nbytes
+            stats = _stats(columns)
+            per_episode.append(stats)
+            length = len(columns["index"])
+            rows.append({**_provenance(label, episode_index), "data/chunk_index": chunk_index,
+                         "data/file_index": file_in_chunk, "dataset_from_index": total_frames,
+                         "dataset_to_index": total_frames + length, "meta/episodes/chunk_index": 0,
+                         "meta/episodes/file_index": 0,
+                         **{f"stats/{name}/{key}": value for name, feature in stats.items()
+                            for key, value in feature.items()}})
+            total_frames += length
+    finally:
+        if writer is not None:
+            writer.close()
+    episodes_path = tmp / V3_EPISODES_PATH.format(chunk_index=0, file_index=0)
+    episodes_path.parent.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows), episodes_path)
+    _write_tasks(tmp / "meta" / "tasks.parquet", tasks)
+    (tmp / "meta" / "stats.json").write_text(json.dumps(_aggregate(per_episode)))
+    return _info("v3.0", len(rows), total_frames, len(tasks))
+
+
+def _write_tasks(path: Path, tasks: dict[str, int]) -> None:
+    """meta/tasks.parquet as lerobot writes it with pandas: the task strings are the frame's index (stored as the
+    `task` column and named in the pandas metadata), `task_index` its one column, rows in task_index order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ordered = sorted(tasks.items(), key=lambda item: item[1])
+    pandas_meta = {
+        "index_columns": ["task"],
+        "column_indexes": [{"name": None, "field_name": None, "pandas_type": "unicode", "numpy_type": "object",
+                            "metadata": {"encoding": "UTF-8"}}],
+        "columns": [{"name": "task_index", "field_name": "task_index", "pandas_type": "int64", "numpy_type": "int64",
+                     "metadata": None},
+                    {"name": "task", "field_name": "task", "pandas_type": "unicode", "numpy_type": "object",
+                     "metadata": None}],
+        "creator": {"library": "pyarrow", "version": pa.__version__}, "pandas_version": "2.2.3",
+    }
+    table = pa.table({"task_index": pa.array([index for _, index in ordered], pa.int64()),
+                      "task": pa.array([task for task, _ in ordered], pa.string())})
+    pq.write_table(table.replace_schema_metadata({b"pandas": json.dumps(pandas_meta).encode()}), path)
+
+
+def _aggregate(per_episode: list[dict]) -> dict:
+    """The dataset's statistics from its episodes': exact min, max, mean and (population) std from the counts;
+    each quantile the count-weighted mean of the episodes' quantiles, as lerobot aggregates them."""
+    out = {}
+    for name in per_episode[0] if per_episode else ():
+        counts = np.array([e[name]["count"][0] for e in per_episode], np.float64)
+        means = np.array([e[name]["mean"] for e in per_episode])
+        stds = np.array([e[name]["std"] for e in per_episode])
+        weights = counts[:, None] / counts.sum()
+        mean = (means * weights).sum(0)
+        variance = ((stds ** 2 + (means - mean) ** 2) * weights).sum(0)
+        out[name] = {"min": np.min([e[name]["min"] for e in per_episode], 0).tolist(),
+                     "max": np.max([e[name]["max"] for e in per_episode], 0).tolist(),
+                     "mean": mean.tolist(), "std": np.sqrt(variance).tolist(), "count": [int(counts.sum())],
+                     **{key: (np.array([e[name][key] for e in per_episode]) * weights).sum(0).tolist()
+                        for key in QUANTILES}}
+    return out
 
 
 def _jsonl(path: Path, rows: list[dict]) -> None:

@@ -68,3 +68,8 @@ class ExportForm(forms.Form):
                                                           EpisodeLabel.Disposition.RELABEL],
         widget=forms.CheckboxSelectMultiple,
         help_text="Excluded episodes are left out unless ticked.")
+    format = forms.ChoiceField(choices=[("v3.0", "LeRobot v3.0 (lerobot 0.4 and later)"),
+                                        ("v2.1", "LeRobot v2.1 (older tools)")], initial="v3.0", required=False)
+
+    def clean_format(self) -> str:
+        return self.cleaned_data["format"] or "v3.0"  # a request that names none gets the current format

@@ -54,7 +54,8 @@ def render_ahead(episode_ids) -> int:
     return len(episode_ids)
 
 
-def request_export(user, *, task: Task | None, dispositions: list[str], episodes: int) -> DatasetExport:
+def request_export(user, *, task: Task | None, dispositions: list[str], episodes: int,
+                   format: str = "v3.0") -> DatasetExport:
     """Queue a dataset export of `user`'s on the `background` queue. ExportLimitReached while the user has
     REVIEW_EXPORTS_PER_USER exports queued or running, RateLimited past EXPORT_RATE_LIMIT; nothing is queued then."""
     limit = settings.REVIEW_EXPORTS_PER_USER
@@ -62,6 +63,7 @@ def request_export(user, *, task: Task | None, dispositions: list[str], episodes
     ratelimit.hit("export", user.pk, limit=settings.EXPORT_RATE_LIMIT, window=settings.EXPORT_RATE_WINDOW,
                   what="exports")
     with transaction.atomic():
-        export = DatasetExport.create_for(user, task=task, dispositions=dispositions, episodes=episodes, limit=limit)
+        export = DatasetExport.create_for(user, task=task, dispositions=dispositions, episodes=episodes, limit=limit,
+                                          format=format)
         transaction.on_commit(lambda: export_dataset.delay(export.pk))
     return export

@@ -15,7 +15,7 @@ from django.db import IntegrityError, models, transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
-from core import bus, locks
+from core import bus, locks, storage
 from core.audit import IllegalTransition, apply_transition
 from core.events import broadcast_on_commit
 from core.models import AuditEvent
@@ -344,10 +344,18 @@ class RenderQueueFull(Exception):
 # (20 renders of about a minute and a half each under the demo's load).
 RENDER_ABANDONED_AFTER = timedelta(hours=1)
 
-# Celery's Redis transport keeps a list per priority step of a queue and pops 0 first (lower is sooner there), so the
-# background worker takes renders a person waits for (and exports) before render-ahead's, whatever came first.
+# The background worker takes renders a person waits for (and exports) before render-ahead's, whatever came first.
+# Celery's Redis transport keeps a list per priority step of a queue and pops 0 first (lower is sooner there), so
+# these are the Redis numbers; RabbitMQ delivers the highest priority first (its queues are declared with
+# x-max-priority: settings), and render_priority turns them round for it.
 RENDER_NOW_PRIORITY = 0
 RENDER_AHEAD_PRIORITY = 9
+
+
+def render_priority(urgent: bool) -> int:
+    """The Celery priority of a render on the configured broker: the person's render first."""
+    redis_number = RENDER_NOW_PRIORITY if urgent else RENDER_AHEAD_PRIORITY
+    return 9 - redis_number if settings.BROKER_IS_AMQP else redis_number
 
 
 class ReplayVideo(models.Model):
@@ -363,7 +371,7 @@ class ReplayVideo(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     progress = models.FloatField(default=0.0, help_text="Share of frames rendered, 0 to 1.")
     error = models.TextField(blank=True)
-    path = models.CharField(max_length=300, blank=True, help_text="Relative to SOPWEB_STORAGE_DIR.")
+    path = models.CharField(max_length=300, blank=True, help_text="Its name in storage (core.storage).")
     fps = models.FloatField(null=True, blank=True)
     stride = models.PositiveSmallIntegerField(
         default=1, help_text="Control steps per frame: frame k shows step k * stride, from time k / fps. Replays "
@@ -382,8 +390,9 @@ class ReplayVideo(models.Model):
         return f"replay of episode {self.episode_id}"
 
     @property
-    def file(self) -> Path:
-        return Path(settings.STORAGE_DIR) / self.path
+    def file(self) -> Path | None:
+        """The file on this host when storage is a folder; None on object storage (core.storage reads it)."""
+        return storage.local_path(self.path) if self.path else None
 
     def as_json(self) -> dict:
         return {"episode": self.episode_id, "status": self.status, "progress": round(self.progress, 3),
@@ -393,7 +402,7 @@ class ReplayVideo(models.Model):
     def _enqueue(episode_id: int, urgent: bool) -> None:
         from review.tasks import render_replay
 
-        priority = RENDER_NOW_PRIORITY if urgent else RENDER_AHEAD_PRIORITY
+        priority = render_priority(urgent)
         transaction.on_commit(lambda: render_replay.apply_async((episode_id,), priority=priority))
 
     @classmethod
@@ -418,7 +427,7 @@ class ReplayVideo(models.Model):
         """Whether queueing this replay again adds a render to the queue: its file is gone, or it was abandoned.
         Re-sending a stale job's message adds nothing: the job is already counted."""
         if self.status == self.Status.READY:
-            return not self.file.exists()
+            return not self.path or not storage.exists(self.path)
         return self.status in (self.Status.QUEUED, self.Status.RENDERING) and (
             self.heartbeat_at < now - RENDER_ABANDONED_AFTER)
 
@@ -447,7 +456,7 @@ class ReplayVideo(models.Model):
                     cls._enqueue(episode_id, urgent)
                     return video
             requeue = None
-            if video.status == cls.Status.READY and not video.file.exists():  # storage was cleaned
+            if video.status == cls.Status.READY and not (video.path and storage.exists(video.path)):  # cleaned
                 requeue = models.Q(status=cls.Status.READY)
             elif video.status in (cls.Status.QUEUED, cls.Status.RENDERING) and video.heartbeat_at < stale:
                 # The message was lost or the worker died mid-render: queue it again (the task claims it once).
@@ -479,7 +488,7 @@ class ReplayVideo(models.Model):
             # The same conditions again as it is deleted: a re-render started, or a claim taken, meanwhile keeps it.
             if old.filter(pk=video.pk).delete()[0]:
                 if video.path:
-                    video.file.unlink(missing_ok=True)
+                    storage.delete(video.path)
                 evicted += 1
         return evicted
 
@@ -536,6 +545,12 @@ class ExportLimitReached(Exception):
 EXPORT_SILENT_AFTER = timedelta(minutes=5)
 
 
+def export_workspace() -> Path:
+    """Where export jobs build their folders before zipping: beside the zips in a storage folder (moved into place
+    by rename), or a local folder of the worker's host when storage is a bucket."""
+    return storage.local_path("exports") or Path(settings.STORAGE_CACHE_DIR) / "exports"
+
+
 class DatasetExport(models.Model):
     """A person's export of labelled episodes as a LeRobot dataset (review.export), built by a Celery job on the
     `background` queue: its state and progress while it runs, then the zip in storage, downloadable by its owner
@@ -556,11 +571,13 @@ class DatasetExport(models.Model):
     task = models.ForeignKey(Task, null=True, blank=True, on_delete=models.PROTECT, related_name="+",
                              help_text="Only this task's episodes; empty for every task.")
     dispositions = models.JSONField(default=list, help_text="The label dispositions exported.")
+    format = models.CharField(max_length=8, choices=[("v3.0", "LeRobot v3.0"), ("v2.1", "LeRobot v2.1")],
+                              default="v3.0", help_text="The LeRobot dataset format (review.export).")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     progress = models.FloatField(default=0.0, help_text="Share of the job done, 0 to 1.")
     episodes = models.PositiveIntegerField(default=0, help_text="Matching episodes when requested; exported ones "
                                                                 "once ready.")
-    path = models.CharField(max_length=300, blank=True, help_text="The zip, relative to SOPWEB_STORAGE_DIR.")
+    path = models.CharField(max_length=300, blank=True, help_text="The zip's name in storage (core.storage).")
     size = models.BigIntegerField(null=True, blank=True, help_text="The zip's bytes.")
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now)
@@ -578,8 +595,9 @@ class DatasetExport(models.Model):
         return f"dataset export {self.pk} by {self.requested_by}"
 
     @property
-    def file(self) -> Path:
-        return Path(settings.STORAGE_DIR) / self.path
+    def file(self) -> Path | None:
+        """The file on this host when storage is a folder; None on object storage (core.storage reads it)."""
+        return storage.local_path(self.path) if self.path else None
 
     @property
     def filename(self) -> str:
@@ -604,12 +622,12 @@ class DatasetExport(models.Model):
 
     @classmethod
     def create_for(cls, user, *, task: Task | None, dispositions: list[str], episodes: int,
-                   limit: int) -> DatasetExport:
+                   limit: int, format: str = "v3.0") -> DatasetExport:
         """A new queued export of the user's, within their limit (ExportLimitReached otherwise)."""
         with transaction.atomic():
             cls.check_room(user, limit)
             return cls.objects.create(requested_by=user, task=task, dispositions=list(dispositions),
-                                      episodes=episodes)
+                                      episodes=episodes, format=format)
 
     @classmethod
     def fail_stale(cls, **filters) -> int:
@@ -632,9 +650,9 @@ class DatasetExport(models.Model):
         for export in cls.objects.filter(status=cls.Status.READY, finished_at__lt=timezone.now() - older_than):
             if cls.objects.filter(pk=export.pk, status=cls.Status.READY).update(status=cls.Status.EXPIRED, path=""):
                 if export.path:
-                    export.file.unlink(missing_ok=True)
+                    storage.delete(export.path)
                 expired += 1
-        folder = Path(settings.STORAGE_DIR) / "exports"
+        folder = export_workspace()
         running = set(cls.objects.filter(status=cls.Status.RUNNING).values_list("pk", flat=True))
         for partial in folder.glob("export-*.partial"):
             number = partial.name.removeprefix("export-").removesuffix(".partial")

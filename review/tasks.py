@@ -11,6 +11,8 @@ from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 
+from core import metrics, storage
+
 log = logging.getLogger(__name__)
 _sim_tasks: dict = {}  # env name -> SimTask, this process's own (the actor's scenes are stepped by episodes)
 
@@ -56,14 +58,21 @@ def render_replay(episode_id: int) -> str:
             video.report_progress(done / total)
 
     relative = f"replays/episode-{episode.pk}.mp4"
+    # Rendered into storage's folder, or on object storage into a local file that is uploaded once whole.
+    target = storage.local_path(relative) or Path(settings.STORAGE_CACHE_DIR) / "renders" / f"episode-{episode.pk}.mp4"
     try:
+        if episode.meta.get("simulator_state") is False:  # review.dataset_import: only what a dataset holds
+            raise ReplayError("it was imported from a dataset that holds no simulator state: nothing to replay")
         try:
             arrays = load_arrays(episode)
             episode_data.validate(arrays, episode.task.max_steps)
         except episode_data.EpisodeDataError as exc:
             raise ReplayError(f"its recorded data is corrupt ({exc})") from None
-        info = render_video(_sim_task(episode.task.env_name), episode.seed, arrays,
-                            settings.STORAGE_DIR / relative, video_spec(), progress)
+        with metrics.timing(metrics.REPLAY_RENDER_SECONDS):
+            info = render_video(_sim_task(episode.task.env_name), episode.seed, arrays, target, video_spec(),
+                                progress)
+        if not storage.local_path(relative):
+            storage.move_in(relative, target)
     except (ReplayError, UnknownTask) as exc:
         video.fail(f"Cannot replay episode {episode.pk} ({episode.task}): {exc}")
         return "failed"
@@ -74,6 +83,9 @@ def render_replay(episode_id: int) -> str:
         log.exception("rendering episode %s failed", episode.pk)
         video.fail(f"Rendering episode {episode.pk} failed unexpectedly ({type(exc).__name__}: {exc})")
         return "failed"
+    finally:
+        if not storage.local_path(relative):
+            target.unlink(missing_ok=True)  # the local copy of an upload, or what a failed render left
     video.finish(relative, info)
     log.info("rendered episode %s: %d frames in %.1f s", episode.pk, info["frames"], info["seconds"])
     return "rendered"
@@ -118,12 +130,12 @@ class ExportStopped(Exception):
              time_limit=settings.REVIEW_EXPORT_TIME_LIMIT + 30, acks_late=True)
 def export_dataset(export_id: int) -> str:
     """Build one dataset export's zip in storage (idempotent: only a queued job is started, once)."""
-    from review.models import DatasetExport
+    from review.models import DatasetExport, export_workspace
 
     export = DatasetExport.objects.filter(pk=export_id).select_related("task").first()
     if export is None or not export.start():
         return "nothing to export"
-    work = Path(settings.STORAGE_DIR) / "exports" / f"export-{export.pk}.partial"
+    work = export_workspace() / f"export-{export.pk}.partial"
     try:
         relative, size, episodes = _build_export(export, work)
     except ExportStopped:
@@ -142,7 +154,7 @@ def export_dataset(export_id: int) -> str:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if not export.finish(relative, size, episodes):  # failed meanwhile: the zip is nobody's
-        (Path(settings.STORAGE_DIR) / relative).unlink(missing_ok=True)
+        storage.delete(relative)
         return "stopped"
     log.info("exported %d episodes (%d bytes) for export %s", episodes, size, export.pk)
     return "exported"
@@ -169,10 +181,11 @@ def _build_export(export, work: Path) -> tuple[str, int, int]:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     name = "sopweb-labelled-episodes"
-    write_dataset(labels, work / name, progress)
+    write_dataset(labels, work / name, progress, version=export.format)
     if not export.report_progress(0.95):  # zipping comes last
         raise ExportStopped()
     archive = shutil.make_archive(str(work / name), "zip", root_dir=work, base_dir=name)
     relative = f"exports/export-{export.pk}.zip"
-    os.replace(archive, Path(settings.STORAGE_DIR) / relative)
-    return relative, os.path.getsize(Path(settings.STORAGE_DIR) / relative), total
+    size = os.path.getsize(archive)
+    storage.move_in(relative, Path(archive))
+    return relative, size, total

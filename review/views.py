@@ -7,11 +7,12 @@ from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count
-from django.http import FileResponse, Http404, JsonResponse
+from django.http import FileResponse, Http404, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from core import storage
 from core.audit import IllegalTransition
 from core.http import bad_form_response, ranged_file_response, retry_later_json, retry_later_page
 from core.ratelimit import RateLimited
@@ -256,10 +257,30 @@ def replay_file(request, pk: int):
     """The mp4, with byte ranges: browsers fetch parts of a video to seek in it (FileResponse alone sends the
     whole file every time, and Chromium then cannot seek)."""
     video = get_object_or_404(ReplayVideo, pk=pk, status=ReplayVideo.Status.READY)
+    signed = storage.signed_url(video.path, content_type="video/mp4")
+    if signed:  # object storage serves it, byte ranges and all (its origin is in the CSP's media-src)
+        return HttpResponseRedirect(signed)
     try:
-        return ranged_file_response(request, video.file, "video/mp4")
+        return ranged_file_response(request, storage.local_path(video.path), "video/mp4")
     except FileNotFoundError:  # evicted or cleaned away, maybe a moment ago
         raise Http404("the replay file is gone from storage; it will be rendered again") from None
+
+
+@permission_required("fleet.view_episode", raise_exception=True)
+def episode_recording(request, pk: int):
+    """The episode as a Rerun recording (review.recording): whoever may read the episode may take it away."""
+    from fleet.sim.episode_data import EpisodeDataError
+    from review import recording
+
+    episode = get_object_or_404(Episode.objects.select_related("task", "robot", "policy_version"), pk=pk)
+    try:
+        data = recording.episode_recording(episode)
+    except EpisodeDataError as exc:
+        return HttpResponse(f"The episode's recorded data cannot be read: {exc}", status=409,
+                            content_type="text/plain; charset=utf-8")
+    response = HttpResponse(data, content_type="application/octet-stream")
+    response["Content-Disposition"] = f'attachment; filename="{recording.filename(episode)}"'
+    return response
 
 
 # --- flags -----------------------------------------------------------------------------------------------
@@ -335,7 +356,8 @@ def export(request):
                              "`manage.py export_dataset` on the server.")
         return _export_page(request, form, status=400)
     try:
-        job = jobs.request_export(request.user, task=task, dispositions=dispositions, episodes=total)
+        job = jobs.request_export(request.user, task=task, dispositions=dispositions, episodes=total,
+                                  format=form.cleaned_data["format"])
     except ExportLimitReached as exc:
         return retry_later_page(request, str(exc), exc.retry_after,
                                 link=(reverse("review-export-job", args=[exc.running.pk]), "Your export in progress"))
@@ -383,8 +405,11 @@ def export_download(request, pk: int):
     export = _get_export_for_user(request.user, pk)
     if export.status != DatasetExport.Status.READY:
         raise Http404(f"export {export.pk} is {export.get_status_display()}: there is nothing to download")
+    signed = storage.signed_url(export.path, filename=export.filename, content_type="application/zip")
+    if signed:
+        return HttpResponseRedirect(signed)
     try:
-        handle = open(export.file, "rb")
+        handle = open(storage.local_path(export.path), "rb")
     except FileNotFoundError:
         raise Http404(f"export {export.pk}'s file is gone from storage; export again") from None
     return FileResponse(handle, as_attachment=True, filename=export.filename, content_type="application/zip")

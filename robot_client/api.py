@@ -26,10 +26,13 @@ class Api:
     def __init__(self, url: str, token: str, timeout: float = 30.0):
         self.http = httpx.Client(base_url=url.rstrip("/"), headers={"Authorization": f"Bearer {token}"},
                                  timeout=timeout)
+        # Checkpoints on object storage come from a presigned URL of another origin: never with our token.
+        self.storage = httpx.Client(timeout=timeout)
         self.robot_id: int | None = None
 
     def close(self) -> None:
         self.http.close()
+        self.storage.close()
 
     def _call(self, method: str, path: str, **kwargs) -> httpx.Response:
         try:
@@ -67,15 +70,23 @@ class Api:
 
     def download(self, version: dict, into: Path) -> bytes:
         """The version's checkpoint bundle, verified against its sha256. A partial file in `into` is resumed with a
-        Range request (If-Range: the server sends it whole if the checkpoint is not the one partly fetched)."""
+        Range request (If-Range: the server sends it whole if the checkpoint is not the one partly fetched). A URL of
+        another origin (a presigned object-storage URL) is fetched without the robot's token; its object never
+        changes, so a plain Range resumes it and the sha256 check catches anything else."""
         into.parent.mkdir(parents=True, exist_ok=True)
         final, partial = into, into.with_suffix(".part")
         if final.exists() and hashlib.sha256(final.read_bytes()).hexdigest() == version["sha256"]:
             return final.read_bytes()
         have = partial.stat().st_size if partial.exists() else 0
-        headers = {"Range": f"bytes={have}-", "If-Range": f'"{version["sha256"]}"'} if have else {}
+        url = httpx.URL(version["url"])
+        ours = not url.is_absolute_url or url.netloc == self.http.base_url.netloc
+        log.info("downloading v%d (%d bytes) from %s%s", version["number"], version.get("size", 0),
+                 "sopweb" if ours else f"object storage at {url.host}", f", resuming at byte {have}" if have else "")
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        if have and ours:
+            headers["If-Range"] = f'"{version["sha256"]}"'
         try:
-            with self.http.stream("GET", version["url"], headers=headers) as response:
+            with (self.http if ours else self.storage).stream("GET", url, headers=headers) as response:
                 if response.status_code == 429 or response.status_code >= 500:
                     raise Unreachable(f"downloading v{version['number']}: {response.status_code}")
                 if response.status_code >= 400 and response.status_code != 416:

@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--no-socket", action="store_true", help="poll the assignment instead of listening")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s robot %(levelname)s %(message)s")
+    # httpx would log every request's URL, a presigned checkpoint URL's signature included: the client logs what
+    # it does itself.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     token = os.environ.get("SOPWEB_ROBOT_TOKEN") or (
         args.token_file.read_text().strip() if args.token_file else None) or args.token
     if not token:

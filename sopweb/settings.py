@@ -189,6 +189,7 @@ INSTALLED_APPS = [
     "actors",
     "gateway",
     "experiments",
+    "ops",
     "ninja",  # serves the API docs' Swagger UI from its own static files (no CDN)
 ]
 
@@ -314,15 +315,23 @@ STATIC_ROOT = Path(env_str("STATIC_ROOT", str(VAR_DIR / "static")))  # collectst
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 WHITENOISE_USE_FINDERS = True  # serve straight from static/ without collectstatic on a dev machine
 
+# plain: one human-readable line per record; json: one JSON object per line for log pipelines (core.logs.JsonFormatter:
+# timestamp, level, process, logger, message, and the context a record carries: robot, episode, version, task).
+LOG_FORMAT = env_str("LOG_FORMAT", "plain")
+if LOG_FORMAT not in ("plain", "json"):
+    raise _bad("LOG_FORMAT", LOG_FORMAT, "expected plain or json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+                   "json": {"()": "core.logs.JsonFormatter"}},
     "filters": {"client_errors_on_one_line": {"()": "core.logs.ClientErrorsOnOneLine"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     # A refused request is one line; a server error keeps its traceback (core.logs).
-    "loggers": {name: {"filters": ["client_errors_on_one_line"]} for name in ("django.request", "django.security")},
+    "loggers": {**{name: {"filters": ["client_errors_on_one_line"]} for name in ("django.request", "django.security")},
+                # httpx logs every request's full URL at INFO: a webhook's URL may be a secret (Slack's are).
+                **{name: {"level": "WARNING"} for name in ("httpx", "httpcore")}},
 }
 
 # --- Redis: live events, Celery broker -----------------------------------------------------------
@@ -334,9 +343,6 @@ REDIS_SOCKET_TIMEOUT = env_number("REDIS_SOCKET_TIMEOUT", 5.0, kind=float, min_v
 
 # No channel layer: dashboards' deltas travel on one Redis pub/sub channel that each web process subscribes to
 # once and fans out to its own sockets (core.events, fleet.consumers.LiveHub).
-
-CELERY_BROKER_URL = REDIS_URL
-
 
 def _broker_tls(url: str) -> tuple[str, dict | None]:
     """TLS to Redis (rediss://): redis-py reads `ssl_*` options from the URL's query (ssl_ca_certs, ssl_certfile,
@@ -358,9 +364,48 @@ def _broker_tls(url: str) -> tuple[str, dict | None]:
     return parts._replace(query=urlencode(query)).geturl(), {**options, "ssl_cert_reqs": levels[reqs]}
 
 
-CELERY_BROKER_URL, _tls = _broker_tls(REDIS_URL)
+# The Celery broker: REDIS_URL unless CELERY_BROKER_URL names another, e.g. RabbitMQ (amqp://user:password@host:5672/
+# vhost, amqps:// for TLS, verified). Live events, leases and progress stay on REDIS_URL whatever the broker.
+def _broker() -> tuple[str, dict | bool | None]:
+    import ssl
+
+    raw = env_str("CELERY_BROKER_URL")
+    if raw is None:
+        return _broker_tls(REDIS_URL)
+    scheme = urlsplit(raw).scheme
+    if scheme in ("redis", "rediss"):
+        return _broker_tls(raw)
+    if scheme in ("amqp", "amqps", "pyamqp"):
+        # server_hostname None: kombu checks the certificate against the URL's host name.
+        return raw, ({"cert_reqs": ssl.CERT_REQUIRED, "server_hostname": None} if scheme == "amqps" else None)
+    raise _bad("CELERY_BROKER_URL", embedded.redacted(raw), "expected redis://, rediss://, amqp:// or amqps://")
+
+
+CELERY_BROKER_URL, _tls = _broker()
 if _tls is not None:
     CELERY_BROKER_USE_SSL = _tls
+BROKER_IS_AMQP = urlsplit(CELERY_BROKER_URL).scheme in ("amqp", "amqps", "pyamqp")
+CELERY_QUEUE_NAMES = ("actors", "learner", "control", "default", "background")
+
+
+def celery_queues(amqp: bool):
+    """RabbitMQ orders a queue by message priority only when every declaration of it names a maximum
+    (x-max-priority), workers' included: the queues are declared here, one direct exchange each, as Celery would.
+    On Redis, Celery keeps a list per priority step instead and declares its queues itself (None).
+    review.models.render_priority picks the numbers each way round."""
+    if not amqp:
+        return None
+    from kombu import Exchange, Queue
+
+    return [Queue(name, Exchange(name), routing_key=name, queue_arguments={"x-max-priority": 10})
+            for name in CELERY_QUEUE_NAMES]
+
+
+CELERY_TASK_QUEUES = celery_queues(BROKER_IS_AMQP)
+CELERY_TASK_QUEUE_MAX_PRIORITY = 10 if BROKER_IS_AMQP else None
+# A task sent without a priority sits between a person's render (9 on RabbitMQ) and render-ahead's (0), as it does
+# on Redis, where no priority means the first step.
+CELERY_TASK_DEFAULT_PRIORITY = 5 if BROKER_IS_AMQP else None
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
@@ -373,7 +418,8 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 # the offline sweep, the learner's watchdog), `background` (bulk work at low CPU priority: replay renders, dataset
 # exports) and `default` (the rest: render-ahead, retention, eviction). A flood of bulk or default work never
 # delays a control task: none of it can occupy the control worker.
-CONTROL_TASKS = ["governance.check", "governance.finish_evaluations", "fleet.sweep_robots", "learner.ensure_running"]
+CONTROL_TASKS = ["governance.check", "governance.finish_evaluations", "fleet.sweep_robots", "learner.ensure_running",
+                 "ops.check_rules"]
 CELERY_TASK_ROUTES = {"actors.*": {"queue": "actors"}, "learner.train": {"queue": "learner"},
                       "review.render_replay": {"queue": "background"},
                       "review.export_dataset": {"queue": "background"},
@@ -383,15 +429,79 @@ CELERY_TASK_TIME_LIMIT = env_number("CELERY_TASK_TIME_LIMIT", 360, min_value=1)
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TIMEZONE = TIME_ZONE
-CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+# Exactly one beat sends periodic tasks, however many run (celery-redbeat: the schedule and a lock in Redis; see
+# sopweb/beat.py). A standby beat takes over within BEAT_LOCK_SECONDS of the holder's death; the holder renews the
+# lock every fifth of it.
+BEAT_LOCK_SECONDS = env_number("BEAT_LOCK_SECONDS", 30.0, kind=float, min_value=2.0, max_value=3600.0)
+CELERY_BEAT_SCHEDULER = "sopweb.beat:Scheduler"
+CELERY_BEAT_MAX_LOOP_INTERVAL = BEAT_LOCK_SECONDS / 5
+CELERY_REDBEAT_REDIS_URL = REDIS_URL
+CELERY_REDBEAT_KEY_PREFIX = "sopweb:beat"
+CELERY_REDBEAT_LOCK_TIMEOUT = int(max(2, BEAT_LOCK_SECONDS))
+# Commands retry (with back-off) while Redis is away, rather than end the beat.
+CELERY_REDBEAT_REDIS_OPTIONS = {"retry_period": -1, "socket_timeout": REDIS_SOCKET_TIMEOUT,
+                                "socket_connect_timeout": REDIS_SOCKET_TIMEOUT}
 if CELERY_TASK_TIME_LIMIT <= CELERY_TASK_SOFT_TIME_LIMIT:
     raise _bad("CELERY_TASK_TIME_LIMIT", str(CELERY_TASK_TIME_LIMIT), "must exceed CELERY_TASK_SOFT_TIME_LIMIT")
 
 # --- the fleet and the learner ---------------------------------------------------------------------
 
-# Where checkpoints, episode videos and exports live (shared by every host that runs workers).
+# Where checkpoints, episode videos, exports and archived payloads live (core.storage): this folder by default
+# (shared by every host that runs workers, e.g. over NFS), or an S3 bucket when STORAGE_URL=s3://bucket/prefix.
+# Credentials come from boto3's own chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, ~/.aws, an instance role),
+# never from the URL; STORAGE_ENDPOINT_URL points at MinIO or another S3-compatible server.
 STORAGE_DIR = Path(env_str("SOPWEB_STORAGE_DIR", str(VAR_DIR / "storage"))).resolve()
-# Meta-World v3 tasks seeded for a new fleet.
+STORAGE_URL = env_str("STORAGE_URL", "")
+STORAGE_ENDPOINT_URL = env_str("STORAGE_ENDPOINT_URL", "")
+STORAGE_REGION = env_str("STORAGE_REGION", "us-east-1")
+# Presigned download URLs (replays, exports, robots' checkpoints) stay valid this long.
+STORAGE_URL_SECONDS = env_number("STORAGE_URL_SECONDS", 3600, min_value=60, max_value=7 * 24 * 3600)
+# Checkpoints fetched from object storage are kept here, by sha256 (the newest STORAGE_CACHE_CHECKPOINTS of them).
+STORAGE_CACHE_DIR = Path(env_str("SOPWEB_STORAGE_CACHE_DIR", str(VAR_DIR / "cache"))).resolve()
+STORAGE_CACHE_CHECKPOINTS = env_number("STORAGE_CACHE_CHECKPOINTS", 20, min_value=2, max_value=10_000)
+
+
+def storage_backend(url: str, endpoint: str, region: str, url_seconds: int, folder: Path) -> tuple[dict, str | None]:
+    """settings.STORAGES["default"] for STORAGE_URL, and the origin its presigned URLs point at (None: a folder)."""
+    if not url:
+        return {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(folder)}}, None
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not parts.hostname or "@" in parts.netloc or parts.query:
+        raise _bad("STORAGE_URL", url.split("@")[-1], "use s3://bucket or s3://bucket/prefix (credentials go in "
+                   "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, never in the URL)")
+    if endpoint and urlsplit(endpoint).scheme not in ("http", "https"):
+        raise _bad("STORAGE_ENDPOINT_URL", endpoint, "must be an http:// or https:// URL")
+    backend = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": parts.netloc,
+            "location": parts.path.strip("/"),
+            "endpoint_url": endpoint or None,
+            "region_name": region,
+            "file_overwrite": True,
+            "default_acl": None,
+            "querystring_auth": True,
+            "querystring_expire": url_seconds,
+            "signature_version": "s3v4",
+            "addressing_style": "path" if endpoint else None,
+        },
+    }
+    origin = (f"{urlsplit(endpoint).scheme}://{urlsplit(endpoint).netloc}" if endpoint
+              else f"https://{parts.netloc}.s3.{region}.amazonaws.com")
+    return backend, origin
+
+
+_default_storage, _STORAGE_ORIGIN = storage_backend(STORAGE_URL, STORAGE_ENDPOINT_URL, STORAGE_REGION,
+                                                    STORAGE_URL_SECONDS, STORAGE_DIR)
+STORAGES = {
+    "default": _default_storage,
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+if _STORAGE_ORIGIN:  # replay videos play straight from the bucket (presigned, with byte ranges)
+    CONTENT_SECURITY_POLICY["DIRECTIVES"]["media-src"].append(_STORAGE_ORIGIN)
+
 # Dashboards: a browser gets at most this many websocket messages per second (a token bucket holding one second's
 # worth); each message carries every change since the previous one. Progress telemetry waits up to a second.
 DASHBOARD_PUSH_RATE = env_number("DASHBOARD_PUSH_RATE", 8.0, kind=float, min_value=0.5, max_value=100.0)
@@ -400,6 +510,7 @@ DASHBOARD_PUSH_RATE = env_number("DASHBOARD_PUSH_RATE", 8.0, kind=float, min_val
 DASHBOARD_HEARTBEAT_SECONDS = env_number("DASHBOARD_HEARTBEAT_SECONDS", 2.0, kind=float, min_value=0.0,
                                          max_value=60.0)
 
+# Meta-World v3 tasks seeded for a new fleet.
 FLEET_TASKS = env_list(
     "FLEET_TASKS", ["shelf-place-v3", "box-close-v3", "pick-place-v3", "peg-insert-side-v3"]
 )
@@ -432,6 +543,11 @@ FLEET_LEASE_SECONDS = env_number("FLEET_LEASE_SECONDS", 20.0, kind=float, min_va
 # A finished episode the database does not take (it is restarting, failing over) is retried with back-off for this
 # long, then kept on the actor's disk under FLEET_OUTBOX_DIR and stored when the database answers (actors.outbox).
 FLEET_INGEST_RETRY_SECONDS = env_number("FLEET_INGEST_RETRY_SECONDS", 20.0, kind=float, min_value=0.0, max_value=90.0)
+# Group commit (fleet.group_commit): episodes stored at once by several threads of a process share one
+# transaction; the writer waits this long for companions, and takes at most this many. False: each alone.
+INGEST_GROUP_COMMIT = env_bool("INGEST_GROUP_COMMIT", True)
+INGEST_GROUP_WINDOW_MS = env_number("INGEST_GROUP_WINDOW_MS", 2.0, kind=float, min_value=0.0, max_value=100.0)
+INGEST_GROUP_MAX = env_number("INGEST_GROUP_MAX", 64, min_value=1, max_value=1000)
 FLEET_OUTBOX_DIR = Path(env_str("FLEET_OUTBOX_DIR", str(VAR_DIR / "outbox" / "episodes"))).resolve()
 # The HG-DAgger expert gate, as JSON overrides of fleet.sim.gate.GateConfig, e.g. {"no_progress_steps": 20}.
 def _gate_config() -> dict:
@@ -491,6 +607,12 @@ if LEARNER_RESAMPLER_SCALE not in learner_defaults.RESAMPLER_SCALES:
 LEARNER_STEPS_PER_ROBOT_SECOND = env_number("LEARNER_STEPS_PER_ROBOT_SECOND", learner_defaults.STEPS_PER_ROBOT_SECOND,
                                             kind=float, min_value=0.0, max_value=1e6)
 LEARNER_TORCH_THREADS = env_number("LEARNER_TORCH_THREADS", 1, min_value=1, max_value=256)
+# Processes of the data-parallel learner (learner.distributed): 1 is the Celery learner worker (slices); N > 1 makes
+# `python -m learner.service` a torchrun group of N (one per GPU, or gloo on CPU) that loops over slices itself.
+LEARNER_WORLD_SIZE = env_number("LEARNER_WORLD_SIZE", 1, min_value=1, max_value=1024)
+if LEARNER_BATCH_SIZE % LEARNER_WORLD_SIZE:
+    raise _bad("LEARNER_BATCH_SIZE", str(LEARNER_BATCH_SIZE), f"must split evenly among the LEARNER_WORLD_SIZE="
+               f"{LEARNER_WORLD_SIZE} processes of the data-parallel learner")
 LEARNER_DEVICE = env_str("LEARNER_DEVICE", "auto")
 if LEARNER_DEVICE not in ("auto", "cpu", "cuda"):
     raise _bad("LEARNER_DEVICE", LEARNER_DEVICE, "expected auto, cpu or cuda")
@@ -550,6 +672,10 @@ EXPORT_RATE_WINDOW = env_number("EXPORT_RATE_WINDOW", 3600.0, kind=float, min_va
 # CHECKPOINT_PRUNE_INTERVAL seconds.
 CHECKPOINT_KEEP_LAST = env_number("CHECKPOINT_KEEP_LAST", 100, min_value=1)
 CHECKPOINT_KEEP_FLEET = env_number("CHECKPOINT_KEEP_FLEET", 10, min_value=1)
+# Episode payloads (the recorded arrays) of episodes finished more than this many days ago move from PostgreSQL to
+# storage (fleet.archive), at most PAYLOAD_ARCHIVE_BATCH an hour; 0 keeps every payload in PostgreSQL.
+PAYLOAD_ARCHIVE_AFTER_DAYS = env_number("PAYLOAD_ARCHIVE_AFTER_DAYS", 30.0, kind=float, min_value=0.0)
+PAYLOAD_ARCHIVE_BATCH = env_number("PAYLOAD_ARCHIVE_BATCH", 2000, min_value=1, max_value=1_000_000)
 CHECKPOINT_PRUNE_INTERVAL = env_number("CHECKPOINT_PRUNE_INTERVAL", 600.0, kind=float, min_value=10.0)
 
 CELERY_BEAT_SCHEDULE = {
@@ -559,7 +685,62 @@ CELERY_BEAT_SCHEDULE = {
     "prune-checkpoints": {"task": "learner.prune_checkpoints", "schedule": CHECKPOINT_PRUNE_INTERVAL},
     "render-replays-ahead": {"task": "review.render_ahead", "schedule": 30.0},
     "evict-old-files": {"task": "review.evict_old_files", "schedule": 3600.0},
+    "archive-payloads": {"task": "fleet.archive_payloads", "schedule": 3600.0},
 }
+
+# --- operations: metrics, health, alert rules, webhooks (core.metrics, ops/) ----------------------------
+
+# Prometheus: every process writes its metrics under METRICS_DIR (prometheus_client's multiprocess mode; emptied
+# when `make demo` starts); the web process serves them all at /metrics, without a login, to clients whose address
+# lies in METRICS_ALLOWED_NETWORKS or that present `Authorization: Bearer METRICS_TOKEN`.
+METRICS_ENABLED = env_bool("METRICS_ENABLED", True)
+METRICS_DIR = Path(env_str("PROMETHEUS_MULTIPROC_DIR") or env_str("METRICS_DIR") or str(VAR_DIR / "metrics")).resolve()
+
+
+def _networks(name: str, default: str) -> list:
+    import ipaddress
+
+    raw = env_str(name, default)
+    try:
+        return [ipaddress.ip_network(item.strip(), strict=False) for item in raw.split(",") if item.strip()]
+    except ValueError as exc:
+        raise _bad(name, raw, f"expected comma-separated networks such as 10.0.0.0/8,::1/128 ({exc})") from None
+
+
+METRICS_ALLOWED_NETWORKS = _networks("METRICS_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128")
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+if METRICS_TOKEN is not None and len(METRICS_TOKEN) < 16:
+    raise _bad("METRICS_TOKEN", "<hidden>", "a bearer token needs at least 16 characters")
+# /readyz: each dependency (PostgreSQL, Redis, the broker) must answer within this many seconds.
+HEALTH_TIMEOUT_SECONDS = env_number("HEALTH_TIMEOUT_SECONDS", 2.0, kind=float, min_value=0.1, max_value=30.0)
+
+# Alert rules (ops.rules), evaluated by beat every ALERT_CHECK_SECONDS; each fires once per incident and resolves
+# itself when its condition clears.
+ALERT_CHECK_SECONDS = env_number("ALERT_CHECK_SECONDS", 30.0, kind=float, min_value=0.5, max_value=3600.0)
+# A task's autonomous success drops: the Wilson 95 % interval of its last ALERT_SUCCESS_WINDOW online episodes (or of
+# every one since the previous check, when more arrived) lies wholly below the lower end of the interval of the
+# ALERT_SUCCESS_BASELINE episodes before them (at least ALERT_SUCCESS_MIN_BASELINE of them), by more than
+# ALERT_SUCCESS_MARGIN.
+ALERT_SUCCESS_WINDOW = env_number("ALERT_SUCCESS_WINDOW", 20, min_value=2, max_value=10_000)
+ALERT_SUCCESS_BASELINE = env_number("ALERT_SUCCESS_BASELINE", 100, min_value=2, max_value=100_000)
+ALERT_SUCCESS_MIN_BASELINE = env_number("ALERT_SUCCESS_MIN_BASELINE", 20, min_value=2, max_value=100_000)
+ALERT_SUCCESS_MARGIN = env_number("ALERT_SUCCESS_MARGIN", 0.05, kind=float, min_value=0.0, max_value=1.0)
+if ALERT_SUCCESS_MIN_BASELINE > ALERT_SUCCESS_BASELINE:
+    raise _bad("ALERT_SUCCESS_MIN_BASELINE", str(ALERT_SUCCESS_MIN_BASELINE), "must not exceed ALERT_SUCCESS_BASELINE")
+# The learner published nothing for this many minutes while episodes arrived (0: rule off).
+ALERT_LEARNER_IDLE_MINUTES = env_number("ALERT_LEARNER_IDLE_MINUTES", 30.0, kind=float, min_value=0.0,
+                                        max_value=7 * 24 * 60.0)
+# More than this many episode uploads or ingestions refused per minute, averaged over ALERT_REJECTIONS_MINUTES.
+ALERT_REJECTIONS_PER_MINUTE = env_number("ALERT_REJECTIONS_PER_MINUTE", 10.0, kind=float, min_value=0.0)
+ALERT_REJECTIONS_MINUTES = env_number("ALERT_REJECTIONS_MINUTES", 5, min_value=1, max_value=60)
+# A Celery queue holding more than this many messages.
+ALERT_QUEUE_DEPTH = env_number("ALERT_QUEUE_DEPTH", 500, min_value=1)
+# Outgoing webhooks (ops.webhooks): each POST waits this long for an answer; a failure or a 5xx is tried again after
+# WEBHOOK_RETRY_SECONDS, doubling each time, up to WEBHOOK_MAX_ATTEMPTS attempts in all.
+WEBHOOK_TIMEOUT_SECONDS = env_number("WEBHOOK_TIMEOUT_SECONDS", 5.0, kind=float, min_value=0.1, max_value=20.0)
+WEBHOOK_RETRY_SECONDS = env_number("WEBHOOK_RETRY_SECONDS", 10.0, kind=float, min_value=0.05, max_value=3600.0)
+WEBHOOK_MAX_ATTEMPTS = env_number("WEBHOOK_MAX_ATTEMPTS", 6, min_value=1, max_value=20)
+CELERY_BEAT_SCHEDULE["check-alert-rules"] = {"task": "ops.check_rules", "schedule": ALERT_CHECK_SECONDS}
 
 # --- rollout governance (governance/) ----------------------------------------------------------------
 

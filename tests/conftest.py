@@ -141,9 +141,10 @@ class WorkerProcess:
     """A real Celery worker (its own process group) against the test database and the test Redis."""
 
     def __init__(self, log: Path, queues: str = "default,control,actors,learner", concurrency: int = 1,
-                 include: str | None = None, prefork: bool = False, **env):
+                 include: str | None = None, prefork: bool = False, cwd: Path | None = None, **env):
         """One process (`--pool solo`) for concurrency 1 unless `prefork`: then a parent and its pool children, as
-        in production, where the parent replaces a child that dies."""
+        in production, where the parent replaces a child that dies. `cwd`: another working directory (another
+        "host"), with the code on PYTHONPATH."""
         self.log = log
         pool = ["--pool", "solo"] if concurrency == 1 and not prefork else \
             ["--pool", "prefork", "--concurrency", str(concurrency)]
@@ -152,7 +153,8 @@ class WorkerProcess:
                 [sys.executable, "-m", "celery", "-A", "sopweb", "worker", "-Q", queues, *pool,
                  *(["--include", include] if include else []), "--without-mingle",
                  "--without-gossip", "-n", f"test-{log.stem}-{os.getpid()}@%h", "--loglevel", "INFO"],
-                cwd=ROOT, env=process_env(**env), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=cwd or ROOT, env=process_env(**({"PYTHONPATH": str(ROOT)} if cwd else {}), **env), stdout=out,
+                stderr=subprocess.STDOUT, start_new_session=True,
             )
         wait_for(lambda: b"ready." in log.read_bytes() or self.proc.poll() is not None, 60, "the worker to start")
         assert self.proc.poll() is None, log.read_text()
@@ -310,13 +312,14 @@ def publish_random_policy(number: int, tasks: list[str], seed: int = 0):
     """A PolicyVersion row over a freshly initialised (untrained) checkpoint in storage."""
     import torch
 
+    from learner import checkpoint_store
     from learner.models import PolicyVersion
-    from learner.policy import MLPPolicy, PolicyConfig, save_checkpoint
+    from learner.policy import MLPPolicy, PolicyConfig
 
     torch.manual_seed(seed)
     policy = MLPPolicy(PolicyConfig(tasks=tasks, hidden=[32, 32]))
     path = f"policies/test-v{number}-{seed}"
-    sha = save_checkpoint(policy, Path(settings.STORAGE_DIR) / path)
+    sha = checkpoint_store.write(policy, path)
     return PolicyVersion.objects.create(number=number, algorithm="bc", checkpoint_path=path, checkpoint_sha256=sha,
                                         config={"init": "random", "seed": seed})
 

@@ -19,6 +19,9 @@ if STREAM:
     os.environ["TEST_REDIS_DB"] = str(int(os.environ["TEST_REDIS_DB_BASE"]) - int(STREAM.removeprefix("gw")))
 os.environ.setdefault("TEST_REDIS_DB", "15")
 
+# The suite's queues live in its own Redis database (REDIS_URL below), never on a broker a demo or a deployment uses;
+# tests/test_broker.py points processes at a RabbitMQ virtual host of its own where it tests that broker.
+os.environ.pop("CELERY_BROKER_URL", None)
 url = os.environ.get("REDIS_URL") or embedded.read_state().get("REDIS_URL")
 if url:
     parts = urlsplit(url)
@@ -33,6 +36,8 @@ if STREAM and os.path.basename(os.environ["SOPWEB_STORAGE_DIR"]) != STREAM:
     os.environ["SOPWEB_STORAGE_DIR"] = os.path.join(os.environ["SOPWEB_STORAGE_DIR"], STREAM)
     os.environ.pop("FLEET_OUTBOX_DIR", None)  # the controller's, inherited
     os.makedirs(os.environ["SOPWEB_STORAGE_DIR"], exist_ok=True)
+# Prometheus's per-process metric files (core.metrics): this stream's own, so a test's counters count its processes.
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.path.join(os.environ["SOPWEB_STORAGE_DIR"], "metrics")
 # Episodes an actor keeps on disk while the database is away (actors.outbox): the tests' own, never a demo's.
 if "FLEET_OUTBOX_DIR" not in os.environ:
     os.environ["FLEET_OUTBOX_DIR"] = os.path.join(os.environ["SOPWEB_STORAGE_DIR"], "outbox")
@@ -44,3 +49,6 @@ DATABASE_POOL_AT_START = os.environ.get("DATABASE_POOL")
 # Dashboard sockets' heartbeats would interleave with the events most tests count: on only where a test asks
 # (DASHBOARD_HEARTBEAT_SECONDS in its settings or its processes' environment).
 os.environ.setdefault("DASHBOARD_HEARTBEAT_SECONDS", "0")
+# One beat at a time holds Redis's beat lock (sopweb/beat.py): a test that kills its beat leaves the lock to expire
+# before the next test's beat may send anything, so the suite's lock is short.
+os.environ.setdefault("BEAT_LOCK_SECONDS", "3")

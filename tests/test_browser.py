@@ -112,7 +112,7 @@ def ingested(version, robot):
     return episode
 
 
-def test_the_episode_page_draws_its_charts(browser_session, olivia, fleet_with_history):
+def test_the_episode_page_draws_its_charts(browser_session, olivia, fleet_with_history, tmp_path):
     _, version, robots = fleet_with_history
     episode = ingested(version, robots[0])
     session = browser_session(olivia)
@@ -123,6 +123,15 @@ def test_the_episode_page_draws_its_charts(browser_session, olivia, fleet_with_h
         assert trace_points(page, chart) > 0
     # the intervention segments are shaded on the action chart: one shape per segment
     assert page.evaluate("document.getElementById('chart-actions').layout.shapes.length") >= 2
+    # The Rerun recording downloads from the page and opens with the SDK's reader.
+    with page.expect_download() as download:
+        page.click("#recording-link")
+    assert download.value.suggested_filename == f"episode-{episode.pk}.rrd"
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    from rerun.chunk import RrdReader
+
+    assert {"/observation/state", "/intervention/segments"} <= {c.entity_path for c in RrdReader(saved).stream()}
     page.fill("input[name=reason]", "expert took over late")
     page.get_by_role("button", name="Flag episode").click()
     page.wait_for_load_state("load")

@@ -52,6 +52,19 @@ def test_a_spec_key_ignores_the_arm_label_and_follows_everything_declared():
         sweeps.sweep("nope")
 
 
+@pytest.mark.parametrize("quick", [False, True])
+def test_the_rounds_baseline_matches_sop_in_robot_time_and_learner_steps(quick):
+    """The non-SOP arm of `ablations` differs from SOP's only in when versions reach the fleet: three rounds, each
+    ending (with its version published and evaluated) before the budget does."""
+    sop, *_, rounds = sweeps.sweep("ablations", quick)
+    assert rounds["arm"].startswith("non-SOP") and rounds["eval_every"] == 1
+    different = {k for k in sop if sop[k] != rounds[k]}
+    assert different == {"arm", "publish_every", "eval_every"}
+    total_steps = sop["learner_rate"] * sop["robot_minutes"] * 60
+    assert sweeps.ROUNDS * rounds["publish_every"] < total_steps < (sweeps.ROUNDS + 1) * rounds["publish_every"]
+    assert rounds["publish_every"] > 10 * sop["publish_every"] or quick
+
+
 def test_the_controlled_clock_paces_the_learner_by_robot_time():
     from datetime import timedelta
     from types import SimpleNamespace
@@ -172,16 +185,26 @@ def test_a_sweep_resumes_from_its_cache_and_refuses_to_run_twice_at_once(quick_f
         refused = experiment("run", "--sweep", "fleet", "--quick", env=env)
     assert refused.returncode != 0 and "another sweep is running" in refused.stderr
     assert not missing.exists()
-    resumed = experiment("run", "--sweep", "fleet", "--quick", env=env)
+    # And a run whose clock was marked invalid is measured again when asked (--redo-invalid); valid ones are kept.
+    # (The other is made valid whatever this machine managed: a loaded machine marks quick runs invalid too.)
+    invalid, valid = sorted(records)[1:]
+    for path, ok in ((invalid, False), (valid, True)):
+        record = json.loads(path.read_text())
+        record["clock"].update(valid=ok, problems=[] if ok else ["robots ran at 90 % of their declared pace"])
+        path.write_text(json.dumps(record))
+    resumed = experiment("run", "--sweep", "fleet", "--quick", "--redo-invalid", env=env)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
-    assert resumed.stdout.count(": cached (") == 2 and missing.exists()
+    assert resumed.stdout.count(": cached (") == 1 and missing.exists()
+    assert resumed.stdout.count("cached but invalid (robots ran at 90 % of their declared pace): measuring again") == 1
+    assert json.loads(invalid.read_text())["clock"]["problems"] != ["robots ran at 90 % of their declared pace"]
 
 
 def test_bad_input_to_the_command_is_refused_with_a_clear_error(quick_fleet, tmp_path):
     env = dict(quick_fleet["env"], EXPERIMENTS_DIR=str(tmp_path))
     for args, message in ((["run"], "--sweep is required"), (["run", "--sweep", "nope"], "invalid choice"),
                           (["run", "--sweep", "fleet", "--repeats", "0"], "--repeats must lie in 1..50"),
-                          (["report", "--sweep", "gains"], "no finished runs of gains yet")):
+                          (["report", "--sweep", "gains"], "no finished runs of gains yet"),
+                          (["run", "--sweep", "fleet", "--fresh", "--redo-invalid"], "give one of --fresh and")):
         done = experiment(*args, env=env)
         assert done.returncode != 0 and message in done.stderr, (args, done.stderr)
     assert list(tmp_path.iterdir()) == []

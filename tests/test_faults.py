@@ -305,8 +305,13 @@ def test_annotators_racing_to_label_one_episode_make_one_label_and_one_audit_row
     episode = ingest(make_tasks()[0], synthetic())
     users = [make_user(f"racer{i}", "annotators") for i in range(6)]
 
-    def label(user):
-        ReviewClaim.claim(episode, user)
+    opened = threading.Barrier(len(users))
+
+    def label(user):  # everyone opens it before anyone submits, as six people at six screens would
+        try:
+            ReviewClaim.claim(episode, user)
+        finally:
+            opened.wait(timeout=30)
         ReviewClaim.submit_label(episode, user, failure_mode="collision", failure_step=None, notes=user.username,
                                  disposition="keep")
         return "labelled"

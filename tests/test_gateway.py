@@ -320,3 +320,31 @@ def test_a_robot_whose_checkpoint_is_gone_still_hears_its_commands(web_server, f
         assignment = http.get(f"/api/v1/robots/{robot.pk}/assignment")
         assert assignment.status_code == 200 and assignment.json()["version"] is None
         assert "pause" in assignment.json()["commands"]
+
+
+def test_uploads_from_many_robots_at_once_are_committed_together_and_never_starve_the_pool(start_web, fleet, tasks, olivia):
+    """Each upload runs on its request's own thread, and episodes arriving together are committed together
+    (fleet.group_commit). With a pool of three connections, uploads waiting on the writer must not hold the
+    connections it needs: twelve robots uploading at once all get their 201."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = start_web(DATABASE_POOL_SIZE=3, INGEST_GROUP_WINDOW_MS=20)
+    robots = [remote_robot(f"burst-{i}", tasks, olivia) for i in range(12)]
+    body = payload()
+
+    def upload(pair):
+        _, token = pair
+        with api(server.address, token) as http:
+            return [http.put(f"/api/v1/episodes/{uuid.uuid4()}", params=episode_params(1), content=body).status_code
+                    for _ in range(3)]
+
+    with ThreadPoolExecutor(len(robots)) as pool:
+        statuses = [code for codes in pool.map(upload, robots) for code in codes]
+    assert statuses == [201] * 36, statuses
+    assert Episode.objects.filter(robot__in=[robot for robot, _ in robots]).count() == 36
+    assert b"couldn't get a connection" not in server.log.read_bytes()
+    # They went to PostgreSQL together: the web process's group commits held more than one episode on average.
+    exposed = httpx.get(f"http://{server.address}/metrics").text
+    values = {line.split()[0]: float(line.split()[1]) for line in exposed.splitlines()
+              if line.startswith("sopweb_ingest_group_size_")}
+    assert values["sopweb_ingest_group_size_sum"] > values["sopweb_ingest_group_size_count"] > 0, values

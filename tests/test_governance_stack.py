@@ -51,15 +51,21 @@ def test_a_candidate_is_evaluated_canaried_promoted_and_rolled_back_by_the_fleet
     v1 = publish_random_policy(1, names, seed=1)
     deploy_to_fleet(v1, reason="base")
     v2 = publish_random_policy(2, names, seed=2)
-    start_worker("fleet", queues="actors,default,control", concurrency=3, FLEET_REALTIME_FACTOR=0)
+    worker = start_worker("fleet", queues="actors,default,control", concurrency=3, FLEET_REALTIME_FACTOR=0)
     for robot in robots:
         control.start(robot, olivia)
     client.force_login(sam)
 
     # Evaluation: the fleet runs both versions alone on the same held-out seeds, then it awaits approval.
     post(client, "/rollouts/v2/nominate/", reason="newest checkpoint")
-    wait_for(lambda: PolicyVersion.objects.get(pk=v2.pk).state == S.AWAITING_APPROVAL, 180,
-             "the fleet to evaluate v2 and the evaluation to finish")
+    try:
+        wait_for(lambda: PolicyVersion.objects.get(pk=v2.pk).state == S.AWAITING_APPROVAL, 180,
+                 "the fleet to evaluate v2 and the evaluation to finish")
+    except AssertionError as timeout:  # what the items and the worker were doing (docs/backlog.md, "Test suite")
+        items = list(EvaluationItem.objects.values_list("version__number", "task__env_name", "robot_id",
+                                                        "claimed_at", "episode_id"))
+        raise AssertionError(f"{timeout}; items (version, task, robot, claimed, episode): {items}; worker log "
+                             f"tail:\n{worker.log.read_bytes()[-6000:].decode(errors='replace')}") from None
     evaluated = set(Episode.objects.filter(source=Episode.Source.EVALUATION)
                     .values_list("policy_version__number", "task__env_name", "seed"))
     assert evaluated == {(v, t, s) for v in (1, 2) for t in names for s in (0, 1)}

@@ -147,6 +147,12 @@ def failed_replay(world) -> int:
     return episode.pk
 
 
+def new_webhook():
+    from ops.models import WebhookEndpoint
+
+    return WebhookEndpoint.objects.create(name="ops", url="https://hooks.example.com/T0/B0", kinds=["success_drop"])
+
+
 def heartbeat(world) -> dict:
     return {"data": {"status": "idle"}, "content_type": "application/json"}
 
@@ -195,6 +201,18 @@ EXPECTED: dict[str, Rule] = {
     # experiments (their reports are files the `experiment` command writes: none in the matrix's world)
     "experiments": page(FLEET_WATCHERS),
     "experiment-report": page(FLEET_WATCHERS, get=404, args={"name": "fleet"}),
+    # operations: Prometheus and health checks need no login (/metrics answers the test client's 127.0.0.1, one of
+    # METRICS_ALLOWED_NETWORKS); outgoing webhooks are the supervisors'
+    "metrics": public(),
+    "healthz": public(),
+    "readyz": public(),
+    "webhooks": form(SUPERVISORS, post=200, data={"name": "ops", "url": "https://hooks.example.com/T0/B0",
+                                                 "kinds": ["success_drop"]}),  # 200: the secret, once
+    "webhook-edit": form(SUPERVISORS, post=302, data={"name": "ops", "url": "https://hooks.example.com/T0/B1",
+                                                      "kinds": ["robot_silent"]}, args={"pk": Of("webhook")}),
+    "webhook-delete": action(SUPERVISORS, args={"pk": Fresh(lambda world: new_webhook().pk)}),
+    "webhook-test": action(SUPERVISORS, args={"pk": Of("webhook")}),
+    "webhook-deliveries": page(SUPERVISORS, args={"pk": Of("webhook")}),
     # rollouts
     "rollouts": page(FLEET_WATCHERS),
     "rollout-version": page(FLEET_WATCHERS, args={"number": Of("version", "number")}),
@@ -217,6 +235,7 @@ EXPECTED: dict[str, Rule] = {
     "review-replay-status": page(EPISODE_READERS, args={"pk": Of("episode")}),
     "review-replay-retry": action(ANNOTATORS, post=200, args={"pk": Fresh(failed_replay)}),  # a write: reviewers
     "review-replay-file": page(EPISODE_READERS, args={"pk": Of("episode")}),
+    "episode-recording": page(EPISODE_READERS, args={"pk": Of("episode")}),
     "review-flags": page(FLEET_WATCHERS),
     # 400 is the export's own answer (no relabelled episode to export): the permission let the request through
     "review-export": form(LABEL_READERS, post=400, data={"disposition": ["relabel"]}),
@@ -468,6 +487,7 @@ class World:
     alert: Alert
     victim: User  # whom a supervisor deactivates
     export: DatasetExport  # the annotator's, built: its owner and supervisors see it, nobody else
+    webhook: object  # an outgoing webhook endpoint (ops)
 
     def admin_object(self, label: str):
         model = next(m for m in admin.site._registry if m._meta.label_lower == label)
@@ -537,7 +557,7 @@ def build_world() -> World:
     return World(
         people=people, tokens={ROBOT: token, OTHER_ROBOT: other_token}, tasks=tasks, robot=robot, token=token_row,
         version=version, candidate=candidate, episode=episode, alert=Alert.raise_alert("canary regressed"),
-        victim=make_user("victor", "operators"), export=export)
+        victim=make_user("victor", "operators"), export=export, webhook=new_webhook())
 
 
 # --- clients -------------------------------------------------------------------------------------------------------

@@ -393,11 +393,8 @@ def test_the_episode_page_shows_the_label_and_the_flags_resolution(client, task,
 
 # --- export ----------------------------------------------------------------------------------------------
 
-def test_labelled_episodes_export_as_a_lerobot_dataset_that_reads_back(task, anna, tmp_path):
-    import pyarrow.parquet as pq
-
-    from review.export import export_dataset, labels_to_export
-
+def label_three(task, anna) -> tuple[dict, dict]:
+    """A kept, a relabelled (failing from step 25, gate at 5-10) and an excluded episode, labelled by anna."""
     arrays = {"kept": synthetic(steps=30, seed=1), "relabelled": synthetic(steps=40, seed=2, gate=slice(5, 10)),
               "excluded": synthetic(steps=20, seed=3)}
     episodes = {}
@@ -408,7 +405,16 @@ def test_labelled_episodes_export_as_a_lerobot_dataset_that_reads_back(task, ann
         disposition, step = dispositions[name]
         ReviewClaim.submit_label(episodes[name], anna, failure_mode="stalled", failure_step=step, notes=name,
                                  disposition=disposition)
-    info = export_dataset(labels_to_export(), tmp_path / "dataset")
+    return arrays, episodes
+
+
+def test_labelled_episodes_export_as_a_lerobot_v21_dataset_that_reads_back(task, anna, tmp_path):
+    import pyarrow.parquet as pq
+
+    from review.export import export_dataset, labels_to_export
+
+    arrays, episodes = label_three(task, anna)
+    info = export_dataset(labels_to_export(), tmp_path / "dataset", version="v2.1")
     root = tmp_path / "dataset"
     assert json.loads((root / "meta" / "info.json").read_text()) == info
     assert (info["codebase_version"], info["total_episodes"], info["total_frames"], info["fps"]) == ("v2.1", 2, 70, 80)
@@ -435,6 +441,61 @@ def test_labelled_episodes_export_as_a_lerobot_dataset_that_reads_back(task, ann
     assert stats[1]["stats"]["action"]["count"] == [40]
 
 
+def test_labelled_episodes_export_as_a_lerobot_v30_dataset_of_the_layout_lerobot_reads(task, anna, tmp_path):
+    """The v3.0 layout checked with pyarrow against what lerobot 0.4's loader relies on (docs/backlog.md): data
+    columns exactly the declared features, vectors as fixed-size float32 lists, contiguous index and episode_index,
+    the episodes' frame ranges, tasks as the pandas index, statistics with quantiles."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from review.export import QUANTILES, export_dataset, labels_to_export
+
+    arrays, episodes = label_three(task, anna)
+    info = export_dataset(labels_to_export(), tmp_path / "dataset")
+    root = tmp_path / "dataset"
+    assert json.loads((root / "meta" / "info.json").read_text()) == info
+    assert (info["codebase_version"], info["total_episodes"], info["total_frames"], info["total_tasks"],
+            info["fps"]) == ("v3.0", 2, 70, 1, 80)
+    assert info["data_path"] == "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+    assert sorted(str(p.relative_to(root)) for p in root.glob("data/*/*.parquet")) == ["data/chunk-000/file-000.parquet"]
+
+    table = pq.read_table(root / "data" / "chunk-000" / "file-000.parquet")
+    assert table.schema.names == list(info["features"])  # exactly the declared features, nothing else
+    for name, feature in info["features"].items():
+        field = table.schema.field(name)
+        if feature["shape"] != [1]:
+            assert field.type == pa.list_(pa.float32(), feature["shape"][0]), name
+        else:
+            assert not pa.types.is_list(field.type), name
+    data = table.to_pydict()
+    assert data["index"] == list(range(70)) and data["episode_index"] == [0] * 30 + [1] * 40
+    assert data["frame_index"] == list(range(30)) + list(range(40))
+    np.testing.assert_array_equal(np.array(data["observation.state"][:30], np.float32), arrays["kept"]["obs"])
+    action = np.array(data["action"][30:], np.float32)
+    np.testing.assert_array_equal(action[25:], arrays["relabelled"]["expert_action"][25:])  # the corrections
+
+    meta = pq.read_table(root / "meta" / "episodes" / "chunk-000" / "file-000.parquet").to_pydict()
+    assert meta["episode_index"] == [0, 1] and meta["length"] == [30, 40] and meta["tasks"] == [["pick-place-v3"]] * 2
+    assert meta["dataset_from_index"] == [0, 30] and meta["dataset_to_index"] == [30, 70]
+    assert meta["data/chunk_index"] == [0, 0] and meta["data/file_index"] == [0, 0]
+    assert meta["source_episode_id"] == [episodes["kept"].pk, episodes["relabelled"].pk]  # provenance
+    assert meta["disposition"] == ["keep", "relabel"] and meta["failure_step"] == [None, 25]
+    assert meta["stats/action/count"] == [[30], [40]]
+
+    tasks = pq.read_table(root / "meta" / "tasks.parquet")
+    assert tasks.to_pydict() == {"task_index": [0], "task": ["pick-place-v3"]}
+    assert json.loads(tasks.schema.metadata[b"pandas"])["index_columns"] == ["task"]  # the index, as pandas writes
+
+    stats = json.loads((root / "meta" / "stats.json").read_text())
+    assert set(stats) == set(info["features"])
+    state = np.concatenate([arrays["kept"]["obs"], arrays["relabelled"]["obs"]]).astype(np.float64)
+    assert stats["observation.state"]["count"] == [70]
+    np.testing.assert_allclose(stats["observation.state"]["mean"], state.mean(0), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(stats["observation.state"]["std"], state.std(0), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(stats["observation.state"]["min"], state.min(0))
+    assert set(QUANTILES) <= set(stats["action"]) and len(stats["action"]["q50"]) == 4
+
+
 def test_the_export_form_queues_a_job_for_matching_labels_only(client, task, anna, olivia,
                                                                 django_capture_on_commit_callbacks):
     from review.models import DatasetExport
@@ -452,8 +513,9 @@ def test_the_export_form_queues_a_job_for_matching_labels_only(client, task, ann
         response = client.post(reverse("review-export"), {"disposition": ["keep", "relabel"], "task": task.env_name})
     export = DatasetExport.objects.get()
     assert response.status_code == 302 and response["Location"] == reverse("review-export-job", args=[export.pk])
-    assert (export.requested_by, export.task, export.dispositions, export.episodes, export.status) == (
-        anna, task, ["keep", "relabel"], 1, DatasetExport.Status.QUEUED)
+    assert (export.requested_by, export.task, export.dispositions, export.episodes, export.status, export.format) == (
+        anna, task, ["keep", "relabel"], 1, DatasetExport.Status.QUEUED, "v3.0")
+    assert client.post(reverse("review-export"), {"disposition": ["keep"], "format": "v9"}).status_code == 400
     assert len(queued) == 1  # the job is sent once the row is committed
     page = client.get(response["Location"]).content.decode()
     assert "Waiting for a worker" in page and 'id="export-state"' in page and "js/export_job.js" in page
@@ -467,6 +529,11 @@ def test_the_export_command_writes_the_dataset(task, anna, tmp_path):
     ReviewClaim.submit_label(episode, anna, failure_mode="stalled", failure_step=None, notes="", disposition="keep")
     call_command("export_dataset", str(tmp_path / "out"), "--task", "pick-place-v3", "--zip")
     assert (tmp_path / "out" / "meta" / "info.json").exists() and (tmp_path / "out.zip").exists()
+    assert json.loads((tmp_path / "out" / "meta" / "info.json").read_text())["codebase_version"] == "v3.0"
+    call_command("export_dataset", str(tmp_path / "old"), "--format", "v2.1")
+    assert (tmp_path / "old" / "meta" / "episodes.jsonl").exists()
+    with pytest.raises(CommandError, match="invalid choice"):
+        call_command("export_dataset", str(tmp_path / "other"), "--format", "v9")
     with pytest.raises(CommandError, match="already exists"):
         call_command("export_dataset", str(tmp_path / "out"))
     with pytest.raises(CommandError, match="--disposition"):

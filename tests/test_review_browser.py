@@ -147,3 +147,36 @@ def test_the_replay_plays_at_the_chosen_speed_and_steps_one_control_step_at_a_ti
     page.wait_for_function(f"() => {VIDEO}.readyState >= 1", timeout=60_000)
     assert page.input_value("#replay-speed") == "1.5" and page.evaluate(f"{VIDEO}.playbackRate") == 1.5
     assert session.console_errors == []
+
+
+def test_an_annotator_exports_a_v21_dataset_from_the_page_and_downloads_its_zip(browser_session, start_worker, anna,
+                                                                                tmp_path):
+    import json
+    import zipfile
+
+    from tests.test_review import label_three
+
+    task = Task.objects.create(env_name="pick-place-v3", title="Pick place")
+    label_three(task, anna)  # one kept, one relabelled, one excluded
+    start_worker(queues="background")
+    session = browser_session(anna)
+    page = session.page
+    page.goto(session.base_url + "/review/export/")
+    assert page.input_value("select[name=format]") == "v3.0"  # the current format unless asked otherwise
+    page.select_option("select[name=format]", "v2.1")
+    session.screenshot("form")
+    page.get_by_role("button", name="Export the dataset").click()
+    page.wait_for_url("**/review/exports/*/")
+    page.locator("#export-download").wait_for(state="visible", timeout=120_000)  # polled until ready
+    assert "2 episodes" in page.inner_text("#export-message") and "LeRobot v2.1" in page.inner_text("main")
+    session.screenshot("ready")
+    with page.expect_download() as download:
+        page.click("#export-download")
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    with zipfile.ZipFile(saved) as archive:
+        info_name = next(name for name in archive.namelist() if name.endswith("meta/info.json"))
+        info = json.loads(archive.read(info_name))
+        assert any(name.endswith("meta/episodes.jsonl") for name in archive.namelist())
+    assert (info["codebase_version"], info["total_episodes"], info["total_frames"]) == ("v2.1", 2, 70)
+    assert session.console_errors == []

@@ -251,7 +251,8 @@ def test_an_export_job_builds_a_zip_that_its_owner_and_supervisors_download_and_
     assert download["Content-Disposition"] == f'attachment; filename="sopweb-labelled-episodes-{export.pk}.zip"'
     names = zipfile.ZipFile(io.BytesIO(b"".join(download.streaming_content))).namelist()
     assert "sopweb-labelled-episodes/meta/info.json" in names
-    assert "sopweb-labelled-episodes/data/chunk-000/episode_000002.parquet" in names
+    assert "sopweb-labelled-episodes/data/chunk-000/file-000.parquet" in names  # v3.0, the form's default
+    assert "sopweb-labelled-episodes/meta/episodes/chunk-000/file-000.parquet" in names
 
     client.force_login(bea)  # another annotator: not even told it exists
     for url in urls.values():

@@ -55,6 +55,14 @@ def run_setup(tmp_path, code=SETUP, **env):
     ("LEARNER_STEPS_PER_ROBOT_SECOND", "-5", "expected a value"),
     ("LEARNER_RECAP_BASE_ROLLOUTS", "some", "expected an integer"),
     ("EXPERIMENTS_REDIS_DB", "16", "in [0, 15]"),
+    ("LOG_FORMAT", "xml", "expected plain or json"),
+    ("CELERY_BROKER_URL", "sqs://queue", "expected redis://, rediss://, amqp:// or amqps://"),
+    ("METRICS_ENABLED", "perhaps", "expected true or false"),
+    ("METRICS_ALLOWED_NETWORKS", "10.0.0.0/33", "expected comma-separated networks"),
+    ("METRICS_TOKEN", "short", "at least 16 characters"),
+    ("ALERT_SUCCESS_MIN_BASELINE", "500", "must not exceed ALERT_SUCCESS_BASELINE"),
+    ("ALERT_SUCCESS_MARGIN", "2", "in [0.0, 1.0]"),
+    ("WEBHOOK_MAX_ATTEMPTS", "0", "in [1, 20]"),
 ])
 def test_a_bad_value_stops_start_up_naming_the_variable(tmp_path, name, value, message):
     result = run_setup(tmp_path, **{name: value})

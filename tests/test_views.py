@@ -12,21 +12,21 @@ from core.models import AuditEvent
 from fleet.models import Episode, Robot, Task
 
 PAGES = ["home", "fleet", "episodes", "breakdown", "learner", "versions", "audit", "rollouts", "experiments",
-         "review-queue", "review-flags", "users"]
+         "review-queue", "review-flags", "users", "webhooks"]
 # persona -> page -> expected status for a GET (302 on "home" is the redirect to the role's landing page)
 EXPECTED = {
     "olivia": {"home": 302, "fleet": 200, "episodes": 200, "breakdown": 200, "learner": 200, "versions": 200,
                "audit": 403, "rollouts": 200, "experiments": 200, "review-queue": 403, "review-flags": 200,
-               "users": 403},
+               "users": 403, "webhooks": 403},
     "sam": {"home": 302, "fleet": 200, "episodes": 200, "breakdown": 200, "learner": 200, "versions": 200,
             "audit": 200, "rollouts": 200, "experiments": 200, "review-queue": 403, "review-flags": 200,
-            "users": 200},
+            "users": 200, "webhooks": 200},
     "anna": {"home": 302, "fleet": 403, "episodes": 200, "breakdown": 200, "learner": 403, "versions": 403,
              "audit": 403, "rollouts": 403, "experiments": 403, "review-queue": 200, "review-flags": 403,
-             "users": 403},
+             "users": 403, "webhooks": 403},
     "oscar": {"home": 403, "fleet": 403, "episodes": 403, "breakdown": 403, "learner": 403, "versions": 403,
               "audit": 403, "rollouts": 403, "experiments": 403, "review-queue": 403, "review-flags": 403,
-              "users": 403},
+              "users": 403, "webhooks": 403},
 }
 
 

@@ -26,8 +26,19 @@
     if (!box) return;
     const p = document.createElement("p");
     p.className = "message alert " + (data.level || "error");
+    if (data.alert) p.dataset.alert = data.alert;
     p.textContent = data.message;
     box.prepend(p);
+  }
+
+  // An alert rule's incident resolved itself: it stays shown until acknowledged, marked resolved.
+  function markResolved(data) {
+    const row = document.querySelector('#alerts [data-alert="' + data.alert + '"]');
+    if (!row || row.querySelector(".resolved")) return;
+    const mark = document.createElement("span");
+    mark.className = "resolved";
+    mark.textContent = "resolved";
+    row.append(mark);
   }
 
   // "live", "reconnecting" (no word for a while, or the socket is being re-opened) or "offline" (refused).
@@ -85,5 +96,6 @@
     onResync(fn) { resyncers.push(fn); },
   };
   window.SopLive.on("alert", showAlert);
+  window.SopLive.on("alert.resolved", markResolved);
   if (path) document.addEventListener("DOMContentLoaded", connect);
 })();

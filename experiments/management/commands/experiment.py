@@ -1,13 +1,14 @@
 """Run a declared sweep on the real system, resume it, and report it.
 
-    manage.py experiment run --sweep fleet [--quick] [--repeats 3] [--fresh]
+    manage.py experiment run --sweep fleet [--quick] [--repeats 3] [--fresh | --redo-invalid]
     manage.py experiment report --sweep fleet [--quick]
     manage.py experiment list
 
 Each run gets its own PostgreSQL database (cloned from a migrated template), Redis database and storage directory,
 and the whole system (actor, learner, default and control workers, beat) in child processes. A finished run is kept
 under EXPERIMENTS_DIR by the hash of its spec and its repeat number: a sweep that stops resumes with the runs it
-lacks; `--fresh` measures again.
+lacks; `--fresh` measures again, `--redo-invalid` measures again only the runs whose clock was marked invalid (the
+machine could not keep the declared pace or learner rate).
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ from experiments.processes import ROOT
 
 
 class Command(BaseCommand):
-    help = "experiment run|report --sweep NAME [--quick] [--repeats N] [--fresh] | experiment list"
+    help = ("experiment run|report --sweep NAME [--quick] [--repeats N] [--fresh | --redo-invalid] | "
+            "experiment list")
 
     def add_arguments(self, parser):
         parser.add_argument("action", choices=["run", "report", "list", "run-one"],
@@ -35,19 +37,23 @@ class Command(BaseCommand):
         parser.add_argument("--repeats", type=int, help="repeats per arm, each with its own online seeds "
                                                         "(default 3; 1 with --quick)")
         parser.add_argument("--fresh", action="store_true", help="measure again even where a cached run exists")
+        parser.add_argument("--redo-invalid", action="store_true",
+                            help="measure again the cached runs whose clock was marked invalid")
         parser.add_argument("--spec")
         parser.add_argument("--resolved", default="{}")
         parser.add_argument("--repeat", type=int)
         parser.add_argument("--run-dir")
         parser.add_argument("--record")
 
-    def handle(self, *args, action, sweep, quick, repeats, fresh, **options):
+    def handle(self, *args, action, sweep, quick, repeats, fresh, redo_invalid=False, **options):
         if action == "list":
             return self.list()
         if action == "run-one":
             return self.run_one(options)
         if sweep is None:
             raise CommandError(f"--sweep is required: one of {', '.join(sweeps.SWEEPS)}")
+        if fresh and redo_invalid:
+            raise CommandError("--fresh measures every run again already: give one of --fresh and --redo-invalid")
         repeats = repeats if repeats is not None else (1 if quick else 3)
         if not 1 <= repeats <= 50:
             raise CommandError("--repeats must lie in 1..50")
@@ -62,7 +68,7 @@ class Command(BaseCommand):
             return self.write_report(sweep, quick, arms)
         try:
             with store.exclusive():
-                return self.run_sweep(sweep, quick, repeats, fresh)
+                return self.run_sweep(sweep, quick, repeats, fresh, redo_invalid)
         except store.Busy as exc:
             raise CommandError(str(exc)) from None
 
@@ -95,7 +101,7 @@ class Command(BaseCommand):
         key = self.key(spec, resolved)
         return [r for n in range(1, repeats + 1) if (r := store.read_record(key, n)) is not None]
 
-    def run_sweep(self, sweep: str, quick: bool, repeats: int, fresh: bool) -> None:
+    def run_sweep(self, sweep: str, quick: bool, repeats: int, fresh: bool, redo_invalid: bool = False) -> None:
         from experiments import databases
 
         specs = sweeps.sweep(sweep, quick)
@@ -107,6 +113,10 @@ class Command(BaseCommand):
             records = []
             for repeat in range(1, repeats + 1):
                 record = None if fresh else store.read_record(key, repeat)
+                if record is not None and redo_invalid and not record["clock"]["valid"]:
+                    self.say(f"{spec['arm']}, repeat {repeat}: cached but invalid "
+                             f"({'; '.join(record['clock']['problems'])}): measuring again")
+                    record = None
                 if record is not None:
                     self.say(f"{spec['arm']}, repeat {repeat}: cached ({store.record_path(key, repeat)})")
                 else:

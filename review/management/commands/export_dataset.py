@@ -1,4 +1,4 @@
-"""Export labelled episodes as a LeRobot dataset (v2.1 layout; see review/export.py)."""
+"""Export labelled episodes as a LeRobot dataset (format v3.0, or v2.1 with --format; see review/export.py)."""
 from __future__ import annotations
 
 import shutil
@@ -7,12 +7,12 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from fleet.models import Task
-from review.export import export_dataset, labels_to_export
+from review.export import VERSIONS, export_dataset, labels_to_export
 from review.models import EpisodeLabel
 
 
 class Command(BaseCommand):
-    help = "Write labelled episodes as a LeRobot dataset folder (meta/*.json[l], data/chunk-*/episode_*.parquet)."
+    help = "Write labelled episodes as a LeRobot dataset folder (format v3.0 by default; review/export.py)."
 
     def add_arguments(self, parser):
         parser.add_argument("out", help="the dataset folder to create (must not exist)")
@@ -21,8 +21,11 @@ class Command(BaseCommand):
                             help="comma-separated dispositions to include (default keep,relabel; add exclude to "
                                  "export excluded episodes too, as recorded)")
         parser.add_argument("--zip", action="store_true", help="also write OUT.zip")
+        parser.add_argument("--format", default="v3.0", choices=VERSIONS,
+                            help="the LeRobot format: v3.0 (lerobot 0.4 and later, the default) or v2.1")
 
-    def handle(self, *args, out: str, task: str | None, disposition: str, zip: bool, **options):
+    def handle(self, *args, out: str, task: str | None, disposition: str, zip: bool, format: str = "v3.0",
+               **options):
         dispositions = [d.strip() for d in disposition.split(",") if d.strip()]
         unknown = set(dispositions) - set(EpisodeLabel.Disposition.values)
         if unknown or not dispositions:
@@ -37,7 +40,7 @@ class Command(BaseCommand):
         if not labels.exists():
             raise CommandError("no labelled episode matches: nothing to export")
         try:
-            info = export_dataset(labels, Path(out))
+            info = export_dataset(labels, Path(out), version=format)
         except FileExistsError as exc:
             raise CommandError(str(exc)) from None
         if zip:
