@@ -9,6 +9,7 @@ import logging
 import random
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -234,7 +235,6 @@ class _Monitor:
 
 
 def _run_leased(robot: Robot, lease: bus.Lease) -> str:
-    from fleet.sim.actor import run_episode
     from fleet.sim.gate import Gate
 
     # Until the episode's own poll renews the lease, a thread keeps it: through a fresh process's warm-up, the plan
@@ -244,8 +244,32 @@ def _run_leased(robot: Robot, lease: bus.Lease) -> str:
         plan = _plan(robot)
         if isinstance(plan, str):
             return plan
-        task_name = plan.task.env_name
-        sim, gate = sim_task(task_name), Gate(plan.gate_config)
+        with _giving_back_on_failure(plan):
+            sim, gate = sim_task(plan.task.env_name), Gate(plan.gate_config)
+    with _giving_back_on_failure(plan):
+        return _run_planned(robot, lease, plan, sim, gate)
+
+
+@contextmanager
+def _giving_back_on_failure(plan: _Plan):
+    """Whatever ends an evaluation episode early (the worker's time limit, a simulator error), its item goes back
+    at once instead of staying claimed for CLAIM_TIMEOUT: the candidate waits for it. An item already recorded is
+    complete, and giving it back leaves it so."""
+    try:
+        yield
+    except BaseException:
+        if plan.evaluation is not None:
+            try:
+                governance_evaluation.release(plan.evaluation)
+            except Exception:  # the database is away as well: the claim times out instead
+                log.warning("could not give back evaluation item %s", plan.evaluation.pk, exc_info=True)
+        raise
+
+
+def _run_planned(robot: Robot, lease: bus.Lease, plan: _Plan, sim, gate) -> str:
+    from fleet.sim.actor import run_episode
+
+    task_name = plan.task.env_name
     if lease.lost:  # Redis lost the key and another actor took the robot: it runs the episode, not this one
         if plan.evaluation is not None:
             governance_evaluation.release(plan.evaluation)

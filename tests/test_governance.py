@@ -286,6 +286,42 @@ def test_a_candidate_whose_checkpoint_cannot_be_loaded_is_rejected_and_the_robot
     assert Episode.objects.get().policy_version == v1
 
 
+@pytest.mark.django_db(transaction=True)
+def test_an_evaluation_episode_that_fails_gives_its_item_back_at_once(tasks, settings, monkeypatch):
+    """A robot whose evaluation episode ends in an error (here the simulator's) does not hold its item for
+    CLAIM_TIMEOUT: the next robot to start an episode runs it, and the evaluation finishes."""
+    from actors import runner
+    from tests.conftest import publish_random_policy
+
+    monkeypatch.setattr("actors.runner._torch_ready", True)
+    settings.FLEET_REALTIME_FACTOR = 0
+    settings.GOVERNANCE_EVALUATION_EPISODES = 1
+    for task in tasks:
+        Task.objects.filter(pk=task.pk).update(max_steps=20)
+    names = [t.env_name for t in tasks]
+    robot = Robot.objects.create(name="sim-1", enabled=True)
+    robot.tasks.set(tasks)
+    deploy_to_fleet(publish_random_policy(1, names), reason="base")
+    v2 = publish_random_policy(2, names, seed=2)
+    decisions.nominate(v2, None, reason="rule")
+
+    def broken_simulator(*args, **kwargs):
+        raise RuntimeError("the simulator lost its scene")
+
+    monkeypatch.setattr("fleet.sim.actor.run_episode", broken_simulator)  # the runner imports it per episode
+    with pytest.raises(RuntimeError, match="lost its scene"):
+        runner.run_robot_episode(robot.pk)
+    assert EvaluationItem.objects.filter(claimed_at__isnull=False).count() == 0  # given back, not held
+    assert EvaluationItem.objects.filter(episode=None).count() == 4
+
+    monkeypatch.undo()
+    monkeypatch.setattr("actors.runner._torch_ready", True)
+    for _ in range(4):
+        assert runner.run_robot_episode(robot.pk) in ("success", "timeout")
+    assert not EvaluationItem.objects.filter(episode=None).exists()
+    assert [e.candidate for e in evaluation.finish_complete()] == [v2]
+
+
 def test_evaluation_episodes_are_kept_out_of_training(deployed, robots, tasks):
     online = make_episode(robots[0], deployed, tasks[0])
     make_episode(robots[0], deployed, tasks[0], source=Episode.Source.EVALUATION, seed=0)
