@@ -60,6 +60,12 @@ class Process:
                 self.proc.wait()
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM ends this process the way Ctrl-C does: `finally` blocks run, so a sweep stopped with `kill` stops its
+    run and the run stops the system's processes and drops its database, instead of leaving them behind."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def wait_until(condition, timeout: float, what: str, interval: float = 0.5):
     """Poll `condition` until it returns something true (returned), or raise TimeoutError naming `what`."""
     deadline = time.monotonic() + timeout

@@ -13,7 +13,6 @@ import os
 import shutil
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
 from datetime import timezone as dt_timezone
 from pathlib import Path
@@ -263,10 +262,11 @@ def evaluate_kept(spec: dict, kept: list[dict], workers: int) -> list[dict]:
                    for w in work}                                # again) would cost more than it saves
     else:
         # Spawned, not forked: this process has run torch (pretraining), and a forked child can hang in its locks.
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {key(w): pool.submit(_evaluate_one, w[0]["path"], w[0]["sha256"], w[2], spec["eval_episodes"],
-                                           w[3], w[4]) for w in work}
-        results = {k: future.result() for k, future in futures.items()}
+        # A pool that ends early (the run was stopped) terminates its workers rather than finishing their queue.
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            pending = {key(w): pool.apply_async(_evaluate_one, (w[0]["path"], w[0]["sha256"], w[2],
+                                                                spec["eval_episodes"], w[3], w[4])) for w in work}
+            results = {k: result.get() for k, result in pending.items()}
     evaluations = []
     for version in kept:
         entry = {k: version[k] for k in ("number", "train_steps", "robot_seconds")}

@@ -1,6 +1,7 @@
 """The experiment suite: `manage.py experiment run --sweep fleet --quick` on the real system (each run's own
 database, Redis database and Celery processes), its cache, its report and the Experiments page."""
 import json
+import os
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from django.urls import reverse
 
 from core.stats import mean_interval
 from experiments import report, sweeps
-from tests.conftest import ROOT, SCREENSHOTS, BrowserSession, process_env
+from tests.conftest import ROOT, SCREENSHOTS, BrowserSession, process_env, wait_for
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -99,6 +100,19 @@ def databases_named(prefix: str) -> set[str]:
     with psycopg.connect(**params, dbname="postgres") as conn:
         rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", [prefix + "%"]).fetchall()
     return {name for (name,) in rows}
+
+
+def systems_of(results) -> list[int]:
+    """The processes a sweep writing to `results` started (they inherit its EXPERIMENTS_DIR)."""
+    marker = f"EXPERIMENTS_DIR={results}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and marker in open(f"/proc/{entry}/environ", "rb").read().split(b"\0"):
+                found.append(int(entry))
+        except OSError:
+            continue  # exited meanwhile, or not ours to read
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +206,24 @@ def test_a_sweep_resumes_from_its_cache_and_refuses_to_run_twice_at_once(quick_f
         record = json.loads(path.read_text())
         record["clock"].update(valid=ok, problems=[] if ok else ["robots ran at 90 % of their declared pace"])
         path.write_text(json.dumps(record))
+    # A sweep stopped with SIGTERM while a run's clock runs leaves nothing behind: no process of the run's system,
+    # no database of the run, no record; the next sweep measures that run again.
+    stopped = subprocess.Popen([sys.executable, "manage.py", "experiment", "run", "--sweep", "fleet", "--quick",
+                                "--redo-invalid"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in stopped.stdout:
+            if "clock started" in line:
+                break
+        assert systems_of(results), "the run's processes, while its clock runs"
+        stopped.terminate()
+        assert stopped.wait(180) != 0
+    finally:
+        stopped.kill()
+    wait_for(lambda: not systems_of(results), 30, "the run's processes to end")
+    template = f"{settings.DATABASES['default']['NAME']}_exp_template"
+    assert databases_named(f"{settings.DATABASES['default']['NAME']}_exp_") == {template}
+    assert json.loads(invalid.read_text())["clock"]["problems"] == ["robots ran at 90 % of their declared pace"]
     resumed = experiment("run", "--sweep", "fleet", "--quick", "--redo-invalid", env=env)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     assert resumed.stdout.count(": cached (") == 1 and missing.exists()

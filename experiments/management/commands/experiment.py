@@ -22,7 +22,10 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from experiments import report, store, sweeps
-from experiments.processes import ROOT
+from experiments.processes import ROOT, exit_on_sigterm
+
+# How long a stopped run may take to stop the system's processes (each gets 60 s: Process.stop) before it is killed.
+STOP_SECONDS = 300
 
 
 class Command(BaseCommand):
@@ -48,6 +51,7 @@ class Command(BaseCommand):
     def handle(self, *args, action, sweep, quick, repeats, fresh, redo_invalid=False, **options):
         if action == "list":
             return self.list()
+        exit_on_sigterm()
         if action == "run-one":
             return self.run_one(options)
         if sweep is None:
@@ -138,16 +142,26 @@ class Command(BaseCommand):
         self.say(f"{spec['arm']}, repeat {repeat}: running on database {database} (logs in {run_dir / 'logs'})")
         started = time.monotonic()
         try:
-            result = subprocess.run(
+            child = subprocess.Popen(
                 [sys.executable, str(ROOT / "manage.py"), "experiment", "run-one", "--spec", json.dumps(spec),
                  "--resolved", json.dumps(resolved), "--repeat", str(repeat), "--run-dir", str(run_dir),
                  "--record", str(store.record_path(key, repeat))],
                 cwd=ROOT, env=private_env(spec, database, run_dir))
+            try:
+                returncode = child.wait()
+            except BaseException:  # stopped (Ctrl-C, SIGTERM): the run stops its system before its database goes
+                child.terminate()
+                try:
+                    child.wait(STOP_SECONDS)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
+                raise
         finally:
             databases.drop(database)
             shutil.rmtree(run_dir / "storage", ignore_errors=True)  # the kept checkpoints are in checkpoints/
-        if result.returncode != 0:
-            raise CommandError(f"{spec['arm']}, repeat {repeat} failed (exit {result.returncode}): see the output "
+        if returncode != 0:
+            raise CommandError(f"{spec['arm']}, repeat {repeat} failed (exit {returncode}): see the output "
                                f"above and {run_dir / 'logs'}")
         record = store.read_record(key, repeat)
         self.say(f"{spec['arm']}, repeat {repeat}: done in {(time.monotonic() - started) / 60:.1f} min; "
