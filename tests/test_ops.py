@@ -25,6 +25,26 @@ from tests.test_governance import make_episode, make_version
 K = Alert.Kind
 
 
+def clear_rejections():
+    from core import bus
+
+    bus.client().delete(*[bus.rejections_key(int(time.time() // 60) - n) for n in range(60)])
+
+
+@pytest.fixture(autouse=True)
+def quiet_redis_inputs():
+    """The rules read Redis as well as the database, and Redis is shared by this stream's earlier tests: tasks no
+    worker took (an episode scheduled for a robot) and uploads refused (the gateway's fuzz corpus) would fire rules
+    these tests do not expect. Each test starts with every watched queue empty and no refusal counted."""
+    from ops.collectors import QUEUES
+    from sopweb.celery import app
+
+    with app.connection_for_write() as connection:
+        for queue in QUEUES:
+            connection.default_channel.queue_purge(queue)
+    clear_rejections()
+
+
 class Receiver:
     """A local HTTP server standing in for Slack: it records each POST (headers, raw body) and answers with the
     next status of `statuses` (the last one repeats)."""
@@ -185,17 +205,14 @@ def test_a_learner_that_publishes_nothing_while_data_arrives_fires(fleet_rows, s
 
 
 def test_rejected_uploads_above_the_rate_fire(db, settings):
-    from core import bus
-
     settings.ALERT_REJECTIONS_PER_MINUTE, settings.ALERT_REJECTIONS_MINUTES = 2.0, 5
-    bus.client().delete(*[bus.rejections_key(int(time.time() // 60) - n) for n in range(7)])
     for _ in range(10):
         metrics.rejected("too_large")
     assert rules.check()["fired"] == 0  # 10 in 5 minutes: 2 a minute, not above
     metrics.rejected("untrusted")
     assert rules.check()["fired"] == 1
     assert "11 episodes were refused" in Alert.objects.get(kind=K.INGEST_REJECTIONS).message
-    bus.client().delete(*[bus.rejections_key(int(time.time() // 60) - n) for n in range(7)])
+    clear_rejections()
     assert rules.check()["resolved"] == 1
 
 
@@ -203,8 +220,6 @@ def test_a_queue_backlog_fires_and_clears(db, settings):
     from sopweb.celery import app
 
     settings.ALERT_QUEUE_DEPTH = 3
-    with app.connection_for_write() as connection:
-        connection.default_channel.queue_purge("background")
     for _ in range(4):
         app.send_task("review.render_ahead", queue="background")  # no worker serves it in this test
     try:
