@@ -138,8 +138,10 @@ def fleet_phase(spec: dict, run_dir: Path, env: dict, say) -> dict:
             for version in PolicyVersion.objects.filter(number__gt=base.number).exclude(number__in=seen) \
                     .order_by("number"):
                 seen.add(version.number)
-                if (version.number - base.number) % spec["eval_every"] == 0:
-                    kept.append(keep(version, run_dir, _robot_seconds(t0, version.created_at, spec["pace"])))
+                at = _robot_seconds(t0, version.created_at, spec["pace"])
+                dense = spec.get("eval_dense_minutes")  # every version until then (the fleet sweep)
+                if (version.number - base.number) % spec["eval_every"] == 0 or (dense and at <= dense * 60):
+                    kept.append(keep(version, run_dir, at))
             for process in processes:
                 process.cpu_seconds()
             elapsed = _robot_seconds(t0, now, spec["pace"])

@@ -42,7 +42,11 @@ def test_mean_interval_is_student_t_across_repeats():
 def test_a_spec_key_ignores_the_arm_label_and_follows_everything_declared():
     fleet = {a["arm"]: a for a in sweeps.sweep("fleet")}
     gains = {a["arm"]: a for a in sweeps.sweep("gains")}
-    assert sweeps.key(fleet["4 robots"]) == sweeps.key(gains["SOP + HG-DAgger"])  # measured once for both
+    pretraining = {a["arm"]: a for a in sweeps.sweep("pretraining")}
+    assert sweeps.key(pretraining["5 demos + SOP"]) == sweeps.key(gains["SOP + HG-DAgger"])  # measured once for both
+    # The fleet sweep evaluates its first minutes densely: its 4-robot arm is measured on its own.
+    assert sweeps.key(fleet["4 robots"]) != sweeps.key(gains["SOP + HG-DAgger"])
+    assert fleet["4 robots"]["eval_dense_minutes"] == 5.0 and "eval_dense_minutes" not in gains["SOP + HG-DAgger"]
     assert sweeps.key(fleet["1 robot"]) != sweeps.key(fleet["4 robots"])
     assert sweeps.key({**fleet["4 robots"], "learner_rate": 99}) != sweeps.key(fleet["4 robots"])
     for name in sweeps.SWEEPS:
@@ -154,6 +158,10 @@ def test_a_quick_fleet_sweep_runs_each_arm_on_its_own_database_and_reports_what_
         evals = record["evaluations"]
         assert evals[0]["robot_seconds"] == 0 and evals[0]["number"] == record["base_version"]
         assert len(evals) >= 2 and [e["robot_seconds"] for e in evals] == sorted(e["robot_seconds"] for e in evals)
+        # The fleet sweep's first minutes: every version published by then is evaluated, none skipped.
+        dense = [e["number"] for e in evals[1:] if e["robot_seconds"] <= spec["eval_dense_minutes"] * 60]
+        assert dense == list(range(record["base_version"] + 1, record["base_version"] + 1 + len(dense)))
+        assert dense or not clock["valid"]  # a learner at its declared rate publishes in that window
         for e in evals:
             assert set(e["tasks"]) == set(spec["tasks"])
             assert all(t["episodes"] == spec["eval_episodes"] for t in e["tasks"].values())
