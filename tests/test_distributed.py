@@ -73,6 +73,7 @@ def test_the_learner_service_trains_as_a_group_and_resumes_after_the_group_is_ki
     settings.LEARNER_WORLD_SIZE = 2  # every host's setting: this process starts the run, as the web process would
     robot = fleet_with_base
     bus.client().delete(LEASE_KEY)
+    bus.client().delete("learner")  # a slice an earlier test of this stream queued with no worker to take it
     env = {**LEARNER_ENV, "LEARNER_SLICE_SECONDS": 10, "LEARNER_SAVE_SECONDS": 5}
     start_worker("actors", queues="actors", FLEET_REALTIME_FACTOR=0, **env)
     service = LearnerService(tmp_path / "learner.log", **env)
