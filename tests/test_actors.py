@@ -73,8 +73,11 @@ def test_a_version_assigned_while_actors_run_is_used_from_the_next_episode(start
     wait_for(lambda: episodes_of(robot).filter(policy_version=v2).count() >= 2, 60, "episodes on v2")
     control.stop(robot, olivia)
 
+    # An episode reads its version when it is planned, before its scene is built and its clock starts: the one
+    # being planned as the assignment committed may still run v1 (on a loaded machine it starts seconds later);
+    # every episode after it runs v2.
     later = [e for e in episodes_of(robot) if e.started_at.timestamp() > assigned_at]
-    assert later and all(e.policy_version_id == v2.pk for e in later)
+    assert later and sum(e.policy_version_id == v1.pk for e in later) <= 1
     # Once an episode ran v2, none ran v1 again: the swap happened at one episode boundary.
     first_v2 = episodes_of(robot).filter(policy_version=v2).first().pk
     assert not episodes_of(robot).filter(pk__gt=first_v2, policy_version=v1).exists()
