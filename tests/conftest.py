@@ -535,3 +535,32 @@ def own_redis(tmp_path, settings):
             yield server
     finally:
         server.stop()
+
+
+class BeatProcess:
+    """Celery beat (sopweb/beat.py) against the test database and Redis: its log is tmp_path/<name>.log, its
+    schedule file in the test's directory."""
+
+    def __init__(self, tmp_path, name: str = "beat", **env):
+        self.log = tmp_path / f"{name}.log"
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "sopweb", "beat", "-s", str(tmp_path / f"{name}-schedule"),
+                 "--loglevel", "INFO"], cwd=ROOT, env=process_env(**env), stdout=out, stderr=subprocess.STDOUT)
+
+    def stop(self):
+        stop_process(self.proc)
+
+
+@pytest.fixture
+def beat(tmp_path):
+    started = []
+
+    def start(**env):
+        process = BeatProcess(tmp_path, **env)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()

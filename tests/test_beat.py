@@ -4,19 +4,11 @@ from __future__ import annotations
 
 import re
 import signal
-import subprocess
-import sys
 from datetime import datetime
 
-from tests.conftest import ROOT, process_env, stop_process, wait_for
+from tests.conftest import BeatProcess, wait_for
 
 SENT = re.compile(r"^(\S+ \S+) INFO celery.beat Scheduler: Sending due task sweep-robots ", re.M)
-
-
-def start_beat(log, **env):
-    with open(log, "wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "celery", "-A", "sopweb", "beat", "--loglevel", "INFO"],
-                                cwd=ROOT, env=process_env(**env), stdout=out, stderr=subprocess.STDOUT)
 
 
 def sends(log) -> list[datetime]:
@@ -25,8 +17,8 @@ def sends(log) -> list[datetime]:
 
 def test_two_beats_send_each_period_once_and_the_standby_takes_over(transactional_db, tmp_path):
     env = {"FLEET_SWEEP_INTERVAL": 1, "BEAT_LOCK_SECONDS": 3}
-    logs = [tmp_path / "beat-a.log", tmp_path / "beat-b.log"]
-    beats = [start_beat(logs[0], **env), start_beat(logs[1], **env)]
+    beats = [BeatProcess(tmp_path, "beat-a", **env), BeatProcess(tmp_path, "beat-b", **env)]
+    logs = [b.log for b in beats]
     try:
         wait_for(lambda: len(sends(logs[0])) + len(sends(logs[1])) >= 6, 60, "six sweeps sent")
         counts = [len(sends(log)) for log in logs]
@@ -36,11 +28,11 @@ def test_two_beats_send_each_period_once_and_the_standby_takes_over(transactiona
         gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:])]
         assert min(gaps) > 0.5, gaps  # once per one-second period, never twice
         standby = 1 - active
-        beats[active].send_signal(signal.SIGKILL)  # no clean release: the lock must expire
-        beats[active].wait()
+        beats[active].proc.send_signal(signal.SIGKILL)  # no clean release: the lock must expire
+        beats[active].proc.wait()
         wait_for(lambda: len(sends(logs[standby])) >= 3, 60, "the standby beat to take over")
         assert sends(logs[standby])[0] > times[-1]
         assert len(sends(logs[active])) == len(times)  # the dead one sent nothing more
     finally:
         for beat in beats:
-            stop_process(beat)
+            beat.stop()

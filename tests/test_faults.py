@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from functools import partial
@@ -30,12 +28,9 @@ from django.db import connection
 from core import bus
 from fleet.models import Episode, Robot
 from tests.conftest import (
-    ROOT,
     at_the_same_instant,
-    process_env,
     publish_random_policy,
     session_cookie,
-    stop_group,
     wait_for,
 )
 from tests.factories import TASK_NAMES
@@ -46,23 +41,10 @@ STORED = re.compile(rb"(?:stored|kept) episode ([0-9a-f-]{36})")
 
 
 @pytest.fixture
-def start_beat(tmp_path, own_redis):
-    """Beat, the product's scheduler (sweeps, the learner's watchdog, the outbox drain), against the test's Redis."""
-    procs = []
-
-    def start(**env) -> subprocess.Popen:
-        log = open(tmp_path / "beat.log", "ab")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "sopweb", "beat", "-s", str(tmp_path / "beat-schedule"),
-             "--loglevel", "INFO"],
-            cwd=ROOT, env=process_env(**env), stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        stop_group(proc)
+def start_beat(own_redis, beat):
+    """Beat, the product's scheduler (sweeps, the learner's watchdog, the outbox drain), against the test's Redis,
+    which outlives it."""
+    return beat
 
 
 def fleet_of(count: int, tasks) -> list[Robot]:

@@ -23,7 +23,6 @@ from ops import webhooks
 from ops.models import WebhookDelivery, WebhookEndpoint
 from tests.conftest import publish_random_policy, wait_for
 from tests.test_governance import make_version
-from tests.test_governance_stack import beat  # noqa: F401  (the fixture)
 from tests.test_ops import Receiver
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -89,7 +88,7 @@ def test_readyz_answers_503_while_redis_is_stopped_and_200_once_it_is_back(own_r
 
 
 def test_a_success_drop_fires_one_signed_webhook_retried_after_a_500_and_resolves_on_recovery(
-        start_worker, beat, sam, tmp_path):  # noqa: F811
+        start_worker, beat, sam, tmp_path):
     task = Task.objects.create(env_name="button-press-topdown-v3", title="Button press", max_steps=150)
     robots = []
     for name in ("sim-a", "sim-b"):
