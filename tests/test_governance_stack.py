@@ -4,8 +4,6 @@ an operator's browser, connected to the real ASGI server, shows the alert."""
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 import time
 
 import pytest
@@ -19,7 +17,7 @@ from governance import decisions
 from governance.decisions import deploy_to_fleet
 from governance.models import Alert, EvaluationItem
 from learner.models import PolicyVersion
-from tests.conftest import ROOT, process_env, publish_random_policy, stop_process, wait_for
+from tests.conftest import publish_random_policy, wait_for
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 S = PolicyVersion.State
@@ -28,6 +26,14 @@ S = PolicyVersion.State
 def online(robot, after=None):
     rows = Episode.objects.filter(robot=robot, source=Episode.Source.ONLINE)
     return rows.filter(started_at__gt=after) if after else rows
+
+
+def switched(robot, after, version) -> bool:
+    """Every episode of `robot` that started after `after` ran `version`, but maybe the first: an episode reads its
+    version when it is planned, before its scene is built and its clock starts, so the one being planned as a
+    decision committed may still run the version before it."""
+    versions = list(online(robot, after).order_by("started_at").values_list("policy_version", flat=True))
+    return bool(versions) and all(v == version.pk for v in versions[1:])
 
 
 def post(client, url, **data):
@@ -80,7 +86,7 @@ def test_a_candidate_is_evaluated_canaried_promoted_and_rolled_back_by_the_fleet
     wait_for(lambda: online(robots[0], canary_at).filter(policy_version=v2).count() >= 2
              and all(online(r, canary_at).count() >= 2 for r in robots[1:]), 120,
              "episodes of the canary and of the other robots")
-    assert set(online(robots[0], canary_at).values_list("policy_version", flat=True)) == {v2.pk}
+    assert switched(robots[0], canary_at, v2)
     for robot in robots[1:]:
         assert set(online(robot, canary_at).values_list("policy_version", flat=True)) == {v1.pk}
     assert not Episode.objects.filter(policy_version=v2, source=Episode.Source.ONLINE).exclude(robot=robots[0]).exists()
@@ -88,8 +94,7 @@ def test_a_candidate_is_evaluated_canaried_promoted_and_rolled_back_by_the_fleet
     # Promotion: every robot runs v2.
     promoted_at = post(client, "/rollouts/v2/promote/", reason="canary holds up")
     wait_for(lambda: all(online(r, promoted_at).count() >= 2 for r in robots), 120, "episodes after the promotion")
-    assert set(Episode.objects.filter(started_at__gt=promoted_at).values_list("policy_version", flat=True)) == {
-        v2.pk}
+    assert all(switched(robot, promoted_at, v2) for robot in robots)
 
     # Roll back: every robot returns to v1.
     rolled_back_at = post(client, "/rollouts/v2/roll-back/", reason="drops objects")
@@ -97,8 +102,7 @@ def test_a_candidate_is_evaluated_canaried_promoted_and_rolled_back_by_the_fleet
              "episodes after the rollback")
     for robot in robots:
         control.stop(robot, olivia)
-    assert set(Episode.objects.filter(started_at__gt=rolled_back_at).values_list("policy_version", flat=True)) == {
-        v1.pk}
+    assert all(switched(robot, rolled_back_at, v1) for robot in robots)
     v1.refresh_from_db()
     v2.refresh_from_db()
     assert v1.state == S.DEPLOYED and v2.state == S.ROLLED_BACK
@@ -107,34 +111,6 @@ def test_a_candidate_is_evaluated_canaried_promoted_and_rolled_back_by_the_fleet
                    .values_list("verb", flat=True))
     assert decided == ["version.nominate", "version.start_evaluation", "version.approve_canary", "version.promote",
                        "version.roll_back"]
-
-
-class BeatProcess:
-    """Celery beat against the test database and Redis, with its schedule file in the test's directory."""
-
-    def __init__(self, tmp_path, **env):
-        self.log = tmp_path / "beat.log"
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "sopweb", "beat", "-s", str(tmp_path / "beat-schedule"),
-                 "--loglevel", "INFO"], cwd=ROOT, env=process_env(**env), stdout=out, stderr=subprocess.STDOUT)
-
-    def stop(self):
-        stop_process(self.proc)
-
-
-@pytest.fixture
-def beat(tmp_path):
-    started = []
-
-    def start(**env):
-        process = BeatProcess(tmp_path, **env)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
 
 
 def test_a_worse_canary_is_rolled_back_without_a_human_and_every_dashboard_shows_the_alert(
