@@ -23,7 +23,8 @@ from learner.models import PolicyVersion
 
 
 def read_body(request) -> bytes:
-    """The request body, refused with 413 before it is read when it declares more than API_MAX_EPISODE_BYTES."""
+    """The request body, refused with 413 when it is over API_MAX_EPISODE_BYTES. Over HTTP, gateway.bodylimit has
+    refused such a body before it was read; this check holds for what reaches the view by other roads."""
     cap = settings.API_MAX_EPISODE_BYTES
     try:
         declared = int(request.META.get("CONTENT_LENGTH") or 0)

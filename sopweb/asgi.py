@@ -16,6 +16,7 @@ from django.urls import re_path  # noqa: E402
 
 import fleet.routing  # noqa: E402
 import gateway.routing  # noqa: E402
+from gateway.bodylimit import BodyLimit  # noqa: E402
 
 # The robot API gets a handler of its own with only the security middleware: under ASGI every synchronous
 # middleware costs two thread hops per request, and the people's stack (sessions, CSRF, authentication, messages,
@@ -29,7 +30,8 @@ class RobotApiHandler(ASGIHandler):
             super().load_middleware(is_async=is_async)
 
 
-robot_api_app = RobotApiHandler()
+# An oversized body is refused before Django's handler reads it (gateway.bodylimit).
+robot_api_app = BodyLimit(RobotApiHandler())
 
 
 async def http_app(scope, receive, send):

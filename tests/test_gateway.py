@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import uuid
 from datetime import timedelta
 from urllib.parse import urlencode
@@ -220,12 +221,53 @@ def test_limits_answer_413_and_429(start_web, fleet):
     with api(server.address, fleet["a_token"]) as http:
         big = http.put(f"/api/v1/episodes/{uuid.uuid4()}", params=episode_params(1), content=b"x" * 5000)
         assert big.status_code == 413 and big.json()["error"] == "too_large"
+        # Refused before it was read, so before the token and the rate limit: it cost the robot no request.
         statuses = [http.get(f"/api/v1/robots/{robot.pk}/assignment").status_code for _ in range(6)]
-        assert statuses[-1] == 429 and statuses.count(429) == 2  # 5 allowed, the upload counted as one
+        assert statuses[-1] == 429 and statuses.count(429) == 1
         limited = http.get(f"/api/v1/robots/{robot.pk}/assignment")
         assert 1 <= int(limited.headers["Retry-After"]) <= 60 and limited.json()["error"] == "rate_limited"
     with api(server.address, fleet["b_token"]) as other:  # the limit is per robot
         assert other.get(f"/api/v1/robots/{fleet['b'].pk}/assignment").status_code == 200
+    assert Episode.objects.count() == 0
+
+
+def _response_head(sock: socket.socket) -> bytes:
+    """What the server answers, up to its body's end (the server closes the connection after it)."""
+    sock.settimeout(30)
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    return answer
+
+
+def test_an_oversized_body_is_refused_before_it_is_read(start_web, fleet):
+    server = start_web(API_MAX_EPISODE_BYTES=4096)
+    host, port = server.address.split(":")
+    target = f"/api/v1/episodes/{uuid.uuid4()}?{urlencode(episode_params(1))}"
+    head = (f"PUT {target} HTTP/1.1\r\nHost: {server.address}\r\nAuthorization: Bearer {fleet['a_token']}\r\n"
+            f"Content-Type: application/octet-stream\r\n")
+    # It declares a gigabyte and sends none of it: the answer comes without waiting for the body.
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall((head + f"Content-Length: {1 << 30}\r\n\r\n").encode())
+        answer = _response_head(sock)
+    status, body = answer.split(b"\r\n", 1)[0], answer.split(b"\r\n\r\n", 1)[1]
+    assert b" 413 " in status and json.loads(body) == {
+        "error": "too_large", "detail": f"the request body is {1 << 30} bytes; the robot API takes at most 4096"}
+    # Chunked, with no length declared: refused once it streams past the limit, and the connection is closed
+    # while the client would still be sending (it sent 8 KiB of a body that never ends).
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall((head + "Transfer-Encoding: chunked\r\n\r\n").encode())
+        for _ in range(8):
+            sock.sendall(b"400\r\n" + b"x" * 1024 + b"\r\n")
+        answer = _response_head(sock)
+    assert b" 413 " in answer.split(b"\r\n", 1)[0] and b'"too_large"' in answer
+    # A malformed length is a 400, and the server still serves.
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall((head + "Content-Length: lots\r\n\r\n").encode())
+        answer = _response_head(sock)
+    assert answer.split(b"\r\n", 1)[0].split()[1] in (b"400",)
+    with api(server.address, fleet["a_token"]) as http:
+        assert http.get(f"/api/v1/robots/{fleet['a'].pk}/assignment").status_code == 200
     assert Episode.objects.count() == 0
 
 
