@@ -140,6 +140,11 @@ class NextOut(Schema):
     gate: dict
 
 
+class ReleasedOut(Schema):
+    item: int
+    released: bool
+
+
 class EpisodeOut(Schema):
     episode: int
     created: bool
@@ -175,6 +180,13 @@ def heartbeat(request, robot_id: int, beat: HeartbeatIn):
           summary="At an episode's start: an evaluation item to run, or an online episode")
 def next_episode(request, robot_id: int):
     return assignment.next_episode(_own(request, robot_id))
+
+
+@api.post("/robots/{robot_id}/evaluation-items/{item_id}/release", response=ReleasedOut,
+          summary="Give back an evaluation item the robot claimed and will not run")
+def release_item(request, robot_id: int, item_id: int):
+    assignment.release_item(_own(request, robot_id), item_id)
+    return {"item": item_id, "released": True}
 
 
 @api.get("/robots/{robot_id}/checkpoints/{number}", summary="Download a checkpoint bundle (ETag, Range)",

@@ -83,7 +83,8 @@ def _describe(robot: Robot, version: PolicyVersion) -> dict:
 def next_episode(robot: Robot) -> dict:
     """What the robot's next episode runs, asked at its start (the swap point): an evaluation item when the
     governance has one pending on the robot's tasks (claimed now; the policy alone, on the item's seed, with the
-    item's version), else an online episode on its assigned version."""
+    item's version; an item the robot claimed before and never ran comes first), else an online episode on its
+    assigned version."""
     from governance import evaluation as governance_evaluation
 
     tasks = list(robot.tasks.filter(enabled=True).order_by("env_name"))
@@ -93,6 +94,17 @@ def next_episode(robot: Robot) -> dict:
                 "gate": settings.FLEET_GATE}
     return {"kind": "evaluation", "item": item.pk, "task": item.task.env_name, "seed": item.seed,
             "version": _describe(robot, item.version), "gate": {**settings.FLEET_GATE, "enabled": False}}
+
+
+def release_item(robot: Robot, item_id: int) -> None:
+    """The robot gives back evaluation item `item_id`, which it claimed and will not run (its download failed, its
+    episode ended before a step): another robot may take it at once instead of after the claim's timeout."""
+    from governance import evaluation as governance_evaluation
+
+    item = evaluation_item(robot, item_id)
+    if item is None:
+        raise ApiError(404, "not_found", f"robot {robot.pk} holds no unfinished evaluation item {item_id}")
+    governance_evaluation.release(item)
 
 
 def evaluation_item(robot: Robot, item_id: int):

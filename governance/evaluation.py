@@ -24,7 +24,9 @@ CLAIM_TIMEOUT = timedelta(seconds=180)
 
 
 def claim(robot, tasks) -> EvaluationItem | None:
-    """The oldest pending evaluation item on one of `tasks`, now claimed by `robot`; None when there is none.
+    """The oldest pending evaluation item on one of `tasks`, now claimed by `robot`; None when there is none. A
+    robot holds at most one: an item it claimed and never ran (its plan fell through: a failed download, an episode
+    aborted at its start) is handed to it again, claimed afresh, before any other.
 
     Only items a running evaluation needs are worth robot time: its candidate's, and its baseline's (even if that
     baseline was superseded meanwhile — the comparison is with it). A rejected candidate's baseline items wait.
@@ -37,10 +39,10 @@ def claim(robot, tasks) -> EvaluationItem | None:
     running = Evaluation.objects.filter(finished_at=None, candidate__state=PolicyVersion.State.EVALUATING)
     needed = Q(version__state=PolicyVersion.State.EVALUATING) | Q(version__in=running.values("baseline"))
     with transaction.atomic():
-        item = (EvaluationItem.objects.select_for_update(skip_locked=True, no_key=True, of=("self",))
-                .filter(needed, episode=None, task__in=tasks)
-                .filter(Q(claimed_at=None) | Q(claimed_at__lt=stale))
-                .select_related("version", "task").order_by("pk").first())
+        pending = (EvaluationItem.objects.select_for_update(skip_locked=True, no_key=True, of=("self",))
+                   .filter(needed, episode=None, task__in=tasks).select_related("version", "task"))
+        item = (pending.filter(robot=robot, claimed_at__gte=stale).order_by("pk").first()
+                or pending.filter(Q(claimed_at=None) | Q(claimed_at__lt=stale)).order_by("pk").first())
         if item is None:
             return None
         item.robot, item.claimed_at = robot, timezone.now()

@@ -64,6 +64,9 @@ class Api:
     def next_episode(self) -> dict:
         return self._call("POST", f"/api/v1/robots/{self.robot_id}/episodes/next").json()
 
+    def release_item(self, item: int) -> None:
+        self._call("POST", f"/api/v1/robots/{self.robot_id}/evaluation-items/{item}/release")
+
     def put_episode(self, key: str, params: dict, body: bytes) -> dict:
         return self._call("PUT", f"/api/v1/episodes/{key}", params=params, content=body,
                           headers={"Content-Type": "application/octet-stream"}).json()

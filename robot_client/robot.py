@@ -155,24 +155,41 @@ class Robot:
         tasks = [t for t in a["tasks"] if self.only_tasks is None or t["name"] in self.only_tasks]
         if not tasks:
             return None
+        work = {"kind": "online"}
+        # Evaluation work first (a candidate waits for it), but not while an episode waits in the outbox: the
+        # server hands a claimed item that has no episode yet to its robot again.
+        if not self.outbox.pending():
+            try:
+                work = self.api.next_episode()
+            except (Unreachable, Refused):
+                pass
+        item = work["item"] if work["kind"] == "evaluation" else None
         try:
-            work = self.api.next_episode()  # evaluation work first: a candidate waits for it
-        except (Unreachable, Refused):
-            work = {"kind": "online"}
-        try:
-            if work["kind"] == "evaluation" and work["task"] in {t["name"] for t in tasks}:
+            if item is not None and work["task"] in {t["name"] for t in tasks}:
                 task = next(t for t in tasks if t["name"] == work["task"])
                 return (work["version"]["number"], self._policy_for(work["version"]), task, work["seed"],
-                        work["gate"], work["item"])
+                        work["gate"], item)
+            if item is not None:  # a task this client leaves to others (--tasks)
+                self._release(item)
             policy = self._policy_for(a["version"])
         except (Unreachable, Refused) as exc:
             log.warning("cannot fetch the next episode's policy: %s", exc)
+            if item is not None:
+                self._release(item)
             time.sleep(1.0)
             self.refresh()
             return None
         from fleet.sim.envs import online_seed
 
         return a["version"]["number"], policy, tasks[self.episodes % len(tasks)], online_seed(), a["gate"], None
+
+    def _release(self, item: int) -> None:
+        """Give an evaluation item back at once (else it waits out its claim's timeout on the server)."""
+        try:
+            self.api.release_item(item)
+        except (Unreachable, Refused) as exc:
+            log.info("could not give evaluation item %d back (%s): the server takes it back after its timeout",
+                     item, exc)
 
     def _run_episode(self, version: int, policy: NumpyPolicy, task: dict, seed: int, gate_config: dict,
                      item: int | None) -> None:
@@ -212,6 +229,8 @@ class Robot:
                              poll_every=POLL_EVERY,
                              doubt=(lambda obs: policy.doubt(obs, name)) if len(policy.members) > 1 else None)
         if result.steps == 0:
+            if item is not None:
+                self._release(item)
             return
         outcome = result.outcome  # success, timeout or aborted: the API's own words
         params = {"task": name, "seed": seed, "outcome": outcome, "version": version,

@@ -327,6 +327,20 @@ def test_a_remote_robot_runs_evaluation_items_it_is_handed_and_only_those(web_se
         assert work["kind"] == "evaluation" and work["gate"]["enabled"] is False
         item = EvaluationItem.objects.get(pk=work["item"])
         assert (item.robot_id, item.task.env_name, item.seed) == (robot.pk, work["task"], work["seed"])
+        # Asked again before it ran the item (its download failed, say): the same item, not a second one.
+        assert http.post(f"/api/v1/robots/{robot.pk}/episodes/next").json()["item"] == item.pk
+        # Given back, it is another robot's at once; a robot gives back only its own unfinished items.
+        with api(web_server, fleet["b_token"]) as other:
+            assert other.post(f"/api/v1/robots/{robot.pk}/evaluation-items/{item.pk}/release").status_code == 403
+            theirs = other.post(f"/api/v1/robots/{fleet['b'].pk}/evaluation-items/{item.pk}/release")
+            assert theirs.status_code == 404 and theirs.json()["error"] == "not_found"
+            released = http.post(f"/api/v1/robots/{robot.pk}/evaluation-items/{item.pk}/release")
+            assert released.status_code == 200 and released.json() == {"item": item.pk, "released": True}
+            assert other.post(f"/api/v1/robots/{fleet['b'].pk}/episodes/next").json()["item"] == item.pk
+            assert other.post(f"/api/v1/robots/{fleet['b'].pk}/evaluation-items/{item.pk}/release").status_code == 200
+        work = http.post(f"/api/v1/robots/{robot.pk}/episodes/next").json()
+        assert work["item"] == item.pk  # the oldest item again, now robot A's
+        item.refresh_from_db()
         bundle = http.get(work["version"]["url"])  # the item's version may be fetched, though not assigned
         assert bundle.status_code == 200 and hashlib.sha256(bundle.content).hexdigest() == work["version"]["sha256"]
         params = episode_params(work["version"]["number"], task=work["task"], seed=work["seed"],

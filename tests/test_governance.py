@@ -48,6 +48,17 @@ def audit_verbs(version) -> list[str]:
                 .order_by("created_at", "id").values_list("verb", flat=True))
 
 
+def claim_all(tasks) -> list[EvaluationItem]:
+    """Every item there is to claim, each by a robot of its own (a robot holds one unrun item at a time)."""
+    claimed = []
+    while True:
+        robot = Robot.objects.create(name=f"claimer-{EvaluationItem.objects.count()}-{len(claimed)}")
+        robot.tasks.set(tasks)
+        if (item := evaluation.claim(robot, tasks)) is None:
+            return claimed
+        claimed.append(item)
+
+
 @pytest.fixture
 def robots(tasks):
     rows = []
@@ -206,9 +217,7 @@ def test_robots_claim_items_of_their_tasks_once_and_the_last_result_finishes_the
     first.refresh_from_db()
     assert first.claimed_at is None and first.episode is None
 
-    claimed = []
-    while (item := evaluation.claim(robots[2], tasks)) is not None:
-        claimed.append(item)
+    claimed = claim_all(tasks)
     assert {i.pk for i in claimed} | {second.pk} == set(EvaluationItem.objects.values_list("pk", flat=True))
     for item in [second, *claimed]:
         ok = item.version == v2 or item.task == tasks[1]  # v2 fails on pick-place; everything else succeeds
@@ -227,10 +236,28 @@ def test_a_stale_claim_is_claimable_again(deployed, robots, tasks, settings):
     settings.GOVERNANCE_EVALUATION_EPISODES = 1
     decisions.nominate(make_version(2), None, reason="rule")
     items = EvaluationItem.objects.count()
-    taken = [evaluation.claim(robots[0], tasks) for _ in range(items)]
-    assert evaluation.claim(robots[1], tasks) is None
+    taken = claim_all(tasks)
+    assert len(taken) == items and evaluation.claim(robots[1], tasks) is None
     EvaluationItem.objects.filter(pk=taken[0].pk).update(claimed_at=timezone.now() - evaluation.CLAIM_TIMEOUT * 2)
     assert evaluation.claim(robots[1], tasks).pk == taken[0].pk
+
+
+def test_a_robot_gets_the_item_it_claimed_and_never_ran_again_before_any_other(deployed, robots, tasks, settings):
+    settings.GOVERNANCE_EVALUATION_EPISODES = 3
+    decisions.nominate(make_version(2), None, reason="rule")
+    first = evaluation.claim(robots[0], tasks)
+    EvaluationItem.objects.filter(pk=first.pk).update(claimed_at=timezone.now() - timedelta(seconds=60))
+    again = evaluation.claim(robots[0], tasks)  # its plan fell through (say, a failed download): asked again
+    assert again.pk == first.pk and again.claimed_at > timezone.now() - timedelta(seconds=5)  # claimed afresh
+    assert evaluation.claim(robots[1], tasks).pk != first.pk
+    # Once it has its episode, the robot gets the next item.
+    evaluation.record(again, make_episode(robots[0], again.version, again.task, source="evaluation", seed=again.seed))
+    assert evaluation.claim(robots[0], tasks).pk not in (first.pk,)
+    # A task the robot no longer runs is not handed again (the claim waits out its timeout, or a release).
+    robots[2].tasks.set(tasks)
+    held = evaluation.claim(robots[2], tasks)
+    other = [t for t in tasks if t != held.task]
+    assert evaluation.claim(robots[2], other).task in other
 
 
 def test_rejecting_a_candidate_drops_its_pending_evaluation_episodes(deployed, sam):
@@ -252,9 +279,7 @@ def test_robots_run_only_the_evaluation_episodes_a_running_evaluation_needs(depl
     decisions.nominate(v3, None, reason="rule")
     # v1 is superseded mid-evaluation: v3 is still compared with v1, so v1's episodes are still run.
     deploy_to_fleet(make_version(4), reason="hotfix")
-    claimed = []
-    while (item := evaluation.claim(robots[0], tasks)) is not None:
-        claimed.append(item)
+    claimed = claim_all(tasks)
     assert {(i.version.number, i.task.env_name) for i in claimed} == {(v, t.env_name) for v in (1, 3) for t in tasks}
     assert all(i.seed == 0 for i in claimed)
 
