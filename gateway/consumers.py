@@ -4,7 +4,10 @@ The robot authenticates with its token in the handshake's `Authorization: Bearer
 library cannot set headers, in its first message `{"type": "auth", "token": ...}` within AUTH_SECONDS; never in the
 URL. Each message it receives is the whole assignment (what GET /api/v1/robots/{id}/assignment answers), so a
 missed message costs nothing: the next one, or a poll, carries the full state. A revoked token's socket is closed
-with 4401 at once.
+with 4401 at once (the revocation's message), and at the latest at its next push (each checks the token again, so a
+message lost to a Redis outage delays the close only until the next push); a token that expires closes its socket
+at the expiry. A robot keeps at most ROBOT_SOCKETS sockets in one web process: a further one closes its oldest
+(a robot that reconnected after a network fault may leave a half-open socket behind).
 
 One Redis subscription per process (RobotHub) serves every robot socket it holds, as LiveHub does for dashboards.
 """
@@ -18,6 +21,7 @@ import redis.asyncio
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
+from django.utils import timezone
 
 from core import bus, metrics
 from core.outages import Outage
@@ -26,7 +30,9 @@ from gateway import assignment, credentials
 log = logging.getLogger(__name__)
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_UNAVAILABLE = 4503
+CLOSE_REPLACED = 4409  # the robot opened more sockets than ROBOT_SOCKETS: its oldest goes
 AUTH_SECONDS = 5.0
+ROBOT_SOCKETS = 4
 _hubs: dict = {}
 
 
@@ -37,7 +43,7 @@ class RobotHub:
     """This process's subscription to bus.ROBOTS_CHANNEL, handing each message to the sockets of its robot."""
 
     def __init__(self):
-        self.sockets: dict[int, set[RobotConsumer]] = {}
+        self.sockets: dict[int, dict[RobotConsumer, None]] = {}  # per robot, in the order they joined
         self.task: asyncio.Task | None = None
         self.subscribed: asyncio.Future | None = None
 
@@ -49,7 +55,13 @@ class RobotHub:
         return _hubs[loop]
 
     async def join(self, socket: RobotConsumer) -> None:
-        self.sockets.setdefault(socket.robot_id, set()).add(socket)
+        group = self.sockets.setdefault(socket.robot_id, {})
+        while len(group) >= ROBOT_SOCKETS:
+            oldest = next(iter(group))
+            group.pop(oldest)
+            log.info("closing robot %s's oldest socket: it opened more than %d", socket.robot_id, ROBOT_SOCKETS)
+            await oldest.close(CLOSE_REPLACED)
+        group[socket] = None
         if self.task is None:
             self.subscribed = asyncio.get_running_loop().create_future()
             self.task = asyncio.create_task(self.run(self.subscribed))
@@ -57,8 +69,8 @@ class RobotHub:
         await asyncio.wait_for(asyncio.shield(self.subscribed), timeout=settings.REDIS_SOCKET_TIMEOUT)
 
     def leave(self, socket: RobotConsumer) -> None:
-        group = self.sockets.get(socket.robot_id, set())
-        group.discard(socket)
+        group = self.sockets.get(socket.robot_id, {})
+        group.pop(socket, None)
         if not group:
             self.sockets.pop(socket.robot_id, None)
         if not self.sockets and self.task is not None:
@@ -134,8 +146,17 @@ class RobotConsumer(AsyncJsonWebsocketConsumer):
         found = await database_sync_to_async(credentials.authenticate)(token.strip())
         if found is None:
             return False
-        self.robot_id, self.token_key, self.robot = found.robot_id, found.key, found.robot
+        self.robot_id, self.token_key, self.robot, self.token = found.robot_id, found.key, found.robot, found
+        if found.expires_at is not None:
+            left = (found.expires_at - timezone.now()).total_seconds()
+            self.expiry_timer = asyncio.get_running_loop().call_later(
+                max(0.0, left), lambda: asyncio.ensure_future(self._refuse("expired")))
         return True
+
+    async def _refuse(self, event: str) -> None:
+        """The token no longer opens this socket: say why, and close it."""
+        await self.send_json({"event": event})
+        await self.close(CLOSE_UNAUTHENTICATED)
 
     async def _start(self):
         try:
@@ -168,16 +189,29 @@ class RobotConsumer(AsyncJsonWebsocketConsumer):
     async def hear(self, message: dict) -> None:
         if message.get("event") == "revoked":
             if message.get("token") == self.token_key:
-                await self.send_json({"event": "revoked"})
-                await self.close(CLOSE_UNAUTHENTICATED)
+                await self._refuse("revoked")
             return
         await self._send_assignment()
 
+    def _assignment(self) -> dict | None:
+        """The robot's assignment, or None if its token no longer opens the socket (revoked, expired, the robot
+        retired)."""
+        self.token.refresh_from_db(fields=["revoked_at", "expires_at"])
+        self.robot.refresh_from_db(fields=["retired"])
+        if self.token.state(timezone.now()) != "active" or self.robot.retired:
+            return None
+        return assignment.of(self.robot)
+
     async def _send_assignment(self):
-        data = await database_sync_to_async(assignment.of)(self.robot)
+        data = await database_sync_to_async(self._assignment)()
+        if data is None:
+            await self._refuse("revoked")
+            return
         await self.send_json({"event": "assignment", "data": data})
 
     async def disconnect(self, code):
+        if getattr(self, "expiry_timer", None) is not None:
+            self.expiry_timer.cancel()
         if self.robot_id is not None:
             RobotHub.current().leave(self)
         if self.joined:

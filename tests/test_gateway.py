@@ -1,6 +1,7 @@
 """The robot gateway over HTTP against the real web process: enrolment, tokens, assignment, checkpoints, uploads."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import socket
@@ -310,6 +311,44 @@ def test_the_robot_socket_pushes_commands_at_once_and_closes_on_revocation(web_s
         assert closed.value.rcvd.code == 4401
     with pytest.raises(InvalidStatus):  # a bad token in the header: the handshake itself is refused
         connect(url, additional_headers={"Authorization": "Bearer sopr_nope_nope"}).close()
+
+
+def test_a_robot_socket_closes_when_its_token_expires_or_is_found_revoked_and_keeps_four(web_server, fleet, olivia):
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    from gateway.consumers import CLOSE_REPLACED, ROBOT_SOCKETS
+
+    robot, url = fleet["b"], f"ws://{web_server}/ws/robot/"
+    _, brief = credentials.issue(robot, olivia, expires_at=timezone.now() + timedelta(seconds=5))
+    with connect(url, additional_headers={"Authorization": f"Bearer {brief}"}) as socket:
+        assert json.loads(socket.recv(timeout=10))["event"] == "assignment"
+        assert json.loads(socket.recv(timeout=20)) == {"event": "expired"}  # at its expiry, unprompted
+        with pytest.raises(ConnectionClosed) as closed:
+            socket.recv(timeout=10)
+        assert closed.value.rcvd.code == 4401
+    # A revocation whose message never came (Redis was away when it was published): the next push finds it.
+    with connect(url, additional_headers={"Authorization": f"Bearer {fleet['b_token']}"}) as socket:
+        assert json.loads(socket.recv(timeout=10))["event"] == "assignment"
+        RobotToken.objects.filter(robot=robot, revoked_at=None).update(revoked_at=timezone.now())
+        control.start(robot, olivia)  # a push
+        assert json.loads(socket.recv(timeout=10)) == {"event": "revoked"}
+        with pytest.raises(ConnectionClosed) as closed:
+            socket.recv(timeout=10)
+        assert closed.value.rcvd.code == 4401
+    # One more socket than a robot may keep: its oldest is closed, the others stay.
+    _, token = credentials.issue(robot, olivia)
+    with contextlib.ExitStack() as stack:
+        sockets = []
+        for _ in range(ROBOT_SOCKETS + 1):
+            sockets.append(stack.enter_context(connect(url, additional_headers={"Authorization": f"Bearer {token}"})))
+            assert json.loads(sockets[-1].recv(timeout=10))["event"] == "assignment"
+        with pytest.raises(ConnectionClosed) as closed:
+            sockets[0].recv(timeout=10)
+        assert closed.value.rcvd.code == CLOSE_REPLACED
+        control.pause(robot, olivia)
+        for socket in sockets[1:]:
+            assert "pause" in json.loads(socket.recv(timeout=10))["data"]["commands"]
 
 
 def test_a_remote_robot_runs_evaluation_items_it_is_handed_and_only_those(web_server, fleet, sam):
