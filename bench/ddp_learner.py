@@ -5,9 +5,9 @@ machine.
 
     .venv/bin/python bench/ddp_learner.py [--steps 200] [--reps 3] [--batch-size 1024]
 
-Rank 0 samples the whole global batch (as one process would: the same draw) and the ranks compute forward and
-backward on their halves; what stays serial (sampling, the resampler, the all-reduce) is what keeps the ratio
-below 2.
+Every rank draws the global batch's indices (the same draw one process makes), gathers its own half of the rows
+from its replica of the buffer and computes forward and backward on it; what stays serial (the draw, the
+resampler, the all-reduces of gradients and group losses) is what keeps the ratio below 2.
 """
 from __future__ import annotations
 

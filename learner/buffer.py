@@ -84,9 +84,25 @@ class ExperienceBuffer:
         return {t: {s: self.size(t, s) for s in SOURCES} for t in self.tasks}
 
     def sample(self, task: str, source: str, count: int, rng: np.random.Generator) -> dict:
+        return self.rows(task, source, self.draw(task, source, count, rng))
+
+    def draw(self, task: str, source: str, count: int, rng: np.random.Generator) -> np.ndarray:
+        """`count` frame indices of (task, source), uniformly with replacement."""
+        return rng.integers(0, self._frames[(task, source)].size, size=count)
+
+    def rows(self, task: str, source: str, index: np.ndarray, columns=COLUMNS) -> dict:
         frames = self._frames[(task, source)]
-        index = rng.integers(0, frames.size, size=count)
-        return {name: getattr(frames, name)[index] for name in COLUMNS}
+        return {name: getattr(frames, name)[index] for name in columns}
+
+    def contents(self) -> dict:
+        """Every stored frame, by (task, source) and column (a data-parallel replica is built from it)."""
+        return {key: {name: getattr(frames, name)[: frames.size].copy() for name in STORED}
+                for key, frames in self._frames.items() if frames.size}
+
+    def load_contents(self, contents: dict) -> None:
+        for (task, source), columns in contents.items():
+            self.add(task, source, columns["obs"], columns["target"], columns["version"], columns["flag"],
+                     columns["intervention"], columns["episode"])
 
 
 class Resampler:

@@ -1,17 +1,21 @@
 """The data-parallel learner: LEARNER_WORLD_SIZE processes under `torchrun`, a long-running service in place of the
 Celery slices (`python -m learner.service` starts it; the Procfile's `learner` entry runs that).
 
-Rank 0 is the learner as before (learner.loop: the lease, folding episodes into the one buffer, the resampler,
-publishing versions, saving resumable state), looping over slices itself instead of queueing them. Every gradient
-step it samples the global batch (LEARNER_BATCH_SIZE, the same draw one process would make), hands each rank its
-share, and every rank, rank 0 included, runs forward and backward on its share through DistributedDataParallel,
-which all-reduces (averages) the gradients: the mean of the shares' mean losses is the global batch's mean loss,
-so the step equals the single-process step on the same batch. Each rank then takes the same Adam step on the same
-averaged gradient and its replica stays identical. The per-sample losses come back to rank 0 for the resampler.
+Rank 0 is the learner as before (learner.loop: the lease, folding episodes, publishing versions, saving resumable
+state), looping over slices itself instead of queueing them. Every rank holds a replica of the trainer: policy,
+optimizer, the experience buffer, the resampler and the sampling RNG. Rank 0 reads PostgreSQL and turns each
+episode into frames; the frames (not the episode) go to every rank, so the replicas' buffers stay identical without
+the others knowing the algorithm's labelling state (RECAP's value function).
 
-Only rank 0 reads PostgreSQL; the others hold a replica (policy, algorithm, optimizer) sent by rank 0 whenever it
-builds a trainer (a new run, or a resume from saved state). NCCL on GPUs, gloo on CPU. A rank that dies ends the
-group (torchrun stops the others); started again, rank 0 resumes from the saved state like any learner.
+Every gradient step each rank draws the same global batch as indices (LEARNER_BATCH_SIZE, the draw one process
+would make: same RNG, same resampler, same buffer), gathers only its own share of the rows and runs forward and
+backward on it through DistributedDataParallel, which all-reduces (averages) the gradients: the mean of the shares'
+mean losses is the global batch's mean loss, so the step equals the single-process step on the same batch. Each
+rank then takes the same Adam step and its replica stays identical. The shares' per-group loss sums are
+all-reduced too, so every rank's resampler records the same group means and the next draw is again the same.
+
+NCCL on GPUs, gloo on CPU. A rank that dies ends the group (torchrun stops the others); started again, rank 0
+resumes from the saved state like any learner and sends the others their replicas.
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-STOP, STEP, SYNC = 0, 1, 2
+STOP, STEP, SYNC, ADD, REMOVE = 0, 1, 2, 3, 4
 
 
 class LossModule(nn.Module):
@@ -42,7 +46,8 @@ class LossModule(nn.Module):
 
 
 class Group:
-    """This process's place in the group. Rank 0 drives (`attach`, `step`, `stop`); the others `follow`."""
+    """This process's place in the group. Rank 0 drives (`attach`, the trainer's steps and folds, `stop`); the
+    others `follow`."""
 
     def __init__(self):
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
@@ -54,60 +59,83 @@ class Group:
 
     # --- both sides ---------------------------------------------------------------------------------------
 
-    def _command(self, command: int = 0, rows: int = 0) -> tuple[int, int]:
-        """Rank 0 says what comes next (and for a step, each rank's rows); the others hear it."""
-        value = torch.tensor([command, rows], dtype=torch.int64, device=self.device)
+    def _command(self, command: int = 0) -> int:
+        """Rank 0 says what comes next; the others hear it."""
+        value = torch.tensor([command], dtype=torch.int64, device=self.device)
         dist.broadcast(value, src=0)
-        return int(value[0]), int(value[1])
+        return int(value[0])
 
-    def _wrap(self, policy: nn.Module, algorithm) -> None:
+    def _object(self, value=None):
+        """Rank 0's `value`, on every rank."""
+        holder = [value]
+        dist.broadcast_object_list(holder, src=0)
+        return holder[0]
+
+    def _wrap(self, trainer) -> None:
         # Constructing DDP broadcasts rank 0's parameters and buffers: every replica starts identical. The buffers
         # (the observation normaliser) never change afterwards, so they are not sent again at every forward.
-        module = LossModule(policy.to(self.device), algorithm)
+        module = LossModule(trainer.policy, trainer.algorithm)
         self.ddp = nn.parallel.DistributedDataParallel(
             module, device_ids=[self.device.index] if self.device.type == "cuda" else None, forward_sync_buffers=False)
-        self.obs_dim, self.action_dim = policy.config.obs_dim, policy.config.action_dim
+        trainer.parallel = self
 
-    def _shard_step(self, shard: torch.Tensor, optimizer) -> torch.Tensor:
-        """Forward and backward on this rank's rows (obs, target, task, flag packed as float32 columns)."""
-        obs, target = shard[:, :self.obs_dim], shard[:, self.obs_dim:self.obs_dim + self.action_dim]
-        task, flag = shard[:, -2].long(), shard[:, -1].long()
-        per_sample = self.ddp(obs, target, task, flag)
-        optimizer.zero_grad(set_to_none=True)
+    def step(self, trainer, groups: list) -> tuple[list[float], float]:
+        """One data-parallel gradient step on the global batch `groups` ([(task, source, count, indices)], the
+        same on every rank): this rank's share of the rows, gradients averaged over the ranks. Returns each group's
+        mean loss and the batch's mean loss (the same on every rank)."""
+        if self.rank == 0:
+            self._command(STEP)
+        rows = sum(count for _, _, count, _ in groups)
+        if rows % self.world:
+            raise ValueError(f"a global batch of {rows} does not split into {self.world} equal shares")
+        share = rows // self.world
+        low, high = self.rank * share, (self.rank + 1) * share
+        parts, pieces, offset = [], [], 0
+        for number, (task, source, count, index) in enumerate(groups):
+            start, end = max(low, offset), min(high, offset + count)
+            if start < end:
+                sample = trainer.buffer.rows(task, source, index[start - offset:end - offset], ("obs", "target", "flag"))
+                sample["task"] = np.full(end - start, trainer.policy.config.tasks.index(task))
+                parts.append(sample)
+                pieces.append((number, end - start))
+            offset += count
+        mine = {name: torch.as_tensor(np.concatenate([p[name] for p in parts]), device=self.device)
+                for name in ("obs", "target", "task", "flag")}
+        per_sample = self.ddp(mine["obs"], mine["target"], mine["task"], mine["flag"])
+        trainer.optimizer.zero_grad(set_to_none=True)
         per_sample.mean().backward()  # DDP averages the gradients across ranks here
-        optimizer.step()
-        return per_sample.detach()
+        trainer.optimizer.step()
+        sums = torch.zeros(len(groups), dtype=torch.float64, device=self.device)
+        at = 0
+        for number, length in pieces:
+            sums[number] = per_sample[at:at + length].detach().double().sum()
+            at += length
+        dist.all_reduce(sums)  # every rank's resampler records the same group means
+        totals = sums.cpu().numpy()
+        return [float(total / count) for total, (_, _, count, _) in zip(totals, groups)], float(totals.sum() / rows)
 
     # --- rank 0 -------------------------------------------------------------------------------------------
 
     def attach(self, trainer) -> None:
-        """Give every rank a replica of `trainer`'s policy, algorithm and optimizer (a new or resumed trainer)."""
+        """Give every rank a replica of `trainer` (a new or resumed trainer): policy, optimizer, buffer, resampler
+        and sampling RNG."""
         from dataclasses import asdict
 
         self._command(SYNC)
-        replica = {"policy_config": asdict(trainer.policy.config), "config": asdict(trainer.config),
-                   "policy": {k: v.cpu() for k, v in trainer.policy.state_dict().items()},
-                   "optimizer": trainer.optimizer.state_dict()}
-        dist.broadcast_object_list([replica], src=0)
-        self._wrap(trainer.policy, trainer.algorithm)
-        trainer.parallel = self
+        self._object({"policy_config": asdict(trainer.policy.config), "config": asdict(trainer.config),
+                      "policy": {k: v.cpu() for k, v in trainer.policy.state_dict().items()},
+                      "optimizer": trainer.optimizer.state_dict(), "rng": trainer.rng.bit_generator.state,
+                      "resampler": trainer.resampler.state_dict(), "buffer": trainer.buffer.contents()})
+        self._wrap(trainer)
 
-    def step(self, batch: dict, optimizer) -> np.ndarray:
-        """One data-parallel gradient step on the global `batch` (numpy arrays); the per-sample losses of all of
-        it, in its order."""
-        rows = len(batch["obs"])
-        if rows % self.world:
-            raise ValueError(f"a global batch of {rows} does not split into {self.world} equal shares")
-        self._command(STEP, rows // self.world)
-        packed = torch.as_tensor(np.concatenate(
-            [batch["obs"], batch["target"], batch["task"][:, None], np.asarray(batch["flag"]).reshape(rows, 1)],
-            axis=1, dtype=np.float32), device=self.device)
-        mine = torch.empty(rows // self.world, packed.shape[1], device=self.device)
-        dist.scatter(mine, list(packed.chunk(self.world)), src=0)
-        per_sample = self._shard_step(mine, optimizer)
-        gathered = [torch.empty(rows // self.world, device=self.device) for _ in range(self.world)]
-        dist.gather(per_sample, gathered, dst=0)
-        return torch.cat(gathered).cpu().numpy()
+    def added(self, row: tuple) -> None:
+        """Frames rank 0 added to its buffer (ExperienceBuffer.add's arguments): every replica adds them."""
+        self._command(ADD)
+        self._object(row)
+
+    def removed(self, episodes: list) -> None:
+        self._command(REMOVE)
+        self._object(episodes)
 
     def stop(self) -> None:
         """End the group: the followers return from `follow`, and every rank leaves the process group."""
@@ -127,35 +155,36 @@ class Group:
 
     def follow(self) -> nn.Module | None:
         """Serve rank 0 until it stops the group; returns the last replica's policy (None if it never had one)."""
-        from learner import algorithms
-        from learner.policy import MLPPolicy, PolicyConfig
-        from learner.trainer import LearnerConfig
-
-        optimizer = None
+        trainer = None
         while True:
-            command, rows = self._command()
+            command = self._command()
             if command == STOP:
-                policy = self.ddp.module.policy if self.ddp is not None else None
                 self._leave()
-                return policy
+                return trainer.policy if trainer is not None else None
             if command == SYNC:
-                holder: list = [None]
-                dist.broadcast_object_list(holder, src=0)
-                replica = holder[0]
-                config = LearnerConfig(**replica["config"])
-                policy = MLPPolicy(PolicyConfig(**replica["policy_config"]))
-                algorithm = algorithms.get(config.algorithm)(policy.config.tasks, config)
-                policy = algorithm.prepare_policy(policy)
-                policy.load_state_dict(replica["policy"])
-                policy.train()
-                optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr)
-                optimizer.load_state_dict(replica["optimizer"])
-                self._wrap(policy, algorithm)
+                trainer = self._replica(self._object())
+            elif command == ADD:
+                trainer.buffer.add(*self._object())
+            elif command == REMOVE:
+                trainer.buffer.remove_episodes(self._object())
             elif command == STEP:
-                mine = torch.empty(rows, self.obs_dim + self.action_dim + 2, device=self.device)
-                dist.scatter(mine, None, src=0)
-                per_sample = self._shard_step(mine, optimizer)
-                dist.gather(per_sample, None, dst=0)
+                trainer.train_step()  # the same draw as rank 0's; Trainer.train_step calls step() above
+
+    def _replica(self, replica: dict):
+        from learner.policy import MLPPolicy, PolicyConfig
+        from learner.trainer import LearnerConfig, Trainer
+
+        trainer = Trainer(MLPPolicy(PolicyConfig(**replica["policy_config"])), LearnerConfig(**replica["config"]),
+                          str(self.device))
+        trainer.policy.load_state_dict(replica["policy"])
+        trainer.optimizer.load_state_dict(replica["optimizer"])
+        trainer.rng.bit_generator.state = replica["rng"]
+        trainer.resampler.load_state_dict(replica["resampler"])
+        trainer.buffer.load_contents(replica["buffer"])
+        self.ddp = None
+        gc.collect()
+        self._wrap(trainer)
+        return trainer
 
 
 _group: Group | None = None

@@ -187,7 +187,7 @@ def sync_labels(trainer, cursor: EpisodeCursor, labels: LabelSync) -> int:
     changed = labels.changed(cursor)
     if not changed:
         return 0
-    removed = trainer.buffer.remove_episodes(changed)
+    removed = trainer.remove_episodes(changed)
     episodes = Episode.objects.filter(pk__in=changed).select_related("task", "policy_version", "label")
     for episode in episodes:
         _add(trainer, episode, None, cursor, labels)

@@ -83,12 +83,12 @@ class Trainer:
         self.step = 0
         self.version = 0  # number of the version this learner's weights descend from / last published
         self.samples = {"online": 0, "offline": 0, "intervention": 0}
-        self.parallel = None  # learner.distributed.Group on rank 0 of a data-parallel group (Group.attach)
+        self.parallel = None  # learner.distributed.Group, on every rank of a data-parallel group
 
     def add_episode(self, task: str, source: str, arrays: dict, version: int, max_steps: int = 500,
                     episode_id: int = -1) -> int:
         """Fold one episode in; returns how many frames entered the buffer. With its id, the episode's frames
-        can be taken out again (`buffer.remove_episodes`) when an annotator's label changes what it teaches."""
+        can be taken out again (`remove_episodes`) when an annotator's label changes what it teaches."""
         if task not in self.buffer.tasks:
             return 0
         frames = self.algorithm.frames(task, source, arrays, max_steps)
@@ -96,31 +96,40 @@ class Trainer:
             return 0
         index, target, flag = frames
         obs = arrays["obs"][index]
-        self.buffer.add(task, source, obs, target, version, flag, arrays["intervention"][index], episode_id)
+        row = (task, source, obs, target, version, flag, arrays["intervention"][index], episode_id)
+        self.buffer.add(*row)
+        if self.parallel is not None:  # every rank's replica of the buffer gets the same frames
+            self.parallel.added(row)
         return len(obs)
 
+    def remove_episodes(self, episodes) -> int:
+        """Take these episodes' frames out of the buffer (every replica's); returns how many frames left."""
+        episodes = sorted(episodes)
+        if self.parallel is not None:
+            self.parallel.removed(episodes)
+        return self.buffer.remove_episodes(episodes)
+
     def train_step(self) -> dict | None:
-        """One gradient step on a resampled batch; None while the buffer is empty."""
+        """One gradient step on a resampled batch; None while the buffer is empty.
+
+        The batch is drawn as indices first (the plan, then each group's frames); in a data-parallel group every
+        rank draws the same indices from its replica of the buffer (same RNG, same resampler) and gathers only
+        its share of the rows (learner.distributed)."""
         plan = self.resampler.plan(self.config.batch_size, self.buffer, self.rng)
         if not plan:
             return None
-        parts, groups = [], []
-        for (task, source), count in plan.items():
-            sample = self.buffer.sample(task, source, count, self.rng)
-            sample["task"] = np.full(count, self.policy.config.tasks.index(task))
-            parts.append(sample)
-            groups.append((task, source, count))
-        batch = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-        if self.parallel is not None:  # every rank a share of this batch, gradients averaged (learner.distributed)
-            per_sample = self.parallel.step(batch, self.optimizer)
-            loss = float(per_sample.mean())
+        groups = [(task, source, count, self.buffer.draw(task, source, count, self.rng))
+                  for (task, source), count in plan.items()]
+        if self.parallel is not None:
+            means, loss = self.parallel.step(self, groups)
         else:
-            tensors = {
-                "obs": torch.as_tensor(batch["obs"], device=self.device),
-                "target": torch.as_tensor(batch["target"], device=self.device),
-                "task": torch.as_tensor(batch["task"], device=self.device),
-                "flag": torch.as_tensor(batch["flag"], device=self.device),
-            }
+            parts = []
+            for task, source, count, index in groups:
+                sample = self.buffer.rows(task, source, index, ("obs", "target", "flag"))
+                sample["task"] = np.full(count, self.policy.config.tasks.index(task))
+                parts.append(sample)
+            tensors = {name: torch.as_tensor(np.concatenate([p[name] for p in parts]), device=self.device)
+                       for name in ("obs", "target", "task", "flag")}
             per_sample = self.algorithm.per_sample_loss(self.policy, tensors)
             mean = per_sample.mean()
             self.optimizer.zero_grad(set_to_none=True)
@@ -128,14 +137,16 @@ class Trainer:
             self.optimizer.step()
             loss = float(mean.detach())
             per_sample = per_sample.detach().cpu().numpy()
-        offset, online_versions = 0, []
-        for task, source, count in groups:
-            self.resampler.record(task, source, per_sample[offset:offset + count].mean())
+            offsets = np.cumsum([0] + [count for _, _, count, _ in groups])
+            means = [float(per_sample[offsets[i]:offsets[i + 1]].mean()) for i in range(len(groups))]
+        online_versions = []
+        for (task, source, count, index), group_mean in zip(groups, means):
+            self.resampler.record(task, source, group_mean)
+            picked = self.buffer.rows(task, source, index, ("version", "intervention"))
             if source == "online":
-                online_versions.append(batch["version"][offset:offset + count])
+                online_versions.append(picked["version"])
             self.samples[source] += count
-            offset += count
-        self.samples["intervention"] += int(batch["intervention"].sum())
+            self.samples["intervention"] += int(picked["intervention"].sum())
         self.resampler.update()
         self.step += 1
         staleness = self.version - np.concatenate(online_versions) if online_versions else np.zeros(0)
