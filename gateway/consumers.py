@@ -117,13 +117,25 @@ class RobotHub:
             except Exception:
                 log.exception("closing robot %s's socket, which could not take a message", robot_id)
                 self.leave(socket)
-                await socket.close(CLOSE_UNAVAILABLE)
+                try:
+                    await socket.close(CLOSE_UNAVAILABLE)
+                except Exception:  # it is gone already: nothing to tell it, and the others still get theirs
+                    pass
 
 
 class RobotConsumer(AsyncJsonWebsocketConsumer):
     robot_id: int | None = None
     token_key: str | None = None
     joined = False
+    closed = False  # by us: nothing more may be sent (a delivery, the expiry timer and the cap may each close it)
+
+    async def close(self, code=None, reason=None):
+        if self.closed:
+            return
+        self.closed = True
+        if self.robot_id is not None:
+            RobotHub.current().leave(self)
+        await super().close(code=code, reason=reason)
 
     async def connect(self):
         headers = dict(self.scope.get("headers", ()))
@@ -155,6 +167,8 @@ class RobotConsumer(AsyncJsonWebsocketConsumer):
 
     async def _refuse(self, event: str) -> None:
         """The token no longer opens this socket: say why, and close it."""
+        if self.closed:
+            return
         await self.send_json({"event": event})
         await self.close(CLOSE_UNAUTHENTICATED)
 
@@ -187,6 +201,8 @@ class RobotConsumer(AsyncJsonWebsocketConsumer):
             await self.close(CLOSE_UNAUTHENTICATED if self.robot_id is None else 1003)
 
     async def hear(self, message: dict) -> None:
+        if self.closed:
+            return
         if message.get("event") == "revoked":
             if message.get("token") == self.token_key:
                 await self._refuse("revoked")
@@ -204,6 +220,8 @@ class RobotConsumer(AsyncJsonWebsocketConsumer):
 
     async def _send_assignment(self):
         data = await database_sync_to_async(self._assignment)()
+        if self.closed:  # closed while the assignment was read (its expiry, a newer socket of the robot)
+            return
         if data is None:
             await self._refuse("revoked")
             return

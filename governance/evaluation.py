@@ -26,7 +26,7 @@ CLAIM_TIMEOUT = timedelta(seconds=180)
 def claim(robot, tasks) -> EvaluationItem | None:
     """The oldest pending evaluation item on one of `tasks`, now claimed by `robot`; None when there is none. A
     robot holds at most one: an item it claimed and never ran (its plan fell through: a failed download, an episode
-    aborted at its start) is handed to it again, claimed afresh, before any other.
+    aborted at its start) is handed to it again before any other, its claim's time unchanged.
 
     Only items a running evaluation needs are worth robot time: its candidate's, and its baseline's (even if that
     baseline was superseded meanwhile — the comparison is with it). A rejected candidate's baseline items wait.
@@ -41,8 +41,10 @@ def claim(robot, tasks) -> EvaluationItem | None:
     with transaction.atomic():
         pending = (EvaluationItem.objects.select_for_update(skip_locked=True, no_key=True, of=("self",))
                    .filter(needed, episode=None, task__in=tasks).select_related("version", "task"))
-        item = (pending.filter(robot=robot, claimed_at__gte=stale).order_by("pk").first()
-                or pending.filter(Q(claimed_at=None) | Q(claimed_at__lt=stale)).order_by("pk").first())
+        held = pending.filter(robot=robot, claimed_at__gte=stale).order_by("pk").first()
+        if held is not None:
+            return held  # its claim's clock runs on from the first hand: a robot that never runs it loses it
+        item = pending.filter(Q(claimed_at=None) | Q(claimed_at__lt=stale)).order_by("pk").first()
         if item is None:
             return None
         item.robot, item.claimed_at = robot, timezone.now()
@@ -51,8 +53,10 @@ def claim(robot, tasks) -> EvaluationItem | None:
 
 
 def release(item: EvaluationItem) -> None:
-    """Give the item back (the episode was aborted, or someone took over): another robot runs it again."""
-    EvaluationItem.objects.filter(pk=item.pk, episode=None).update(robot=None, claimed_at=None)
+    """Give the item back (the episode was aborted, or someone took over): another robot runs it again. Only the
+    robot's own claim goes: another robot that took the item after this claim went stale keeps it."""
+    EvaluationItem.objects.filter(pk=item.pk, episode=None, robot_id=item.robot_id).update(robot=None,
+                                                                                          claimed_at=None)
 
 
 def unloadable(item: EvaluationItem, error: Exception) -> bool:

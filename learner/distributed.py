@@ -22,6 +22,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+from datetime import timedelta
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-STOP, STEP, SYNC, ADD, REMOVE = 0, 1, 2, 3, 4
+STOP, STEP, SYNC, ADD, REMOVE, IDLE = 0, 1, 2, 3, 4, 5
 
 
 class LossModule(nn.Module):
@@ -122,11 +123,20 @@ class Group:
         from dataclasses import asdict
 
         self._command(SYNC)
+        resampler = trainer.resampler.state_dict()
         self._object({"policy_config": asdict(trainer.policy.config), "config": asdict(trainer.config),
                       "policy": {k: v.cpu() for k, v in trainer.policy.state_dict().items()},
                       "optimizer": trainer.optimizer.state_dict(), "rng": trainer.rng.bit_generator.state,
-                      "resampler": trainer.resampler.state_dict(), "buffer": trainer.buffer.contents()})
+                      "resampler": resampler, "buffer": trainer.buffer.contents()})
+        # The resampler's running sums, rebuilt from the history sent, as the others rebuild theirs: sums kept up
+        # step by step may differ from them in the last bits, and the ranks' draws must not.
+        trainer.resampler = trainer.new_resampler()
+        trainer.resampler.load_state_dict(resampler)
         self._wrap(trainer)
+
+    def idle(self) -> None:
+        """Rank 0 has nothing to do for a while: the others hear from it, so no collective waits out its timeout."""
+        self._command(IDLE)
 
     def added(self, row: tuple) -> None:
         """Frames rank 0 added to its buffer (ExperienceBuffer.add's arguments): every replica adds them."""
@@ -169,6 +179,7 @@ class Group:
                 trainer.buffer.remove_episodes(self._object())
             elif command == STEP:
                 trainer.train_step()  # the same draw as rank 0's; Trainer.train_step calls step() above
+            # IDLE: rank 0 is waiting for work; hearing it was the point
 
     def _replica(self, replica: dict):
         from learner.policy import MLPPolicy, PolicyConfig
@@ -199,6 +210,8 @@ def init() -> Group:
     """Join the torchrun process group (gloo on CPU, NCCL on GPUs)."""
     global _group
     backend = "nccl" if torch.cuda.is_available() and os.environ.get("LEARNER_DEVICE", "auto") != "cpu" else "gloo"
-    dist.init_process_group(backend)
+    # Rank 0 tells the others it is idle at every idle poll (learner.service), but one slice may hold them waiting
+    # longer than the default collective timeout (30 min on gloo) while it folds a long history or fits a value.
+    dist.init_process_group(backend, timeout=timedelta(hours=2))
     _group = Group()
     return _group

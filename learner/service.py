@@ -61,6 +61,7 @@ def group() -> None:
     while True:
         result = loop.run_slice(token=None)
         if result.startswith(("no active run", "busy", "waiting", "lease lost")):
+            team.idle()
             time.sleep(IDLE_POLL_SECONDS)
 
 

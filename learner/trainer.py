@@ -76,14 +76,18 @@ class Trainer:
         self.policy = self.algorithm.prepare_policy(policy).to(self.device).train()
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr)
         self.buffer = ExperienceBuffer(policy.config.tasks)
-        self.resampler = Resampler(policy.config.tasks, alpha=config.alpha, window=config.window,
-                                   fixed_share=config.fixed_online_share, scale=config.resampler_scale)
+        self.resampler = self.new_resampler()
         self.rng = np.random.default_rng(config.seed)
         torch.manual_seed(config.seed)
         self.step = 0
         self.version = 0  # number of the version this learner's weights descend from / last published
         self.samples = {"online": 0, "offline": 0, "intervention": 0}
         self.parallel = None  # learner.distributed.Group, on every rank of a data-parallel group
+
+    def new_resampler(self) -> Resampler:
+        config = self.config
+        return Resampler(self.policy.config.tasks, alpha=config.alpha, window=config.window,
+                         fixed_share=config.fixed_online_share, scale=config.resampler_scale)
 
     def add_episode(self, task: str, source: str, arrays: dict, version: int, max_steps: int = 500,
                     episode_id: int = -1) -> int:

@@ -47,6 +47,11 @@ class Outbox:
                 for suffix in (".npz", ".json"):
                     os.replace(self.directory / f"{key}{suffix}", self.rejected / f"{key}{suffix}")
                 (self.rejected / f"{key}.reason").write_text(str(exc))
+                if params.get("item") is not None:  # its evaluation item goes back, or it would be handed again
+                    try:
+                        api.release_item(int(params["item"]))
+                    except (Unreachable, Refused):
+                        pass  # the server takes it back at the claim's timeout
                 continue
             for suffix in (".npz", ".json"):
                 (self.directory / f"{key}{suffix}").unlink()

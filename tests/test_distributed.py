@@ -36,8 +36,10 @@ def probe(out, steps: int, batch: int, world: int) -> dict:
 def test_two_gloo_processes_take_the_single_process_steps_on_the_same_global_batch(tmp_path):
     alone = probe(tmp_path / "one", steps=40, batch=64, world=1)[0]
     group = probe(tmp_path / "two", steps=40, batch=64, world=2)
-    # The same global batch (rank 0 samples it as one process would), its halves' gradients averaged: the same
-    # step, up to the order of float sums.
+    # The same global batch (each rank draws it as one process would, from its replica of the buffer, and takes its
+    # half), the halves' gradients averaged: the same step, up to the order of float sums. The probe forms the
+    # group after 12 steps (the RNG and the resampler have moved) and folds one episode in and takes one out
+    # half-way, so the replicas' RNG, resampler and buffer must all follow rank 0's for the losses to match.
     np.testing.assert_allclose(group[0]["losses"], alone["losses"], rtol=1e-4)
     assert alone["losses"][-1] < alone["losses"][0]  # it learns
     assert group[0]["checksum"] == group[1]["checksum"]  # the replicas stayed identical

@@ -262,7 +262,7 @@ def test_an_oversized_body_is_refused_before_it_is_read(start_web, fleet):
             sock.sendall(b"400\r\n" + b"x" * 1024 + b"\r\n")
         answer = _response_head(sock)
     assert b" 413 " in answer.split(b"\r\n", 1)[0] and b'"too_large"' in answer
-    # A malformed length is a 400, and the server still serves.
+    # A malformed length is a 400 (the HTTP parser's, before the wrapper's own check), and the server still serves.
     with socket.create_connection((host, int(port))) as sock:
         sock.sendall((head + "Content-Length: lots\r\n\r\n").encode())
         answer = _response_head(sock)

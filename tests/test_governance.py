@@ -246,10 +246,22 @@ def test_a_robot_gets_the_item_it_claimed_and_never_ran_again_before_any_other(d
     settings.GOVERNANCE_EVALUATION_EPISODES = 3
     decisions.nominate(make_version(2), None, reason="rule")
     first = evaluation.claim(robots[0], tasks)
-    EvaluationItem.objects.filter(pk=first.pk).update(claimed_at=timezone.now() - timedelta(seconds=60))
+    claimed_at = timezone.now() - timedelta(seconds=60)
+    EvaluationItem.objects.filter(pk=first.pk).update(claimed_at=claimed_at)
     again = evaluation.claim(robots[0], tasks)  # its plan fell through (say, a failed download): asked again
-    assert again.pk == first.pk and again.claimed_at > timezone.now() - timedelta(seconds=5)  # claimed afresh
+    # The same item, its claim's clock running on: a robot that never runs it loses it at the timeout.
+    assert again.pk == first.pk and again.claimed_at == claimed_at
     assert evaluation.claim(robots[1], tasks).pk != first.pk
+    # A stale claim released late takes nothing from the robot that has the item since.
+    EvaluationItem.objects.filter(pk=first.pk).update(claimed_at=timezone.now() - evaluation.CLAIM_TIMEOUT * 2)
+    taken = evaluation.claim(robots[3], tasks)
+    assert taken.pk == first.pk
+    evaluation.release(again)  # robot 0's, long stale
+    taken.refresh_from_db()
+    assert taken.robot == robots[3] and taken.claimed_at is not None
+    evaluation.release(taken)
+    assert evaluation.claim(robots[0], tasks).pk == first.pk
+    again = EvaluationItem.objects.get(pk=first.pk)
     # Once it has its episode, the robot gets the next item.
     evaluation.record(again, make_episode(robots[0], again.version, again.task, source="evaluation", seed=again.seed))
     assert evaluation.claim(robots[0], tasks).pk not in (first.pk,)

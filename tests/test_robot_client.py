@@ -172,3 +172,59 @@ def test_the_client_obeys_take_over_pause_and_resume(remote, start_web, robot_cl
     wait_for(lambda: Episode.objects.filter(robot=robot).count() > paused_count, 60, "episodes after resuming")
     client.stop()
     assert not (client.outbox / "rejected").exists()
+
+
+def test_the_client_gives_back_evaluation_items_it_will_not_run(remote, web_server, tmp_path, sam, olivia):
+    """The client's side of evaluation work, its classes in this process against the real web server: it asks for
+    an item only with an empty outbox (an item whose episode waits there would be handed to it again), and gives
+    back at once an item whose upload the server refused and one of a task it leaves to other robots."""
+    import uuid
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from fleet.sim import episode_data
+    from governance import decisions
+    from governance.models import EvaluationItem
+    from robot_client.api import Api
+    from robot_client.robot import Robot as Client
+    from tests.conftest import publish_random_policy
+    from tests.factories import make_arrays
+
+    robot, token = remote
+    shelf = Task.objects.create(env_name="shelf-place-v3", title="Shelf place", max_steps=100)
+    robot.tasks.add(shelf)
+    control.start(robot, olivia)
+    decisions.nominate(publish_random_policy(2, ["pick-place-v3", "shelf-place-v3"], seed=2), sam)
+    api = Api(f"http://{web_server}", token)
+    api.whoami()
+
+    def held() -> list[int]:
+        return list(EvaluationItem.objects.filter(robot=robot, episode=None).values_list("pk", flat=True))
+
+    client = Client(api, tmp_path / "robot", realtime_factor=0, use_socket=False)
+    client.refresh()
+    now = timezone.now()
+    params = {"task": "pick-place-v3", "seed": 1, "outcome": "timeout", "version": 1,
+              "started_at": (now - timedelta(seconds=5)).isoformat(), "finished_at": now.isoformat()}
+    client.outbox.put(str(uuid.uuid4()), params, b"kept while sopweb was away")
+    assert client._next_plan()[-1] is None and held() == []  # online work: nothing claimed
+    for kept in client.outbox.directory.glob("*.*"):
+        kept.unlink()
+    item = client._next_plan()[-1]
+    assert item is not None and held() == [item]
+    # Its upload is refused (a seed that is not the item's): set aside, and the item goes back.
+    claimed = EvaluationItem.objects.get(pk=item)
+    client.outbox.put(str(uuid.uuid4()), {**params, "task": claimed.task.env_name, "seed": claimed.seed + 1,
+                                          "version": claimed.version.number, "source": "evaluation", "item": item},
+                      episode_data.encode(make_arrays(60)))
+    assert client.outbox.drain(api) == 0 and len(list(client.outbox.rejected.glob("*.reason"))) == 1
+    assert held() == []
+    # A client that runs only the other task gives the item it is handed back at once, and runs online.
+    oldest = EvaluationItem.objects.filter(episode=None).order_by("pk").first()
+    other = "shelf-place-v3" if oldest.task.env_name == "pick-place-v3" else "pick-place-v3"
+    narrow = Client(api, tmp_path / "narrow", tasks=[other], realtime_factor=0, use_socket=False)
+    narrow.refresh()
+    plan = narrow._next_plan()
+    assert plan[-1] is None and plan[2]["name"] == other and held() == []
+    assert EvaluationItem.objects.get(pk=oldest.pk).claimed_at is None
