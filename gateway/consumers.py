@@ -212,9 +212,7 @@ class RobotConsumer(AsyncJsonWebsocketConsumer):
     def _assignment(self) -> dict | None:
         """The robot's assignment, or None if its token no longer opens the socket (revoked, expired, the robot
         retired)."""
-        self.token.refresh_from_db(fields=["revoked_at", "expires_at"])
-        self.robot.refresh_from_db(fields=["retired"])
-        if self.token.state(timezone.now()) != "active" or self.robot.retired:
+        if not credentials.still_active(self.token.pk):
             return None
         return assignment.of(self.robot)
 

@@ -13,6 +13,7 @@ import secrets
 from datetime import timedelta
 
 from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from core import bus
@@ -87,6 +88,12 @@ def authenticate(presented: str) -> RobotToken | None:
         RobotToken.objects.filter(pk=token.pk).update(last_used_at=now)
         token.last_used_at = now
     return token
+
+
+def still_active(token_id: int) -> bool:
+    """Whether the token still opens the API: not revoked, not expired, its robot not retired (one query)."""
+    return (RobotToken.objects.filter(pk=token_id, revoked_at=None, robot__retired=False)
+            .filter(Q(expires_at=None) | Q(expires_at__gt=timezone.now())).exists())
 
 
 _TOKEN_FIELDS = ("id", "robot_id", "key", "secret_sha256", "created_at", "expires_at", "last_used_at", "revoked_at")
