@@ -147,6 +147,17 @@ def failed_replay(world) -> int:
     return episode.pk
 
 
+def held_item(world) -> int:
+    """An evaluation item the world's robot claimed and has not run (each request gives one back)."""
+    from django.utils import timezone
+
+    from governance.models import EvaluationItem
+
+    seed = EvaluationItem.objects.count() + 1000
+    return EvaluationItem.objects.create(version=world.version, task=world.tasks[0], seed=seed, robot=world.robot,
+                                         claimed_at=timezone.now()).pk
+
+
 def new_webhook():
     from ops.models import WebhookEndpoint
 
@@ -185,6 +196,7 @@ EXPECTED: dict[str, Rule] = {
     "api-v1:get_assignment": robot_api(get=200, args={"robot_id": Of("robot")}),
     "api-v1:heartbeat": robot_api(post=200, data=heartbeat, args={"robot_id": Of("robot")}),
     "api-v1:next_episode": robot_api(post=200, data={}, args={"robot_id": Of("robot")}),
+    "api-v1:release_item": robot_api(post=200, data={}, args={"robot_id": Of("robot"), "item_id": Fresh(held_item)}),
     "api-v1:checkpoint": robot_api(get=200, args={"robot_id": Of("robot"), "number": Of("version", "number")}),
     # the other robot's token is good, but the episode is the robot's: 403
     "api-v1:put_episode": robot_api(put=200, data=upload, args={"episode_uuid": Of("episode", "uuid")}),
