@@ -204,7 +204,7 @@ def checkpoint(request, robot_id: int, number: int):
          openapi_extra={"requestBody": {"required": True, "content": {
              "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
 def put_episode(request, episode_uuid: str, params: Query[EpisodeParams]):
-    # Django's ASGI handler runs each request's synchronous code on a thread of its own, so uploads from several
+    # The robot API's handler runs each request on a thread of its pool (gateway.handler), so uploads from several
     # robots to one web process are ingested side by side and committed together (fleet.group_commit).
     body = uploads.read_body(request)
     meta = _meta(params.meta)

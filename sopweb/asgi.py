@@ -10,24 +10,18 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
-from django.core.handlers.asgi import ASGIHandler  # noqa: E402
-from django.test.utils import override_settings  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
 import fleet.routing  # noqa: E402
 import gateway.routing  # noqa: E402
 from gateway.bodylimit import BodyLimit  # noqa: E402
+from gateway.handler import RobotApiHandler  # noqa: E402
 
-# The robot API gets a handler of its own with only the security middleware: under ASGI every synchronous
-# middleware costs two thread hops per request, and the people's stack (sessions, CSRF, authentication, messages,
-# login required) means nothing to a robot that authenticates with its token (bench/api_ingest.py).
-API_MIDDLEWARE = ["django.middleware.security.SecurityMiddleware"]
-
-
-class RobotApiHandler(ASGIHandler):
-    def load_middleware(self, is_async=False):
-        with override_settings(MIDDLEWARE=API_MIDDLEWARE):
-            super().load_middleware(is_async=is_async)
+# The robot API gets a handler of its own with only the security middleware, run synchronously on a pooled thread
+# (gateway.handler): under Django's ASGI handler every synchronous middleware, signal and view costs a thread hop
+# per request, on a thread started for that request, and the people's stack (sessions, CSRF, authentication,
+# messages, login required) means nothing to a robot that authenticates with its token (bench/api_ingest.py).
+API_MIDDLEWARE = RobotApiHandler.middleware
 
 
 # An oversized body is refused before Django's handler reads it (gateway.bodylimit).
