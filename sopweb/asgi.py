@@ -17,10 +17,10 @@ import gateway.routing  # noqa: E402
 from gateway.bodylimit import BodyLimit  # noqa: E402
 from gateway.handler import RobotApiHandler  # noqa: E402
 
-# The robot API gets a handler of its own with only the security middleware, run synchronously on a pooled thread
-# (gateway.handler): under Django's ASGI handler every synchronous middleware, signal and view costs a thread hop
-# per request, on a thread started for that request, and the people's stack (sessions, CSRF, authentication,
-# messages, login required) means nothing to a robot that authenticates with its token (bench/api_ingest.py).
+# The robot API gets a handler of its own (gateway.handler): a short synchronous middleware chain, signal and view
+# on one pooled thread per request, where Django's ASGI handler pays a thread hop for each of them on a thread started
+# for the request; the people's stack (sessions, CSRF, authentication, messages, login required) means nothing to a
+# robot that authenticates with its token (bench/api_ingest.py).
 API_MIDDLEWARE = RobotApiHandler.middleware
 
 

@@ -334,3 +334,26 @@ def test_a_robots_page_shows_its_history_and_follows_its_state(browser_session, 
     assert offered(page.locator("#robot")) == ["Start", "Remove"]
     session.screenshot("robot-page")
     assert session.console_errors == []
+
+
+def test_the_robot_api_docs_render_under_the_content_security_policy(chromium, web_server):
+    """The browsable API docs (Swagger UI from ninja's own static files) work under the robot API's CSP: every
+    endpoint is listed and the browser reports no blocked resource and no script error."""
+    context = chromium.new_context(viewport={"width": 1400, "height": 1000})
+    page, errors = context.new_page(), []
+    page.on("console", lambda msg: msg.type == "error" and errors.append(msg.text))
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        page.goto(f"http://{web_server}/api/v1/docs")
+        try:
+            page.wait_for_selector('.opblock-summary-path[data-path="/api/v1/episodes/{episode_uuid}"]',
+                                   timeout=20_000)
+        finally:
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOTS / "robot-api-docs.png"), full_page=True)
+        assert errors == []
+        paths = set(page.eval_on_selector_all(".opblock-summary-path", "nodes => nodes.map(n => n.dataset.path)"))
+        assert {"/api/v1/whoami", "/api/v1/robots/{robot_id}/assignment",
+                "/api/v1/robots/{robot_id}/evaluation-items/{item_id}/release"} <= paths
+    finally:
+        context.close()

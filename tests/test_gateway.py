@@ -272,15 +272,29 @@ def test_an_oversized_body_is_refused_before_it_is_read(start_web, fleet):
     assert Episode.objects.count() == 0
 
 
-def test_the_openapi_schema_validates_and_the_docs_are_served(web_server):
+def test_the_openapi_schema_validates_and_the_docs_are_served(web_server, fleet):
     from openapi_spec_validator import validate
 
+    def unique(pairs):  # the docs page's YAML parser refuses a key written twice, which json.loads would let pass
+        assert len({key for key, _ in pairs}) == len(pairs), f"duplicate keys in {[key for key, _ in pairs]}"
+        return dict(pairs)
+
     with api(web_server) as http:
-        schema = http.get("/api/schema/").json()
+        schema = json.loads(http.get("/api/schema/").text, object_pairs_hook=unique)
         validate(schema)
+        assert json.loads(http.get("/api/v1/openapi.json").text, object_pairs_hook=unique) == schema
         assert {"/api/v1/episodes/{episode_uuid}", "/api/v1/robots/{robot_id}/assignment"} <= set(schema["paths"])
         docs = http.get("/api/v1/docs")
         assert docs.status_code == 200 and "cdn." not in docs.text  # served from our own static files
+        # No other site frames the docs page, and it runs only this site's scripts (the robot API's own chain).
+        assert docs.headers["X-Frame-Options"] == "DENY"
+        assert "script-src 'self'" in docs.headers["Content-Security-Policy"]
+    # A Host the server does not serve (ALLOWED_HOSTS) is refused before any robot endpoint runs.
+    assignment = f"/api/v1/robots/{fleet['a'].pk}/assignment"
+    with api(web_server, fleet["a_token"], Host="fleet.example.org") as http:
+        assert http.get(assignment).status_code == 400
+    with api(web_server, fleet["a_token"]) as http:
+        assert http.get(assignment).status_code == 200
 
 
 def test_the_robot_socket_pushes_commands_at_once_and_closes_on_revocation(web_server, fleet, olivia):
