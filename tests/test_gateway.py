@@ -292,9 +292,14 @@ def test_the_openapi_schema_validates_and_the_docs_are_served(web_server, fleet)
     # A Host the server does not serve (ALLOWED_HOSTS) is refused before any robot endpoint runs.
     assignment = f"/api/v1/robots/{fleet['a'].pk}/assignment"
     with api(web_server, fleet["a_token"], Host="fleet.example.org") as http:
-        assert http.get(assignment).status_code == 400
+        refused = http.get(assignment)
+        assert refused.status_code == 400 and refused.json()["error"] == "bad_request"
+        assert "ALLOWED_HOSTS" in refused.json()["detail"]
     with api(web_server, fleet["a_token"]) as http:
         assert http.get(assignment).status_code == 200
+        # A path no endpoint has: the API's JSON error too, not a page.
+        missing = http.get("/api/v1/robots/no-such-thing")
+        assert missing.status_code == 404 and missing.json()["error"] == "not_found"
 
 
 def test_the_robot_socket_pushes_commands_at_once_and_closes_on_revocation(web_server, fleet, olivia):
